@@ -1,0 +1,6 @@
+//! Quorra: a replicated, thread-per-core message broker on io_uring.
+//!
+//! See `ARCHITECTURE.md` for the map of the code.
+
+pub mod limits;
+pub mod protocol;

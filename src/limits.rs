@@ -1,0 +1,58 @@
+//! Every size limit of Quorra in one place, with their relations checked at compile time.
+//!
+//! A limit that is not here is a bug: bounded queues, frame sizes and batch sizes must be
+//! explainable from this file alone.
+
+/// Bytes of the fixed frame header that precedes every request and response.
+pub const FRAME_HEADER_BYTES: usize = 32;
+
+/// Default largest frame (header + archive + payload) a broker accepts; `max_frame_bytes` in config.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Smallest `max_frame_bytes` an operator may configure: must fit one 1 MiB message and its overhead.
+pub const MIN_MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest archive (the rkyv part of a frame, without the payload). Requests are small structs.
+pub const MAX_ARCHIVE_BYTES: usize = 64 * 1024;
+
+/// Largest single record batch, header included.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Largest number of records in one batch.
+pub const MAX_RECORDS_PER_BATCH: u32 = 1 << 20;
+
+/// Longest topic name.
+pub const MAX_TOPIC_NAME_BYTES: usize = 200;
+
+/// Longest consumer-group name.
+pub const MAX_GROUP_NAME_BYTES: usize = 200;
+
+/// Most partitions one topic may have.
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 1024;
+
+/// Longest a fetch may wait for new data (long poll).
+pub const MAX_FETCH_WAIT_MS: u32 = 60_000;
+
+/// Largest `max_bytes` a fetch may ask for.
+pub const MAX_FETCH_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Requests a single connection may have in flight on the broker; reading stops beyond it.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 512;
+
+/// Depth of each shard-to-shard channel of the mesh.
+pub const MESH_CHANNEL_DEPTH: usize = 1024;
+
+/// Alignment of direct I/O on every supported file system (logical block size upper bound).
+pub const IO_ALIGNMENT: usize = 4096;
+
+/// Once a frame has started to arrive, the rest must arrive within this many milliseconds.
+pub const FRAME_COMPLETION_TIMEOUT_MS: u64 = 10_000;
+
+/// Largest consumer-group offset record's metadata string.
+pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
+
+const _: () = assert!(MAX_BATCH_BYTES + MAX_ARCHIVE_BYTES + FRAME_HEADER_BYTES <= DEFAULT_MAX_FRAME_BYTES);
+const _: () = assert!(MIN_MAX_FRAME_BYTES > 1024 * 1024 + MAX_ARCHIVE_BYTES);
+const _: () = assert!(MAX_FETCH_BYTES as usize <= MAX_BATCH_BYTES);
+const _: () = assert!(IO_ALIGNMENT.is_power_of_two());
+const _: () = assert!(FRAME_HEADER_BYTES % 16 == 0, "the archive after the header must stay 16-aligned");

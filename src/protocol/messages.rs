@@ -1,0 +1,279 @@
+//! Request and response bodies. Each is an rkyv archive validated with bytecheck before use.
+//!
+//! The kind of a frame says which type its archive holds; a response carries the kind of
+//! its request with the response flag set, or an [`ErrorResponse`] with the error flag.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The request kinds. The numeric values are part of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKind {
+    Metadata = 1,
+    CreateTopic = 2,
+    DeleteTopic = 3,
+    DescribeTopic = 4,
+    ListTopics = 5,
+    Produce = 6,
+    Fetch = 7,
+    ListOffsets = 8,
+    CommitOffset = 9,
+    FetchOffset = 10,
+}
+
+impl ApiKind {
+    pub fn from_u16(v: u16) -> Option<ApiKind> {
+        use ApiKind::*;
+        Some(match v {
+            1 => Metadata,
+            2 => CreateTopic,
+            3 => DeleteTopic,
+            4 => DescribeTopic,
+            5 => ListTopics,
+            6 => Produce,
+            7 => Fetch,
+            8 => ListOffsets,
+            9 => CommitOffset,
+            10 => FetchOffset,
+            _ => return None,
+        })
+    }
+}
+
+/// Acknowledgement levels of a produce request (the `acks` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Acks {
+    /// Answer once the batch is accepted, before it is written anywhere.
+    None = 0,
+    /// Answer once the leader has the batch on its disk (flushed, with `flush = always`).
+    Leader = 1,
+    /// Answer once a majority of replicas persisted it (single node: same as `Leader`).
+    Quorum = 2,
+    /// Answer once every in-sync replica persisted it (single node: same as `Leader`).
+    All = 3,
+}
+
+impl Acks {
+    pub fn from_u8(v: u8) -> Option<Acks> {
+        Some(match v {
+            0 => Acks::None,
+            1 => Acks::Leader,
+            2 => Acks::Quorum,
+            3 => Acks::All,
+            _ => return None,
+        })
+    }
+}
+
+impl std::str::FromStr for Acks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" | "0" => Ok(Acks::None),
+            "leader" | "1" => Ok(Acks::Leader),
+            "quorum" => Ok(Acks::Quorum),
+            "all" | "-1" => Ok(Acks::All),
+            other => Err(format!("unknown acks level {other:?} (expected none, leader, quorum or all)")),
+        }
+    }
+}
+
+/// `ListOffsetsRequest::spec` values.
+pub const OFFSET_SPEC_EARLIEST: u8 = 0;
+pub const OFFSET_SPEC_LATEST: u8 = 1;
+pub const OFFSET_SPEC_TIMESTAMP: u8 = 2;
+
+/// Error reply to any request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ErrorResponse {
+    /// An [`crate::protocol::ErrorCode`].
+    pub code: u16,
+    /// Human-readable detail.
+    pub message: String,
+    /// Where to retry, when the request went to the wrong node (cluster modes).
+    pub leader_hint: Option<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct MetadataRequest {
+    /// Topics to describe; empty means all.
+    pub topics: Vec<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    pub node_id: u32,
+    pub address: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PartitionMetadata {
+    pub partition: u32,
+    /// Node that leads the partition.
+    pub leader: u32,
+    pub replicas: Vec<u32>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MetadataResponse {
+    pub node_id: u32,
+    pub nodes: Vec<NodeInfo>,
+    pub topics: Vec<TopicMetadata>,
+    pub server_version: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CreateTopicRequest {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CreateTopicResponse {
+    pub name: String,
+    pub partitions: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeleteTopicRequest {
+    pub name: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeleteTopicResponse {
+    pub name: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DescribeTopicRequest {
+    pub name: String,
+}
+
+/// The state of one partition as its owner sees it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub leader: u32,
+    /// First offset still stored (retention moves it forward).
+    pub log_start_offset: u64,
+    /// Offsets below it are committed and readable.
+    pub high_watermark: u64,
+    /// Next offset to be assigned.
+    pub log_end_offset: u64,
+    pub segments: u32,
+    pub size_bytes: u64,
+    /// `ok`, or why the partition does not serve (`corrupt: ...`, `stopped: ...`).
+    pub state: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DescribeTopicResponse {
+    pub name: String,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ListTopicsRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ListTopicsResponse {
+    pub topics: Vec<TopicSummary>,
+}
+
+/// Produce: the payload holds one or more record batches for one partition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ProduceRequest {
+    pub topic: String,
+    pub partition: u32,
+    /// An [`Acks`] value.
+    pub acks: u8,
+    /// How long the broker may wait for the acknowledgement level before answering `Timeout`.
+    pub timeout_ms: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ProduceResponse {
+    /// Offset of the first record of the first batch.
+    pub base_offset: u64,
+    /// Offset of the last record of the last batch.
+    pub last_offset: u64,
+    /// High watermark after this produce (informative).
+    pub high_watermark: u64,
+}
+
+/// Fetch: whole batches from the batch containing `offset`, up to `max_bytes` (at least one
+/// batch is returned when one is available, even if larger).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FetchRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub max_bytes: u32,
+    /// Long poll: when nothing at `offset` is committed yet, wait up to this long for it.
+    pub max_wait_ms: u32,
+}
+
+/// The payload holds concatenated record batches; the first may start before `offset`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FetchResponse {
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ListOffsetsRequest {
+    pub topic: String,
+    pub partition: u32,
+    /// `OFFSET_SPEC_*`.
+    pub spec: u8,
+    /// For `OFFSET_SPEC_TIMESTAMP`: the first offset whose timestamp is at least this (ms).
+    pub timestamp_ms: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ListOffsetsResponse {
+    /// The offset; for a timestamp past every record, the high watermark.
+    pub offset: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CommitOffsetRequest {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset the group will read.
+    pub offset: u64,
+    pub metadata: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CommitOffsetResponse {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FetchOffsetRequest {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FetchOffsetResponse {
+    /// None when the group never committed for this partition.
+    pub offset: Option<u64>,
+    pub metadata: String,
+}
