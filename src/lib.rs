@@ -4,3 +4,4 @@
 
 pub mod limits;
 pub mod protocol;
+pub mod storage;

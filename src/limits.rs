@@ -51,8 +51,12 @@ pub const FRAME_COMPLETION_TIMEOUT_MS: u64 = 10_000;
 /// Largest consumer-group offset record's metadata string.
 pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
 
-const _: () = assert!(MAX_BATCH_BYTES + MAX_ARCHIVE_BYTES + FRAME_HEADER_BYTES <= DEFAULT_MAX_FRAME_BYTES);
+const _: () =
+    assert!(MAX_BATCH_BYTES + MAX_ARCHIVE_BYTES + FRAME_HEADER_BYTES <= DEFAULT_MAX_FRAME_BYTES);
 const _: () = assert!(MIN_MAX_FRAME_BYTES > 1024 * 1024 + MAX_ARCHIVE_BYTES);
 const _: () = assert!(MAX_FETCH_BYTES as usize <= MAX_BATCH_BYTES);
 const _: () = assert!(IO_ALIGNMENT.is_power_of_two());
-const _: () = assert!(FRAME_HEADER_BYTES % 16 == 0, "the archive after the header must stay 16-aligned");
+const _: () = assert!(
+    FRAME_HEADER_BYTES % 16 == 0,
+    "the archive after the header must stay 16-aligned"
+);

@@ -1,0 +1,168 @@
+//! Fault injection into a running broker, for fault tests that use real processes.
+//!
+//! When the environment variable `QUORRA_FAULT_FILE` names a file, a watcher thread reads it
+//! every 50 ms; each line switches on one fault until the line is removed:
+//!
+//! ```text
+//! write=enospc      every log write fails with ENOSPC
+//! write=eio         every log write fails with EIO
+//! sync=eio          every fdatasync fails with EIO
+//! fallocate=enospc  segment preallocation fails with ENOSPC
+//! ```
+//!
+//! Without the variable nothing is watched and every check is one relaxed atomic load.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::disk::{Disk, DiskError, DiskFile, DiskResult, IoBuf};
+
+/// The switches, shared by every shard of the process.
+#[derive(Default, Debug)]
+pub struct FaultSwitches {
+    write_errno: AtomicI32,
+    sync_errno: AtomicI32,
+    fallocate_errno: AtomicI32,
+}
+
+impl FaultSwitches {
+    fn check(slot: &AtomicI32, op: &'static str, path: &Path) -> DiskResult<()> {
+        match slot.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            e => Err(DiskError::new(
+                op,
+                path,
+                std::io::Error::from_raw_os_error(e),
+            )),
+        }
+    }
+
+    /// Applies the text of a fault file.
+    pub fn apply(&self, text: &str) {
+        let (mut write, mut sync, mut fallocate) = (0, 0, 0);
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let errno = |v: &str| match v {
+                "enospc" => libc::ENOSPC,
+                "eio" => libc::EIO,
+                other => {
+                    log::warn!("fault file: unknown error {other:?}");
+                    0
+                }
+            };
+            match line.split_once('=') {
+                Some(("write", v)) => write = errno(v),
+                Some(("sync", v)) => sync = errno(v),
+                Some(("fallocate", v)) => fallocate = errno(v),
+                _ => log::warn!("fault file: unknown line {line:?}"),
+            }
+        }
+        self.write_errno.store(write, Ordering::Relaxed);
+        self.sync_errno.store(sync, Ordering::Relaxed);
+        self.fallocate_errno.store(fallocate, Ordering::Relaxed);
+    }
+}
+
+static SWITCHES: OnceLock<FaultSwitches> = OnceLock::new();
+
+/// The process-wide switches.
+pub fn switches() -> &'static FaultSwitches {
+    SWITCHES.get_or_init(FaultSwitches::default)
+}
+
+/// Starts the watcher thread when `QUORRA_FAULT_FILE` is set.
+pub fn watch_from_env() {
+    let Some(path) = std::env::var_os("QUORRA_FAULT_FILE").map(PathBuf::from) else {
+        return;
+    };
+    log::warn!("fault injection enabled from {}", path.display());
+    std::thread::Builder::new()
+        .name("fault-watch".into())
+        .spawn(move || {
+            let mut last = String::new();
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text != last {
+                    log::warn!("fault injection now: {:?}", text.trim());
+                    switches().apply(&text);
+                    last = text;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .expect("spawn fault watcher");
+}
+
+/// Wraps a disk so that every operation first consults the switches.
+#[derive(Clone, Debug, Default)]
+pub struct FaultInjecting<D>(pub D);
+
+/// A file of a [`FaultInjecting`] disk.
+pub struct FaultyFile<F> {
+    inner: F,
+    path: PathBuf,
+}
+
+impl<F: DiskFile> DiskFile for FaultyFile<F> {
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+    fn alloc_buf(&self, len: usize) -> IoBuf {
+        self.inner.alloc_buf(len)
+    }
+    async fn write_at(&self, buf: IoBuf, pos: u64) -> DiskResult<()> {
+        FaultSwitches::check(&switches().write_errno, "write", &self.path)?;
+        self.inner.write_at(buf, pos).await
+    }
+    async fn read_at(&self, pos: u64, len: usize) -> DiskResult<Vec<u8>> {
+        self.inner.read_at(pos, len).await
+    }
+    async fn sync_data(&self) -> DiskResult<()> {
+        FaultSwitches::check(&switches().sync_errno, "fdatasync", &self.path)?;
+        self.inner.sync_data().await
+    }
+    async fn preallocate(&self, len: u64) -> DiskResult<()> {
+        FaultSwitches::check(&switches().fallocate_errno, "fallocate", &self.path)?;
+        self.inner.preallocate(len).await
+    }
+    async fn size(&self) -> DiskResult<u64> {
+        self.inner.size().await
+    }
+    async fn close(self) -> DiskResult<()> {
+        self.inner.close().await
+    }
+}
+
+impl<D: Disk> Disk for FaultInjecting<D> {
+    type File = FaultyFile<D::File>;
+    async fn open(&self, path: &Path, create: bool) -> DiskResult<Self::File> {
+        Ok(FaultyFile {
+            inner: self.0.open(path, create).await?,
+            path: path.to_path_buf(),
+        })
+    }
+    async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
+        self.0.create_dir_all(path).await
+    }
+    async fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>> {
+        self.0.list_dir(path).await
+    }
+    async fn remove_file(&self, path: &Path) -> DiskResult<()> {
+        self.0.remove_file(path).await
+    }
+    async fn remove_dir_all(&self, path: &Path) -> DiskResult<()> {
+        self.0.remove_dir_all(path).await
+    }
+    async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>> {
+        self.0.read_file(path).await
+    }
+    async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
+        FaultSwitches::check(&switches().write_errno, "write", path)?;
+        self.0.write_file_atomic(path, bytes).await
+    }
+}

@@ -1,0 +1,207 @@
+//! The production [`Disk`]: glommio DMA files (O_DIRECT on io_uring) for logs, and blocking
+//! std::fs calls moved off the shard to glommio's blocking pool for rare metadata work.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use glommio::io::{DmaFile, OpenOptions};
+
+use super::disk::{Disk, DiskError, DiskFile, DiskResult, IoBuf};
+
+/// glommio-backed disk. Must be used from inside a glommio executor.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GlommioDisk;
+
+/// A log file opened with O_DIRECT.
+pub struct GlommioFile {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+fn to_io(e: glommio::GlommioError<()>) -> io::Error {
+    io::Error::from(e)
+}
+
+impl DiskFile for GlommioFile {
+    fn alignment(&self) -> usize {
+        self.file.alignment() as usize
+    }
+
+    fn alloc_buf(&self, len: usize) -> IoBuf {
+        let mut buf = self.file.alloc_dma_buffer(len);
+        buf.as_bytes_mut().fill(0);
+        IoBuf::Dma(buf)
+    }
+
+    async fn write_at(&self, buf: IoBuf, pos: u64) -> DiskResult<()> {
+        let IoBuf::Dma(buf) = buf else {
+            panic!("GlommioFile::write_at needs a DMA buffer from alloc_buf")
+        };
+        let len = buf.len();
+        let written = self
+            .file
+            .write_at(buf, pos)
+            .await
+            .map_err(|e| DiskError::new("write", &self.path, to_io(e)))?;
+        if written != len {
+            // A short direct write means the device ran out of room (see write(2)).
+            let e = io::Error::from_raw_os_error(libc::ENOSPC);
+            return Err(DiskError::new("write (short)", &self.path, e));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> DiskResult<Vec<u8>> {
+        let r = self
+            .file
+            .read_at(pos, len)
+            .await
+            .map_err(|e| DiskError::new("read", &self.path, to_io(e)))?;
+        Ok(r.to_vec())
+    }
+
+    async fn sync_data(&self) -> DiskResult<()> {
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| DiskError::new("fdatasync", &self.path, to_io(e)))
+    }
+
+    async fn preallocate(&self, len: u64) -> DiskResult<()> {
+        self.file
+            .pre_allocate(len, false)
+            .await
+            .map_err(|e| DiskError::new("fallocate", &self.path, to_io(e)))
+    }
+
+    async fn size(&self) -> DiskResult<u64> {
+        self.file
+            .file_size()
+            .await
+            .map_err(|e| DiskError::new("stat", &self.path, to_io(e)))
+    }
+
+    async fn close(self) -> DiskResult<()> {
+        self.file
+            .close()
+            .await
+            .map_err(|e| DiskError::new("close", &self.path, to_io(e)))
+    }
+}
+
+/// Runs a blocking file-system call on glommio's blocking pool, so the shard keeps serving.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    glommio::executor().spawn_blocking(f).await
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Disk for GlommioDisk {
+    type File = GlommioFile;
+
+    async fn open(&self, path: &Path, create: bool) -> DiskResult<GlommioFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(path)
+            .await
+            .map_err(|e| DiskError::new("open", path, to_io(e)))?;
+        if create {
+            // A new file's directory entry must be durable before anything in it counts as durable.
+            if let Some(dir) = path.parent().map(Path::to_path_buf) {
+                blocking(move || fsync_dir(&dir))
+                    .await
+                    .map_err(|e| DiskError::new("fsync dir of", path, e))?;
+            }
+        }
+        Ok(GlommioFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
+        let p = path.to_path_buf();
+        blocking(move || {
+            std::fs::create_dir_all(&p)?;
+            if let Some(parent) = p.parent() {
+                fsync_dir(parent)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| DiskError::new("mkdir", path, e))
+    }
+
+    async fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>> {
+        let p = path.to_path_buf();
+        blocking(move || match std::fs::read_dir(&p) {
+            Ok(entries) => entries
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| DiskError::new("list", path, e))
+    }
+
+    async fn remove_file(&self, path: &Path) -> DiskResult<()> {
+        let p = path.to_path_buf();
+        blocking(move || match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| DiskError::new("remove", path, e))
+    }
+
+    async fn remove_dir_all(&self, path: &Path) -> DiskResult<()> {
+        let p = path.to_path_buf();
+        blocking(move || match std::fs::remove_dir_all(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| DiskError::new("remove dir", path, e))
+    }
+
+    async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>> {
+        let p = path.to_path_buf();
+        blocking(move || match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| DiskError::new("read", path, e))
+    }
+
+    async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
+        let p = path.to_path_buf();
+        blocking(move || write_file_atomic_blocking(&p, &bytes))
+            .await
+            .map_err(|e| DiskError::new("write", path, e))
+    }
+}
+
+/// Temp file, fsync, rename over the target, fsync the directory: all or nothing, durably.
+pub fn write_file_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}

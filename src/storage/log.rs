@@ -1,0 +1,1106 @@
+//! The partition log: segments on disk, recent batches in memory, and the write pipeline.
+//!
+//! The log does no I/O by itself while it holds its state: every disk operation is handed
+//! out as a job ([`LogJob`]) that the owner runs without borrowing the log, and whose
+//! outcome it hands back to [`PartitionLog::complete`]. That keeps `RefCell` borrows off
+//! `.await` points and lets appends keep arriving while a write is in flight: they form the
+//! next group commit.
+//!
+//! Invariants (checked by `check_invariants` after every transition in debug builds):
+//! - `log_start_offset <= durable_offset <= written_offset <= next_offset`;
+//! - the in-memory cache is a contiguous run of batches ending at `next_offset`, and holds
+//!   every batch at or above `written_offset` (the pending ones, not yet on disk);
+//! - at most one write or roll is in flight; writes go to the active (last) segment only;
+//! - the active segment's tail block (`tail_block`) equals the bytes on disk from the
+//!   aligned start of its last partial block to its end.
+//!
+//! What need not hold: `durable_offset` may trail `written_offset` with `flush = interval`.
+//! The owning shard decides what is visible to readers (the high watermark); the log only
+//! refuses to serve above the bound it is given.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::limits::IO_ALIGNMENT;
+use crate::protocol::batch::{
+    check_batch, stamp_batch, validate_batch, BatchError, BATCH_HEADER_BYTES,
+};
+
+use super::disk::{Disk, DiskError, DiskFile, DiskResult, IoBuf};
+use super::index::{SegmentSummary, SparseIndex};
+use super::scan::{scan_segment, ScanOutcome};
+
+/// Name of the marker file that keeps a partition refusing service after corruption was found.
+pub const CORRUPT_MARKER: &str = "CORRUPT";
+
+/// Tunables of one partition log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment is rolled when the next batch would take it past this size.
+    pub segment_bytes: u64,
+    /// Distance between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Bytes of recent, already written batches kept in memory for readers.
+    pub cache_bytes: usize,
+    /// Largest single write (a group commit larger than this is split).
+    pub max_write_bytes: usize,
+    /// Delete the oldest segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    pub retention_ms: Option<u64>,
+    /// On recovery, truncate at mid-log corruption instead of refusing service.
+    pub truncate_corrupt: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 64 << 20,
+            index_interval_bytes: 4096,
+            cache_bytes: 8 << 20,
+            max_write_bytes: 4 << 20,
+            retention_bytes: None,
+            retention_ms: None,
+            truncate_corrupt: false,
+        }
+    }
+}
+
+/// Whether the log serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogHealth {
+    Healthy,
+    /// Corruption was found: no reads, no writes, until the operator acts.
+    Corrupt(String),
+    /// A write, flush or roll failed: reads of what was durable continue, writes are refused
+    /// until the log is reopened from disk (never by retrying the failed flush).
+    Failed {
+        reason: String,
+        disk_full: bool,
+    },
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    #[error("partition is corrupt and refuses service: {0}")]
+    Corrupt(String),
+    #[error("partition stopped accepting writes after an I/O error: {0}")]
+    Failed(String),
+    #[error("offset {offset} is out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    #[error("invalid record batch: {0}")]
+    BadBatch(#[from] BatchError),
+    #[error("empty produce request")]
+    EmptyAppend,
+}
+
+impl From<DiskError> for StorageError {
+    fn from(e: DiskError) -> Self {
+        if e.is_disk_full() {
+            StorageError::DiskFull(e.to_string())
+        } else {
+            StorageError::Io(e.to_string())
+        }
+    }
+}
+
+/// One segment: a file of batches starting at `base_offset`.
+struct Segment<F> {
+    base_offset: u64,
+    file: Rc<F>,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    /// Bytes of batches written (the file itself is preallocated and longer).
+    size: u64,
+    next_offset: u64,
+    max_timestamp: i64,
+    index: SparseIndex,
+}
+
+/// A batch held in memory: pending (not yet written) or recently written.
+#[derive(Clone, Debug)]
+pub struct CachedBatch {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    pub bytes: Bytes,
+}
+
+/// What `stamp` learned about one batch of a produce request.
+#[derive(Clone, Copy, Debug)]
+pub struct StampedBatch {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// A disk operation handed out by the log.
+pub enum LogJob<F> {
+    Write(WriteJob<F>),
+    Roll(RollJob<F>),
+    Sync(SyncJob<F>),
+}
+
+pub struct WriteJob<F> {
+    file: Rc<F>,
+    buf: IoBuf,
+    pos: u64,
+    sync: bool,
+    new_size: u64,
+    end_offset: u64,
+    max_timestamp: i64,
+    /// (base offset, position) of each batch written, for the index.
+    batches: Vec<(u64, u64, i64)>,
+    new_tail: Vec<u8>,
+}
+
+pub struct RollJob<F> {
+    old_file: Rc<F>,
+    sync_old: bool,
+    index_path: PathBuf,
+    index_bytes: Vec<u8>,
+    new_log_path: PathBuf,
+    new_base: u64,
+    preallocate: u64,
+    _marker: std::marker::PhantomData<F>,
+}
+
+pub struct SyncJob<F> {
+    files: Vec<Rc<F>>,
+    target: u64,
+}
+
+/// The result of a job, to be handed to [`PartitionLog::complete`].
+pub enum JobOutcome<F> {
+    Written {
+        meta: WriteMeta,
+        result: DiskResult<()>,
+    },
+    Rolled {
+        base: u64,
+        log_path: PathBuf,
+        result: DiskResult<F>,
+    },
+    Synced {
+        target: u64,
+        result: DiskResult<()>,
+    },
+}
+
+pub struct WriteMeta {
+    synced: bool,
+    new_size: u64,
+    end_offset: u64,
+    max_timestamp: i64,
+    batches: Vec<(u64, u64, i64)>,
+    new_tail: Vec<u8>,
+}
+
+impl<F: DiskFile> LogJob<F> {
+    /// Runs the job's I/O. `disk` opens files for rolls.
+    pub async fn run<D: Disk<File = F>>(self, disk: &D) -> JobOutcome<F> {
+        match self {
+            LogJob::Write(j) => {
+                let mut result = j.file.write_at(j.buf, j.pos).await;
+                if result.is_ok() && j.sync {
+                    result = j.file.sync_data().await;
+                }
+                let meta = WriteMeta {
+                    synced: j.sync,
+                    new_size: j.new_size,
+                    end_offset: j.end_offset,
+                    max_timestamp: j.max_timestamp,
+                    batches: j.batches,
+                    new_tail: j.new_tail,
+                };
+                JobOutcome::Written { meta, result }
+            }
+            LogJob::Roll(j) => {
+                let result = async {
+                    if j.sync_old {
+                        j.old_file.sync_data().await?;
+                    }
+                    disk.write_file_atomic(&j.index_path, j.index_bytes).await?;
+                    let f = disk.open(&j.new_log_path, true).await?;
+                    f.preallocate(j.preallocate).await?;
+                    Ok(f)
+                }
+                .await;
+                JobOutcome::Rolled {
+                    base: j.new_base,
+                    log_path: j.new_log_path,
+                    result,
+                }
+            }
+            LogJob::Sync(j) => {
+                let mut result = Ok(());
+                for f in &j.files {
+                    result = f.sync_data().await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                JobOutcome::Synced {
+                    target: j.target,
+                    result,
+                }
+            }
+        }
+    }
+}
+
+/// Result of planning a read.
+pub enum ReadPlan<F> {
+    /// Served from memory, no I/O.
+    Ready(Vec<Bytes>),
+    /// Needs a disk read.
+    Disk(DiskRead<F>),
+}
+
+/// A read from a segment file, run without borrowing the log.
+pub struct DiskRead<F> {
+    file: Rc<F>,
+    pos: u64,
+    len: u64,
+    segment_end: u64,
+    offset: u64,
+    max_bytes: usize,
+    upto: u64,
+}
+
+impl<F: DiskFile> DiskRead<F> {
+    /// Reads, checks every batch's CRC, and returns whole batches (possibly none).
+    pub async fn run(self) -> Result<Bytes, StorageError> {
+        let mut data = self.file.read_at(self.pos, self.len as usize).await?;
+        let (mut start, mut end) = (None, 0usize);
+        let mut p = 0usize;
+        loop {
+            let file_pos = self.pos + p as u64;
+            if file_pos + BATCH_HEADER_BYTES as u64 > self.segment_end {
+                break;
+            }
+            if data.len() < p + BATCH_HEADER_BYTES {
+                if start.is_some() {
+                    break;
+                }
+                let more = self
+                    .file
+                    .read_at(self.pos + data.len() as u64, BATCH_HEADER_BYTES)
+                    .await?;
+                if more.is_empty() {
+                    break;
+                }
+                data.extend_from_slice(&more);
+                continue;
+            }
+            let header = crate::protocol::batch::peek_header(&data[p..])
+                .map_err(|e| StorageError::Corrupt(format!("batch at position {file_pos}: {e}")))?;
+            let len = header.batch_len as usize;
+            if data.len() < p + len {
+                if start.is_some() {
+                    break;
+                }
+                let missing = p + len - data.len();
+                let more = self
+                    .file
+                    .read_at(self.pos + data.len() as u64, missing)
+                    .await?;
+                if more.len() < missing {
+                    return Err(StorageError::Corrupt(format!(
+                        "batch at position {file_pos} is cut short"
+                    )));
+                }
+                data.extend_from_slice(&more);
+            }
+            check_batch(&data[p..p + len])
+                .map_err(|e| StorageError::Corrupt(format!("batch at position {file_pos}: {e}")))?;
+            if header.base_offset >= self.upto {
+                break;
+            }
+            if header.next_offset() > self.offset {
+                if start.is_some() && end - start.unwrap_or(0) + len > self.max_bytes {
+                    break;
+                }
+                start.get_or_insert(p);
+                end = p + len;
+            }
+            p += len;
+        }
+        Ok(match start {
+            Some(s) => Bytes::from(data).slice(s..end),
+            None => Bytes::new(),
+        })
+    }
+}
+
+/// A partition's log. Owned by one shard; see the module docs for the job protocol.
+pub struct PartitionLog<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+    config: LogConfig,
+    segments: BTreeMap<u64, Segment<D::File>>,
+    log_start_offset: u64,
+    next_offset: u64,
+    written_offset: u64,
+    durable_offset: u64,
+    cache: VecDeque<CachedBatch>,
+    cache_bytes: usize,
+    tail_block: Vec<u8>,
+    health: LogHealth,
+    write_in_flight: bool,
+    sync_in_flight: bool,
+    unsynced: Vec<Rc<D::File>>,
+}
+
+fn segment_file_name(base: u64, ext: &str) -> String {
+    format!("{base:020}.{ext}")
+}
+
+fn align_down(v: u64) -> u64 {
+    v / IO_ALIGNMENT as u64 * IO_ALIGNMENT as u64
+}
+
+fn align_up(v: u64) -> u64 {
+    v.div_ceil(IO_ALIGNMENT as u64) * IO_ALIGNMENT as u64
+}
+
+impl<D: Disk> PartitionLog<D> {
+    /// Opens (creating if needed) the log in `dir` and recovers it: sealed segments are
+    /// trusted through their index (rebuilt by a scan if damaged), the last segment is
+    /// scanned batch by batch, a torn tail is truncated, corruption is reported.
+    pub async fn open(disk: D, dir: PathBuf, config: LogConfig) -> Result<Self, StorageError> {
+        disk.create_dir_all(&dir).await?;
+        let mut bases: Vec<u64> = disk
+            .list_dir(&dir)
+            .await?
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log").and_then(|b| b.parse().ok()))
+            .collect();
+        bases.sort_unstable();
+        let mut log = PartitionLog {
+            disk: disk.clone(),
+            dir: dir.clone(),
+            config,
+            segments: BTreeMap::new(),
+            log_start_offset: 0,
+            next_offset: 0,
+            written_offset: 0,
+            durable_offset: 0,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            tail_block: Vec::new(),
+            health: LogHealth::Healthy,
+            write_in_flight: false,
+            sync_in_flight: false,
+            unsynced: Vec::new(),
+        };
+        if let Some(marker) = disk.read_file(&dir.join(CORRUPT_MARKER)).await? {
+            log.health = LogHealth::Corrupt(String::from_utf8_lossy(&marker).trim().to_string());
+        }
+        if bases.is_empty() {
+            let path = dir.join(segment_file_name(0, "log"));
+            let file = disk.open(&path, true).await?;
+            file.preallocate(log.config.segment_bytes).await?;
+            log.insert_segment(0, path, file);
+            return Ok(log);
+        }
+        let last = *bases.last().expect("non-empty");
+        for &base in &bases {
+            if base == last {
+                log.recover_active(base).await?;
+            } else {
+                log.load_sealed(base).await?;
+            }
+        }
+        log.log_start_offset = bases[0];
+        log.written_offset = log.next_offset;
+        log.durable_offset = log.next_offset;
+        log.check_invariants();
+        Ok(log)
+    }
+
+    fn insert_segment(&mut self, base: u64, log_path: PathBuf, file: D::File) {
+        let index_path = log_path.with_extension("index");
+        self.segments.insert(
+            base,
+            Segment {
+                base_offset: base,
+                file: Rc::new(file),
+                log_path,
+                index_path,
+                size: 0,
+                next_offset: base,
+                max_timestamp: i64::MIN,
+                index: SparseIndex::default(),
+            },
+        );
+        self.next_offset = base;
+    }
+
+    async fn load_sealed(&mut self, base: u64) -> Result<(), StorageError> {
+        let log_path = self.dir.join(segment_file_name(base, "log"));
+        let index_path = log_path.with_extension("index");
+        let file = self.disk.open(&log_path, false).await?;
+        let (index, summary) = match self
+            .disk
+            .read_file(&index_path)
+            .await?
+            .as_deref()
+            .and_then(SparseIndex::decode)
+        {
+            Some(found) => found,
+            None => {
+                log::warn!(
+                    "{}: index missing or damaged, rebuilding it by a scan",
+                    index_path.display()
+                );
+                let len = file.size().await?;
+                let scan = scan_segment(&file, base, len, self.config.index_interval_bytes).await?;
+                if scan.outcome != ScanOutcome::Clean {
+                    self.set_corrupt(format!(
+                        "sealed segment {} is damaged: {:?}",
+                        log_path.display(),
+                        scan.outcome
+                    ));
+                }
+                let summary = SegmentSummary {
+                    size: scan.size,
+                    next_offset: scan.next_offset,
+                    max_timestamp: scan.max_timestamp,
+                };
+                self.disk
+                    .write_file_atomic(&index_path, scan.index.encode(summary))
+                    .await?;
+                (scan.index, summary)
+            }
+        };
+        self.check_continuity(base);
+        self.segments.insert(
+            base,
+            Segment {
+                base_offset: base,
+                file: Rc::new(file),
+                log_path,
+                index_path,
+                size: summary.size,
+                next_offset: summary.next_offset,
+                max_timestamp: summary.max_timestamp,
+                index,
+            },
+        );
+        self.next_offset = summary.next_offset;
+        Ok(())
+    }
+
+    fn check_continuity(&mut self, base: u64) {
+        if !self.segments.is_empty() && base != self.next_offset {
+            self.set_corrupt(format!(
+                "segment {base} does not continue the previous one, which ends at {}",
+                self.next_offset
+            ));
+        }
+    }
+
+    async fn recover_active(&mut self, base: u64) -> Result<(), StorageError> {
+        let log_path = self.dir.join(segment_file_name(base, "log"));
+        let file = self.disk.open(&log_path, false).await?;
+        let file_len = file.size().await?;
+        let scan = scan_segment(&file, base, file_len, self.config.index_interval_bytes).await?;
+        let zero_until = match &scan.outcome {
+            ScanOutcome::Clean => None,
+            ScanOutcome::TornTail {
+                garbage_end,
+                reason,
+            } => {
+                log::warn!(
+                    "{}: torn tail at byte {} ({reason}); truncating it",
+                    log_path.display(),
+                    scan.size
+                );
+                Some(*garbage_end)
+            }
+            ScanOutcome::Corrupt {
+                position,
+                offset,
+                reason,
+            } if self.config.truncate_corrupt => {
+                log::error!(
+                    "{}: corruption at byte {position} (offset {offset}): {reason}; truncating as configured (truncate_corrupt), later data is discarded",
+                    log_path.display()
+                );
+                Some(align_up(file_len))
+            }
+            ScanOutcome::Corrupt {
+                position,
+                offset,
+                reason,
+            } => {
+                let why = format!(
+                    "corruption in {} at byte {position} (offset {offset}): {reason}",
+                    log_path.display()
+                );
+                log::error!("{why}; the partition refuses service until the operator acts");
+                self.set_corrupt(why.clone());
+                self.disk
+                    .write_file_atomic(&self.dir.join(CORRUPT_MARKER), why.into_bytes())
+                    .await?;
+                None
+            }
+        };
+        self.check_continuity(base);
+        let tail_start = align_down(scan.size);
+        self.tail_block = file
+            .read_at(tail_start, (scan.size - tail_start) as usize)
+            .await?;
+        if let Some(end) = zero_until {
+            zero_range(&file, tail_start, &self.tail_block, end).await?;
+        }
+        self.segments.insert(
+            base,
+            Segment {
+                base_offset: base,
+                file: Rc::new(file),
+                index_path: log_path.with_extension("index"),
+                log_path,
+                size: scan.size,
+                next_offset: scan.next_offset,
+                max_timestamp: scan.max_timestamp,
+                index: scan.index,
+            },
+        );
+        self.next_offset = scan.next_offset;
+        Ok(())
+    }
+
+    fn set_corrupt(&mut self, why: String) {
+        if !matches!(self.health, LogHealth::Corrupt(_)) {
+            self.health = LogHealth::Corrupt(why);
+        }
+    }
+
+    /// Marks the log corrupt after a read found a bad batch; returns the marker to persist.
+    pub fn mark_corrupt(&mut self, why: &str) -> (PathBuf, Vec<u8>) {
+        log::error!(
+            "{}: {why}; the partition refuses service until the operator acts",
+            self.dir.display()
+        );
+        self.set_corrupt(why.to_string());
+        (self.dir.join(CORRUPT_MARKER), why.as_bytes().to_vec())
+    }
+
+    pub fn health(&self) -> &LogHealth {
+        &self.health
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+    pub fn written_offset(&self) -> u64 {
+        self.written_offset
+    }
+    pub fn durable_offset(&self) -> u64 {
+        self.durable_offset
+    }
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+    pub fn has_pending(&self) -> bool {
+        self.written_offset < self.next_offset
+    }
+    pub fn has_unsynced(&self) -> bool {
+        !self.unsynced.is_empty()
+    }
+    pub fn io_in_flight(&self) -> bool {
+        self.write_in_flight || self.sync_in_flight
+    }
+
+    fn writable(&self) -> Result<(), StorageError> {
+        match &self.health {
+            LogHealth::Healthy => Ok(()),
+            LogHealth::Corrupt(why) => Err(StorageError::Corrupt(why.clone())),
+            LogHealth::Failed {
+                reason,
+                disk_full: true,
+            } => Err(StorageError::DiskFull(reason.clone())),
+            LogHealth::Failed { reason, .. } => Err(StorageError::Failed(reason.clone())),
+        }
+    }
+
+    /// Validates every batch of a produce payload and stamps offsets from the log end, in
+    /// place. Does not change the log: call [`Self::append_stamped`] next, with no `.await`
+    /// in between (the offsets assume nothing else is appended first).
+    pub fn stamp(
+        &self,
+        payload: &mut [u8],
+        leader_epoch: u32,
+    ) -> Result<Vec<StampedBatch>, StorageError> {
+        self.writable()?;
+        if payload.is_empty() {
+            return Err(StorageError::EmptyAppend);
+        }
+        let mut batches = Vec::new();
+        let mut next = self.next_offset;
+        let mut at = 0;
+        while at < payload.len() {
+            let header = validate_batch(&payload[at..])?;
+            let len = header.batch_len as usize;
+            stamp_batch(&mut payload[at..at + len], next, leader_epoch);
+            let base = next;
+            next += u64::from(header.record_count);
+            batches.push(StampedBatch {
+                base_offset: base,
+                next_offset: next,
+                max_timestamp: header.max_timestamp,
+                start: at,
+                len,
+            });
+            at += len;
+        }
+        Ok(batches)
+    }
+
+    /// Appends batches stamped by [`Self::stamp`]; returns (first offset, last offset).
+    pub fn append_stamped(&mut self, payload: Bytes, batches: &[StampedBatch]) -> (u64, u64) {
+        let first = batches.first().expect("stamp returns at least one batch");
+        assert_eq!(
+            first.base_offset, self.next_offset,
+            "appended batches were stamped for another log end"
+        );
+        for b in batches {
+            self.push_cached(CachedBatch {
+                base_offset: b.base_offset,
+                next_offset: b.next_offset,
+                max_timestamp: b.max_timestamp,
+                bytes: payload.slice(b.start..b.start + b.len),
+            });
+        }
+        self.check_invariants();
+        (first.base_offset, self.next_offset - 1)
+    }
+
+    /// Appends one batch that already carries its offsets (replication, offset stores).
+    pub fn append_batch(&mut self, batch: Bytes) -> Result<u64, StorageError> {
+        self.writable()?;
+        let header = check_batch(&batch)?;
+        if header.base_offset != self.next_offset || header.batch_len as usize != batch.len() {
+            return Err(StorageError::Io(format!(
+                "batch at offset {} does not continue the log at {}",
+                header.base_offset, self.next_offset
+            )));
+        }
+        self.push_cached(CachedBatch {
+            base_offset: header.base_offset,
+            next_offset: header.next_offset(),
+            max_timestamp: header.max_timestamp,
+            bytes: batch,
+        });
+        Ok(header.last_offset())
+    }
+
+    fn push_cached(&mut self, b: CachedBatch) {
+        self.next_offset = b.next_offset;
+        self.cache_bytes += b.bytes.len();
+        self.cache.push_back(b);
+    }
+
+    fn active(&self) -> &Segment<D::File> {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment<D::File> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    /// The next disk operation to run, if any. `sync_each_write` is `flush = always`.
+    pub fn next_job(&mut self, sync_each_write: bool) -> Option<LogJob<D::File>> {
+        if self.health != LogHealth::Healthy || self.write_in_flight {
+            return None;
+        }
+        let first_pending = self
+            .cache
+            .partition_point(|b| b.base_offset < self.written_offset);
+        let Some(pending) = self.cache.get(first_pending) else {
+            // With flush = always nothing may stay unsynced (after a switch from interval).
+            return if sync_each_write {
+                self.next_sync_job()
+            } else {
+                None
+            };
+        };
+        let pending_len = pending.bytes.len() as u64;
+        let active = self.active();
+        if active.size > 0 && active.size + pending_len > self.config.segment_bytes {
+            self.write_in_flight = true;
+            // The sealed segment must be durable before its successor takes writes.
+            let sync_old = !self.unsynced.is_empty();
+            return Some(LogJob::Roll(self.roll_job(sync_old)));
+        }
+        self.write_in_flight = true;
+        Some(LogJob::Write(
+            self.write_job(first_pending, sync_each_write),
+        ))
+    }
+
+    fn roll_job(&self, sync_old: bool) -> RollJob<D::File> {
+        let active = self.active();
+        let summary = SegmentSummary {
+            size: active.size,
+            next_offset: active.next_offset,
+            max_timestamp: active.max_timestamp,
+        };
+        RollJob {
+            old_file: active.file.clone(),
+            sync_old,
+            index_path: active.index_path.clone(),
+            index_bytes: active.index.encode(summary),
+            new_log_path: self.dir.join(segment_file_name(self.written_offset, "log")),
+            new_base: self.written_offset,
+            preallocate: self.config.segment_bytes,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    fn write_job(&self, first_pending: usize, sync: bool) -> WriteJob<D::File> {
+        let active = self.active();
+        let start = align_down(active.size);
+        let mut total = self.tail_block.len() as u64;
+        let mut batches = Vec::new();
+        let mut max_timestamp = active.max_timestamp;
+        let mut end_offset = self.written_offset;
+        for b in self.cache.range(first_pending..) {
+            let len = b.bytes.len() as u64;
+            let fits_write = total + len <= self.config.max_write_bytes as u64;
+            let fits_segment = active.size + (total - self.tail_block.len() as u64) + len
+                <= self.config.segment_bytes;
+            if !(batches.is_empty() || fits_write && fits_segment) {
+                break;
+            }
+            batches.push((b.base_offset, start + total, b.max_timestamp));
+            max_timestamp = max_timestamp.max(b.max_timestamp);
+            total += len;
+            end_offset = b.next_offset;
+        }
+        let mut buf = active.file.alloc_buf(align_up(total) as usize);
+        {
+            let out = buf.as_mut_slice();
+            out[..self.tail_block.len()].copy_from_slice(&self.tail_block);
+            let mut at = self.tail_block.len();
+            for b in self
+                .cache
+                .range(first_pending..first_pending + batches.len())
+            {
+                out[at..at + b.bytes.len()].copy_from_slice(&b.bytes);
+                at += b.bytes.len();
+            }
+        }
+        let tail_from = align_down(total) as usize;
+        let new_tail = buf.as_slice()[tail_from..total as usize].to_vec();
+        WriteJob {
+            file: active.file.clone(),
+            buf,
+            pos: start,
+            sync,
+            new_size: start + total,
+            end_offset,
+            max_timestamp,
+            batches,
+            new_tail,
+        }
+    }
+
+    /// The fsync to run with `flush = interval`, if anything written is not yet durable.
+    pub fn next_sync_job(&mut self) -> Option<LogJob<D::File>> {
+        if self.health != LogHealth::Healthy || self.sync_in_flight || self.unsynced.is_empty() {
+            return None;
+        }
+        self.sync_in_flight = true;
+        Some(LogJob::Sync(SyncJob {
+            files: std::mem::take(&mut self.unsynced),
+            target: self.written_offset,
+        }))
+    }
+
+    /// Takes back a job's outcome. An error stops writes (see [`LogHealth::Failed`]); the
+    /// pending batches are dropped and their producers must be told.
+    pub fn complete(&mut self, outcome: JobOutcome<D::File>) -> Result<(), StorageError> {
+        let result = match outcome {
+            JobOutcome::Written { meta, result } => {
+                self.write_in_flight = false;
+                result.map(|()| self.finish_write(meta))
+            }
+            JobOutcome::Rolled {
+                base,
+                log_path,
+                result,
+            } => {
+                self.write_in_flight = false;
+                result.map(|file| self.finish_roll(base, log_path, file))
+            }
+            JobOutcome::Synced { target, result } => {
+                self.sync_in_flight = false;
+                result.map(|()| self.durable_offset = self.durable_offset.max(target))
+            }
+        };
+        if let Err(e) = result {
+            let err = StorageError::from(e);
+            self.fail(&err);
+            return Err(err);
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn finish_write(&mut self, meta: WriteMeta) {
+        if self.health != LogHealth::Healthy {
+            return; // failed meanwhile: the state is rebuilt from disk on reopen
+        }
+        let interval = self.config.index_interval_bytes;
+        let active = self.active_mut();
+        for &(base, pos, ts) in &meta.batches {
+            active.index.observe(base, pos, ts, interval);
+        }
+        active.size = meta.new_size;
+        active.next_offset = meta.end_offset;
+        active.max_timestamp = meta.max_timestamp;
+        let file = active.file.clone();
+        self.tail_block = meta.new_tail;
+        self.written_offset = meta.end_offset;
+        if meta.synced {
+            // fdatasync covers every earlier write to this file, and rolls sync older files.
+            self.durable_offset = meta.end_offset;
+            self.unsynced.clear();
+        } else if !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &file)) {
+            self.unsynced.push(file);
+        }
+        self.evict_cache();
+    }
+
+    fn finish_roll(&mut self, base: u64, log_path: PathBuf, file: D::File) {
+        // The old segment was synced by the roll (or by its last write): all of it is durable.
+        self.durable_offset = self.written_offset;
+        self.unsynced.clear();
+        self.tail_block.clear();
+        let next = self.next_offset;
+        self.insert_segment(base, log_path, file);
+        self.next_offset = next;
+    }
+
+    fn fail(&mut self, err: &StorageError) {
+        log::error!(
+            "{}: {err}; writes stop until the log is reopened from disk",
+            self.dir.display()
+        );
+        self.health = LogHealth::Failed {
+            reason: err.to_string(),
+            disk_full: matches!(err, StorageError::DiskFull(_)),
+        };
+        // Nothing above written_offset reached the disk as far as we know: drop it.
+        while self
+            .cache
+            .back()
+            .is_some_and(|b| b.base_offset >= self.written_offset)
+        {
+            let b = self.cache.pop_back().expect("checked");
+            self.cache_bytes -= b.bytes.len();
+        }
+        self.next_offset = self.written_offset;
+        // With a failed flush nothing unsynced can be trusted as durable.
+        self.written_offset = self.written_offset.max(self.durable_offset);
+    }
+
+    fn evict_cache(&mut self) {
+        while self.cache_bytes > self.config.cache_bytes
+            && self
+                .cache
+                .front()
+                .is_some_and(|b| b.next_offset <= self.written_offset)
+        {
+            let b = self.cache.pop_front().expect("checked");
+            self.cache_bytes -= b.bytes.len();
+        }
+    }
+
+    /// Plans a read of whole batches from the one containing `offset`, none at or above `upto`.
+    pub fn plan_read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        upto: u64,
+    ) -> Result<ReadPlan<D::File>, StorageError> {
+        if let LogHealth::Corrupt(why) = &self.health {
+            return Err(StorageError::Corrupt(why.clone()));
+        }
+        if offset < self.log_start_offset || offset > self.next_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset,
+                end: self.next_offset,
+            });
+        }
+        if offset >= upto {
+            return Ok(ReadPlan::Ready(Vec::new()));
+        }
+        if self.cache.front().is_some_and(|b| b.base_offset <= offset) {
+            let first = self.cache.partition_point(|b| b.next_offset <= offset);
+            let mut out = Vec::new();
+            let mut total = 0;
+            for b in self.cache.range(first..) {
+                if b.base_offset >= upto || (!out.is_empty() && total + b.bytes.len() > max_bytes) {
+                    break;
+                }
+                total += b.bytes.len();
+                out.push(b.bytes.clone());
+            }
+            return Ok(ReadPlan::Ready(out));
+        }
+        let (_, seg) = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .expect("offset >= log start has a segment");
+        let pos = seg.index.position_for(offset);
+        let len = (seg.size - pos)
+            .min(max_bytes as u64 + self.config.index_interval_bytes + BATCH_HEADER_BYTES as u64);
+        Ok(ReadPlan::Disk(DiskRead {
+            file: seg.file.clone(),
+            pos,
+            len,
+            segment_end: seg.size,
+            offset,
+            max_bytes,
+            upto,
+        }))
+    }
+
+    /// Where to start scanning for the first record with a timestamp >= `ts`; `None` if no
+    /// segment has one.
+    pub fn timestamp_scan_start(&self, ts: i64) -> Option<u64> {
+        let seg = self.segments.values().find(|s| s.max_timestamp >= ts)?;
+        Some(
+            seg.index
+                .start_for_timestamp(ts, seg.base_offset)
+                .0
+                .max(self.log_start_offset),
+        )
+    }
+
+    /// Removes whole segments past the retention limits; returns their files to delete.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let mut total: u64 = self.size_bytes();
+        while self.segments.len() > 1 {
+            let first = self.segments.values().next().expect("len > 1");
+            let over_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total > limit);
+            let too_old = self
+                .config
+                .retention_ms
+                .is_some_and(|ms| first.max_timestamp < now_ms.saturating_sub(ms as i64));
+            if !(over_size || too_old) || first.next_offset > self.durable_offset {
+                break;
+            }
+            let seg = self.segments.pop_first().expect("len > 1").1;
+            total -= seg.size;
+            removed.push(seg.log_path);
+            removed.push(seg.index_path);
+        }
+        if let Some(first) = self.segments.values().next() {
+            self.log_start_offset = first.base_offset;
+        }
+        while self
+            .cache
+            .front()
+            .is_some_and(|b| b.base_offset < self.log_start_offset)
+        {
+            let b = self.cache.pop_front().expect("checked");
+            self.cache_bytes -= b.bytes.len();
+        }
+        removed
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.log_start_offset <= self.durable_offset || self.segments.len() == 1);
+        assert!(
+            self.durable_offset <= self.written_offset,
+            "durable {} > written {}",
+            self.durable_offset,
+            self.written_offset
+        );
+        assert!(
+            self.written_offset <= self.next_offset,
+            "written {} > next {}",
+            self.written_offset,
+            self.next_offset
+        );
+        debug_assert!(self
+            .cache
+            .iter()
+            .zip(self.cache.iter().skip(1))
+            .all(|(a, b)| a.next_offset == b.base_offset));
+        debug_assert!(self
+            .cache
+            .back()
+            .is_none_or(|b| b.next_offset == self.next_offset));
+        debug_assert!(
+            self.written_offset == self.next_offset
+                || self
+                    .cache
+                    .front()
+                    .is_some_and(|b| b.base_offset <= self.written_offset)
+        );
+        debug_assert_eq!(
+            self.cache_bytes,
+            self.cache.iter().map(|b| b.bytes.len()).sum::<usize>()
+        );
+    }
+}
+
+/// Overwrites `[tail_start, end)` with the tail block followed by zeros, then syncs: the
+/// truncated garbage can never be mistaken for data by a later recovery.
+async fn zero_range<F: DiskFile>(
+    file: &F,
+    tail_start: u64,
+    tail: &[u8],
+    end: u64,
+) -> DiskResult<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut pos = tail_start;
+    let mut first = true;
+    while pos < end {
+        let len = CHUNK.min(align_up(end) - pos);
+        let mut buf = file.alloc_buf(len as usize);
+        if first {
+            buf.as_mut_slice()[..tail.len()].copy_from_slice(tail);
+            first = false;
+        }
+        file.write_at(buf, pos).await?;
+        pos += len;
+    }
+    file.sync_data().await
+}

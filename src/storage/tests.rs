@@ -1,0 +1,422 @@
+//! Tests of the partition log against the simulated disk: round trips, rolls, crashes with
+//! torn writes, corruption, failing writes and flushes, retention, and a random-operation
+//! test against a model.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures_lite::future::block_on;
+use rand::{Rng, SeedableRng};
+
+use super::log::{LogJob, ReadPlan};
+use super::mem_disk::{CrashMode, MemDisk, MemFaults};
+use super::{LogConfig, LogHealth, PartitionLog, StorageError};
+use crate::protocol::batch::{BatchBuilder, BatchIter, RecordIter};
+
+fn dir() -> PathBuf {
+    PathBuf::from("/data/topics/t/0")
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        cache_bytes: 16 * 1024,
+        max_write_bytes: 32 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+fn batch(values: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = BatchBuilder::with_capacity(1024);
+    for (i, v) in values.iter().enumerate() {
+        b.push(None, v, 1_000 + i as i64);
+    }
+    b.finish(0, 0, 0).to_vec()
+}
+
+fn append(log: &mut PartitionLog<MemDisk>, values: &[Vec<u8>]) -> Result<(u64, u64), StorageError> {
+    let mut payload = batch(values);
+    let stamped = log.stamp(&mut payload, 1)?;
+    Ok(log.append_stamped(Bytes::from(payload), &stamped))
+}
+
+/// Runs every pending write to completion (`sync`: flush = always; otherwise the writes are
+/// left unsynced, as between two interval flushes); returns the first error.
+fn drive(log: &mut PartitionLog<MemDisk>, disk: &MemDisk, sync: bool) -> Result<(), StorageError> {
+    loop {
+        let Some(job) = log.next_job(sync) else {
+            return Ok(());
+        };
+        let outcome = block_on(LogJob::run(job, disk));
+        log.complete(outcome)?;
+    }
+}
+
+fn read_all(log: &PartitionLog<MemDisk>, upto: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < upto {
+        let chunks = match log.plan_read(offset, 4096, upto)? {
+            ReadPlan::Ready(c) => c,
+            ReadPlan::Disk(r) => vec![block_on(r.run())?],
+        };
+        assert!(!chunks.is_empty(), "no progress at offset {offset}");
+        for chunk in chunks {
+            for item in BatchIter::new(&chunk) {
+                let (h, bytes) = item.expect("served batches are valid");
+                for rec in RecordIter::new(bytes, &h) {
+                    let rec = rec.unwrap();
+                    if rec.offset >= offset && rec.offset < upto {
+                        out.push((rec.offset, rec.value.to_vec()));
+                    }
+                }
+                offset = offset.max(h.next_offset());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn open(disk: &MemDisk, config: LogConfig) -> PartitionLog<MemDisk> {
+    block_on(PartitionLog::open(disk.clone(), dir(), config)).unwrap()
+}
+
+fn value(i: u64, len: usize) -> Vec<u8> {
+    let mut v = i.to_le_bytes().to_vec();
+    v.resize(len.max(8), (i % 251) as u8);
+    v
+}
+
+#[test]
+fn round_trip_across_rolls_and_reopen() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, small_config());
+    let mut expected = Vec::new();
+    for i in 0..400u64 {
+        let v = value(i, 10 + (i as usize * 37) % 900);
+        let (first, last) = append(&mut log, std::slice::from_ref(&v)).unwrap();
+        assert_eq!((first, last), (i, i));
+        expected.push((i, v));
+        if i % 7 == 0 {
+            drive(&mut log, &disk, true).unwrap();
+        }
+    }
+    drive(&mut log, &disk, true).unwrap();
+    assert!(log.segment_count() > 3, "small segments roll");
+    assert_eq!(log.durable_offset(), 400);
+    assert_eq!(read_all(&log, 400).unwrap(), expected);
+    drop(log);
+    let log = open(&disk, small_config());
+    assert_eq!(log.next_offset(), 400);
+    assert_eq!(read_all(&log, 400).unwrap(), expected);
+}
+
+#[test]
+fn group_commit_merges_appends_into_one_write() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, LogConfig::default());
+    for i in 0..50 {
+        append(&mut log, &[value(i, 100)]).unwrap();
+    }
+    let before = disk.counters();
+    drive(&mut log, &disk, true).unwrap();
+    let after = disk.counters();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "50 appends, one write, one flush"
+    );
+}
+
+#[test]
+fn crash_loses_nothing_that_was_flushed_and_tears_are_truncated() {
+    for keep in 0..3 {
+        for torn in [0usize, 1, 100, 4095, 4096, 5000] {
+            let disk = MemDisk::new();
+            let mut log = open(&disk, small_config());
+            for i in 0..20 {
+                append(&mut log, &[value(i, 300)]).unwrap();
+            }
+            drive(&mut log, &disk, true).unwrap();
+            // Unsynced writes: interval mode writes without syncing.
+            for i in 20..60 {
+                append(&mut log, &[value(i, 300)]).unwrap();
+                if i % 10 == 0 {
+                    drive(&mut log, &disk, false).ok();
+                }
+            }
+            let crashed = disk.crash(CrashMode::Tear {
+                keep_writes: keep,
+                torn_bytes: torn,
+            });
+            drop(log);
+            let log = open(&crashed, small_config());
+            assert_eq!(log.health(), &LogHealth::Healthy);
+            assert!(
+                log.next_offset() >= 20,
+                "flushed records survive (keep {keep}, torn {torn})"
+            );
+            let got = read_all(&log, log.next_offset()).unwrap();
+            for (i, (off, v)) in got.iter().enumerate() {
+                assert_eq!(*off, i as u64);
+                assert_eq!(v, &value(i as u64, 300));
+            }
+        }
+    }
+}
+
+#[test]
+fn truncated_segment_mid_batch_is_a_torn_tail() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, LogConfig::default());
+    for i in 0..10 {
+        append(&mut log, &[value(i, 200)]).unwrap();
+        drive(&mut log, &disk, true).unwrap();
+    }
+    let seg = dir().join("00000000000000000000.log");
+    let end = log.size_bytes() as usize;
+    drop(log);
+    // Cut the last batch in half: zero its second half as a torn write would.
+    disk.with_file(&seg, |b| b[end - 100..end].fill(0));
+    let log = open(&disk, LogConfig::default());
+    assert_eq!(log.health(), &LogHealth::Healthy);
+    assert_eq!(log.next_offset(), 9);
+    assert_eq!(read_all(&log, 9).unwrap().len(), 9);
+}
+
+#[test]
+fn flipped_bytes_in_the_last_batch_are_truncated_in_the_middle_are_reported() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, LogConfig::default());
+    for i in 0..10 {
+        append(&mut log, &[value(i, 200)]).unwrap();
+        drive(&mut log, &disk, true).unwrap();
+    }
+    let seg = dir().join("00000000000000000000.log");
+    let end = log.size_bytes() as usize;
+    drop(log);
+    disk.with_file(&seg, |b| b[end - 10] ^= 0xff);
+    let mut log = open(&disk, LogConfig::default());
+    assert_eq!(
+        log.health(),
+        &LogHealth::Healthy,
+        "damage with nothing after it is a torn tail"
+    );
+    assert_eq!(log.next_offset(), 9);
+    append(&mut log, &[value(9, 200)]).unwrap();
+    drive(&mut log, &disk, true).unwrap();
+    drop(log);
+
+    // Now damage a batch in the middle: later batches are intact, so this is corruption.
+    disk.with_file(&seg, |b| b[300] ^= 0xff);
+    let log = open(&disk, LogConfig::default());
+    assert!(
+        matches!(log.health(), LogHealth::Corrupt(_)),
+        "{:?}",
+        log.health()
+    );
+    assert!(matches!(
+        log.plan_read(0, 1024, 10),
+        Err(StorageError::Corrupt(_))
+    ));
+    drop(log);
+    // The verdict persists across restarts until the operator acts.
+    let log = open(&disk, LogConfig::default());
+    assert!(matches!(log.health(), LogHealth::Corrupt(_)));
+    drop(log);
+    // The operator's choice: truncate at the corruption (losing what follows).
+    block_on(super::Disk::remove_file(
+        &disk,
+        &dir().join(super::log::CORRUPT_MARKER),
+    ))
+    .unwrap();
+    let log = open(
+        &disk,
+        LogConfig {
+            truncate_corrupt: true,
+            ..LogConfig::default()
+        },
+    );
+    assert_eq!(log.health(), &LogHealth::Healthy);
+    assert_eq!(log.next_offset(), 1);
+}
+
+#[test]
+fn a_corrupt_sealed_segment_is_detected_when_read() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, small_config());
+    for i in 0..300 {
+        append(&mut log, &[value(i, 500)]).unwrap();
+        drive(&mut log, &disk, true).unwrap();
+    }
+    drop(log);
+    disk.with_file(&dir().join("00000000000000000000.log"), |b| b[1000] ^= 1);
+    let mut log = open(&disk, small_config());
+    let err = read_all(&log, 300).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    let StorageError::Corrupt(why) = err else {
+        unreachable!()
+    };
+    let (path, bytes) = log.mark_corrupt(&why);
+    block_on(super::Disk::write_file_atomic(&disk, &path, bytes)).unwrap();
+    assert!(matches!(
+        log.plan_read(299, 100, 300),
+        Err(StorageError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn failed_write_drops_pending_keeps_reads_and_resumes_after_reopen() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, LogConfig::default());
+    for i in 0..5 {
+        append(&mut log, &[value(i, 100)]).unwrap();
+    }
+    drive(&mut log, &disk, true).unwrap();
+    disk.set_faults(MemFaults {
+        write_errno: Some(libc::ENOSPC),
+        ..Default::default()
+    });
+    append(&mut log, &[value(5, 100)]).unwrap();
+    let err = drive(&mut log, &disk, true).unwrap_err();
+    assert!(matches!(err, StorageError::DiskFull(_)), "{err}");
+    assert_eq!(log.next_offset(), 5, "the unwritten batch is dropped");
+    assert!(matches!(
+        append(&mut log, &[value(5, 100)]),
+        Err(StorageError::DiskFull(_))
+    ));
+    assert_eq!(read_all(&log, 5).unwrap().len(), 5, "reads keep working");
+    // Space returns: the owner reopens the log from disk and writes resume.
+    disk.set_faults(MemFaults::default());
+    drop(log);
+    let mut log = open(&disk, LogConfig::default());
+    append(&mut log, &[value(5, 100)]).unwrap();
+    drive(&mut log, &disk, true).unwrap();
+    assert_eq!(read_all(&log, 6).unwrap().len(), 6);
+}
+
+#[test]
+fn failed_fsync_is_not_retried_and_is_not_durable() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, LogConfig::default());
+    append(&mut log, &[value(0, 100)]).unwrap();
+    drive(&mut log, &disk, true).unwrap();
+    disk.set_faults(MemFaults {
+        sync_errno: Some(libc::EIO),
+        ..Default::default()
+    });
+    append(&mut log, &[value(1, 100)]).unwrap();
+    let (_, syncs_before) = disk.counters();
+    let err = drive(&mut log, &disk, true).unwrap_err();
+    assert!(matches!(err, StorageError::Io(_)), "{err}");
+    assert_eq!(log.durable_offset(), 1);
+    assert!(matches!(log.health(), LogHealth::Failed { .. }));
+    assert!(
+        log.next_job(true).is_none(),
+        "a failed log hands out no more writes"
+    );
+    assert_eq!(
+        disk.counters().1,
+        syncs_before,
+        "no retry of the failed fsync"
+    );
+}
+
+#[test]
+fn retention_deletes_whole_old_segments() {
+    let disk = MemDisk::new();
+    let config = LogConfig {
+        retention_bytes: Some(128 * 1024),
+        ..small_config()
+    };
+    let mut log = open(&disk, config.clone());
+    for i in 0..1000 {
+        append(&mut log, &[value(i, 500)]).unwrap();
+        if i % 10 == 0 {
+            drive(&mut log, &disk, true).unwrap();
+        }
+    }
+    drive(&mut log, &disk, true).unwrap();
+    let removed = log.apply_retention(0);
+    assert!(!removed.is_empty());
+    assert!(log.size_bytes() <= 128 * 1024 + config.segment_bytes);
+    let start = log.log_start_offset();
+    assert!(start > 0);
+    assert!(matches!(
+        log.plan_read(0, 100, 1000),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    let got = read_all(&log, 1000).unwrap();
+    assert_eq!(got.first().unwrap().0, start);
+    assert_eq!(got.len() as u64, 1000 - start);
+}
+
+#[test]
+fn random_operations_against_a_model() {
+    for seed in 0..40u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut disk = MemDisk::new();
+        let config = small_config();
+        let mut log = open(&disk, config.clone());
+        // model: every record that was made durable, by offset
+        let mut durable: Vec<Vec<u8>> = Vec::new();
+        let mut appended: Vec<Vec<u8>> = Vec::new();
+        for step in 0..300 {
+            match rng.gen_range(0..10) {
+                0..=5 => {
+                    let n = rng.gen_range(1..5);
+                    let values: Vec<_> = (0..n)
+                        .map(|_| value(rng.gen(), rng.gen_range(0..3000)))
+                        .collect();
+                    let (first, _) = append(&mut log, &values).unwrap();
+                    assert_eq!(first as usize, appended.len(), "seed {seed} step {step}");
+                    appended.extend(values);
+                }
+                6..=7 => {
+                    drive(&mut log, &disk, true).unwrap();
+                    assert_eq!(
+                        log.durable_offset() as usize,
+                        appended.len(),
+                        "seed {seed} step {step}"
+                    );
+                    durable = appended.clone();
+                }
+                8 => {
+                    drive(&mut log, &disk, false).ok();
+                    if rng.gen_bool(0.3) {
+                        // the interval flush
+                        if let Some(job) = log.next_sync_job() {
+                            let outcome = block_on(LogJob::run(job, &disk));
+                            log.complete(outcome).unwrap();
+                            durable = appended[..log.durable_offset() as usize].to_vec();
+                        }
+                    }
+                }
+                _ => {
+                    let mode = CrashMode::Tear {
+                        keep_writes: rng.gen_range(0..3),
+                        torn_bytes: rng.gen_range(0..9000),
+                    };
+                    disk = disk.crash(mode);
+                    log = open(&disk, config.clone());
+                    assert_eq!(log.health(), &LogHealth::Healthy, "seed {seed} step {step}");
+                    let n = log.next_offset() as usize;
+                    assert!(
+                        n >= durable.len(),
+                        "seed {seed} step {step}: lost durable records"
+                    );
+                    let got = read_all(&log, n as u64).unwrap();
+                    for (i, (off, v)) in got.iter().enumerate() {
+                        assert_eq!(*off as usize, i);
+                        assert_eq!(
+                            v, &appended[i],
+                            "seed {seed} step {step}: offset {i} differs"
+                        );
+                    }
+                    appended.truncate(n);
+                    durable.truncate(n);
+                }
+            }
+        }
+    }
+}
