@@ -5,3 +5,10 @@
 pub mod limits;
 pub mod protocol;
 pub mod storage;
+pub mod broker;
+pub mod config;
+pub mod rt;
+pub mod net;
+pub mod server;
+pub mod shard;
+pub mod client;

@@ -100,6 +100,10 @@ pub enum StorageError {
     BadBatch(#[from] BatchError),
     #[error("empty produce request")]
     EmptyAppend,
+    #[error("timed out after {0} ms waiting for the batch to be committed")]
+    CommitTimeout(u64),
+    #[error("the partition is closing")]
+    Closing,
 }
 
 impl From<DiskError> for StorageError {

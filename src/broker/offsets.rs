@@ -1,0 +1,135 @@
+//! Consumer-group offsets ("the offset store"), kept durably in a small log per group.
+//!
+//! Each commit is one record (key: topic, NUL, partition; value: offset, metadata) appended
+//! to the group's own partition log under `<data_dir>/groups/<group>/` and acknowledged once
+//! flushed, like any produce. The in-memory map is rebuilt by replaying that log the first
+//! time a group is used after a start. A group is owned by the shard `hash(group) % shards`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::catalog::group_dir;
+use super::partition::Partition;
+use crate::config::FlushPolicy;
+use crate::protocol::batch::{BatchBuilder, BatchIter, RecordIter};
+use crate::rt;
+use crate::storage::{Disk, LogConfig, StorageError};
+
+/// How long a commit may wait for its flush.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type OffsetKey = (String, u32);
+
+struct GroupStore<D: Disk> {
+    log: Rc<Partition<D>>,
+    offsets: RefCell<HashMap<OffsetKey, (u64, String)>>,
+}
+
+pub struct OffsetStore<D: Disk> {
+    disk: D,
+    data_dir: PathBuf,
+    flush: FlushPolicy,
+    groups: RefCell<HashMap<String, Rc<GroupStore<D>>>>,
+    opening: glommio::sync::Semaphore,
+}
+
+fn encode_key(topic: &str, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 5);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_le_bytes());
+    k
+}
+
+fn decode_record(key: &[u8], value: &[u8]) -> Option<(OffsetKey, (u64, String))> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let topic = std::str::from_utf8(&key[..nul]).ok()?.to_string();
+    let partition = u32::from_le_bytes(key.get(nul + 1..nul + 5)?.try_into().ok()?);
+    let offset = u64::from_le_bytes(value.get(..8)?.try_into().ok()?);
+    let metadata = String::from_utf8_lossy(&value[8..]).into_owned();
+    Some(((topic, partition), (offset, metadata)))
+}
+
+impl<D: Disk> OffsetStore<D> {
+    pub fn new(disk: D, data_dir: PathBuf, flush: FlushPolicy) -> Self {
+        OffsetStore { disk, data_dir, flush, groups: RefCell::new(HashMap::new()), opening: glommio::sync::Semaphore::new(1) }
+    }
+
+    fn log_config() -> LogConfig {
+        LogConfig { segment_bytes: 1 << 20, cache_bytes: 256 << 10, ..LogConfig::default() }
+    }
+
+    async fn group(&self, name: &str) -> Result<Rc<GroupStore<D>>, StorageError> {
+        if let Some(g) = self.groups.borrow().get(name) {
+            return Ok(g.clone());
+        }
+        let _permit = self.opening.acquire_permit(1).await.map_err(|e| StorageError::Io(e.to_string()))?;
+        if let Some(g) = self.groups.borrow().get(name) {
+            return Ok(g.clone());
+        }
+        let dir = group_dir(&self.data_dir, name);
+        let log = Partition::open(self.disk.clone(), Rc::from(format!("group {name}")), 0, dir, Self::log_config(), self.flush).await?;
+        let offsets = replay(&log).await?;
+        let store = Rc::new(GroupStore { log, offsets: RefCell::new(offsets) });
+        self.groups.borrow_mut().insert(name.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// Durably records that `group` will next read `offset` of `topic`/`partition`.
+    pub async fn commit(&self, group: &str, topic: &str, partition: u32, offset: u64, metadata: &str) -> Result<(), StorageError> {
+        let g = self.group(group).await?;
+        let mut value = offset.to_le_bytes().to_vec();
+        value.extend_from_slice(metadata.as_bytes());
+        let mut batch = BatchBuilder::with_capacity(value.len() + topic.len() + 32);
+        batch.push(Some(&encode_key(topic, partition)), &value, rt::now_ms());
+        let payload = batch.finish(0, 0, 0).to_vec();
+        let appended = g.log.append(payload, 0, Bytes::from)?;
+        g.log.wait_committed(appended.last_offset, COMMIT_TIMEOUT).await?;
+        g.offsets.borrow_mut().insert((topic.to_string(), partition), (offset, metadata.to_string()));
+        Ok(())
+    }
+
+    /// The last committed offset of `group` for `topic`/`partition`.
+    pub async fn fetch(&self, group: &str, topic: &str, partition: u32) -> Result<Option<(u64, String)>, StorageError> {
+        let g = self.group(group).await?;
+        let found = g.offsets.borrow().get(&(topic.to_string(), partition)).cloned();
+        Ok(found)
+    }
+
+    pub async fn close(&self) {
+        let groups: Vec<_> = self.groups.borrow_mut().drain().map(|(_, g)| g).collect();
+        for g in groups {
+            g.log.close().await;
+        }
+    }
+}
+
+async fn replay<D: Disk>(log: &Partition<D>) -> Result<HashMap<OffsetKey, (u64, String)>, StorageError> {
+    let mut map = HashMap::new();
+    let mut offset = log.log_start_offset();
+    let hw = log.high_watermark();
+    while offset < hw {
+        let chunks = log.fetch(offset, 1 << 20, Duration::ZERO).await?;
+        if chunks.is_empty() {
+            break;
+        }
+        for chunk in &chunks {
+            for item in BatchIter::new(chunk) {
+                let (header, bytes) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                for rec in RecordIter::new(bytes, &header) {
+                    let rec = rec.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    if let Some((k, v)) = rec.key.and_then(|k| decode_record(k, rec.value)) {
+                        map.insert(k, v);
+                    }
+                }
+                offset = header.next_offset();
+            }
+        }
+    }
+    Ok(map)
+}

@@ -1,0 +1,312 @@
+//! A partition as its owning shard runs it: the log, the writer task that turns appends into
+//! group commits, producers waiting for their acknowledgement, and readers waiting for data.
+//!
+//! Owned by exactly one shard (`!Send`). The high watermark (what readers may see and what
+//! acknowledgements wait for) is the durable end with `flush = always`, the written end with
+//! `flush = interval`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use crate::config::FlushPolicy;
+use crate::protocol::batch::{BatchIter, RecordIter};
+use crate::protocol::messages::PartitionStatus;
+use crate::rt::{self, Notify, WaitList};
+use crate::storage::log::ReadPlan;
+use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
+
+/// The disk the broker runs on: glommio DMA files behind the fault-injection switches.
+pub type ServerDisk = crate::storage::faults::FaultInjecting<crate::storage::glommio_disk::GlommioDisk>;
+
+/// Waits longer than this are cut short so a waiting list cannot grow without bound.
+const PRUNE_WAITERS_ABOVE: usize = 1024;
+
+struct AckWaiter {
+    /// The producer's batch ends before this offset.
+    end: u64,
+    tx: oneshot::Sender<Result<u64, StorageError>>,
+}
+
+/// Result of a produce that was appended.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub first_offset: u64,
+    pub last_offset: u64,
+}
+
+pub struct Partition<D: Disk = ServerDisk> {
+    pub topic: Rc<str>,
+    pub id: u32,
+    disk: D,
+    dir: PathBuf,
+    log_config: LogConfig,
+    flush: FlushPolicy,
+    log: RefCell<PartitionLog<D>>,
+    acks: RefCell<VecDeque<AckWaiter>>,
+    data_arrived: WaitList,
+    wake_writer: Notify,
+    closing: Cell<bool>,
+    writer_done: Notify,
+    writer_running: Cell<bool>,
+}
+
+impl<D: Disk> Partition<D> {
+    /// Opens (recovering) the log and starts the writer task.
+    pub async fn open(disk: D, topic: Rc<str>, id: u32, dir: PathBuf, log_config: LogConfig, flush: FlushPolicy) -> Result<Rc<Self>, StorageError> {
+        let log = PartitionLog::open(disk.clone(), dir.clone(), log_config.clone()).await?;
+        if let LogHealth::Corrupt(why) = log.health() {
+            log::error!("partition {topic}/{id} is corrupt and will not serve: {why}");
+        }
+        let p = Rc::new(Partition {
+            topic,
+            id,
+            disk,
+            dir,
+            log_config,
+            flush,
+            log: RefCell::new(log),
+            acks: RefCell::new(VecDeque::new()),
+            data_arrived: WaitList::default(),
+            wake_writer: Notify::new(),
+            closing: Cell::new(false),
+            writer_done: Notify::new(),
+            writer_running: Cell::new(true),
+        });
+        rt::spawn(p.clone().writer());
+        Ok(p)
+    }
+
+    /// Offsets below it are committed: readable and acknowledged.
+    pub fn high_watermark(&self) -> u64 {
+        let log = self.log.borrow();
+        match self.flush {
+            FlushPolicy::Always => log.durable_offset(),
+            FlushPolicy::IntervalMs(_) => log.written_offset(),
+        }
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.log.borrow().log_start_offset()
+    }
+
+    pub fn health(&self) -> LogHealth {
+        self.log.borrow().health().clone()
+    }
+
+    /// Validates, stamps and appends the batches in `payload`. `into_bytes` turns the
+    /// stamped buffer into shared bytes without copying. No `.await` inside: appends from
+    /// tasks spawned in order keep that order.
+    pub fn append<B>(&self, mut payload: B, leader_epoch: u32, into_bytes: impl FnOnce(B) -> Bytes) -> Result<Appended, StorageError>
+    where
+        B: AsMut<[u8]>,
+    {
+        if self.closing.get() {
+            return Err(StorageError::Closing);
+        }
+        let mut log = self.log.borrow_mut();
+        let stamped = log.stamp(payload.as_mut(), leader_epoch)?;
+        let (first_offset, last_offset) = log.append_stamped(into_bytes(payload), &stamped);
+        drop(log);
+        self.wake_writer.notify();
+        Ok(Appended { first_offset, last_offset })
+    }
+
+    /// Waits until `last_offset` is committed; returns the high watermark then.
+    pub async fn wait_committed(&self, last_offset: u64, timeout: Duration) -> Result<u64, StorageError> {
+        let hw = self.high_watermark();
+        if last_offset < hw {
+            return Ok(hw);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.acks.borrow_mut().push_back(AckWaiter { end: last_offset + 1, tx });
+        match rt::timeout(timeout, rx).await {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(StorageError::Closing),
+            None => Err(StorageError::CommitTimeout(timeout.as_millis() as u64)),
+        }
+    }
+
+    /// The writer task: runs the log's jobs one after another; appends that arrive while a
+    /// job runs are batched into the next one (group commit).
+    async fn writer(self: Rc<Self>) {
+        let sync_each_write = self.flush == FlushPolicy::Always;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let job = self.log.borrow_mut().next_job(sync_each_write);
+            if let Some(job) = job {
+                let outcome = job.run(&self.disk).await;
+                let result = self.log.borrow_mut().complete(outcome);
+                self.after_io(result);
+                continue;
+            }
+            if self.closing.get() {
+                break;
+            }
+            if matches!(self.health(), LogHealth::Failed { .. }) {
+                rt::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                self.reopen().await;
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            self.wake_writer.notified().await;
+        }
+        self.writer_running.set(false);
+        self.writer_done.notify();
+    }
+
+    /// Rebuilds the log from what is on disk after a failed write or flush. The failed
+    /// flush is never retried: whatever the disk holds now is scanned and trusted only as
+    /// far as its CRCs go; nothing that was not acknowledged is made to look acknowledged.
+    async fn reopen(&self) {
+        match PartitionLog::open(self.disk.clone(), self.dir.clone(), self.log_config.clone()).await {
+            Ok(fresh) => {
+                log::warn!("partition {}/{}: reopened from disk at offset {}, writes resume", self.topic, self.id, fresh.next_offset());
+                *self.log.borrow_mut() = fresh;
+                self.data_arrived.notify_all();
+            }
+            Err(e) => log::warn!("partition {}/{}: still failing: {e}", self.topic, self.id),
+        }
+    }
+
+    /// Runs the periodic fsync of `flush = interval`.
+    pub async fn sync_now(&self) {
+        let job = self.log.borrow_mut().next_sync_job();
+        if let Some(job) = job {
+            let outcome = job.run(&self.disk).await;
+            let result = self.log.borrow_mut().complete(outcome);
+            self.after_io(result);
+        }
+    }
+
+    fn after_io(&self, result: Result<(), StorageError>) {
+        let hw = self.high_watermark();
+        let mut acks = self.acks.borrow_mut();
+        while acks.front().is_some_and(|w| w.end <= hw) {
+            let w = acks.pop_front().expect("checked");
+            let _ = w.tx.send(Ok(hw));
+        }
+        if let Err(e) = result {
+            // Every batch above the durable end was dropped: tell its producers.
+            for w in acks.drain(..) {
+                let _ = w.tx.send(Err(e.clone()));
+            }
+        }
+        drop(acks);
+        self.data_arrived.notify_all();
+    }
+
+    /// Reads whole batches from the one containing `offset`; waits up to `max_wait` when
+    /// nothing is committed there yet. Never returns data at or above the high watermark.
+    pub async fn fetch(&self, offset: u64, max_bytes: usize, max_wait: Duration) -> Result<Vec<Bytes>, StorageError> {
+        let deadline = std::time::Instant::now() + max_wait;
+        loop {
+            let hw = self.high_watermark();
+            let plan = self.log.borrow().plan_read(offset, max_bytes, hw)?;
+            let chunks = match plan {
+                ReadPlan::Ready(chunks) => chunks,
+                ReadPlan::Disk(read) => match read.run().await {
+                    Ok(bytes) if bytes.is_empty() => Vec::new(),
+                    Ok(bytes) => vec![bytes],
+                    Err(StorageError::Corrupt(why)) => return Err(self.mark_corrupt(&why).await),
+                    Err(e) => return Err(e),
+                },
+            };
+            let now = std::time::Instant::now();
+            if !chunks.is_empty() || now >= deadline || self.closing.get() {
+                return Ok(chunks);
+            }
+            if self.data_arrived.len() > PRUNE_WAITERS_ABOVE {
+                self.data_arrived.prune();
+            }
+            let arrived = self.data_arrived.wait();
+            rt::timeout(deadline - now, arrived).await;
+        }
+    }
+
+    async fn mark_corrupt(&self, why: &str) -> StorageError {
+        let (path, bytes) = self.log.borrow_mut().mark_corrupt(why);
+        if let Err(e) = self.disk.write_file_atomic(&path, bytes).await {
+            log::error!("could not persist the corruption marker {}: {e}", path.display());
+        }
+        StorageError::Corrupt(why.to_string())
+    }
+
+    /// The first offset whose record timestamp is at least `ts`, or the high watermark.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<u64, StorageError> {
+        let hw = self.high_watermark();
+        let Some(mut offset) = self.log.borrow().timestamp_scan_start(ts) else { return Ok(hw) };
+        while offset < hw {
+            let chunks = self.fetch(offset, 1 << 20, Duration::ZERO).await?;
+            if chunks.is_empty() {
+                break;
+            }
+            for chunk in &chunks {
+                for item in BatchIter::new(chunk) {
+                    let (header, bytes) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    if header.max_timestamp >= ts {
+                        for rec in RecordIter::new(bytes, &header) {
+                            let rec = rec.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                            if rec.offset >= offset && rec.timestamp >= ts {
+                                return Ok(rec.offset);
+                            }
+                        }
+                    }
+                    offset = offset.max(header.next_offset());
+                }
+            }
+        }
+        Ok(hw)
+    }
+
+    /// Applies retention and deletes the files of dropped segments.
+    pub async fn apply_retention(&self) {
+        let removed = self.log.borrow_mut().apply_retention(rt::now_ms());
+        for path in removed {
+            if let Err(e) = self.disk.remove_file(&path).await {
+                log::warn!("retention: {e}");
+            }
+        }
+    }
+
+    pub fn status(&self, leader: u32) -> PartitionStatus {
+        let high_watermark = self.high_watermark();
+        let log = self.log.borrow();
+        let state = match log.health() {
+            LogHealth::Healthy => "ok".to_string(),
+            LogHealth::Corrupt(why) => format!("corrupt: {why}"),
+            LogHealth::Failed { reason, .. } => format!("stopped: {reason}"),
+        };
+        PartitionStatus {
+            partition: self.id,
+            leader,
+            log_start_offset: log.log_start_offset(),
+            high_watermark,
+            log_end_offset: log.next_offset(),
+            segments: log.segment_count() as u32,
+            size_bytes: log.size_bytes(),
+            state,
+        }
+    }
+
+    /// Stops accepting appends, lets the writer flush what is pending, and waits for it.
+    pub async fn close(&self) {
+        self.closing.set(true);
+        self.wake_writer.notify();
+        while self.writer_running.get() {
+            self.writer_done.notified().await;
+        }
+        self.data_arrived.notify_all();
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+

@@ -1,0 +1,133 @@
+//! One pipelined connection to a broker: many requests in flight, answers matched by
+//! correlation id, a reader task and a writer task.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use super::ClientError;
+use crate::net::{self, Outbox, ReadError};
+use crate::protocol::messages::ErrorResponse;
+use crate::protocol::{decode, ApiKind, BodyBuf, ErrorCode, Frame, OutFrame};
+use crate::rt;
+
+type Pending = RefCell<HashMap<u64, oneshot::Sender<Result<Frame, ClientError>>>>;
+
+pub struct Connection {
+    addr: SocketAddr,
+    outbox: Rc<Outbox>,
+    pending: Rc<Pending>,
+    next_correlation_id: Cell<u64>,
+    broken: Rc<RefCell<Option<String>>>,
+}
+
+impl Connection {
+    /// Connects and starts the reader and writer tasks.
+    pub async fn connect(addr: SocketAddr, timeout: Duration, max_frame_bytes: usize) -> Result<Rc<Connection>, ClientError> {
+        let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
+            .await
+            .map_err(|e| ClientError::Connect { addr: addr.to_string(), message: std::io::Error::from(e).to_string() })?;
+        let (mut reader, writer) = net::split(stream).map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
+        let outbox = Outbox::new();
+        let conn = Rc::new(Connection {
+            addr,
+            outbox: outbox.clone(),
+            pending: Rc::new(RefCell::new(HashMap::new())),
+            next_correlation_id: Cell::new(1),
+            broken: Rc::new(RefCell::new(None)),
+        });
+        let (pending, broken, out) = (conn.pending.clone(), conn.broken.clone(), outbox.clone());
+        rt::spawn(async move {
+            let mut writer = writer;
+            if let Err(e) = net::write_loop(&mut writer, out).await {
+                log::debug!("connection to {addr}: write failed: {e}");
+            }
+            // Wakes the reader task too: the connection is over.
+            net::shutdown(&writer);
+        });
+        rt::spawn(async move {
+            let reason = loop {
+                match net::read_frame(&mut reader, max_frame_bytes).await {
+                    Ok(frame) => {
+                        if frame.header.correlation_id == 0 && frame.header.is_error() {
+                            break describe_error(&frame).to_string();
+                        }
+                        let tx = pending.borrow_mut().remove(&frame.header.correlation_id);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(Ok(frame));
+                        }
+                    }
+                    Err(ReadError::Closed) => break "the broker closed the connection".to_string(),
+                    Err(ReadError::Io(e)) => break e.to_string(),
+                    Err(ReadError::Timeout) => break "a response stalled mid-frame".to_string(),
+                    Err(ReadError::BadHeader(e)) => break format!("corrupt response: {e}"),
+                    Err(ReadError::BadBody { error, .. }) => break format!("corrupt response: {error}"),
+                }
+            };
+            *broken.borrow_mut() = Some(reason.clone());
+            outbox.close();
+            for (_, tx) in pending.borrow_mut().drain() {
+                let _ = tx.send(Err(ClientError::Disconnected { addr: addr.to_string(), reason: reason.clone() }));
+            }
+        });
+        Ok(conn)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the connection failed; new requests need a new connection.
+    pub fn is_broken(&self) -> bool {
+        self.broken.borrow().is_some()
+    }
+
+    /// Queues a request now and returns the future of its response. Requests queued in
+    /// order are written in order.
+    pub fn send(&self, kind: ApiKind, archive: BodyBuf, payload: Vec<Bytes>) -> impl std::future::Future<Output = Result<Frame, ClientError>> {
+        let id = self.next_correlation_id.get();
+        self.next_correlation_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        let broken = self.broken.borrow().clone();
+        if broken.is_none() {
+            self.pending.borrow_mut().insert(id, tx);
+            self.outbox.push(OutFrame::new(kind as u16, 0, id, archive, payload));
+        }
+        let addr = self.addr.to_string();
+        async move {
+            if let Some(reason) = broken {
+                return Err(ClientError::Disconnected { addr, reason });
+            }
+            let frame = rx.await.map_err(|_| ClientError::Disconnected { addr, reason: "connection dropped".into() })??;
+            if frame.header.is_error() {
+                return Err(describe_error(&frame));
+            }
+            if frame.header.kind != kind as u16 {
+                return Err(ClientError::Protocol(format!("response of kind {} to a request of kind {}", frame.header.kind, kind as u16)));
+            }
+            Ok(frame)
+        }
+    }
+
+    pub fn close(&self) {
+        self.outbox.close();
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.outbox.close();
+    }
+}
+
+fn describe_error(frame: &Frame) -> ClientError {
+    match decode::<ErrorResponse>(frame.archive()) {
+        Ok(e) => ClientError::Server { code: ErrorCode::from_u16(e.code), message: e.message, leader_hint: e.leader_hint },
+        Err(e) => ClientError::Protocol(format!("undecodable error response: {e}")),
+    }
+}

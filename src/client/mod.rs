@@ -1,0 +1,237 @@
+//! The Quorra client library: a connection to a broker, a batching producer and a
+//! long-polling consumer with consumer-group offsets. Used by the `quorra` CLI and the
+//! `quorra-load` generator.
+//!
+//! The client runs inside a glommio executor (one per thread, like the broker); all types
+//! are `!Send` and cheap to share with `Rc`.
+
+mod connection;
+pub mod consumer;
+pub mod producer;
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+pub use connection::Connection;
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
+pub use producer::{Partitioner, Producer, ProducerConfig, RecordMetadata};
+
+use crate::limits::DEFAULT_MAX_FRAME_BYTES;
+use crate::protocol::messages::*;
+use crate::protocol::{decode, encode, ApiKind, BodyBuf, DecodeError, ErrorCode, Frame};
+
+/// Everything that can go wrong for a client, each with a message fit for a one-line error.
+#[derive(Debug, Error, Clone)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("no broker reachable ({0})")]
+    NoBroker(String),
+    #[error("connection to {addr} lost: {reason}")]
+    Disconnected { addr: String, reason: String },
+    #[error("{message} ({code})")]
+    Server { code: ErrorCode, message: String, leader_hint: Option<String> },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("corrupt data received: {0}")]
+    Corrupt(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether a new connection (maybe to another node) may succeed.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Disconnected { .. } | ClientError::NoBroker(_))
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` addresses, tried in turn.
+    pub bootstrap: Vec<String>,
+    pub connect_timeout: Duration,
+    /// Longest any single request may take (fetch long polls add their own wait).
+    pub request_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            bootstrap: vec!["127.0.0.1:7420".into()],
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Parses a comma-separated bootstrap list.
+    pub fn with_bootstrap(list: &str) -> Self {
+        ClientConfig { bootstrap: list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(), ..Default::default() }
+    }
+}
+
+/// A client: one connection at a time, re-established (trying every bootstrap address in
+/// turn) when it breaks.
+pub struct Client {
+    config: ClientConfig,
+    conn: RefCell<Option<Rc<Connection>>>,
+}
+
+impl Client {
+    /// Connects to the first reachable bootstrap address.
+    pub async fn connect(config: ClientConfig) -> Result<Rc<Client>, ClientError> {
+        if config.bootstrap.is_empty() {
+            return Err(ClientError::Invalid("no bootstrap address given".into()));
+        }
+        let client = Rc::new(Client { config, conn: RefCell::new(None) });
+        client.connection().await?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The live connection, reconnecting if needed.
+    pub async fn connection(&self) -> Result<Rc<Connection>, ClientError> {
+        if let Some(c) = self.conn.borrow().as_ref().filter(|c| !c.is_broken()) {
+            return Ok(c.clone());
+        }
+        let mut failures = Vec::new();
+        for addr in &self.config.bootstrap {
+            for sock in resolve(addr)? {
+                match Connection::connect(sock, self.config.connect_timeout, self.config.max_frame_bytes).await {
+                    Ok(c) => {
+                        *self.conn.borrow_mut() = Some(c.clone());
+                        return Ok(c);
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+        }
+        if failures.len() == 1 {
+            return Err(ClientError::NoBroker(failures.remove(0)));
+        }
+        Err(ClientError::NoBroker(failures.join("; ")))
+    }
+
+    /// Sends a request and waits for its response frame.
+    pub async fn request(&self, kind: ApiKind, archive: BodyBuf, payload: Vec<Bytes>, timeout: Duration) -> Result<Frame, ClientError> {
+        let conn = self.connection().await?;
+        let fut = conn.send(kind, archive, payload);
+        match crate::rt::timeout(timeout, fut).await {
+            Some(r) => r,
+            None => Err(ClientError::Timeout(format!("no answer from {} within {} ms", conn.addr(), timeout.as_millis()))),
+        }
+    }
+
+    async fn call<Req, Resp>(&self, kind: ApiKind, req: &Req) -> Result<Resp, ClientError>
+    where
+        Req: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<BodyBuf, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+        Resp: rkyv::Archive,
+        Resp::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+            + rkyv::Deserialize<Resp, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
+        let frame = self.request(kind, encode(req), Vec::new(), self.config.request_timeout).await?;
+        Ok(decode::<Resp>(frame.archive())?)
+    }
+
+    pub async fn metadata(&self, topics: Vec<String>) -> Result<MetadataResponse, ClientError> {
+        self.call(ApiKind::Metadata, &MetadataRequest { topics }).await
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: u32, replication_factor: u16) -> Result<CreateTopicResponse, ClientError> {
+        self.call(ApiKind::CreateTopic, &CreateTopicRequest { name: name.into(), partitions, replication_factor }).await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<DeleteTopicResponse, ClientError> {
+        self.call(ApiKind::DeleteTopic, &DeleteTopicRequest { name: name.into() }).await
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<DescribeTopicResponse, ClientError> {
+        self.call(ApiKind::DescribeTopic, &DescribeTopicRequest { name: name.into() }).await
+    }
+
+    pub async fn list_topics(&self) -> Result<ListTopicsResponse, ClientError> {
+        self.call(ApiKind::ListTopics, &ListTopicsRequest {}).await
+    }
+
+    /// Number of partitions of a topic (an `unknown_topic` error if there is no such topic).
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let md = self.metadata(vec![topic.to_string()]).await?;
+        md.topics
+            .into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.partitions.len() as u32)
+            .ok_or_else(|| ClientError::Server { code: ErrorCode::UnknownTopic, message: format!("no such topic: {topic}"), leader_hint: None })
+    }
+
+    /// Produces already-built record batches to one partition.
+    pub async fn produce_batches(&self, topic: &str, partition: u32, acks: Acks, batches: Vec<Bytes>) -> Result<ProduceResponse, ClientError> {
+        let req = ProduceRequest { topic: topic.into(), partition, acks: acks as u8, timeout_ms: self.config.request_timeout.as_millis() as u32 };
+        let frame = self.request(ApiKind::Produce, encode(&req), batches, self.config.request_timeout).await?;
+        Ok(decode::<ProduceResponse>(frame.archive())?)
+    }
+
+    /// Fetches whole batches from the batch containing `offset`.
+    pub async fn fetch(&self, topic: &str, partition: u32, offset: u64, max_bytes: u32, max_wait: Duration) -> Result<FetchResult, ClientError> {
+        let req = FetchRequest { topic: topic.into(), partition, offset, max_bytes, max_wait_ms: max_wait.as_millis() as u32 };
+        let frame = self.request(ApiKind::Fetch, encode(&req), Vec::new(), self.config.request_timeout + max_wait).await?;
+        let resp = decode::<FetchResponse>(frame.archive())?;
+        Ok(FetchResult { high_watermark: resp.high_watermark, log_start_offset: resp.log_start_offset, batches: frame.into_payload() })
+    }
+
+    pub async fn list_offsets(&self, topic: &str, partition: u32, spec: u8, timestamp_ms: i64) -> Result<u64, ClientError> {
+        let resp: ListOffsetsResponse = self.call(ApiKind::ListOffsets, &ListOffsetsRequest { topic: topic.into(), partition, spec, timestamp_ms }).await?;
+        Ok(resp.offset)
+    }
+
+    pub async fn commit_offset(&self, group: &str, topic: &str, partition: u32, offset: u64) -> Result<(), ClientError> {
+        let req = CommitOffsetRequest { group: group.into(), topic: topic.into(), partition, offset, metadata: String::new() };
+        let _: CommitOffsetResponse = self.call(ApiKind::CommitOffset, &req).await?;
+        Ok(())
+    }
+
+    pub async fn fetch_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, ClientError> {
+        let resp: FetchOffsetResponse = self.call(ApiKind::FetchOffset, &FetchOffsetRequest { group: group.into(), topic: topic.into(), partition }).await?;
+        Ok(resp.offset)
+    }
+}
+
+/// The answer to a fetch: concatenated record batches (the first may start before the
+/// requested offset) and the partition's bounds.
+pub struct FetchResult {
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    pub batches: Bytes,
+}
+
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    addr.to_socket_addrs().map(Iterator::collect).map_err(|e| ClientError::Invalid(format!("bad broker address {addr:?}: {e}")))
+}

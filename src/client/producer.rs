@@ -1,0 +1,306 @@
+//! A batching producer: records are grouped per partition into record batches (up to
+//! `batch_bytes`, or for at most `linger`), sent with a bounded number of requests in flight,
+//! and acknowledged one by one through [`Delivery`] futures.
+//!
+//! Batches of one partition leave in the order they were sealed: one sender task writes
+//! every request, so the broker appends them in that order even with many in flight.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+
+use super::{Client, ClientError};
+use crate::limits::MAX_BATCH_BYTES;
+use crate::protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES};
+use crate::protocol::messages::{Acks, ProduceRequest, ProduceResponse};
+use crate::protocol::{decode, encode, ApiKind};
+use crate::rt::{self, Notify, WaitList};
+
+/// How records are assigned to partitions when the caller does not name one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioner {
+    /// Keyed records go to `crc32c(key) % partitions` (same key, same partition, in order);
+    /// records without a key go round-robin.
+    KeyHash,
+    /// Every record goes to the next partition in turn, keys or not.
+    RoundRobin,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    /// Longest a record waits for its batch to fill. Zero: send as soon as the caller yields.
+    pub linger: Duration,
+    /// A batch is sent once it reaches this size.
+    pub batch_bytes: usize,
+    /// Produce requests in flight at once (per producer).
+    pub max_in_flight: usize,
+    /// Bytes of sealed batches waiting to be sent before `send` waits (backpressure).
+    pub max_buffered_bytes: usize,
+    pub partitioner: Partitioner,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::Quorum,
+            linger: Duration::from_millis(1),
+            batch_bytes: 128 * 1024,
+            max_in_flight: 32,
+            max_buffered_bytes: 32 << 20,
+            partitioner: Partitioner::KeyHash,
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Shared outcome of one batch.
+#[derive(Default)]
+struct BatchAck {
+    result: RefCell<Option<Result<u64, ClientError>>>,
+    done: WaitList,
+}
+
+impl BatchAck {
+    fn resolve(&self, result: Result<u64, ClientError>) {
+        *self.result.borrow_mut() = Some(result);
+        self.done.notify_all();
+    }
+}
+
+/// The acknowledgement of one record, to be awaited.
+pub struct Delivery {
+    ack: Rc<BatchAck>,
+    partition: u32,
+    index: u32,
+}
+
+impl Delivery {
+    /// Waits for the broker's answer for this record.
+    pub async fn wait(self) -> Result<RecordMetadata, ClientError> {
+        loop {
+            if let Some(r) = self.ack.result.borrow().as_ref() {
+                return r.clone().map(|base| RecordMetadata { partition: self.partition, offset: base + u64::from(self.index) });
+            }
+            self.ack.done.wait().await;
+        }
+    }
+}
+
+struct Accumulator {
+    builder: BatchBuilder,
+    ack: Rc<BatchAck>,
+    generation: u64,
+}
+
+struct Sealed {
+    topic: Rc<str>,
+    partition: u32,
+    batch: Bytes,
+    ack: Rc<BatchAck>,
+}
+
+pub struct Producer {
+    client: Rc<Client>,
+    config: ProducerConfig,
+    partition_counts: RefCell<HashMap<String, u32>>,
+    accumulators: RefCell<HashMap<(Rc<str>, u32), Accumulator>>,
+    queue: RefCell<VecDeque<Sealed>>,
+    queued_bytes: Cell<usize>,
+    queue_ready: Notify,
+    queue_drained: WaitList,
+    in_flight: Rc<Semaphore>,
+    outstanding: Cell<usize>,
+    outstanding_done: WaitList,
+    round_robin: Cell<u32>,
+    generation: Cell<u64>,
+}
+
+impl Producer {
+    pub fn new(client: Rc<Client>, config: ProducerConfig) -> Rc<Producer> {
+        let in_flight = Rc::new(Semaphore::new(config.max_in_flight.max(1) as u64));
+        let p = Rc::new(Producer {
+            client,
+            config,
+            partition_counts: RefCell::new(HashMap::new()),
+            accumulators: RefCell::new(HashMap::new()),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            queue_ready: Notify::new(),
+            queue_drained: WaitList::default(),
+            in_flight,
+            outstanding: Cell::new(0),
+            outstanding_done: WaitList::default(),
+            round_robin: Cell::new(0),
+            generation: Cell::new(0),
+        });
+        rt::spawn(Producer::sender(Rc::downgrade(&p)));
+        p
+    }
+
+    /// Number of partitions of `topic` (looked up once).
+    pub async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(&n) = self.partition_counts.borrow().get(topic) {
+            return Ok(n);
+        }
+        let n = self.client.partition_count(topic).await?;
+        self.partition_counts.borrow_mut().insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    fn choose_partition(&self, key: Option<&[u8]>, partitions: u32) -> u32 {
+        match (self.config.partitioner, key) {
+            (Partitioner::KeyHash, Some(k)) => crc32c::crc32c(k) % partitions,
+            _ => {
+                let p = self.round_robin.get();
+                self.round_robin.set(p.wrapping_add(1));
+                p % partitions
+            }
+        }
+    }
+
+    /// Queues a record, choosing its partition; returns its delivery future.
+    pub async fn send(self: &Rc<Self>, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<Delivery, ClientError> {
+        let partitions = self.partitions(topic).await?;
+        let partition = self.choose_partition(key, partitions);
+        self.send_to(topic, partition, key, value).await
+    }
+
+    /// Queues a record for a given partition; waits only when too much is buffered.
+    pub async fn send_to(self: &Rc<Self>, topic: &str, partition: u32, key: Option<&[u8]>, value: &[u8]) -> Result<Delivery, ClientError> {
+        let record_bytes = BatchBuilder::record_bytes(key, value);
+        if record_bytes + BATCH_HEADER_BYTES > MAX_BATCH_BYTES {
+            return Err(ClientError::Invalid(format!("a record of {record_bytes} bytes exceeds the largest batch ({MAX_BATCH_BYTES} bytes)")));
+        }
+        while self.queued_bytes.get() > self.config.max_buffered_bytes {
+            self.queue_drained.wait().await;
+        }
+        let topic: Rc<str> = Rc::from(topic);
+        let key_id = (topic.clone(), partition);
+        let (delivery, full, new_generation) = {
+            let mut accs = self.accumulators.borrow_mut();
+            // A record that would overflow the batch starts a new one.
+            if accs.get(&key_id).is_some_and(|a| a.builder.record_count() > 0 && a.builder.len_bytes() + record_bytes > self.config.batch_bytes) {
+                let acc = accs.remove(&key_id).expect("checked");
+                self.seal(topic.clone(), partition, acc);
+            }
+            let mut new_generation = None;
+            let acc = accs.entry(key_id.clone()).or_insert_with(|| {
+                let generation = self.generation.get() + 1;
+                self.generation.set(generation);
+                new_generation = Some(generation);
+                Accumulator { builder: BatchBuilder::with_capacity(self.config.batch_bytes.min(1 << 20)), ack: Rc::default(), generation }
+            });
+            let index = acc.builder.record_count();
+            acc.builder.push(key, value, rt::now_ms());
+            let delivery = Delivery { ack: acc.ack.clone(), partition, index };
+            (delivery, acc.builder.len_bytes() >= self.config.batch_bytes, new_generation)
+        };
+        if full {
+            let acc = self.accumulators.borrow_mut().remove(&key_id).expect("just filled");
+            self.seal(topic, partition, acc);
+        } else if let Some(generation) = new_generation {
+            self.schedule_linger(key_id, generation);
+        }
+        Ok(delivery)
+    }
+
+    fn schedule_linger(self: &Rc<Self>, key: (Rc<str>, u32), generation: u64) {
+        let weak = Rc::downgrade(self);
+        let linger = self.config.linger;
+        rt::spawn(async move {
+            if linger.is_zero() {
+                rt::yield_now().await;
+            } else {
+                rt::sleep(linger).await;
+            }
+            let Some(p) = weak.upgrade() else { return };
+            let acc = {
+                let mut accs = p.accumulators.borrow_mut();
+                match accs.get(&key) {
+                    Some(a) if a.generation == generation => accs.remove(&key),
+                    _ => None,
+                }
+            };
+            if let Some(acc) = acc {
+                p.seal(key.0, key.1, acc);
+            }
+        });
+    }
+
+    fn seal(&self, topic: Rc<str>, partition: u32, acc: Accumulator) {
+        let batch = acc.builder.finish(0, 0, 0);
+        self.queued_bytes.set(self.queued_bytes.get() + batch.len());
+        self.outstanding.set(self.outstanding.get() + 1);
+        self.queue.borrow_mut().push_back(Sealed { topic, partition, batch, ack: acc.ack });
+        self.queue_ready.notify();
+    }
+
+    /// Sends every buffered record now and waits until all are acknowledged (or failed).
+    pub async fn flush(&self) {
+        let accs: Vec<_> = self.accumulators.borrow_mut().drain().collect();
+        for ((topic, partition), acc) in accs {
+            self.seal(topic, partition, acc);
+        }
+        while self.outstanding.get() > 0 {
+            self.outstanding_done.wait().await;
+        }
+    }
+
+    /// The sender task: writes sealed batches in order, at most `max_in_flight` at a time.
+    async fn sender(this: std::rc::Weak<Self>) {
+        loop {
+            let Some(p) = this.upgrade() else { return };
+            let next = p.queue.borrow_mut().pop_front();
+            let Some(sealed) = next else {
+                let ready = p.queue_ready.clone();
+                drop(p);
+                // Wake up now and then to notice that the producer was dropped.
+                rt::timeout(Duration::from_millis(200), ready.notified()).await;
+                continue;
+            };
+            p.queued_bytes.set(p.queued_bytes.get() - sealed.batch.len());
+            p.queue_drained.notify_all();
+            let Ok(permit) = p.in_flight.clone().acquire_static_permit(1).await else { return };
+            let request = ProduceRequest {
+                topic: sealed.topic.to_string(),
+                partition: sealed.partition,
+                acks: p.config.acks as u8,
+                timeout_ms: p.client.config().request_timeout.as_millis() as u32,
+            };
+            let timeout = p.client.config().request_timeout + Duration::from_secs(1);
+            let response = match p.client.connection().await {
+                Ok(conn) => {
+                    let fut = conn.send(ApiKind::Produce, encode(&request), vec![sealed.batch]);
+                    futures_lite::future::FutureExt::boxed_local(async move {
+                        match rt::timeout(timeout, fut).await {
+                            Some(r) => r,
+                            None => Err(ClientError::Timeout(format!("produce not acknowledged within {} ms", timeout.as_millis()))),
+                        }
+                    })
+                }
+                Err(e) => futures_lite::future::FutureExt::boxed_local(async move { Err(e) }),
+            };
+            let weak = this.clone();
+            rt::spawn(async move {
+                let result = response.await.and_then(|frame| Ok(decode::<ProduceResponse>(frame.archive())?.base_offset));
+                sealed.ack.resolve(result);
+                drop(permit);
+                if let Some(p) = weak.upgrade() {
+                    p.outstanding.set(p.outstanding.get() - 1);
+                    p.outstanding_done.notify_all();
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Broker configuration: an optional TOML file, overridden by command-line flags.
+//!
+//! Unknown keys are an error, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
+
+use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// When the log is flushed (fdatasync) relative to acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Every acknowledged batch is on stable storage (write + fdatasync) before the ack.
+    Always,
+    /// Batches are written (O_DIRECT) before the ack and fdatasync'ed every N ms: a crash of
+    /// the process loses nothing acknowledged, a power loss may lose the last N ms.
+    IntervalMs(u64),
+}
+
+impl FromStr for FlushPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "always" {
+            return Ok(FlushPolicy::Always);
+        }
+        if let Some(ms) = s.strip_prefix("interval:") {
+            let ms = ms.trim_end_matches("ms").parse::<u64>().map_err(|_| format!("bad interval in {s:?}"))?;
+            if ms == 0 {
+                return Err("flush interval must be at least 1 ms".into());
+            }
+            return Ok(FlushPolicy::IntervalMs(ms));
+        }
+        Err(format!("unknown flush policy {s:?} (expected \"always\" or \"interval:<ms>\")"))
+    }
+}
+
+impl std::fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlushPolicy::Always => f.write_str("always"),
+            FlushPolicy::IntervalMs(ms) => write!(f, "interval:{ms}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FlushPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[storage]`: the partition logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// `"always"` (default) or `"interval:<ms>"`.
+    pub flush: FlushPolicy,
+    /// Segment file size; segments are preallocated to it.
+    pub segment_bytes: u64,
+    /// Bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Recent data kept in memory per partition for readers.
+    pub cache_bytes: usize,
+    /// Delete old segments while a partition is larger than this (0: no limit).
+    pub retention_bytes: u64,
+    /// Delete segments whose newest record is older than this many ms (0: keep forever).
+    pub retention_ms: u64,
+    /// How often retention is applied.
+    pub retention_check_ms: u64,
+    /// At start, truncate a partition at mid-log corruption instead of refusing to serve it.
+    pub truncate_corrupt: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            flush: FlushPolicy::Always,
+            segment_bytes: 64 << 20,
+            index_interval_bytes: 4096,
+            cache_bytes: 8 << 20,
+            retention_bytes: 0,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_check_ms: 30_000,
+            truncate_corrupt: false,
+        }
+    }
+}
+
+/// `[runtime]`: the shard executors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Memory each shard registers with io_uring for DMA buffers.
+    pub io_memory_bytes: usize,
+    /// Busy-wait this long before a shard parks (trades a busy core for wake-up latency).
+    pub spin_before_park_us: u64,
+    /// Pin each shard to its own core.
+    pub pin_cores: bool,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings { io_memory_bytes: 64 << 20, spin_before_park_us: 0, pin_cores: true }
+    }
+}
+
+/// The whole configuration of a broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Client address; every shard binds it with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Where logs and metadata live.
+    pub data_dir: PathBuf,
+    /// Number of shards (one executor thread each); 0 means one per available core.
+    pub shards: usize,
+    /// Largest frame accepted.
+    pub max_frame_bytes: usize,
+    pub storage: StorageSettings,
+    pub runtime: RuntimeSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7420".parse().expect("valid literal"),
+            data_dir: PathBuf::from("./quorra-data"),
+            shards: 0,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            storage: StorageSettings::default(),
+            runtime: RuntimeSettings::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Number of shards to run.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    /// Checks relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_bytes < MIN_MAX_FRAME_BYTES {
+            return Err(ConfigError::Invalid { key: "max_frame_bytes", message: format!("must be at least {MIN_MAX_FRAME_BYTES}") });
+        }
+        if self.storage.segment_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid { key: "storage.segment_bytes", message: "must be at least 65536".into() });
+        }
+        if self.storage.index_interval_bytes == 0 {
+            return Err(ConfigError::Invalid { key: "storage.index_interval_bytes", message: "must be positive".into() });
+        }
+        if self.shards > 256 {
+            return Err(ConfigError::Invalid { key: "shards", message: "at most 256".into() });
+        }
+        if self.runtime.io_memory_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid { key: "runtime.io_memory_bytes", message: "must be at least 1 MiB".into() });
+        }
+        Ok(())
+    }
+
+    /// The log settings of a data partition.
+    pub fn log_config(&self) -> crate::storage::LogConfig {
+        let s = &self.storage;
+        crate::storage::LogConfig {
+            segment_bytes: s.segment_bytes,
+            index_interval_bytes: s.index_interval_bytes,
+            cache_bytes: s.cache_bytes,
+            max_write_bytes: 4 << 20,
+            retention_bytes: (s.retention_bytes > 0).then_some(s.retention_bytes),
+            retention_ms: (s.retention_ms > 0).then_some(s.retention_ms),
+            truncate_corrupt: s.truncate_corrupt,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::from_toml("listen = \"127.0.0.1:9000\"\n[storage]\nflush = \"interval:5\"\n").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.storage.flush, FlushPolicy::IntervalMs(5));
+        assert_eq!(c.storage.segment_bytes, 64 << 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml("listne = \"127.0.0.1:9000\"").unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        let e = Config::from_toml("[storage]\nflush = \"sometimes\"").unwrap_err();
+        assert!(e.contains("unknown flush policy"), "{e}");
+    }
+}

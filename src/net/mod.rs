@@ -1,0 +1,155 @@
+//! Framed connections shared by the broker and the client: reading one frame with limits
+//! and a completion deadline, and a writer that coalesces small frames into few syscalls.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use crate::limits::{FRAME_COMPLETION_TIMEOUT_MS, FRAME_HEADER_BYTES};
+use crate::protocol::{BodyBuf, Frame, FrameError, FrameHeader, OutFrame};
+use crate::rt::{self, Notify};
+
+/// Payload chunks at least this large are written straight from their buffer, not copied.
+const DIRECT_WRITE_BYTES: usize = 16 * 1024;
+/// Coalescing buffer size of the writer.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Read buffer size of the reader.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Why reading a frame stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed the connection between frames.
+    Closed,
+    Io(io::Error),
+    /// A frame started but did not complete in time (a stalled or very slow peer).
+    Timeout,
+    /// The header is invalid: framing is lost, the connection must close.
+    BadHeader(FrameError),
+    /// The header was valid but the body is not: framing is intact, the peer may go on.
+    BadBody { header: FrameHeader, error: FrameError },
+}
+
+/// How long the rest of a frame may take once its first byte arrived: at least the fixed
+/// timeout, more for large bodies (1 MB/s floor), so slow links still work.
+fn completion_deadline(body_len: usize) -> Duration {
+    Duration::from_millis(FRAME_COMPLETION_TIMEOUT_MS + (body_len as u64 / 1000))
+}
+
+/// Reads one frame. Waits without limit for its first byte (an idle connection is fine).
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_frame_bytes: usize) -> Result<Frame, ReadError> {
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    let n = r.read(&mut head).await.map_err(ReadError::Io)?;
+    if n == 0 {
+        return Err(ReadError::Closed);
+    }
+    match rt::timeout(completion_deadline(0), r.read_exact(&mut head[n..])).await {
+        None => return Err(ReadError::Timeout),
+        Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ReadError::Io(e)),
+        Some(Err(e)) => return Err(ReadError::Io(e)),
+        Some(Ok(())) => {}
+    }
+    let header = FrameHeader::decode(&head, max_frame_bytes).map_err(ReadError::BadHeader)?;
+    let mut body = BodyBuf::with_capacity(header.body_len());
+    body.resize(header.body_len(), 0);
+    match rt::timeout(completion_deadline(header.body_len()), r.read_exact(&mut body)).await {
+        None => return Err(ReadError::Timeout),
+        Some(Err(e)) => return Err(ReadError::Io(e)),
+        Some(Ok(())) => {}
+    }
+    Frame::from_parts(header, body).map_err(|error| ReadError::BadBody { header, error })
+}
+
+/// Frames waiting to be written on one connection.
+#[derive(Default)]
+pub struct Outbox {
+    queue: RefCell<VecDeque<OutFrame>>,
+    ready: Notify,
+    closed: Cell<bool>,
+}
+
+impl Outbox {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// Queues a frame; dropped if the connection is closed.
+    pub fn push(&self, frame: OutFrame) {
+        if !self.closed.get() {
+            self.queue.borrow_mut().push_back(frame);
+            self.ready.notify();
+        }
+    }
+
+    /// The writer sends what is queued, then stops.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.ready.notify();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+}
+
+/// Writes queued frames until the outbox is closed and drained, coalescing small frames
+/// into one buffer and writing large payload chunks directly.
+pub async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, outbox: Rc<Outbox>) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(WRITE_BUFFER_BYTES);
+    loop {
+        loop {
+            let Some(frame) = outbox.queue.borrow_mut().pop_front() else { break };
+            buf.extend_from_slice(&frame.header);
+            buf.extend_from_slice(&frame.archive);
+            for chunk in &frame.payload {
+                if chunk.len() >= DIRECT_WRITE_BYTES {
+                    w.write_all(&buf).await?;
+                    buf.clear();
+                    w.write_all(chunk).await?;
+                } else {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+            if buf.len() >= WRITE_BUFFER_BYTES {
+                w.write_all(&buf).await?;
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            w.write_all(&buf).await?;
+            buf.clear();
+        }
+        if outbox.closed.get() && outbox.queue.borrow().is_empty() {
+            w.flush().await?;
+            return Ok(());
+        }
+        outbox.ready.notified().await;
+    }
+}
+
+/// Splits a TCP stream into a buffered reading half and a writing half (two descriptors of
+/// one socket), so a reader task and a writer task can run at once without a lock.
+pub fn split(stream: TcpStream) -> io::Result<(BufReader<TcpStream>, TcpStream)> {
+    stream.set_nodelay(true).map_err(io::Error::from)?;
+    // SAFETY: dup returns a new descriptor we own, or -1 which we check.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh, owned descriptor of a connected TCP socket.
+    let writer = unsafe { TcpStream::from_raw_fd(fd) };
+    Ok((BufReader::with_capacity(READ_BUFFER_BYTES, stream), writer))
+}
+
+/// Shuts a socket down in both directions (wakes a reader blocked on it).
+pub fn shutdown(stream: &TcpStream) {
+    // SAFETY: shutdown on a descriptor we own.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+}

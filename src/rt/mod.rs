@@ -1,0 +1,122 @@
+//! The runtime seam: the few things the broker needs from an async runtime (spawning,
+//! timers, wall-clock time, a wake-up primitive), in one place so the rest of the code does
+//! not name glommio and could move to another io_uring runtime.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+/// Spawns a task on the current shard and lets it run detached.
+pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) {
+    glommio::spawn_local(fut).detach();
+}
+
+/// Spawns a task on the current shard and returns a handle to await its result.
+pub fn spawn_joinable<T: 'static>(fut: impl Future<Output = T> + 'static) -> glommio::task::JoinHandle<T> {
+    glommio::spawn_local(fut).detach()
+}
+
+/// Sleeps on the shard's timer wheel.
+pub async fn sleep(d: Duration) {
+    glommio::timer::sleep(d).await
+}
+
+/// Runs `fut` for at most `d`; `None` when the time ran out first.
+pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    let fut = async { Some(fut.await) };
+    let timer = async {
+        sleep(d).await;
+        None
+    };
+    futures_lite::future::or(fut, timer).await
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Yields to other tasks of the shard.
+pub async fn yield_now() {
+    futures_lite::future::yield_now().await
+}
+
+/// A single-consumer wake-up flag: `notify` sets it, `notified` waits for it and clears it.
+/// Notifications before the wait are not lost; several collapse into one.
+#[derive(Clone, Default)]
+pub struct Notify {
+    inner: Rc<RefCell<NotifyState>>,
+}
+
+#[derive(Default)]
+struct NotifyState {
+    set: bool,
+    waker: Option<Waker>,
+}
+
+impl Notify {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn notify(&self) {
+        let mut s = self.inner.borrow_mut();
+        s.set = true;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| {
+            let mut s = self.inner.borrow_mut();
+            if s.set {
+                s.set = false;
+                Poll::Ready(())
+            } else {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Many waiters for one event (new data in a partition): each waiter takes a ticket and is
+/// woken at the next `notify_all`.
+#[derive(Default)]
+pub struct WaitList {
+    waiters: RefCell<Vec<futures_channel::oneshot::Sender<()>>>,
+}
+
+impl WaitList {
+    /// A future that completes at the next `notify_all` (or when the list is dropped).
+    pub fn wait(&self) -> impl Future<Output = ()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.waiters.borrow_mut().push(tx);
+        async move {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn notify_all(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops tickets whose waiters gave up (timed out).
+    pub fn prune(&self) {
+        self.waiters.borrow_mut().retain(|w| !w.is_canceled());
+    }
+}

@@ -1,0 +1,333 @@
+//! Request handlers: a validated frame in, an encoded response frame out.
+//!
+//! Every failure becomes an [`ErrorResponse`] with a typed [`ErrorCode`] and a message that
+//! says what went wrong; nothing a client sends can make a handler panic.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::broker::catalog::{validate_group_name, validate_partition_count, validate_topic_name};
+use crate::broker::{Catalog, Partition, TopicConfig};
+use crate::limits::{MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS, MAX_OFFSET_METADATA_BYTES};
+use crate::protocol::frame::{FLAG_ERROR, FLAG_RESPONSE};
+use crate::protocol::messages::*;
+use crate::protocol::{access, decode, encode, ApiKind, BodyBuf, DecodeError, ErrorCode, Frame, OutFrame};
+use crate::rt;
+use crate::shard::mesh::{MeshReply, MeshRequest};
+use crate::shard::Shard;
+use crate::storage::StorageError;
+
+/// Longest a produce may wait for its acknowledgement.
+const MAX_PRODUCE_TIMEOUT_MS: u32 = 300_000;
+const DEFAULT_PRODUCE_TIMEOUT_MS: u32 = 30_000;
+
+/// A typed failure of a request.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        ApiError::new(ErrorCode::InvalidRequest, e.to_string())
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let code = match &e {
+            StorageError::DiskFull(_) => ErrorCode::DiskFull,
+            StorageError::Io(_) | StorageError::Failed(_) => ErrorCode::StorageError,
+            StorageError::Corrupt(_) => ErrorCode::PartitionCorrupt,
+            StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            StorageError::BadBatch(_) => ErrorCode::CorruptBatch,
+            StorageError::EmptyAppend => ErrorCode::InvalidRequest,
+            StorageError::CommitTimeout(_) => ErrorCode::Timeout,
+            StorageError::Closing => ErrorCode::ShuttingDown,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+type Reply = (BodyBuf, Vec<Bytes>);
+type HandlerResult = Result<Reply, ApiError>;
+
+fn reply<T>(value: &T) -> HandlerResult
+where
+    T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<BodyBuf, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+{
+    Ok((encode(value), Vec::new()))
+}
+
+/// An error response frame.
+pub fn error_frame(kind: u16, correlation_id: u64, code: ErrorCode, message: &str) -> OutFrame {
+    let body = ErrorResponse { code: code as u16, message: message.to_string(), leader_hint: None };
+    OutFrame::new(kind, FLAG_RESPONSE | FLAG_ERROR, correlation_id, encode(&body), Vec::new())
+}
+
+/// Handles one client request.
+pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
+    let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
+    if frame.header.is_response() {
+        return error_frame(kind, corr, ErrorCode::InvalidRequest, "a broker does not accept responses");
+    }
+    let Some(api) = ApiKind::from_u16(kind) else {
+        return error_frame(kind, corr, ErrorCode::UnknownKind, &format!("unknown request kind {kind}"));
+    };
+    let result = match api {
+        ApiKind::Metadata => metadata(shard, &frame),
+        ApiKind::CreateTopic => create_topic(shard, &frame).await,
+        ApiKind::DeleteTopic => delete_topic(shard, &frame).await,
+        ApiKind::DescribeTopic => describe_topic(shard, &frame).await,
+        ApiKind::ListTopics => list_topics(shard),
+        ApiKind::Produce => produce(shard, frame).await,
+        ApiKind::Fetch => fetch(shard, &frame).await,
+        ApiKind::ListOffsets => list_offsets(shard, &frame).await,
+        ApiKind::CommitOffset => commit_offset(shard, &frame).await,
+        ApiKind::FetchOffset => fetch_offset(shard, &frame).await,
+    };
+    match result {
+        Ok((archive, payload)) => OutFrame::new(kind, FLAG_RESPONSE, corr, archive, payload),
+        Err(e) => error_frame(kind, corr, e.code, &e.message),
+    }
+}
+
+/// Finds a partition this shard owns, with a precise error when it does not exist.
+fn partition_for(shard: &Shard, topic: &str, partition: u32) -> Result<Rc<Partition>, ApiError> {
+    let catalog = shard.catalog.borrow();
+    let Some(config) = catalog.topics.get(topic) else {
+        return Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {topic}")));
+    };
+    if partition >= config.partitions {
+        return Err(ApiError::new(
+            ErrorCode::UnknownPartition,
+            format!("topic {topic} has {} partitions; partition {partition} does not exist", config.partitions),
+        ));
+    }
+    shard
+        .partition(topic, partition)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, format!("partition {topic}/{partition} is not open yet")))
+}
+
+fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
+    let req = decode::<MetadataRequest>(frame.archive())?;
+    let catalog = shard.catalog.borrow();
+    let mut topics = Vec::new();
+    for (name, config) in &catalog.topics {
+        if !req.topics.is_empty() && !req.topics.contains(name) {
+            continue;
+        }
+        let partitions = (0..config.partitions).map(|p| PartitionMetadata { partition: p, leader: 0, replicas: vec![0] }).collect();
+        topics.push(TopicMetadata { name: name.clone(), partitions });
+    }
+    for wanted in &req.topics {
+        if !catalog.topics.contains_key(wanted) {
+            return Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {wanted}")));
+        }
+    }
+    let nodes = vec![NodeInfo { node_id: 0, address: shard.config.listen.to_string() }];
+    reply(&MetadataResponse { node_id: 0, nodes, topics, server_version: env!("CARGO_PKG_VERSION").to_string() })
+}
+
+fn list_topics(shard: &Shard) -> HandlerResult {
+    let topics = shard
+        .catalog
+        .borrow()
+        .topics
+        .iter()
+        .map(|(name, c)| TopicSummary { name: name.clone(), partitions: c.partitions, replication_factor: c.replication_factor })
+        .collect();
+    reply(&ListTopicsResponse { topics })
+}
+
+async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let req = decode::<CreateTopicRequest>(frame.archive())?;
+    validate_topic_name(&req.name).map_err(|m| ApiError::new(ErrorCode::InvalidTopicName, m))?;
+    validate_partition_count(req.partitions).map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
+    let rf = req.replication_factor.max(1);
+    if rf > 1 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("replication factor {rf} needs {rf} nodes; this broker runs as a single node"),
+        ));
+    }
+    let _guard = shard.catalog_lock.acquire_permit(1).await.map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
+    if shard.catalog.borrow().topics.contains_key(&req.name) {
+        return Err(ApiError::new(ErrorCode::TopicExists, format!("topic {} already exists", req.name)));
+    }
+    let config = TopicConfig { partitions: req.partitions, replication_factor: rf, created_ms: rt::now_ms() };
+    let mut next = shard.catalog.borrow().clone();
+    next.topics.insert(req.name.clone(), config.clone());
+    persist_catalog(shard, &next).await?;
+    let results = broadcast(shard, || MeshRequest::TopicCreated { name: req.name.clone(), config: config.clone() }).await;
+    check_all(results)?;
+    reply(&CreateTopicResponse { name: req.name, partitions: req.partitions })
+}
+
+async fn delete_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let req = decode::<DeleteTopicRequest>(frame.archive())?;
+    let _guard = shard.catalog_lock.acquire_permit(1).await.map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
+    if !shard.catalog.borrow().topics.contains_key(&req.name) {
+        return Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {}", req.name)));
+    }
+    let mut next = shard.catalog.borrow().clone();
+    next.topics.remove(&req.name);
+    persist_catalog(shard, &next).await?;
+    let results = broadcast(shard, || MeshRequest::TopicDeleted { name: req.name.clone() }).await;
+    check_all(results)?;
+    let dir = shard.config.data_dir.join("topics").join(&req.name);
+    crate::storage::Disk::remove_dir_all(&shard.disk, &dir).await.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+    reply(&DeleteTopicResponse { name: req.name })
+}
+
+async fn persist_catalog(shard: &Shard, catalog: &Catalog) -> Result<(), ApiError> {
+    let path = Catalog::path(&shard.config.data_dir);
+    crate::storage::Disk::write_file_atomic(&shard.disk, &path, catalog.encode())
+        .await
+        .map_err(|e| ApiError::from(StorageError::from(e)))
+}
+
+/// Sends a request to every shard (this one included) and collects the replies.
+async fn broadcast(shard: &Rc<Shard>, make: impl Fn() -> MeshRequest) -> Vec<MeshReply> {
+    let mut pending = Vec::new();
+    for peer in (0..shard.shards).filter(|&p| p != shard.id) {
+        pending.push(shard.mesh.send(peer, make()).await);
+    }
+    let mut replies = vec![handle_mesh_request(shard, make()).await];
+    for rx in pending {
+        replies.push(rx.await.unwrap_or(MeshReply::Done(Err("a shard did not answer".into()))));
+    }
+    replies
+}
+
+fn check_all(replies: Vec<MeshReply>) -> Result<(), ApiError> {
+    for r in replies {
+        if let MeshReply::Done(Err(e)) = r {
+            return Err(ApiError::new(ErrorCode::StorageError, e));
+        }
+    }
+    Ok(())
+}
+
+async fn describe_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let req = decode::<DescribeTopicRequest>(frame.archive())?;
+    if !shard.catalog.borrow().topics.contains_key(&req.name) {
+        return Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {}", req.name)));
+    }
+    let mut partitions = Vec::new();
+    for r in broadcast(shard, || MeshRequest::Status { topic: req.name.clone() }).await {
+        if let MeshReply::Status(s) = r {
+            partitions.extend(s);
+        }
+    }
+    partitions.sort_by_key(|p| p.partition);
+    reply(&DescribeTopicResponse { name: req.name, partitions })
+}
+
+/// The bytes of a produce frame's payload, stamped in place and then shared without a copy.
+struct ProducePayload(Frame);
+
+impl AsMut<[u8]> for ProducePayload {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.payload_mut()
+    }
+}
+
+async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
+    let (topic, partition, acks, timeout_ms) = {
+        let r = access::<ProduceRequest>(frame.archive())?;
+        (r.topic.as_str().to_string(), r.partition.to_native(), r.acks, r.timeout_ms.to_native())
+    };
+    let acks = Acks::from_u8(acks).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown acks level {acks}")))?;
+    let timeout_ms = if timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { timeout_ms.min(MAX_PRODUCE_TIMEOUT_MS) };
+    let part = partition_for(shard, &topic, partition)?;
+    let appended = part.append(ProducePayload(frame), 0, |p| p.0.into_payload())?;
+    let high_watermark = match acks {
+        Acks::None => part.high_watermark(),
+        Acks::Leader | Acks::Quorum | Acks::All => part.wait_committed(appended.last_offset, Duration::from_millis(timeout_ms.into())).await?,
+    };
+    reply(&ProduceResponse { base_offset: appended.first_offset, last_offset: appended.last_offset, high_watermark })
+}
+
+async fn fetch(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let req = decode::<FetchRequest>(frame.archive())?;
+    let part = partition_for(shard, &req.topic, req.partition)?;
+    let max_bytes = req.max_bytes.clamp(1, MAX_FETCH_BYTES) as usize;
+    let wait = Duration::from_millis(req.max_wait_ms.min(MAX_FETCH_WAIT_MS).into());
+    let chunks = part.fetch(req.offset, max_bytes, wait).await?;
+    let response = FetchResponse { high_watermark: part.high_watermark(), log_start_offset: part.log_start_offset() };
+    Ok((encode(&response), chunks))
+}
+
+async fn list_offsets(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let req = decode::<ListOffsetsRequest>(frame.archive())?;
+    let part = partition_for(shard, &req.topic, req.partition)?;
+    let offset = match req.spec {
+        OFFSET_SPEC_EARLIEST => part.log_start_offset(),
+        OFFSET_SPEC_LATEST => part.high_watermark(),
+        OFFSET_SPEC_TIMESTAMP => part.offset_for_timestamp(req.timestamp_ms).await?,
+        other => return Err(ApiError::new(ErrorCode::InvalidRequest, format!("unknown offset spec {other}"))),
+    };
+    reply(&ListOffsetsResponse { offset })
+}
+
+fn check_group_target(shard: &Shard, group: &str, topic: &str, partition: u32) -> Result<(), ApiError> {
+    validate_group_name(group).map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
+    let catalog = shard.catalog.borrow();
+    match catalog.topics.get(topic) {
+        None => Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {topic}"))),
+        Some(c) if partition >= c.partitions => Err(ApiError::new(ErrorCode::UnknownPartition, format!("topic {topic} has {} partitions", c.partitions))),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn commit_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let req = decode::<CommitOffsetRequest>(frame.archive())?;
+    check_group_target(shard, &req.group, &req.topic, req.partition)?;
+    if req.metadata.len() > MAX_OFFSET_METADATA_BYTES {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("offset metadata is limited to {MAX_OFFSET_METADATA_BYTES} bytes")));
+    }
+    shard.offsets.commit(&req.group, &req.topic, req.partition, req.offset, &req.metadata).await?;
+    reply(&CommitOffsetResponse {})
+}
+
+async fn fetch_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let req = decode::<FetchOffsetRequest>(frame.archive())?;
+    check_group_target(shard, &req.group, &req.topic, req.partition)?;
+    let found = shard.offsets.fetch(&req.group, &req.topic, req.partition).await?;
+    let (offset, metadata) = match found {
+        Some((o, m)) => (Some(o), m),
+        None => (None, String::new()),
+    };
+    reply(&FetchOffsetResponse { offset, metadata })
+}
+
+/// Handles a request from another shard.
+pub async fn handle_mesh_request(shard: &Rc<Shard>, request: MeshRequest) -> MeshReply {
+    match request {
+        // Boxed: a client request may itself broadcast over the mesh (create topic).
+        MeshRequest::Client(frame) => MeshReply::Client(Box::pin(handle(shard, frame)).await),
+        MeshRequest::TopicCreated { name, config } => {
+            let partitions = config.partitions;
+            shard.catalog.borrow_mut().topics.insert(name.clone(), config);
+            MeshReply::Done(shard.open_topic_partitions(&name, partitions).await)
+        }
+        MeshRequest::TopicDeleted { name } => {
+            shard.catalog.borrow_mut().topics.remove(&name);
+            MeshReply::Done(shard.drop_topic_partitions(&name).await)
+        }
+        MeshRequest::Status { topic } => {
+            let parts: Vec<_> = shard.partitions.borrow().iter().filter(|((t, _), _)| *t == topic).map(|(_, p)| p.clone()).collect();
+            MeshReply::Status(parts.iter().map(|p| p.status(0)).collect())
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The client-facing server of a shard: accepting connections, reading frames, routing each
+//! request to the shard that owns its partition, and writing the answers.
+//!
+//! A connection is served by two tasks: the reader (this module) and the writer
+//! ([`crate::net::write_loop`]). Requests are pipelined: up to
+//! [`MAX_IN_FLIGHT_PER_CONNECTION`] run at once and their answers go out as they complete,
+//! matched by correlation id. Requests for one partition keep their order: local ones are
+//! spawned in arrival order and append before their first `.await`; forwarded ones are
+//! sent over the mesh in arrival order by the reader itself.
+
+pub mod handlers;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+
+use crate::limits::MAX_IN_FLIGHT_PER_CONNECTION;
+use crate::net::{self, Outbox, ReadError};
+use crate::protocol::messages::{ApiKind, CommitOffsetRequest, FetchOffsetRequest, FetchRequest, ListOffsetsRequest, ProduceRequest};
+use crate::protocol::{access, ErrorCode, Frame};
+use crate::rt;
+use crate::shard::mesh::{MeshMsg, MeshReply, MeshRequest};
+use crate::shard::{owner_of_group, owner_of_partition, Shard};
+
+pub use handlers::error_frame;
+
+/// Accepts connections until `stopped()` says so (checked every 50 ms).
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stopped: impl Fn() -> bool) {
+    loop {
+        let accept = async { Some(listener.accept().await) };
+        let tick = async {
+            rt::sleep(Duration::from_millis(50)).await;
+            None
+        };
+        match futures_lite::future::or(accept, tick).await {
+            Some(Ok(stream)) => rt::spawn(serve_connection(shard.clone(), stream)),
+            Some(Err(e)) => {
+                log::warn!("accept failed: {e}");
+                rt::sleep(Duration::from_millis(100)).await;
+            }
+            None if stopped() => break,
+            None => {}
+        }
+    }
+}
+
+async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let (mut reader, writer) = match net::split(stream) {
+        Ok(halves) => halves,
+        Err(e) => {
+            log::warn!("connection from {peer}: {e}");
+            return;
+        }
+    };
+    let outbox = Outbox::new();
+    let out = outbox.clone();
+    let writer_task = rt::spawn_joinable(async move {
+        let mut writer = writer;
+        net::write_loop(&mut writer, out).await
+    });
+    let in_flight = Rc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION as u64));
+    let max_frame = shard.config.max_frame_bytes;
+    loop {
+        let frame = match net::read_frame(&mut reader, max_frame).await {
+            Ok(frame) => frame,
+            Err(ReadError::Closed) => break,
+            Err(ReadError::Io(e)) => {
+                log::debug!("connection from {peer}: {e}");
+                break;
+            }
+            Err(ReadError::Timeout) => {
+                log::warn!("closing connection from {peer}: a frame started but did not complete in time");
+                outbox.push(error_frame(0, 0, ErrorCode::Timeout, "frame incomplete: closing the connection"));
+                break;
+            }
+            Err(ReadError::BadHeader(e)) => {
+                log::warn!("closing connection from {peer}: {e}");
+                let code = match e {
+                    crate::protocol::FrameError::TooLarge { .. } | crate::protocol::FrameError::ArchiveTooLarge(_) => ErrorCode::FrameTooLarge,
+                    crate::protocol::FrameError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+                    _ => ErrorCode::CorruptFrame,
+                };
+                outbox.push(error_frame(0, 0, code, &format!("{e}: closing the connection")));
+                break;
+            }
+            Err(ReadError::BadBody { header, error }) => {
+                log::warn!("connection from {peer}: {error} (request {})", header.correlation_id);
+                outbox.push(error_frame(header.kind, header.correlation_id, ErrorCode::CorruptFrame, &error.to_string()));
+                continue;
+            }
+        };
+        if shard.shutting_down.get() {
+            outbox.push(error_frame(frame.header.kind, frame.header.correlation_id, ErrorCode::ShuttingDown, "the broker is shutting down"));
+            break;
+        }
+        let Ok(permit) = in_flight.clone().acquire_static_permit(1).await else { break };
+        dispatch(&shard, frame, &outbox, permit).await;
+    }
+    outbox.close();
+    let _ = writer_task.await;
+}
+
+/// Routes a request to its owner shard: handled here, or forwarded over the mesh.
+async fn dispatch(shard: &Rc<Shard>, frame: Frame, outbox: &Rc<Outbox>, permit: glommio::sync::StaticPermit) {
+    let owner = owner_of(shard, &frame);
+    let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
+    let outbox = outbox.clone();
+    if owner == shard.id {
+        let shard = shard.clone();
+        rt::spawn(async move {
+            let out = handlers::handle(&shard, frame).await;
+            outbox.push(out);
+            drop(permit);
+        });
+    } else {
+        let reply = shard.mesh.send(owner, MeshRequest::Client(frame)).await;
+        rt::spawn(async move {
+            let out = match reply.await {
+                Ok(MeshReply::Client(out)) => out,
+                _ => error_frame(kind, corr, ErrorCode::Unavailable, &format!("shard {owner} did not answer")),
+            };
+            outbox.push(out);
+            drop(permit);
+        });
+    }
+}
+
+/// The shard that must handle a request. Undecodable requests stay here (and get an error).
+fn owner_of(shard: &Shard, frame: &Frame) -> usize {
+    let n = shard.shards;
+    let a = frame.archive();
+    let owner = match ApiKind::from_u16(frame.header.kind) {
+        Some(ApiKind::Produce) => access::<ProduceRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n)),
+        Some(ApiKind::Fetch) => access::<FetchRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n)),
+        Some(ApiKind::ListOffsets) => access::<ListOffsetsRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n)),
+        Some(ApiKind::CommitOffset) => access::<CommitOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
+        Some(ApiKind::FetchOffset) => access::<FetchOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
+        Some(ApiKind::CreateTopic | ApiKind::DeleteTopic) => Some(0),
+        _ => None,
+    };
+    owner.unwrap_or(shard.id)
+}
+
+/// Serves the requests and replies that arrive from one peer shard.
+pub async fn serve_peer(shard: Rc<Shard>, _peer: usize, rx: ConnectedReceiver<MeshMsg>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            MeshMsg::Reply { id, reply } => shard.mesh.deliver(id, reply),
+            MeshMsg::Request { id, from, request } => {
+                let shard = shard.clone();
+                rt::spawn(async move {
+                    let reply = handlers::handle_mesh_request(&shard, request).await;
+                    shard.mesh.reply(from, id, reply).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Starting and stopping the broker: the data directory lock, the catalog, one executor per
+//! shard, the mesh between them, and a clean shutdown on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use super::mesh::{self, Mesh, MeshMsg};
+use super::Shard;
+use crate::broker::offsets::OffsetStore;
+use crate::broker::{Catalog, ServerDisk};
+use crate::config::{Config, ConfigError, FlushPolicy};
+use crate::limits::MESH_CHANNEL_DEPTH;
+use crate::rt;
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {message}")]
+    DataDir { path: String, message: String },
+    #[error("topic catalog: {0}")]
+    Catalog(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Bind { addr: SocketAddr, message: String },
+    #[error("shard {shard}: {message}")]
+    Shard { shard: usize, message: String },
+}
+
+/// What the shards share while starting and stopping (never on the data path).
+struct Startup {
+    shards: usize,
+    ready: AtomicUsize,
+    failed: AtomicBool,
+    bound_addr: Mutex<Option<SocketAddr>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Runs a broker until SIGINT or SIGTERM; returns after a clean shutdown.
+pub fn run_broker(config: Config) -> Result<(), BrokerError> {
+    config.validate()?;
+    crate::storage::faults::watch_from_env();
+    let _lock = lock_data_dir(&config)?;
+    let catalog = Catalog::load(&config.data_dir).map_err(BrokerError::Catalog)?;
+    remove_deleted_topic_dirs(&config, &catalog);
+    let shards = config.shard_count();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| BrokerError::Shard { shard: 0, message: e.to_string() })?;
+    }
+    let startup = Arc::new(Startup { shards, ready: AtomicUsize::new(0), failed: AtomicBool::new(false), bound_addr: Mutex::new(None), stop });
+    let mesh_builder = MeshBuilder::<MeshMsg, _>::full(shards, MESH_CHANNEL_DEPTH);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut handles = Vec::new();
+    for i in 0..shards {
+        let placement = if config.runtime.pin_cores { Placement::Fixed(i % cores) } else { Placement::Unbound };
+        let (config, catalog, mesh_builder, startup) = (config.clone(), catalog.clone(), mesh_builder.clone(), startup.clone());
+        let builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{i}"))
+            .io_memory(config.runtime.io_memory_bytes)
+            .spin_before_park(Duration::from_micros(config.runtime.spin_before_park_us));
+        let handle = builder
+            .spawn(move || async move {
+                let result = shard_main(config, catalog, mesh_builder, startup.clone()).await;
+                if result.is_err() {
+                    startup.failed.store(true, Ordering::SeqCst);
+                    startup.stop.store(true, Ordering::SeqCst);
+                }
+                result
+            })
+            .map_err(|e| BrokerError::Shard { shard: i, message: format!("cannot start executor: {e}") })?;
+        handles.push(handle);
+    }
+    let mut first_error = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        let result = h.join().map_err(|e| BrokerError::Shard { shard: i, message: e.to_string() }).and_then(|r| r);
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            log::info!("quorra stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// One broker per data directory: an exclusive `flock` held for the life of the process.
+fn lock_data_dir(config: &Config) -> Result<std::fs::File, BrokerError> {
+    use std::os::fd::AsRawFd;
+    let dir = &config.data_dir;
+    let err = |message: String| BrokerError::DataDir { path: dir.display().to_string(), message };
+    std::fs::create_dir_all(dir.join("meta")).map_err(|e| err(e.to_string()))?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(|e| err(e.to_string()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(err("another broker is using it (LOCK is held)".into()));
+    }
+    Ok(file)
+}
+
+/// A crash between a topic's deletion from the catalog and the removal of its files leaves
+/// the files: remove them at the next start.
+fn remove_deleted_topic_dirs(config: &Config, catalog: &Catalog) {
+    let Ok(entries) = std::fs::read_dir(config.data_dir.join("topics")) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !catalog.topics.contains_key(&name) {
+            log::info!("removing files of deleted topic {name}");
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                log::warn!("could not remove {}: {err}", e.path().display());
+            }
+        }
+    }
+}
+
+async fn shard_main(config: Config, catalog: Catalog, mesh_builder: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>, startup: Arc<Startup>) -> Result<(), BrokerError> {
+    let (senders, receivers) = mesh_builder.join().await.map_err(|e| BrokerError::Shard { shard: 0, message: format!("joining the mesh failed: {e}") })?;
+    let mesh = Mesh::new(senders);
+    let id = mesh.peer_id();
+    let listener = bind(&config, id, &startup).await?;
+    let config = Rc::new(config);
+    let shard = Rc::new(Shard {
+        id,
+        shards: startup.shards,
+        disk: ServerDisk::default(),
+        catalog: std::cell::RefCell::new(catalog.clone()),
+        partitions: Default::default(),
+        offsets: OffsetStore::new(ServerDisk::default(), config.data_dir.clone(), config.storage.flush),
+        mesh,
+        catalog_lock: glommio::sync::Semaphore::new(1),
+        shutting_down: std::cell::Cell::new(false),
+        config,
+    });
+    for (peer, rx) in mesh::receivers(receivers) {
+        rt::spawn(crate::server::serve_peer(shard.clone(), peer, rx));
+    }
+    for (name, topic) in &catalog.topics {
+        shard.open_topic_partitions(name, topic.partitions).await.map_err(|message| BrokerError::Shard { shard: id, message })?;
+    }
+    startup.ready.fetch_add(1, Ordering::SeqCst);
+    while startup.ready.load(Ordering::SeqCst) < startup.shards {
+        if startup.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        rt::sleep(Duration::from_millis(5)).await;
+    }
+    if id == 0 && !startup.failed.load(Ordering::SeqCst) {
+        log::info!(
+            "quorra {} serving on {} with {} shards, data in {}, flush {}",
+            env!("CARGO_PKG_VERSION"),
+            listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            startup.shards,
+            shard.config.data_dir.display(),
+            shard.config.storage.flush
+        );
+    }
+    spawn_background(&shard);
+    let stop_flag = startup.stop.clone();
+    crate::server::accept_loop(shard.clone(), listener, move || stop_flag.load(Ordering::SeqCst)).await;
+    shutdown(&shard).await;
+    Ok(())
+}
+
+async fn bind(config: &Config, id: usize, startup: &Startup) -> Result<glommio::net::TcpListener, BrokerError> {
+    // Shard 0 binds first; with port 0 the others then bind the port it got.
+    let mut addr = config.listen;
+    if id != 0 {
+        loop {
+            if let Some(a) = *startup.bound_addr.lock().expect("startup lock") {
+                addr = a;
+                break;
+            }
+            if startup.stop.load(Ordering::SeqCst) {
+                return Err(BrokerError::Shard { shard: id, message: "start-up aborted".into() });
+            }
+            rt::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let listener = glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Bind { addr, message: e.to_string() })?;
+    if id == 0 {
+        let bound = listener.local_addr().map_err(|e| BrokerError::Bind { addr, message: e.to_string() })?;
+        *startup.bound_addr.lock().expect("startup lock") = Some(bound);
+    }
+    Ok(listener)
+}
+
+/// Periodic work: the interval fsync and retention, on their own schedule.
+fn spawn_background(shard: &Rc<Shard>) {
+    if let FlushPolicy::IntervalMs(ms) = shard.config.storage.flush {
+        let s = shard.clone();
+        rt::spawn(async move {
+            while !s.shutting_down.get() {
+                rt::sleep(Duration::from_millis(ms)).await;
+                let parts: Vec<_> = s.partitions.borrow().values().cloned().collect();
+                for p in parts {
+                    p.sync_now().await;
+                }
+            }
+        });
+    }
+    let s = shard.clone();
+    rt::spawn(async move {
+        let every = Duration::from_millis(s.config.storage.retention_check_ms.max(100));
+        while !s.shutting_down.get() {
+            rt::sleep(every).await;
+            let parts: Vec<_> = s.partitions.borrow().values().cloned().collect();
+            for p in parts {
+                p.apply_retention().await;
+            }
+        }
+    });
+}
+
+async fn shutdown(shard: &Rc<Shard>) {
+    shard.shutting_down.set(true);
+    let parts: Vec<_> = shard.partitions.borrow().values().cloned().collect();
+    for p in parts {
+        p.close().await;
+        if let FlushPolicy::IntervalMs(_) = shard.config.storage.flush {
+            p.sync_now().await;
+        }
+    }
+    shard.offsets.close().await;
+    log::debug!("shard {} closed {} partitions", shard.id, shard.partitions.borrow().len());
+}
