@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
-use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES};
+use crate::limits::{DEFAULT_FRAME_TIMEOUT_MS, DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -131,6 +131,9 @@ pub struct Config {
     pub shards: usize,
     /// Largest frame accepted.
     pub max_frame_bytes: usize,
+    /// Once a frame started to arrive, the rest must follow within this many ms, or the
+    /// connection is closed (slow or stalled clients cannot hold resources forever).
+    pub frame_timeout_ms: u64,
     pub storage: StorageSettings,
     pub runtime: RuntimeSettings,
 }
@@ -142,6 +145,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./quorra-data"),
             shards: 0,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            frame_timeout_ms: DEFAULT_FRAME_TIMEOUT_MS,
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
         }
@@ -151,7 +155,8 @@ impl Default for Config {
 impl Config {
     /// Reads a TOML file; unknown keys are an error.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
     }
 
@@ -171,21 +176,43 @@ impl Config {
     /// Checks relations between settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_frame_bytes < MIN_MAX_FRAME_BYTES {
-            return Err(ConfigError::Invalid { key: "max_frame_bytes", message: format!("must be at least {MIN_MAX_FRAME_BYTES}") });
+            return Err(ConfigError::Invalid {
+                key: "max_frame_bytes",
+                message: format!("must be at least {MIN_MAX_FRAME_BYTES}"),
+            });
         }
         if self.storage.segment_bytes < 64 * 1024 {
-            return Err(ConfigError::Invalid { key: "storage.segment_bytes", message: "must be at least 65536".into() });
+            return Err(ConfigError::Invalid {
+                key: "storage.segment_bytes",
+                message: "must be at least 65536".into(),
+            });
         }
         if self.storage.index_interval_bytes == 0 {
-            return Err(ConfigError::Invalid { key: "storage.index_interval_bytes", message: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                key: "storage.index_interval_bytes",
+                message: "must be positive".into(),
+            });
+        }
+        if self.frame_timeout_ms < 100 {
+            return Err(ConfigError::Invalid { key: "frame_timeout_ms", message: "must be at least 100".into() });
         }
         if self.shards > 256 {
             return Err(ConfigError::Invalid { key: "shards", message: "at most 256".into() });
         }
         if self.runtime.io_memory_bytes < 1 << 20 {
-            return Err(ConfigError::Invalid { key: "runtime.io_memory_bytes", message: "must be at least 1 MiB".into() });
+            return Err(ConfigError::Invalid {
+                key: "runtime.io_memory_bytes",
+                message: "must be at least 1 MiB".into(),
+            });
         }
         Ok(())
+    }
+
+    pub fn frame_limits(&self) -> crate::net::FrameLimits {
+        crate::net::FrameLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            completion_timeout: std::time::Duration::from_millis(self.frame_timeout_ms),
+        }
     }
 
     /// The log settings of a data partition.

@@ -2,13 +2,13 @@
 //!
 //! See `ARCHITECTURE.md` for the map of the code.
 
-pub mod limits;
-pub mod protocol;
-pub mod storage;
 pub mod broker;
+pub mod client;
 pub mod config;
-pub mod rt;
+pub mod limits;
 pub mod net;
+pub mod protocol;
+pub mod rt;
 pub mod server;
 pub mod shard;
-pub mod client;
+pub mod storage;

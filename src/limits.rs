@@ -45,18 +45,14 @@ pub const MESH_CHANNEL_DEPTH: usize = 1024;
 /// Alignment of direct I/O on every supported file system (logical block size upper bound).
 pub const IO_ALIGNMENT: usize = 4096;
 
-/// Once a frame has started to arrive, the rest must arrive within this many milliseconds.
-pub const FRAME_COMPLETION_TIMEOUT_MS: u64 = 10_000;
+/// Default for how long the rest of a frame may take once its first byte arrived.
+pub const DEFAULT_FRAME_TIMEOUT_MS: u64 = 10_000;
 
 /// Largest consumer-group offset record's metadata string.
 pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
 
-const _: () =
-    assert!(MAX_BATCH_BYTES + MAX_ARCHIVE_BYTES + FRAME_HEADER_BYTES <= DEFAULT_MAX_FRAME_BYTES);
+const _: () = assert!(MAX_BATCH_BYTES + MAX_ARCHIVE_BYTES + FRAME_HEADER_BYTES <= DEFAULT_MAX_FRAME_BYTES);
 const _: () = assert!(MIN_MAX_FRAME_BYTES > 1024 * 1024 + MAX_ARCHIVE_BYTES);
 const _: () = assert!(MAX_FETCH_BYTES as usize <= MAX_BATCH_BYTES);
 const _: () = assert!(IO_ALIGNMENT.is_power_of_two());
-const _: () = assert!(
-    FRAME_HEADER_BYTES % 16 == 0,
-    "the archive after the header must stay 16-aligned"
-);
+const _: () = assert!(FRAME_HEADER_BYTES % 16 == 0, "the archive after the header must stay 16-aligned");

@@ -10,12 +10,19 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use quorra::client::{Client, ClientConfig, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, StartFrom};
+use quorra::client::{
+    Client, ClientConfig, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, StartFrom,
+};
 use quorra::config::{Config, FlushPolicy};
 use quorra::protocol::messages::Acks;
 
 #[derive(Parser)]
-#[command(name = "quorra", version, about = "Quorra: a replicated, thread-per-core message broker", propagate_version = true)]
+#[command(
+    name = "quorra",
+    version,
+    about = "Quorra: a replicated, thread-per-core message broker",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -215,11 +222,21 @@ async fn topic(cmd: TopicCommand) -> Result<()> {
         TopicCommand::Describe { name, client } => {
             let d = connect(&client).await?.describe_topic(&name).await?;
             println!("topic {} ({} partitions)", d.name, d.partitions.len());
-            println!("{:>9} {:>6} {:>12} {:>14} {:>12} {:>8} {:>12}  state", "partition", "leader", "log_start", "high_watermark", "log_end", "segments", "bytes");
+            println!(
+                "{:>9} {:>6} {:>12} {:>14} {:>12} {:>8} {:>12}  state",
+                "partition", "leader", "log_start", "high_watermark", "log_end", "segments", "bytes"
+            );
             for p in d.partitions {
                 println!(
                     "{:>9} {:>6} {:>12} {:>14} {:>12} {:>8} {:>12}  {}",
-                    p.partition, p.leader, p.log_start_offset, p.high_watermark, p.log_end_offset, p.segments, p.size_bytes, p.state
+                    p.partition,
+                    p.leader,
+                    p.log_start_offset,
+                    p.high_watermark,
+                    p.log_end_offset,
+                    p.segments,
+                    p.size_bytes,
+                    p.state
                 );
             }
         }
@@ -292,7 +309,12 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
         (false, Some(o)) => StartFrom::Offset(o),
         (false, None) => StartFrom::Latest,
     };
-    let config = ConsumerConfig { start, group: args.group.clone(), max_wait: Duration::from_millis(if args.follow { 1000 } else { 200 }), ..Default::default() };
+    let config = ConsumerConfig {
+        start,
+        group: args.group.clone(),
+        max_wait: Duration::from_millis(if args.follow { 1000 } else { 200 }),
+        ..Default::default()
+    };
     let mut consumer = Consumer::new(client, &args.topic, args.partition.map(|p| vec![p]), config).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -57,7 +57,13 @@ fn decode_record(key: &[u8], value: &[u8]) -> Option<(OffsetKey, (u64, String))>
 
 impl<D: Disk> OffsetStore<D> {
     pub fn new(disk: D, data_dir: PathBuf, flush: FlushPolicy) -> Self {
-        OffsetStore { disk, data_dir, flush, groups: RefCell::new(HashMap::new()), opening: glommio::sync::Semaphore::new(1) }
+        OffsetStore {
+            disk,
+            data_dir,
+            flush,
+            groups: RefCell::new(HashMap::new()),
+            opening: glommio::sync::Semaphore::new(1),
+        }
     }
 
     fn log_config() -> LogConfig {
@@ -73,7 +79,15 @@ impl<D: Disk> OffsetStore<D> {
             return Ok(g.clone());
         }
         let dir = group_dir(&self.data_dir, name);
-        let log = Partition::open(self.disk.clone(), Rc::from(format!("group {name}")), 0, dir, Self::log_config(), self.flush).await?;
+        let log = Partition::open(
+            self.disk.clone(),
+            Rc::from(format!("group {name}")),
+            0,
+            dir,
+            Self::log_config(),
+            self.flush,
+        )
+        .await?;
         let offsets = replay(&log).await?;
         let store = Rc::new(GroupStore { log, offsets: RefCell::new(offsets) });
         self.groups.borrow_mut().insert(name.to_string(), store.clone());
@@ -81,7 +95,14 @@ impl<D: Disk> OffsetStore<D> {
     }
 
     /// Durably records that `group` will next read `offset` of `topic`/`partition`.
-    pub async fn commit(&self, group: &str, topic: &str, partition: u32, offset: u64, metadata: &str) -> Result<(), StorageError> {
+    pub async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        metadata: &str,
+    ) -> Result<(), StorageError> {
         let g = self.group(group).await?;
         let mut value = offset.to_le_bytes().to_vec();
         value.extend_from_slice(metadata.as_bytes());

@@ -58,7 +58,14 @@ pub struct Partition<D: Disk = ServerDisk> {
 
 impl<D: Disk> Partition<D> {
     /// Opens (recovering) the log and starts the writer task.
-    pub async fn open(disk: D, topic: Rc<str>, id: u32, dir: PathBuf, log_config: LogConfig, flush: FlushPolicy) -> Result<Rc<Self>, StorageError> {
+    pub async fn open(
+        disk: D,
+        topic: Rc<str>,
+        id: u32,
+        dir: PathBuf,
+        log_config: LogConfig,
+        flush: FlushPolicy,
+    ) -> Result<Rc<Self>, StorageError> {
         let log = PartitionLog::open(disk.clone(), dir.clone(), log_config.clone()).await?;
         if let LogHealth::Corrupt(why) = log.health() {
             log::error!("partition {topic}/{id} is corrupt and will not serve: {why}");
@@ -102,7 +109,12 @@ impl<D: Disk> Partition<D> {
     /// Validates, stamps and appends the batches in `payload`. `into_bytes` turns the
     /// stamped buffer into shared bytes without copying. No `.await` inside: appends from
     /// tasks spawned in order keep that order.
-    pub fn append<B>(&self, mut payload: B, leader_epoch: u32, into_bytes: impl FnOnce(B) -> Bytes) -> Result<Appended, StorageError>
+    pub fn append<B>(
+        &self,
+        mut payload: B,
+        leader_epoch: u32,
+        into_bytes: impl FnOnce(B) -> Bytes,
+    ) -> Result<Appended, StorageError>
     where
         B: AsMut<[u8]>,
     {
@@ -167,7 +179,12 @@ impl<D: Disk> Partition<D> {
     async fn reopen(&self) {
         match PartitionLog::open(self.disk.clone(), self.dir.clone(), self.log_config.clone()).await {
             Ok(fresh) => {
-                log::warn!("partition {}/{}: reopened from disk at offset {}, writes resume", self.topic, self.id, fresh.next_offset());
+                log::warn!(
+                    "partition {}/{}: reopened from disk at offset {}, writes resume",
+                    self.topic,
+                    self.id,
+                    fresh.next_offset()
+                );
                 *self.log.borrow_mut() = fresh;
                 self.data_arrived.notify_all();
             }
@@ -309,4 +326,3 @@ impl<D: Disk> Partition<D> {
         &self.dir
     }
 }
-

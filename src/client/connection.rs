@@ -28,11 +28,16 @@ pub struct Connection {
 
 impl Connection {
     /// Connects and starts the reader and writer tasks.
-    pub async fn connect(addr: SocketAddr, timeout: Duration, max_frame_bytes: usize) -> Result<Rc<Connection>, ClientError> {
-        let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
-            .await
-            .map_err(|e| ClientError::Connect { addr: addr.to_string(), message: std::io::Error::from(e).to_string() })?;
-        let (mut reader, writer) = net::split(stream).map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        max_frame_bytes: usize,
+    ) -> Result<Rc<Connection>, ClientError> {
+        let stream = glommio::net::TcpStream::connect_timeout(addr, timeout).await.map_err(|e| {
+            ClientError::Connect { addr: addr.to_string(), message: std::io::Error::from(e).to_string() }
+        })?;
+        let (mut reader, writer) =
+            net::split(stream).map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
         let outbox = Outbox::new();
         let conn = Rc::new(Connection {
             addr,
@@ -42,6 +47,10 @@ impl Connection {
             broken: Rc::new(RefCell::new(None)),
         });
         let (pending, broken, out) = (conn.pending.clone(), conn.broken.clone(), outbox.clone());
+        let limits = net::FrameLimits {
+            max_frame_bytes,
+            completion_timeout: Duration::from_millis(crate::limits::DEFAULT_FRAME_TIMEOUT_MS),
+        };
         rt::spawn(async move {
             let mut writer = writer;
             if let Err(e) = net::write_loop(&mut writer, out).await {
@@ -52,7 +61,7 @@ impl Connection {
         });
         rt::spawn(async move {
             let reason = loop {
-                match net::read_frame(&mut reader, max_frame_bytes).await {
+                match net::read_frame(&mut reader, limits).await {
                     Ok(frame) => {
                         if frame.header.correlation_id == 0 && frame.header.is_error() {
                             break describe_error(&frame).to_string();
@@ -89,7 +98,12 @@ impl Connection {
 
     /// Queues a request now and returns the future of its response. Requests queued in
     /// order are written in order.
-    pub fn send(&self, kind: ApiKind, archive: BodyBuf, payload: Vec<Bytes>) -> impl std::future::Future<Output = Result<Frame, ClientError>> {
+    pub fn send(
+        &self,
+        kind: ApiKind,
+        archive: BodyBuf,
+        payload: Vec<Bytes>,
+    ) -> impl std::future::Future<Output = Result<Frame, ClientError>> {
         let id = self.next_correlation_id.get();
         self.next_correlation_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
@@ -103,12 +117,16 @@ impl Connection {
             if let Some(reason) = broken {
                 return Err(ClientError::Disconnected { addr, reason });
             }
-            let frame = rx.await.map_err(|_| ClientError::Disconnected { addr, reason: "connection dropped".into() })??;
+            let frame =
+                rx.await.map_err(|_| ClientError::Disconnected { addr, reason: "connection dropped".into() })??;
             if frame.header.is_error() {
                 return Err(describe_error(&frame));
             }
             if frame.header.kind != kind as u16 {
-                return Err(ClientError::Protocol(format!("response of kind {} to a request of kind {}", frame.header.kind, kind as u16)));
+                return Err(ClientError::Protocol(format!(
+                    "response of kind {} to a request of kind {}",
+                    frame.header.kind, kind as u16
+                )));
             }
             Ok(frame)
         }
@@ -127,7 +145,9 @@ impl Drop for Connection {
 
 fn describe_error(frame: &Frame) -> ClientError {
     match decode::<ErrorResponse>(frame.archive()) {
-        Ok(e) => ClientError::Server { code: ErrorCode::from_u16(e.code), message: e.message, leader_hint: e.leader_hint },
+        Ok(e) => {
+            ClientError::Server { code: ErrorCode::from_u16(e.code), message: e.message, leader_hint: e.leader_hint }
+        }
         Err(e) => ClientError::Protocol(format!("undecodable error response: {e}")),
     }
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 
 use super::{Client, ClientError};
 use crate::protocol::batch::{BatchIter, RecordIter};
-use crate::protocol::messages::{FetchRequest, FetchResponse, OFFSET_SPEC_EARLIEST, OFFSET_SPEC_LATEST, OFFSET_SPEC_TIMESTAMP};
+use crate::protocol::messages::{
+    FetchRequest, FetchResponse, OFFSET_SPEC_EARLIEST, OFFSET_SPEC_LATEST, OFFSET_SPEC_TIMESTAMP,
+};
 use crate::protocol::{decode, encode, ApiKind};
 
 /// Where a consumer starts in partitions its group has no committed offset for.
@@ -34,7 +36,12 @@ pub struct ConsumerConfig {
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        ConsumerConfig { start: StartFrom::Latest, group: None, max_bytes: 1 << 20, max_wait: Duration::from_millis(500) }
+        ConsumerConfig {
+            start: StartFrom::Latest,
+            group: None,
+            max_bytes: 1 << 20,
+            max_wait: Duration::from_millis(500),
+        }
     }
 }
 
@@ -65,13 +72,20 @@ pub struct Consumer {
 
 impl Consumer {
     /// A consumer of `partitions` of `topic` (all of them when `None`).
-    pub async fn new(client: Rc<Client>, topic: &str, partitions: Option<Vec<u32>>, config: ConsumerConfig) -> Result<Consumer, ClientError> {
+    pub async fn new(
+        client: Rc<Client>,
+        topic: &str,
+        partitions: Option<Vec<u32>>,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, ClientError> {
         let count = client.partition_count(topic).await?;
         let partitions = partitions.unwrap_or_else(|| (0..count).collect());
         let mut cursors = Vec::new();
         for p in partitions {
             if p >= count {
-                return Err(ClientError::Invalid(format!("topic {topic} has {count} partitions; partition {p} does not exist")));
+                return Err(ClientError::Invalid(format!(
+                    "topic {topic} has {count} partitions; partition {p} does not exist"
+                )));
             }
             let committed = match &config.group {
                 Some(g) => client.fetch_offset(g, topic, p).await?,
@@ -114,7 +128,9 @@ impl Consumer {
             .collect();
         let mut records = Vec::new();
         for (i, fut) in pending.into_iter().enumerate() {
-            let frame = crate::rt::timeout(timeout, fut).await.ok_or_else(|| ClientError::Timeout("fetch did not complete".into()))??;
+            let frame = crate::rt::timeout(timeout, fut)
+                .await
+                .ok_or_else(|| ClientError::Timeout("fetch did not complete".into()))??;
             let resp = decode::<FetchResponse>(frame.archive())?;
             let cursor = &mut self.cursors[i];
             cursor.high_watermark = Some(resp.high_watermark);

@@ -92,7 +92,10 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// Parses a comma-separated bootstrap list.
     pub fn with_bootstrap(list: &str) -> Self {
-        ClientConfig { bootstrap: list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(), ..Default::default() }
+        ClientConfig {
+            bootstrap: list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            ..Default::default()
+        }
     }
 }
 
@@ -142,18 +145,28 @@ impl Client {
     }
 
     /// Sends a request and waits for its response frame.
-    pub async fn request(&self, kind: ApiKind, archive: BodyBuf, payload: Vec<Bytes>, timeout: Duration) -> Result<Frame, ClientError> {
+    pub async fn request(
+        &self,
+        kind: ApiKind,
+        archive: BodyBuf,
+        payload: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Frame, ClientError> {
         let conn = self.connection().await?;
         let fut = conn.send(kind, archive, payload);
         match crate::rt::timeout(timeout, fut).await {
             Some(r) => r,
-            None => Err(ClientError::Timeout(format!("no answer from {} within {} ms", conn.addr(), timeout.as_millis()))),
+            None => {
+                Err(ClientError::Timeout(format!("no answer from {} within {} ms", conn.addr(), timeout.as_millis())))
+            }
         }
     }
 
     async fn call<Req, Resp>(&self, kind: ApiKind, req: &Req) -> Result<Resp, ClientError>
     where
-        Req: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<BodyBuf, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+        Req: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<BodyBuf, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        >,
         Resp: rkyv::Archive,
         Resp::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
             + rkyv::Deserialize<Resp, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
@@ -166,7 +179,12 @@ impl Client {
         self.call(ApiKind::Metadata, &MetadataRequest { topics }).await
     }
 
-    pub async fn create_topic(&self, name: &str, partitions: u32, replication_factor: u16) -> Result<CreateTopicResponse, ClientError> {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+    ) -> Result<CreateTopicResponse, ClientError> {
         self.call(ApiKind::CreateTopic, &CreateTopicRequest { name: name.into(), partitions, replication_factor }).await
     }
 
@@ -185,41 +203,94 @@ impl Client {
     /// Number of partitions of a topic (an `unknown_topic` error if there is no such topic).
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         let md = self.metadata(vec![topic.to_string()]).await?;
-        md.topics
-            .into_iter()
-            .find(|t| t.name == topic)
-            .map(|t| t.partitions.len() as u32)
-            .ok_or_else(|| ClientError::Server { code: ErrorCode::UnknownTopic, message: format!("no such topic: {topic}"), leader_hint: None })
+        md.topics.into_iter().find(|t| t.name == topic).map(|t| t.partitions.len() as u32).ok_or_else(|| {
+            ClientError::Server {
+                code: ErrorCode::UnknownTopic,
+                message: format!("no such topic: {topic}"),
+                leader_hint: None,
+            }
+        })
     }
 
     /// Produces already-built record batches to one partition.
-    pub async fn produce_batches(&self, topic: &str, partition: u32, acks: Acks, batches: Vec<Bytes>) -> Result<ProduceResponse, ClientError> {
-        let req = ProduceRequest { topic: topic.into(), partition, acks: acks as u8, timeout_ms: self.config.request_timeout.as_millis() as u32 };
+    pub async fn produce_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        batches: Vec<Bytes>,
+    ) -> Result<ProduceResponse, ClientError> {
+        let req = ProduceRequest {
+            topic: topic.into(),
+            partition,
+            acks: acks as u8,
+            timeout_ms: self.config.request_timeout.as_millis() as u32,
+        };
         let frame = self.request(ApiKind::Produce, encode(&req), batches, self.config.request_timeout).await?;
         Ok(decode::<ProduceResponse>(frame.archive())?)
     }
 
     /// Fetches whole batches from the batch containing `offset`.
-    pub async fn fetch(&self, topic: &str, partition: u32, offset: u64, max_bytes: u32, max_wait: Duration) -> Result<FetchResult, ClientError> {
-        let req = FetchRequest { topic: topic.into(), partition, offset, max_bytes, max_wait_ms: max_wait.as_millis() as u32 };
-        let frame = self.request(ApiKind::Fetch, encode(&req), Vec::new(), self.config.request_timeout + max_wait).await?;
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait: Duration,
+    ) -> Result<FetchResult, ClientError> {
+        let req = FetchRequest {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms: max_wait.as_millis() as u32,
+        };
+        let frame =
+            self.request(ApiKind::Fetch, encode(&req), Vec::new(), self.config.request_timeout + max_wait).await?;
         let resp = decode::<FetchResponse>(frame.archive())?;
-        Ok(FetchResult { high_watermark: resp.high_watermark, log_start_offset: resp.log_start_offset, batches: frame.into_payload() })
+        Ok(FetchResult {
+            high_watermark: resp.high_watermark,
+            log_start_offset: resp.log_start_offset,
+            batches: frame.into_payload(),
+        })
     }
 
-    pub async fn list_offsets(&self, topic: &str, partition: u32, spec: u8, timestamp_ms: i64) -> Result<u64, ClientError> {
-        let resp: ListOffsetsResponse = self.call(ApiKind::ListOffsets, &ListOffsetsRequest { topic: topic.into(), partition, spec, timestamp_ms }).await?;
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: u8,
+        timestamp_ms: i64,
+    ) -> Result<u64, ClientError> {
+        let resp: ListOffsetsResponse = self
+            .call(ApiKind::ListOffsets, &ListOffsetsRequest { topic: topic.into(), partition, spec, timestamp_ms })
+            .await?;
         Ok(resp.offset)
     }
 
-    pub async fn commit_offset(&self, group: &str, topic: &str, partition: u32, offset: u64) -> Result<(), ClientError> {
-        let req = CommitOffsetRequest { group: group.into(), topic: topic.into(), partition, offset, metadata: String::new() };
+    pub async fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), ClientError> {
+        let req = CommitOffsetRequest {
+            group: group.into(),
+            topic: topic.into(),
+            partition,
+            offset,
+            metadata: String::new(),
+        };
         let _: CommitOffsetResponse = self.call(ApiKind::CommitOffset, &req).await?;
         Ok(())
     }
 
     pub async fn fetch_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, ClientError> {
-        let resp: FetchOffsetResponse = self.call(ApiKind::FetchOffset, &FetchOffsetRequest { group: group.into(), topic: topic.into(), partition }).await?;
+        let resp: FetchOffsetResponse = self
+            .call(ApiKind::FetchOffset, &FetchOffsetRequest { group: group.into(), topic: topic.into(), partition })
+            .await?;
         Ok(resp.offset)
     }
 }
@@ -233,5 +304,7 @@ pub struct FetchResult {
 }
 
 fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
-    addr.to_socket_addrs().map(Iterator::collect).map_err(|e| ClientError::Invalid(format!("bad broker address {addr:?}: {e}")))
+    addr.to_socket_addrs()
+        .map(Iterator::collect)
+        .map_err(|e| ClientError::Invalid(format!("bad broker address {addr:?}: {e}")))
 }

@@ -90,7 +90,9 @@ impl Delivery {
     pub async fn wait(self) -> Result<RecordMetadata, ClientError> {
         loop {
             if let Some(r) = self.ack.result.borrow().as_ref() {
-                return r.clone().map(|base| RecordMetadata { partition: self.partition, offset: base + u64::from(self.index) });
+                return r
+                    .clone()
+                    .map(|base| RecordMetadata { partition: self.partition, offset: base + u64::from(self.index) });
             }
             self.ack.done.wait().await;
         }
@@ -177,10 +179,18 @@ impl Producer {
     }
 
     /// Queues a record for a given partition; waits only when too much is buffered.
-    pub async fn send_to(self: &Rc<Self>, topic: &str, partition: u32, key: Option<&[u8]>, value: &[u8]) -> Result<Delivery, ClientError> {
+    pub async fn send_to(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<Delivery, ClientError> {
         let record_bytes = BatchBuilder::record_bytes(key, value);
         if record_bytes + BATCH_HEADER_BYTES > MAX_BATCH_BYTES {
-            return Err(ClientError::Invalid(format!("a record of {record_bytes} bytes exceeds the largest batch ({MAX_BATCH_BYTES} bytes)")));
+            return Err(ClientError::Invalid(format!(
+                "a record of {record_bytes} bytes exceeds the largest batch ({MAX_BATCH_BYTES} bytes)"
+            )));
         }
         while self.queued_bytes.get() > self.config.max_buffered_bytes {
             self.queue_drained.wait().await;
@@ -190,7 +200,9 @@ impl Producer {
         let (delivery, full, new_generation) = {
             let mut accs = self.accumulators.borrow_mut();
             // A record that would overflow the batch starts a new one.
-            if accs.get(&key_id).is_some_and(|a| a.builder.record_count() > 0 && a.builder.len_bytes() + record_bytes > self.config.batch_bytes) {
+            if accs.get(&key_id).is_some_and(|a| {
+                a.builder.record_count() > 0 && a.builder.len_bytes() + record_bytes > self.config.batch_bytes
+            }) {
                 let acc = accs.remove(&key_id).expect("checked");
                 self.seal(topic.clone(), partition, acc);
             }
@@ -199,7 +211,11 @@ impl Producer {
                 let generation = self.generation.get() + 1;
                 self.generation.set(generation);
                 new_generation = Some(generation);
-                Accumulator { builder: BatchBuilder::with_capacity(self.config.batch_bytes.min(1 << 20)), ack: Rc::default(), generation }
+                Accumulator {
+                    builder: BatchBuilder::with_capacity(self.config.batch_bytes.min(1 << 20)),
+                    ack: Rc::default(),
+                    generation,
+                }
             });
             let index = acc.builder.record_count();
             acc.builder.push(key, value, rt::now_ms());
@@ -285,7 +301,10 @@ impl Producer {
                     futures_lite::future::FutureExt::boxed_local(async move {
                         match rt::timeout(timeout, fut).await {
                             Some(r) => r,
-                            None => Err(ClientError::Timeout(format!("produce not acknowledged within {} ms", timeout.as_millis()))),
+                            None => Err(ClientError::Timeout(format!(
+                                "produce not acknowledged within {} ms",
+                                timeout.as_millis()
+                            ))),
                         }
                     })
                 }
@@ -293,7 +312,8 @@ impl Producer {
             };
             let weak = this.clone();
             rt::spawn(async move {
-                let result = response.await.and_then(|frame| Ok(decode::<ProduceResponse>(frame.archive())?.base_offset));
+                let result =
+                    response.await.and_then(|frame| Ok(decode::<ProduceResponse>(frame.archive())?.base_offset));
                 sealed.ack.resolve(result);
                 drop(permit);
                 if let Some(p) = weak.upgrade() {

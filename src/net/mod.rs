@@ -12,7 +12,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-use crate::limits::{FRAME_COMPLETION_TIMEOUT_MS, FRAME_HEADER_BYTES};
+use crate::limits::FRAME_HEADER_BYTES;
 use crate::protocol::{BodyBuf, Frame, FrameError, FrameHeader, OutFrame};
 use crate::rt::{self, Notify};
 
@@ -34,32 +34,44 @@ pub enum ReadError {
     /// The header is invalid: framing is lost, the connection must close.
     BadHeader(FrameError),
     /// The header was valid but the body is not: framing is intact, the peer may go on.
-    BadBody { header: FrameHeader, error: FrameError },
+    BadBody {
+        header: FrameHeader,
+        error: FrameError,
+    },
 }
 
-/// How long the rest of a frame may take once its first byte arrived: at least the fixed
-/// timeout, more for large bodies (1 MB/s floor), so slow links still work.
-fn completion_deadline(body_len: usize) -> Duration {
-    Duration::from_millis(FRAME_COMPLETION_TIMEOUT_MS + (body_len as u64 / 1000))
+/// Limits on reading one frame.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLimits {
+    pub max_frame_bytes: usize,
+    /// Once a frame's first byte arrived, the rest must follow within this time (plus 1 ms
+    /// per KB of body, so slow links still work).
+    pub completion_timeout: Duration,
+}
+
+impl FrameLimits {
+    fn deadline(&self, body_len: usize) -> Duration {
+        self.completion_timeout + Duration::from_millis(body_len as u64 / 1000)
+    }
 }
 
 /// Reads one frame. Waits without limit for its first byte (an idle connection is fine).
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_frame_bytes: usize) -> Result<Frame, ReadError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: FrameLimits) -> Result<Frame, ReadError> {
     let mut head = [0u8; FRAME_HEADER_BYTES];
     let n = r.read(&mut head).await.map_err(ReadError::Io)?;
     if n == 0 {
         return Err(ReadError::Closed);
     }
-    match rt::timeout(completion_deadline(0), r.read_exact(&mut head[n..])).await {
+    match rt::timeout(limits.deadline(0), r.read_exact(&mut head[n..])).await {
         None => return Err(ReadError::Timeout),
         Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ReadError::Io(e)),
         Some(Err(e)) => return Err(ReadError::Io(e)),
         Some(Ok(())) => {}
     }
-    let header = FrameHeader::decode(&head, max_frame_bytes).map_err(ReadError::BadHeader)?;
+    let header = FrameHeader::decode(&head, limits.max_frame_bytes).map_err(ReadError::BadHeader)?;
     let mut body = BodyBuf::with_capacity(header.body_len());
     body.resize(header.body_len(), 0);
-    match rt::timeout(completion_deadline(header.body_len()), r.read_exact(&mut body)).await {
+    match rt::timeout(limits.deadline(header.body_len()), r.read_exact(&mut body)).await {
         None => return Err(ReadError::Timeout),
         Some(Err(e)) => return Err(ReadError::Io(e)),
         Some(Ok(())) => {}

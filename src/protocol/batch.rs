@@ -115,10 +115,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Reads the header fields without checking the CRC or records. `bytes` must hold a header.
 pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if bytes.len() < BATCH_HEADER_BYTES {
-        return Err(BatchError::Truncated {
-            have: bytes.len(),
-            need: BATCH_HEADER_BYTES,
-        });
+        return Err(BatchError::Truncated { have: bytes.len(), need: BATCH_HEADER_BYTES });
     }
     let magic = u32_at(bytes, at::MAGIC);
     if magic != BATCH_MAGIC {
@@ -157,17 +154,11 @@ pub fn check_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = peek_header(bytes)?;
     let len = header.batch_len as usize;
     if bytes.len() < len {
-        return Err(BatchError::Truncated {
-            have: bytes.len(),
-            need: len,
-        });
+        return Err(BatchError::Truncated { have: bytes.len(), need: len });
     }
     let computed = crc32c::crc32c(&bytes[CRC_START..len]);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch {
-            stored: header.crc,
-            computed,
-        });
+        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
     }
     Ok(header)
 }
@@ -184,17 +175,10 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadRecords("reserved header field is not zero"));
     }
     if header.max_timestamp < header.first_timestamp {
-        return Err(BatchError::BadRecords(
-            "max_timestamp before first_timestamp",
-        ));
+        return Err(BatchError::BadRecords("max_timestamp before first_timestamp"));
     }
     let body = &bytes[BATCH_HEADER_BYTES..header.batch_len as usize];
-    let mut records = RecordIter {
-        body,
-        remaining: header.record_count,
-        next_offset: 0,
-        first_timestamp: 0,
-    };
+    let mut records = RecordIter { body, remaining: header.record_count, next_offset: 0, first_timestamp: 0 };
     for _ in 0..header.record_count {
         match records.next() {
             Some(Ok(_)) => {}
@@ -203,9 +187,7 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         }
     }
     if !records.body.is_empty() {
-        return Err(BatchError::BadRecords(
-            "trailing bytes after the last record",
-        ));
+        return Err(BatchError::BadRecords("trailing bytes after the last record"));
     }
     Ok(header)
 }
@@ -254,29 +236,19 @@ impl<'a> RecordIter<'a> {
     }
 
     fn take_u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
 
     fn next_record(&mut self) -> Result<Record<'a>, BatchError> {
         const TRUNCATED: BatchError = BatchError::BadRecords("record runs past the batch end");
         let ts_delta = self.take_u32().ok_or(TRUNCATED)?;
         let key_len = self.take_u32().ok_or(TRUNCATED)?;
-        let key = if key_len == NO_KEY {
-            None
-        } else {
-            Some(self.take(key_len as usize).ok_or(TRUNCATED)?)
-        };
+        let key = if key_len == NO_KEY { None } else { Some(self.take(key_len as usize).ok_or(TRUNCATED)?) };
         let value_len = self.take_u32().ok_or(TRUNCATED)?;
         let value = self.take(value_len as usize).ok_or(TRUNCATED)?;
         let offset = self.next_offset;
         self.next_offset += 1;
-        Ok(Record {
-            offset,
-            timestamp: self.first_timestamp.saturating_add(i64::from(ts_delta)),
-            key,
-            value,
-        })
+        Ok(Record { offset, timestamp: self.first_timestamp.saturating_add(i64::from(ts_delta)), key, value })
     }
 }
 
@@ -288,11 +260,7 @@ impl<'a> Iterator for RecordIter<'a> {
         }
         let result = self.next_record();
         // After an error the rest of the batch cannot be trusted: stop.
-        self.remaining = if result.is_err() {
-            0
-        } else {
-            self.remaining - 1
-        };
+        self.remaining = if result.is_err() { 0 } else { self.remaining - 1 };
         Some(result)
     }
 }
@@ -310,12 +278,7 @@ impl BatchBuilder {
     pub fn with_capacity(capacity: usize) -> Self {
         let mut buf = Vec::with_capacity(BATCH_HEADER_BYTES + capacity);
         buf.resize(BATCH_HEADER_BYTES, 0);
-        BatchBuilder {
-            buf,
-            record_count: 0,
-            first_timestamp: 0,
-            max_timestamp: 0,
-        }
+        BatchBuilder { buf, record_count: 0, first_timestamp: 0, max_timestamp: 0 }
     }
 
     /// Bytes the batch would have if finished now.
@@ -340,10 +303,7 @@ impl BatchBuilder {
             self.first_timestamp = timestamp_ms;
             self.max_timestamp = timestamp_ms;
         }
-        let ts = timestamp_ms.clamp(
-            self.first_timestamp,
-            self.first_timestamp + i64::from(u32::MAX),
-        );
+        let ts = timestamp_ms.clamp(self.first_timestamp, self.first_timestamp + i64::from(u32::MAX));
         self.max_timestamp = self.max_timestamp.max(ts);
         let delta = (ts - self.first_timestamp) as u32;
         self.buf.extend_from_slice(&delta.to_le_bytes());
@@ -354,8 +314,7 @@ impl BatchBuilder {
             }
             None => self.buf.extend_from_slice(&NO_KEY.to_le_bytes()),
         }
-        self.buf
-            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(value);
         self.record_count += 1;
     }
@@ -367,8 +326,7 @@ impl BatchBuilder {
         b[at::LENGTH..at::LENGTH + 4].copy_from_slice(&len.to_le_bytes());
         b[at::MAGIC..at::MAGIC + 4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
         b[at::ATTRIBUTES..at::ATTRIBUTES + 2].copy_from_slice(&0u16.to_le_bytes());
-        b[at::PRODUCER_EPOCH..at::PRODUCER_EPOCH + 2]
-            .copy_from_slice(&producer_epoch.to_le_bytes());
+        b[at::PRODUCER_EPOCH..at::PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_le_bytes());
         b[at::RECORD_COUNT..at::RECORD_COUNT + 4].copy_from_slice(&self.record_count.to_le_bytes());
         b[at::FIRST_TS..at::FIRST_TS + 8].copy_from_slice(&self.first_timestamp.to_le_bytes());
         b[at::MAX_TS..at::MAX_TS + 8].copy_from_slice(&self.max_timestamp.to_le_bytes());
@@ -391,10 +349,7 @@ pub struct BatchIter<'a> {
 
 impl<'a> BatchIter<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        BatchIter {
-            rest: bytes,
-            failed: false,
-        }
+        BatchIter { rest: bytes, failed: false }
     }
 }
 
@@ -435,40 +390,15 @@ mod tests {
 
     #[test]
     fn stamping_keeps_the_crc_valid() {
-        let batch = build(&[
-            (None, b"a".to_vec(), 10),
-            (Some(b"k".to_vec()), b"bc".to_vec(), 12),
-        ]);
+        let batch = build(&[(None, b"a".to_vec(), 10), (Some(b"k".to_vec()), b"bc".to_vec(), 12)]);
         let mut bytes = batch.to_vec();
         stamp_batch(&mut bytes, 1000, 3);
         let h = validate_batch(&bytes).unwrap();
-        assert_eq!(
-            (h.base_offset, h.leader_epoch, h.record_count),
-            (1000, 3, 2)
-        );
-        assert_eq!(
-            (h.producer_id, h.producer_epoch, h.base_sequence),
-            (7, 1, 42)
-        );
+        assert_eq!((h.base_offset, h.leader_epoch, h.record_count), (1000, 3, 2));
+        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (7, 1, 42));
         let recs: Vec<_> = RecordIter::new(&bytes, &h).map(Result::unwrap).collect();
-        assert_eq!(
-            recs[0],
-            Record {
-                offset: 1000,
-                timestamp: 10,
-                key: None,
-                value: b"a"
-            }
-        );
-        assert_eq!(
-            recs[1],
-            Record {
-                offset: 1001,
-                timestamp: 12,
-                key: Some(b"k"),
-                value: b"bc"
-            }
-        );
+        assert_eq!(recs[0], Record { offset: 1000, timestamp: 10, key: None, value: b"a" });
+        assert_eq!(recs[1], Record { offset: 1001, timestamp: 12, key: Some(b"k"), value: b"bc" });
     }
 
     #[test]
@@ -478,10 +408,7 @@ mod tests {
             for bit in 0..8 {
                 let mut b = batch.clone();
                 b[byte] ^= 1 << bit;
-                assert!(
-                    validate_batch(&b).is_err(),
-                    "flip at byte {byte} bit {bit} undetected"
-                );
+                assert!(validate_batch(&b).is_err(), "flip at byte {byte} bit {bit} undetected");
             }
         }
     }

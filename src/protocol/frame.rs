@@ -94,10 +94,7 @@ impl FrameHeader {
     }
 
     /// Decodes and checks a header; `max_frame_bytes` bounds header + body.
-    pub fn decode(
-        h: &[u8; FRAME_HEADER_BYTES],
-        max_frame_bytes: usize,
-    ) -> Result<FrameHeader, FrameError> {
+    pub fn decode(h: &[u8; FRAME_HEADER_BYTES], max_frame_bytes: usize) -> Result<FrameHeader, FrameError> {
         let magic: [u8; 4] = h[0..4].try_into().expect("4 bytes");
         if magic != FRAME_MAGIC {
             return Err(FrameError::BadMagic(magic));
@@ -123,13 +120,9 @@ impl FrameHeader {
         if header.archive_len as usize > MAX_ARCHIVE_BYTES {
             return Err(FrameError::ArchiveTooLarge(header.archive_len));
         }
-        let size =
-            FRAME_HEADER_BYTES as u64 + header.archive_len as u64 + header.payload_len as u64;
+        let size = FRAME_HEADER_BYTES as u64 + header.archive_len as u64 + header.payload_len as u64;
         if size > max_frame_bytes as u64 {
-            return Err(FrameError::TooLarge {
-                size,
-                limit: max_frame_bytes,
-            });
+            return Err(FrameError::TooLarge { size, limit: max_frame_bytes });
         }
         Ok(header)
     }
@@ -193,13 +186,7 @@ pub struct OutFrame {
 
 impl OutFrame {
     /// Builds a frame and computes both CRCs.
-    pub fn new(
-        kind: u16,
-        flags: u8,
-        correlation_id: u64,
-        archive: BodyBuf,
-        payload: Vec<Bytes>,
-    ) -> OutFrame {
+    pub fn new(kind: u16, flags: u8, correlation_id: u64, archive: BodyBuf, payload: Vec<Bytes>) -> OutFrame {
         let mut crc = crc32c::crc32c(&archive);
         let mut payload_len: usize = 0;
         for chunk in &payload {
@@ -214,11 +201,7 @@ impl OutFrame {
             payload_len: payload_len as u32,
             body_crc: crc,
         };
-        OutFrame {
-            header: header.encode(),
-            archive,
-            payload,
-        }
+        OutFrame { header: header.encode(), archive, payload }
     }
 
     /// Total bytes on the wire.
@@ -238,17 +221,11 @@ impl OutFrame {
 
 /// Parses one complete frame from the start of `bytes` (tests and fuzzing; the network code
 /// reads header and body separately). Returns the frame and the bytes it used.
-pub fn parse_frame(
-    bytes: &[u8],
-    max_frame_bytes: usize,
-) -> Result<Option<(Frame, usize)>, FrameError> {
+pub fn parse_frame(bytes: &[u8], max_frame_bytes: usize) -> Result<Option<(Frame, usize)>, FrameError> {
     if bytes.len() < FRAME_HEADER_BYTES {
         return Ok(None);
     }
-    let header = FrameHeader::decode(
-        bytes[..FRAME_HEADER_BYTES].try_into().expect("header"),
-        max_frame_bytes,
-    )?;
+    let header = FrameHeader::decode(bytes[..FRAME_HEADER_BYTES].try_into().expect("header"), max_frame_bytes)?;
     let end = FRAME_HEADER_BYTES + header.body_len();
     if bytes.len() < end {
         return Ok(None);
@@ -292,10 +269,7 @@ mod tests {
         let crc = crc32c::crc32c(&h[..28]);
         h[28..32].copy_from_slice(&crc.to_le_bytes());
         bytes[..32].copy_from_slice(&h);
-        assert!(matches!(
-            parse_frame(&bytes, 1 << 20),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(parse_frame(&bytes, 1 << 20), Err(FrameError::TooLarge { .. })));
     }
 
     proptest! {

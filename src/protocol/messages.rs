@@ -74,9 +74,7 @@ impl std::str::FromStr for Acks {
             "leader" | "1" => Ok(Acks::Leader),
             "quorum" => Ok(Acks::Quorum),
             "all" | "-1" => Ok(Acks::All),
-            other => Err(format!(
-                "unknown acks level {other:?} (expected none, leader, quorum or all)"
-            )),
+            other => Err(format!("unknown acks level {other:?} (expected none, leader, quorum or all)")),
         }
     }
 }

@@ -149,8 +149,8 @@ where
 pub fn decode<T>(archive: &[u8]) -> Result<T, DecodeError>
 where
     T: rkyv::Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived:
+        for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     rkyv::from_bytes::<T, rancor::Error>(archive).map_err(|e| DecodeError(e.to_string()))
 }
@@ -163,12 +163,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let req = ProduceRequest {
-            topic: "orders".into(),
-            partition: 3,
-            acks: 1,
-            timeout_ms: 5000,
-        };
+        let req = ProduceRequest { topic: "orders".into(), partition: 3, acks: 1, timeout_ms: 5000 };
         let bytes = encode(&req);
         assert_eq!(decode::<ProduceRequest>(&bytes).unwrap(), req);
         let view = access::<ProduceRequest>(&bytes).unwrap();

@@ -63,7 +63,9 @@ type HandlerResult = Result<Reply, ApiError>;
 
 fn reply<T>(value: &T) -> HandlerResult
 where
-    T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<BodyBuf, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>>,
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<BodyBuf, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+    >,
 {
     Ok((encode(value), Vec::new()))
 }
@@ -126,7 +128,8 @@ fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
         if !req.topics.is_empty() && !req.topics.contains(name) {
             continue;
         }
-        let partitions = (0..config.partitions).map(|p| PartitionMetadata { partition: p, leader: 0, replicas: vec![0] }).collect();
+        let partitions =
+            (0..config.partitions).map(|p| PartitionMetadata { partition: p, leader: 0, replicas: vec![0] }).collect();
         topics.push(TopicMetadata { name: name.clone(), partitions });
     }
     for wanted in &req.topics {
@@ -144,7 +147,11 @@ fn list_topics(shard: &Shard) -> HandlerResult {
         .borrow()
         .topics
         .iter()
-        .map(|(name, c)| TopicSummary { name: name.clone(), partitions: c.partitions, replication_factor: c.replication_factor })
+        .map(|(name, c)| TopicSummary {
+            name: name.clone(),
+            partitions: c.partitions,
+            replication_factor: c.replication_factor,
+        })
         .collect();
     reply(&ListTopicsResponse { topics })
 }
@@ -160,7 +167,8 @@ async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
             format!("replication factor {rf} needs {rf} nodes; this broker runs as a single node"),
         ));
     }
-    let _guard = shard.catalog_lock.acquire_permit(1).await.map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
+    let _guard =
+        shard.catalog_lock.acquire_permit(1).await.map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
     if shard.catalog.borrow().topics.contains_key(&req.name) {
         return Err(ApiError::new(ErrorCode::TopicExists, format!("topic {} already exists", req.name)));
     }
@@ -168,14 +176,16 @@ async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let mut next = shard.catalog.borrow().clone();
     next.topics.insert(req.name.clone(), config.clone());
     persist_catalog(shard, &next).await?;
-    let results = broadcast(shard, || MeshRequest::TopicCreated { name: req.name.clone(), config: config.clone() }).await;
+    let results =
+        broadcast(shard, || MeshRequest::TopicCreated { name: req.name.clone(), config: config.clone() }).await;
     check_all(results)?;
     reply(&CreateTopicResponse { name: req.name, partitions: req.partitions })
 }
 
 async fn delete_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let req = decode::<DeleteTopicRequest>(frame.archive())?;
-    let _guard = shard.catalog_lock.acquire_permit(1).await.map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
+    let _guard =
+        shard.catalog_lock.acquire_permit(1).await.map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
     if !shard.catalog.borrow().topics.contains_key(&req.name) {
         return Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {}", req.name)));
     }
@@ -185,7 +195,9 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let results = broadcast(shard, || MeshRequest::TopicDeleted { name: req.name.clone() }).await;
     check_all(results)?;
     let dir = shard.config.data_dir.join("topics").join(&req.name);
-    crate::storage::Disk::remove_dir_all(&shard.disk, &dir).await.map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
+    crate::storage::Disk::remove_dir_all(&shard.disk, &dir)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;
     reply(&DeleteTopicResponse { name: req.name })
 }
 
@@ -247,13 +259,16 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
         let r = access::<ProduceRequest>(frame.archive())?;
         (r.topic.as_str().to_string(), r.partition.to_native(), r.acks, r.timeout_ms.to_native())
     };
-    let acks = Acks::from_u8(acks).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown acks level {acks}")))?;
+    let acks = Acks::from_u8(acks)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown acks level {acks}")))?;
     let timeout_ms = if timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { timeout_ms.min(MAX_PRODUCE_TIMEOUT_MS) };
     let part = partition_for(shard, &topic, partition)?;
     let appended = part.append(ProducePayload(frame), 0, |p| p.0.into_payload())?;
     let high_watermark = match acks {
         Acks::None => part.high_watermark(),
-        Acks::Leader | Acks::Quorum | Acks::All => part.wait_committed(appended.last_offset, Duration::from_millis(timeout_ms.into())).await?,
+        Acks::Leader | Acks::Quorum | Acks::All => {
+            part.wait_committed(appended.last_offset, Duration::from_millis(timeout_ms.into())).await?
+        }
     };
     reply(&ProduceResponse { base_offset: appended.first_offset, last_offset: appended.last_offset, high_watermark })
 }
@@ -285,7 +300,9 @@ fn check_group_target(shard: &Shard, group: &str, topic: &str, partition: u32) -
     let catalog = shard.catalog.borrow();
     match catalog.topics.get(topic) {
         None => Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {topic}"))),
-        Some(c) if partition >= c.partitions => Err(ApiError::new(ErrorCode::UnknownPartition, format!("topic {topic} has {} partitions", c.partitions))),
+        Some(c) if partition >= c.partitions => {
+            Err(ApiError::new(ErrorCode::UnknownPartition, format!("topic {topic} has {} partitions", c.partitions)))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -294,7 +311,10 @@ async fn commit_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let req = decode::<CommitOffsetRequest>(frame.archive())?;
     check_group_target(shard, &req.group, &req.topic, req.partition)?;
     if req.metadata.len() > MAX_OFFSET_METADATA_BYTES {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("offset metadata is limited to {MAX_OFFSET_METADATA_BYTES} bytes")));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("offset metadata is limited to {MAX_OFFSET_METADATA_BYTES} bytes"),
+        ));
     }
     shard.offsets.commit(&req.group, &req.topic, req.partition, req.offset, &req.metadata).await?;
     reply(&CommitOffsetResponse {})
@@ -326,7 +346,8 @@ pub async fn handle_mesh_request(shard: &Rc<Shard>, request: MeshRequest) -> Mes
             MeshReply::Done(shard.drop_topic_partitions(&name).await)
         }
         MeshRequest::Status { topic } => {
-            let parts: Vec<_> = shard.partitions.borrow().iter().filter(|((t, _), _)| *t == topic).map(|(_, p)| p.clone()).collect();
+            let parts: Vec<_> =
+                shard.partitions.borrow().iter().filter(|((t, _), _)| *t == topic).map(|(_, p)| p.clone()).collect();
             MeshReply::Status(parts.iter().map(|p| p.status(0)).collect())
         }
     }

@@ -19,7 +19,9 @@ use glommio::sync::Semaphore;
 
 use crate::limits::MAX_IN_FLIGHT_PER_CONNECTION;
 use crate::net::{self, Outbox, ReadError};
-use crate::protocol::messages::{ApiKind, CommitOffsetRequest, FetchOffsetRequest, FetchRequest, ListOffsetsRequest, ProduceRequest};
+use crate::protocol::messages::{
+    ApiKind, CommitOffsetRequest, FetchOffsetRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
+};
 use crate::protocol::{access, ErrorCode, Frame};
 use crate::rt;
 use crate::shard::mesh::{MeshMsg, MeshReply, MeshRequest};
@@ -63,9 +65,9 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         net::write_loop(&mut writer, out).await
     });
     let in_flight = Rc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION as u64));
-    let max_frame = shard.config.max_frame_bytes;
+    let limits = shard.config.frame_limits();
     loop {
-        let frame = match net::read_frame(&mut reader, max_frame).await {
+        let frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
             Err(ReadError::Closed) => break,
             Err(ReadError::Io(e)) => {
@@ -80,7 +82,9 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             Err(ReadError::BadHeader(e)) => {
                 log::warn!("closing connection from {peer}: {e}");
                 let code = match e {
-                    crate::protocol::FrameError::TooLarge { .. } | crate::protocol::FrameError::ArchiveTooLarge(_) => ErrorCode::FrameTooLarge,
+                    crate::protocol::FrameError::TooLarge { .. } | crate::protocol::FrameError::ArchiveTooLarge(_) => {
+                        ErrorCode::FrameTooLarge
+                    }
                     crate::protocol::FrameError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
                     _ => ErrorCode::CorruptFrame,
                 };
@@ -89,12 +93,22 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             }
             Err(ReadError::BadBody { header, error }) => {
                 log::warn!("connection from {peer}: {error} (request {})", header.correlation_id);
-                outbox.push(error_frame(header.kind, header.correlation_id, ErrorCode::CorruptFrame, &error.to_string()));
+                outbox.push(error_frame(
+                    header.kind,
+                    header.correlation_id,
+                    ErrorCode::CorruptFrame,
+                    &error.to_string(),
+                ));
                 continue;
             }
         };
         if shard.shutting_down.get() {
-            outbox.push(error_frame(frame.header.kind, frame.header.correlation_id, ErrorCode::ShuttingDown, "the broker is shutting down"));
+            outbox.push(error_frame(
+                frame.header.kind,
+                frame.header.correlation_id,
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down",
+            ));
             break;
         }
         let Ok(permit) = in_flight.clone().acquire_static_permit(1).await else { break };
@@ -134,9 +148,15 @@ fn owner_of(shard: &Shard, frame: &Frame) -> usize {
     let n = shard.shards;
     let a = frame.archive();
     let owner = match ApiKind::from_u16(frame.header.kind) {
-        Some(ApiKind::Produce) => access::<ProduceRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n)),
-        Some(ApiKind::Fetch) => access::<FetchRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n)),
-        Some(ApiKind::ListOffsets) => access::<ListOffsetsRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n)),
+        Some(ApiKind::Produce) => {
+            access::<ProduceRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
+        }
+        Some(ApiKind::Fetch) => {
+            access::<FetchRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
+        }
+        Some(ApiKind::ListOffsets) => {
+            access::<ListOffsetsRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
+        }
         Some(ApiKind::CommitOffset) => access::<CommitOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::FetchOffset) => access::<FetchOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::CreateTopic | ApiKind::DeleteTopic) => Some(0),

@@ -85,7 +85,9 @@ impl Mesh {
 }
 
 /// Splits the receiving side into one stream per peer, to be served by one task each.
-pub fn receivers(mut receivers: Receivers<MeshMsg>) -> Vec<(usize, glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>)> {
+pub fn receivers(
+    mut receivers: Receivers<MeshMsg>,
+) -> Vec<(usize, glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>)> {
     receivers.streams()
 }
 

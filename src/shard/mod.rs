@@ -61,9 +61,16 @@ impl Shard {
                 continue;
             }
             let dir = crate::broker::catalog::partition_dir(&self.config.data_dir, topic, p);
-            let part = Partition::open(self.disk.clone(), name.clone(), p, dir, self.config.log_config(), self.config.storage.flush)
-                .await
-                .map_err(|e| format!("opening {topic}/{p}: {e}"))?;
+            let part = Partition::open(
+                self.disk.clone(),
+                name.clone(),
+                p,
+                dir,
+                self.config.log_config(),
+                self.config.storage.flush,
+            )
+            .await
+            .map_err(|e| format!("opening {topic}/{p}: {e}"))?;
             self.partitions.borrow_mut().insert((topic.to_string(), p), part);
         }
         Ok(())

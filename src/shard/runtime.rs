@@ -52,15 +52,23 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
     let shards = config.shard_count();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| BrokerError::Shard { shard: 0, message: e.to_string() })?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| BrokerError::Shard { shard: 0, message: e.to_string() })?;
     }
-    let startup = Arc::new(Startup { shards, ready: AtomicUsize::new(0), failed: AtomicBool::new(false), bound_addr: Mutex::new(None), stop });
+    let startup = Arc::new(Startup {
+        shards,
+        ready: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        bound_addr: Mutex::new(None),
+        stop,
+    });
     let mesh_builder = MeshBuilder::<MeshMsg, _>::full(shards, MESH_CHANNEL_DEPTH);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut handles = Vec::new();
     for i in 0..shards {
         let placement = if config.runtime.pin_cores { Placement::Fixed(i % cores) } else { Placement::Unbound };
-        let (config, catalog, mesh_builder, startup) = (config.clone(), catalog.clone(), mesh_builder.clone(), startup.clone());
+        let (config, catalog, mesh_builder, startup) =
+            (config.clone(), catalog.clone(), mesh_builder.clone(), startup.clone());
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(config.runtime.io_memory_bytes)
@@ -99,7 +107,12 @@ fn lock_data_dir(config: &Config) -> Result<std::fs::File, BrokerError> {
     let dir = &config.data_dir;
     let err = |message: String| BrokerError::DataDir { path: dir.display().to_string(), message };
     std::fs::create_dir_all(dir.join("meta")).map_err(|e| err(e.to_string()))?;
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(|e| err(e.to_string()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(|e| err(e.to_string()))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(err("another broker is using it (LOCK is held)".into()));
@@ -122,11 +135,22 @@ fn remove_deleted_topic_dirs(config: &Config, catalog: &Catalog) {
     }
 }
 
-async fn shard_main(config: Config, catalog: Catalog, mesh_builder: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>, startup: Arc<Startup>) -> Result<(), BrokerError> {
-    let (senders, receivers) = mesh_builder.join().await.map_err(|e| BrokerError::Shard { shard: 0, message: format!("joining the mesh failed: {e}") })?;
+async fn shard_main(
+    config: Config,
+    catalog: Catalog,
+    mesh_builder: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    startup: Arc<Startup>,
+) -> Result<(), BrokerError> {
+    let (senders, receivers) = mesh_builder
+        .join()
+        .await
+        .map_err(|e| BrokerError::Shard { shard: 0, message: format!("joining the mesh failed: {e}") })?;
     let mesh = Mesh::new(senders);
     let id = mesh.peer_id();
     let listener = bind(&config, id, &startup).await?;
+    crate::storage::glommio_disk::prime_device_probe(&config.data_dir)
+        .await
+        .map_err(|e| BrokerError::DataDir { path: config.data_dir.display().to_string(), message: e.to_string() })?;
     let config = Rc::new(config);
     let shard = Rc::new(Shard {
         id,
@@ -144,7 +168,10 @@ async fn shard_main(config: Config, catalog: Catalog, mesh_builder: MeshBuilder<
         rt::spawn(crate::server::serve_peer(shard.clone(), peer, rx));
     }
     for (name, topic) in &catalog.topics {
-        shard.open_topic_partitions(name, topic.partitions).await.map_err(|message| BrokerError::Shard { shard: id, message })?;
+        shard
+            .open_topic_partitions(name, topic.partitions)
+            .await
+            .map_err(|message| BrokerError::Shard { shard: id, message })?;
     }
     startup.ready.fetch_add(1, Ordering::SeqCst);
     while startup.ready.load(Ordering::SeqCst) < startup.shards {
@@ -185,7 +212,8 @@ async fn bind(config: &Config, id: usize, startup: &Startup) -> Result<glommio::
             rt::sleep(Duration::from_millis(2)).await;
         }
     }
-    let listener = glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Bind { addr, message: e.to_string() })?;
+    let listener =
+        glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Bind { addr, message: e.to_string() })?;
     if id == 0 {
         let bound = listener.local_addr().map_err(|e| BrokerError::Bind { addr, message: e.to_string() })?;
         *startup.bound_addr.lock().expect("startup lock") = Some(bound);

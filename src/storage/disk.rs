@@ -47,18 +47,11 @@ pub struct DiskError {
 
 impl DiskError {
     pub fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
-        DiskError {
-            op,
-            path: path.display().to_string(),
-            source,
-        }
+        DiskError { op, path: path.display().to_string(), source }
     }
     /// The file system is full (ENOSPC or EDQUOT).
     pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self.source.raw_os_error(),
-            Some(libc::ENOSPC) | Some(libc::EDQUOT)
-        )
+        matches!(self.source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
     }
 }
 

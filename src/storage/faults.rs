@@ -31,22 +31,14 @@ impl FaultSwitches {
     fn check(slot: &AtomicI32, op: &'static str, path: &Path) -> DiskResult<()> {
         match slot.load(Ordering::Relaxed) {
             0 => Ok(()),
-            e => Err(DiskError::new(
-                op,
-                path,
-                std::io::Error::from_raw_os_error(e),
-            )),
+            e => Err(DiskError::new(op, path, std::io::Error::from_raw_os_error(e))),
         }
     }
 
     /// Applies the text of a fault file.
     pub fn apply(&self, text: &str) {
         let (mut write, mut sync, mut fallocate) = (0, 0, 0);
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let errno = |v: &str| match v {
                 "enospc" => libc::ENOSPC,
                 "eio" => libc::EIO,
@@ -141,10 +133,7 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
 impl<D: Disk> Disk for FaultInjecting<D> {
     type File = FaultyFile<D::File>;
     async fn open(&self, path: &Path, create: bool) -> DiskResult<Self::File> {
-        Ok(FaultyFile {
-            inner: self.0.open(path, create).await?,
-            path: path.to_path_buf(),
-        })
+        Ok(FaultyFile { inner: self.0.open(path, create).await?, path: path.to_path_buf() })
     }
     async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
         self.0.create_dir_all(path).await

@@ -34,15 +34,9 @@ impl DiskFile for GlommioFile {
     }
 
     async fn write_at(&self, buf: IoBuf, pos: u64) -> DiskResult<()> {
-        let IoBuf::Dma(buf) = buf else {
-            panic!("GlommioFile::write_at needs a DMA buffer from alloc_buf")
-        };
+        let IoBuf::Dma(buf) = buf else { panic!("GlommioFile::write_at needs a DMA buffer from alloc_buf") };
         let len = buf.len();
-        let written = self
-            .file
-            .write_at(buf, pos)
-            .await
-            .map_err(|e| DiskError::new("write", &self.path, to_io(e)))?;
+        let written = self.file.write_at(buf, pos).await.map_err(|e| DiskError::new("write", &self.path, to_io(e)))?;
         if written != len {
             // A short direct write means the device ran out of room (see write(2)).
             let e = io::Error::from_raw_os_error(libc::ENOSPC);
@@ -52,47 +46,32 @@ impl DiskFile for GlommioFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> DiskResult<Vec<u8>> {
-        let r = self
-            .file
-            .read_at(pos, len)
-            .await
-            .map_err(|e| DiskError::new("read", &self.path, to_io(e)))?;
+        let r = self.file.read_at(pos, len).await.map_err(|e| {
+            log::warn!("read of {len} bytes at {pos} from {} failed: {e}", self.path.display());
+            DiskError::new("read", &self.path, to_io(e))
+        })?;
         Ok(r.to_vec())
     }
 
     async fn sync_data(&self) -> DiskResult<()> {
-        self.file
-            .fdatasync()
-            .await
-            .map_err(|e| DiskError::new("fdatasync", &self.path, to_io(e)))
+        self.file.fdatasync().await.map_err(|e| DiskError::new("fdatasync", &self.path, to_io(e)))
     }
 
     async fn preallocate(&self, len: u64) -> DiskResult<()> {
-        self.file
-            .pre_allocate(len, false)
-            .await
-            .map_err(|e| DiskError::new("fallocate", &self.path, to_io(e)))
+        self.file.pre_allocate(len, false).await.map_err(|e| DiskError::new("fallocate", &self.path, to_io(e)))
     }
 
     async fn size(&self) -> DiskResult<u64> {
-        self.file
-            .file_size()
-            .await
-            .map_err(|e| DiskError::new("stat", &self.path, to_io(e)))
+        self.file.file_size().await.map_err(|e| DiskError::new("stat", &self.path, to_io(e)))
     }
 
     async fn close(self) -> DiskResult<()> {
-        self.file
-            .close()
-            .await
-            .map_err(|e| DiskError::new("close", &self.path, to_io(e)))
+        self.file.close().await.map_err(|e| DiskError::new("close", &self.path, to_io(e)))
     }
 }
 
 /// Runs a blocking file-system call on glommio's blocking pool, so the shard keeps serving.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     glommio::executor().spawn_blocking(f).await
 }
 
@@ -114,15 +93,10 @@ impl Disk for GlommioDisk {
         if create {
             // A new file's directory entry must be durable before anything in it counts as durable.
             if let Some(dir) = path.parent().map(Path::to_path_buf) {
-                blocking(move || fsync_dir(&dir))
-                    .await
-                    .map_err(|e| DiskError::new("fsync dir of", path, e))?;
+                blocking(move || fsync_dir(&dir)).await.map_err(|e| DiskError::new("fsync dir of", path, e))?;
             }
         }
-        Ok(GlommioFile {
-            file,
-            path: path.to_path_buf(),
-        })
+        Ok(GlommioFile { file, path: path.to_path_buf() })
     }
 
     async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
@@ -141,9 +115,7 @@ impl Disk for GlommioDisk {
     async fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>> {
         let p = path.to_path_buf();
         blocking(move || match std::fs::read_dir(&p) {
-            Ok(entries) => entries
-                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect(),
+            Ok(entries) => entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),
         })
@@ -184,9 +156,7 @@ impl Disk for GlommioDisk {
 
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
         let p = path.to_path_buf();
-        blocking(move || write_file_atomic_blocking(&p, &bytes))
-            .await
-            .map_err(|e| DiskError::new("write", path, e))
+        blocking(move || write_file_atomic_blocking(&p, &bytes)).await.map_err(|e| DiskError::new("write", path, e))
     }
 }
 
@@ -204,4 +174,26 @@ pub fn write_file_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
         fsync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Makes glommio probe the data directory's device with a file that has data in it.
+///
+/// glommio decides once per device whether to use the io_uring poll ring, by reading the
+/// first block of the first file it opens there. When that file is new and empty the read
+/// "succeeds" without touching the device, glommio wrongly concludes that polling works,
+/// and every later large read fails with EOPNOTSUPP. Opening a file with a real block
+/// first gives the probe a real answer. Call before opening any log file.
+pub async fn prime_device_probe(data_dir: &Path) -> io::Result<()> {
+    let path = data_dir.join("meta").join("device-probe");
+    let p = path.clone();
+    blocking(move || {
+        let needs_block = std::fs::metadata(&p).map(|m| m.len() < 4096).unwrap_or(true);
+        if needs_block {
+            write_file_atomic_blocking(&p, &[0u8; 4096])?;
+        }
+        Ok(())
+    })
+    .await?;
+    let file = DmaFile::open(&path).await.map_err(io::Error::from)?;
+    file.close().await.map_err(io::Error::from)
 }

@@ -43,11 +43,7 @@ impl SparseIndex {
     pub fn observe(&mut self, offset: u64, position: u64, max_timestamp: i64, interval_bytes: u64) {
         match self.entries.last() {
             Some(last) if position < last.position + interval_bytes => {}
-            _ => self.entries.push(IndexEntry {
-                offset,
-                position,
-                max_timestamp,
-            }),
+            _ => self.entries.push(IndexEntry { offset, position, max_timestamp }),
         }
     }
 
@@ -115,19 +111,11 @@ impl SparseIndex {
         if body.len() != HEADER_BYTES + count * ENTRY_BYTES {
             return None;
         }
-        let summary = SegmentSummary {
-            size: u64_at(8),
-            next_offset: u64_at(16),
-            max_timestamp: u64_at(24) as i64,
-        };
+        let summary = SegmentSummary { size: u64_at(8), next_offset: u64_at(16), max_timestamp: u64_at(24) as i64 };
         let entries = (0..count)
             .map(|i| {
                 let at = HEADER_BYTES + i * ENTRY_BYTES;
-                IndexEntry {
-                    offset: u64_at(at),
-                    position: u64_at(at + 8),
-                    max_timestamp: u64_at(at + 16) as i64,
-                }
+                IndexEntry { offset: u64_at(at), position: u64_at(at + 8), max_timestamp: u64_at(at + 16) as i64 }
             })
             .collect();
         Some((SparseIndex { entries }, summary))
@@ -150,11 +138,7 @@ mod tests {
         assert_eq!(idx.position_for(50), 5000);
         assert_eq!(idx.start_for_timestamp(0, 0), (0, 0));
         assert_eq!(idx.start_for_timestamp(26, 0), (50, 5000));
-        let summary = SegmentSummary {
-            size: 100_000,
-            next_offset: 1000,
-            max_timestamp: 495,
-        };
+        let summary = SegmentSummary { size: 100_000, next_offset: 1000, max_timestamp: 495 };
         let bytes = idx.encode(summary);
         assert_eq!(SparseIndex::decode(&bytes), Some((idx.clone(), summary)));
         for i in 0..bytes.len() {

@@ -26,9 +26,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::limits::IO_ALIGNMENT;
-use crate::protocol::batch::{
-    check_batch, stamp_batch, validate_batch, BatchError, BATCH_HEADER_BYTES,
-};
+use crate::protocol::batch::{check_batch, stamp_batch, validate_batch, BatchError, BATCH_HEADER_BYTES};
 
 use super::disk::{Disk, DiskError, DiskFile, DiskResult, IoBuf};
 use super::index::{SegmentSummary, SparseIndex};
@@ -186,19 +184,9 @@ pub struct SyncJob<F> {
 
 /// The result of a job, to be handed to [`PartitionLog::complete`].
 pub enum JobOutcome<F> {
-    Written {
-        meta: WriteMeta,
-        result: DiskResult<()>,
-    },
-    Rolled {
-        base: u64,
-        log_path: PathBuf,
-        result: DiskResult<F>,
-    },
-    Synced {
-        target: u64,
-        result: DiskResult<()>,
-    },
+    Written { meta: WriteMeta, result: DiskResult<()> },
+    Rolled { base: u64, log_path: PathBuf, result: DiskResult<F> },
+    Synced { target: u64, result: DiskResult<()> },
 }
 
 pub struct WriteMeta {
@@ -240,11 +228,7 @@ impl<F: DiskFile> LogJob<F> {
                     Ok(f)
                 }
                 .await;
-                JobOutcome::Rolled {
-                    base: j.new_base,
-                    log_path: j.new_log_path,
-                    result,
-                }
+                JobOutcome::Rolled { base: j.new_base, log_path: j.new_log_path, result }
             }
             LogJob::Sync(j) => {
                 let mut result = Ok(());
@@ -254,10 +238,7 @@ impl<F: DiskFile> LogJob<F> {
                         break;
                     }
                 }
-                JobOutcome::Synced {
-                    target: j.target,
-                    result,
-                }
+                JobOutcome::Synced { target: j.target, result }
             }
         }
     }
@@ -297,10 +278,7 @@ impl<F: DiskFile> DiskRead<F> {
                 if start.is_some() {
                     break;
                 }
-                let more = self
-                    .file
-                    .read_at(self.pos + data.len() as u64, BATCH_HEADER_BYTES)
-                    .await?;
+                let more = self.file.read_at(self.pos + data.len() as u64, BATCH_HEADER_BYTES).await?;
                 if more.is_empty() {
                     break;
                 }
@@ -315,14 +293,9 @@ impl<F: DiskFile> DiskRead<F> {
                     break;
                 }
                 let missing = p + len - data.len();
-                let more = self
-                    .file
-                    .read_at(self.pos + data.len() as u64, missing)
-                    .await?;
+                let more = self.file.read_at(self.pos + data.len() as u64, missing).await?;
                 if more.len() < missing {
-                    return Err(StorageError::Corrupt(format!(
-                        "batch at position {file_pos} is cut short"
-                    )));
+                    return Err(StorageError::Corrupt(format!("batch at position {file_pos} is cut short")));
                 }
                 data.extend_from_slice(&more);
             }
@@ -455,36 +428,21 @@ impl<D: Disk> PartitionLog<D> {
         let log_path = self.dir.join(segment_file_name(base, "log"));
         let index_path = log_path.with_extension("index");
         let file = self.disk.open(&log_path, false).await?;
-        let (index, summary) = match self
-            .disk
-            .read_file(&index_path)
-            .await?
-            .as_deref()
-            .and_then(SparseIndex::decode)
-        {
+        let (index, summary) = match self.disk.read_file(&index_path).await?.as_deref().and_then(SparseIndex::decode) {
             Some(found) => found,
             None => {
-                log::warn!(
-                    "{}: index missing or damaged, rebuilding it by a scan",
-                    index_path.display()
-                );
+                log::warn!("{}: index missing or damaged, rebuilding it by a scan", index_path.display());
                 let len = file.size().await?;
                 let scan = scan_segment(&file, base, len, self.config.index_interval_bytes).await?;
                 if scan.outcome != ScanOutcome::Clean {
-                    self.set_corrupt(format!(
-                        "sealed segment {} is damaged: {:?}",
-                        log_path.display(),
-                        scan.outcome
-                    ));
+                    self.set_corrupt(format!("sealed segment {} is damaged: {:?}", log_path.display(), scan.outcome));
                 }
                 let summary = SegmentSummary {
                     size: scan.size,
                     next_offset: scan.next_offset,
                     max_timestamp: scan.max_timestamp,
                 };
-                self.disk
-                    .write_file_atomic(&index_path, scan.index.encode(summary))
-                    .await?;
+                self.disk.write_file_atomic(&index_path, scan.index.encode(summary)).await?;
                 (scan.index, summary)
             }
         };
@@ -522,50 +480,29 @@ impl<D: Disk> PartitionLog<D> {
         let scan = scan_segment(&file, base, file_len, self.config.index_interval_bytes).await?;
         let zero_until = match &scan.outcome {
             ScanOutcome::Clean => None,
-            ScanOutcome::TornTail {
-                garbage_end,
-                reason,
-            } => {
-                log::warn!(
-                    "{}: torn tail at byte {} ({reason}); truncating it",
-                    log_path.display(),
-                    scan.size
-                );
+            ScanOutcome::TornTail { garbage_end, reason } => {
+                log::warn!("{}: torn tail at byte {} ({reason}); truncating it", log_path.display(), scan.size);
                 Some(*garbage_end)
             }
-            ScanOutcome::Corrupt {
-                position,
-                offset,
-                reason,
-            } if self.config.truncate_corrupt => {
+            ScanOutcome::Corrupt { position, offset, reason } if self.config.truncate_corrupt => {
                 log::error!(
                     "{}: corruption at byte {position} (offset {offset}): {reason}; truncating as configured (truncate_corrupt), later data is discarded",
                     log_path.display()
                 );
                 Some(align_up(file_len))
             }
-            ScanOutcome::Corrupt {
-                position,
-                offset,
-                reason,
-            } => {
-                let why = format!(
-                    "corruption in {} at byte {position} (offset {offset}): {reason}",
-                    log_path.display()
-                );
+            ScanOutcome::Corrupt { position, offset, reason } => {
+                let why =
+                    format!("corruption in {} at byte {position} (offset {offset}): {reason}", log_path.display());
                 log::error!("{why}; the partition refuses service until the operator acts");
                 self.set_corrupt(why.clone());
-                self.disk
-                    .write_file_atomic(&self.dir.join(CORRUPT_MARKER), why.into_bytes())
-                    .await?;
+                self.disk.write_file_atomic(&self.dir.join(CORRUPT_MARKER), why.into_bytes()).await?;
                 None
             }
         };
         self.check_continuity(base);
         let tail_start = align_down(scan.size);
-        self.tail_block = file
-            .read_at(tail_start, (scan.size - tail_start) as usize)
-            .await?;
+        self.tail_block = file.read_at(tail_start, (scan.size - tail_start) as usize).await?;
         if let Some(end) = zero_until {
             zero_range(&file, tail_start, &self.tail_block, end).await?;
         }
@@ -594,10 +531,7 @@ impl<D: Disk> PartitionLog<D> {
 
     /// Marks the log corrupt after a read found a bad batch; returns the marker to persist.
     pub fn mark_corrupt(&mut self, why: &str) -> (PathBuf, Vec<u8>) {
-        log::error!(
-            "{}: {why}; the partition refuses service until the operator acts",
-            self.dir.display()
-        );
+        log::error!("{}: {why}; the partition refuses service until the operator acts", self.dir.display());
         self.set_corrupt(why.to_string());
         (self.dir.join(CORRUPT_MARKER), why.as_bytes().to_vec())
     }
@@ -640,10 +574,7 @@ impl<D: Disk> PartitionLog<D> {
         match &self.health {
             LogHealth::Healthy => Ok(()),
             LogHealth::Corrupt(why) => Err(StorageError::Corrupt(why.clone())),
-            LogHealth::Failed {
-                reason,
-                disk_full: true,
-            } => Err(StorageError::DiskFull(reason.clone())),
+            LogHealth::Failed { reason, disk_full: true } => Err(StorageError::DiskFull(reason.clone())),
             LogHealth::Failed { reason, .. } => Err(StorageError::Failed(reason.clone())),
         }
     }
@@ -651,11 +582,7 @@ impl<D: Disk> PartitionLog<D> {
     /// Validates every batch of a produce payload and stamps offsets from the log end, in
     /// place. Does not change the log: call [`Self::append_stamped`] next, with no `.await`
     /// in between (the offsets assume nothing else is appended first).
-    pub fn stamp(
-        &self,
-        payload: &mut [u8],
-        leader_epoch: u32,
-    ) -> Result<Vec<StampedBatch>, StorageError> {
+    pub fn stamp(&self, payload: &mut [u8], leader_epoch: u32) -> Result<Vec<StampedBatch>, StorageError> {
         self.writable()?;
         if payload.is_empty() {
             return Err(StorageError::EmptyAppend);
@@ -684,10 +611,7 @@ impl<D: Disk> PartitionLog<D> {
     /// Appends batches stamped by [`Self::stamp`]; returns (first offset, last offset).
     pub fn append_stamped(&mut self, payload: Bytes, batches: &[StampedBatch]) -> (u64, u64) {
         let first = batches.first().expect("stamp returns at least one batch");
-        assert_eq!(
-            first.base_offset, self.next_offset,
-            "appended batches were stamped for another log end"
-        );
+        assert_eq!(first.base_offset, self.next_offset, "appended batches were stamped for another log end");
         for b in batches {
             self.push_cached(CachedBatch {
                 base_offset: b.base_offset,
@@ -726,17 +650,11 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     fn active(&self) -> &Segment<D::File> {
-        self.segments
-            .values()
-            .next_back()
-            .expect("a log always has an active segment")
+        self.segments.values().next_back().expect("a log always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment<D::File> {
-        self.segments
-            .values_mut()
-            .next_back()
-            .expect("a log always has an active segment")
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
     }
 
     /// The next disk operation to run, if any. `sync_each_write` is `flush = always`.
@@ -744,16 +662,10 @@ impl<D: Disk> PartitionLog<D> {
         if self.health != LogHealth::Healthy || self.write_in_flight {
             return None;
         }
-        let first_pending = self
-            .cache
-            .partition_point(|b| b.base_offset < self.written_offset);
+        let first_pending = self.cache.partition_point(|b| b.base_offset < self.written_offset);
         let Some(pending) = self.cache.get(first_pending) else {
             // With flush = always nothing may stay unsynced (after a switch from interval).
-            return if sync_each_write {
-                self.next_sync_job()
-            } else {
-                None
-            };
+            return if sync_each_write { self.next_sync_job() } else { None };
         };
         let pending_len = pending.bytes.len() as u64;
         let active = self.active();
@@ -764,18 +676,13 @@ impl<D: Disk> PartitionLog<D> {
             return Some(LogJob::Roll(self.roll_job(sync_old)));
         }
         self.write_in_flight = true;
-        Some(LogJob::Write(
-            self.write_job(first_pending, sync_each_write),
-        ))
+        Some(LogJob::Write(self.write_job(first_pending, sync_each_write)))
     }
 
     fn roll_job(&self, sync_old: bool) -> RollJob<D::File> {
         let active = self.active();
-        let summary = SegmentSummary {
-            size: active.size,
-            next_offset: active.next_offset,
-            max_timestamp: active.max_timestamp,
-        };
+        let summary =
+            SegmentSummary { size: active.size, next_offset: active.next_offset, max_timestamp: active.max_timestamp };
         RollJob {
             old_file: active.file.clone(),
             sync_old,
@@ -798,8 +705,7 @@ impl<D: Disk> PartitionLog<D> {
         for b in self.cache.range(first_pending..) {
             let len = b.bytes.len() as u64;
             let fits_write = total + len <= self.config.max_write_bytes as u64;
-            let fits_segment = active.size + (total - self.tail_block.len() as u64) + len
-                <= self.config.segment_bytes;
+            let fits_segment = active.size + (total - self.tail_block.len() as u64) + len <= self.config.segment_bytes;
             if !(batches.is_empty() || fits_write && fits_segment) {
                 break;
             }
@@ -813,10 +719,7 @@ impl<D: Disk> PartitionLog<D> {
             let out = buf.as_mut_slice();
             out[..self.tail_block.len()].copy_from_slice(&self.tail_block);
             let mut at = self.tail_block.len();
-            for b in self
-                .cache
-                .range(first_pending..first_pending + batches.len())
-            {
+            for b in self.cache.range(first_pending..first_pending + batches.len()) {
                 out[at..at + b.bytes.len()].copy_from_slice(&b.bytes);
                 at += b.bytes.len();
             }
@@ -842,10 +745,7 @@ impl<D: Disk> PartitionLog<D> {
             return None;
         }
         self.sync_in_flight = true;
-        Some(LogJob::Sync(SyncJob {
-            files: std::mem::take(&mut self.unsynced),
-            target: self.written_offset,
-        }))
+        Some(LogJob::Sync(SyncJob { files: std::mem::take(&mut self.unsynced), target: self.written_offset }))
     }
 
     /// Takes back a job's outcome. An error stops writes (see [`LogHealth::Failed`]); the
@@ -856,11 +756,7 @@ impl<D: Disk> PartitionLog<D> {
                 self.write_in_flight = false;
                 result.map(|()| self.finish_write(meta))
             }
-            JobOutcome::Rolled {
-                base,
-                log_path,
-                result,
-            } => {
+            JobOutcome::Rolled { base, log_path, result } => {
                 self.write_in_flight = false;
                 result.map(|file| self.finish_roll(base, log_path, file))
             }
@@ -914,20 +810,11 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     fn fail(&mut self, err: &StorageError) {
-        log::error!(
-            "{}: {err}; writes stop until the log is reopened from disk",
-            self.dir.display()
-        );
-        self.health = LogHealth::Failed {
-            reason: err.to_string(),
-            disk_full: matches!(err, StorageError::DiskFull(_)),
-        };
+        log::error!("{}: {err}; writes stop until the log is reopened from disk", self.dir.display());
+        self.health =
+            LogHealth::Failed { reason: err.to_string(), disk_full: matches!(err, StorageError::DiskFull(_)) };
         // Nothing above written_offset reached the disk as far as we know: drop it.
-        while self
-            .cache
-            .back()
-            .is_some_and(|b| b.base_offset >= self.written_offset)
-        {
+        while self.cache.back().is_some_and(|b| b.base_offset >= self.written_offset) {
             let b = self.cache.pop_back().expect("checked");
             self.cache_bytes -= b.bytes.len();
         }
@@ -938,10 +825,7 @@ impl<D: Disk> PartitionLog<D> {
 
     fn evict_cache(&mut self) {
         while self.cache_bytes > self.config.cache_bytes
-            && self
-                .cache
-                .front()
-                .is_some_and(|b| b.next_offset <= self.written_offset)
+            && self.cache.front().is_some_and(|b| b.next_offset <= self.written_offset)
         {
             let b = self.cache.pop_front().expect("checked");
             self.cache_bytes -= b.bytes.len();
@@ -949,21 +833,12 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     /// Plans a read of whole batches from the one containing `offset`, none at or above `upto`.
-    pub fn plan_read(
-        &self,
-        offset: u64,
-        max_bytes: usize,
-        upto: u64,
-    ) -> Result<ReadPlan<D::File>, StorageError> {
+    pub fn plan_read(&self, offset: u64, max_bytes: usize, upto: u64) -> Result<ReadPlan<D::File>, StorageError> {
         if let LogHealth::Corrupt(why) = &self.health {
             return Err(StorageError::Corrupt(why.clone()));
         }
         if offset < self.log_start_offset || offset > self.next_offset {
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
-                start: self.log_start_offset,
-                end: self.next_offset,
-            });
+            return Err(StorageError::OffsetOutOfRange { offset, start: self.log_start_offset, end: self.next_offset });
         }
         if offset >= upto {
             return Ok(ReadPlan::Ready(Vec::new()));
@@ -981,14 +856,9 @@ impl<D: Disk> PartitionLog<D> {
             }
             return Ok(ReadPlan::Ready(out));
         }
-        let (_, seg) = self
-            .segments
-            .range(..=offset)
-            .next_back()
-            .expect("offset >= log start has a segment");
+        let (_, seg) = self.segments.range(..=offset).next_back().expect("offset >= log start has a segment");
         let pos = seg.index.position_for(offset);
-        let len = (seg.size - pos)
-            .min(max_bytes as u64 + self.config.index_interval_bytes + BATCH_HEADER_BYTES as u64);
+        let len = (seg.size - pos).min(max_bytes as u64 + self.config.index_interval_bytes + BATCH_HEADER_BYTES as u64);
         Ok(ReadPlan::Disk(DiskRead {
             file: seg.file.clone(),
             pos,
@@ -1004,12 +874,7 @@ impl<D: Disk> PartitionLog<D> {
     /// segment has one.
     pub fn timestamp_scan_start(&self, ts: i64) -> Option<u64> {
         let seg = self.segments.values().find(|s| s.max_timestamp >= ts)?;
-        Some(
-            seg.index
-                .start_for_timestamp(ts, seg.base_offset)
-                .0
-                .max(self.log_start_offset),
-        )
+        Some(seg.index.start_for_timestamp(ts, seg.base_offset).0.max(self.log_start_offset))
     }
 
     /// Removes whole segments past the retention limits; returns their files to delete.
@@ -1018,14 +883,9 @@ impl<D: Disk> PartitionLog<D> {
         let mut total: u64 = self.size_bytes();
         while self.segments.len() > 1 {
             let first = self.segments.values().next().expect("len > 1");
-            let over_size = self
-                .config
-                .retention_bytes
-                .is_some_and(|limit| total > limit);
-            let too_old = self
-                .config
-                .retention_ms
-                .is_some_and(|ms| first.max_timestamp < now_ms.saturating_sub(ms as i64));
+            let over_size = self.config.retention_bytes.is_some_and(|limit| total > limit);
+            let too_old =
+                self.config.retention_ms.is_some_and(|ms| first.max_timestamp < now_ms.saturating_sub(ms as i64));
             if !(over_size || too_old) || first.next_offset > self.durable_offset {
                 break;
             }
@@ -1037,11 +897,7 @@ impl<D: Disk> PartitionLog<D> {
         if let Some(first) = self.segments.values().next() {
             self.log_start_offset = first.base_offset;
         }
-        while self
-            .cache
-            .front()
-            .is_some_and(|b| b.base_offset < self.log_start_offset)
-        {
+        while self.cache.front().is_some_and(|b| b.base_offset < self.log_start_offset) {
             let b = self.cache.pop_front().expect("checked");
             self.cache_bytes -= b.bytes.len();
         }
@@ -1056,43 +912,20 @@ impl<D: Disk> PartitionLog<D> {
             self.durable_offset,
             self.written_offset
         );
-        assert!(
-            self.written_offset <= self.next_offset,
-            "written {} > next {}",
-            self.written_offset,
-            self.next_offset
-        );
-        debug_assert!(self
-            .cache
-            .iter()
-            .zip(self.cache.iter().skip(1))
-            .all(|(a, b)| a.next_offset == b.base_offset));
-        debug_assert!(self
-            .cache
-            .back()
-            .is_none_or(|b| b.next_offset == self.next_offset));
+        assert!(self.written_offset <= self.next_offset, "written {} > next {}", self.written_offset, self.next_offset);
+        debug_assert!(self.cache.iter().zip(self.cache.iter().skip(1)).all(|(a, b)| a.next_offset == b.base_offset));
+        debug_assert!(self.cache.back().is_none_or(|b| b.next_offset == self.next_offset));
         debug_assert!(
             self.written_offset == self.next_offset
-                || self
-                    .cache
-                    .front()
-                    .is_some_and(|b| b.base_offset <= self.written_offset)
+                || self.cache.front().is_some_and(|b| b.base_offset <= self.written_offset)
         );
-        debug_assert_eq!(
-            self.cache_bytes,
-            self.cache.iter().map(|b| b.bytes.len()).sum::<usize>()
-        );
+        debug_assert_eq!(self.cache_bytes, self.cache.iter().map(|b| b.bytes.len()).sum::<usize>());
     }
 }
 
 /// Overwrites `[tail_start, end)` with the tail block followed by zeros, then syncs: the
 /// truncated garbage can never be mistaken for data by a later recovery.
-async fn zero_range<F: DiskFile>(
-    file: &F,
-    tail_start: u64,
-    tail: &[u8],
-    end: u64,
-) -> DiskResult<()> {
+async fn zero_range<F: DiskFile>(file: &F, tail_start: u64, tail: &[u8], end: u64) -> DiskResult<()> {
     const CHUNK: u64 = 1 << 20;
     let mut pos = tail_start;
     let mut first = true;

@@ -54,10 +54,7 @@ pub enum CrashMode {
     /// Every unsynced write is lost.
     LoseUnsynced,
     /// The first `n` unsynced writes survive, and the next one only up to `torn_bytes`.
-    Tear {
-        keep_writes: usize,
-        torn_bytes: usize,
-    },
+    Tear { keep_writes: usize, torn_bytes: usize },
 }
 
 impl MemDisk {
@@ -82,11 +79,7 @@ impl MemDisk {
         let mut files = BTreeMap::new();
         for (path, data) in &fs.files {
             let mut content = data.durable.clone();
-            if let CrashMode::Tear {
-                keep_writes,
-                torn_bytes,
-            } = mode
-            {
+            if let CrashMode::Tear { keep_writes, torn_bytes } = mode {
                 for (i, (pos, bytes)) in data.unsynced.iter().enumerate() {
                     let take = if i < keep_writes {
                         bytes.len()
@@ -98,23 +91,11 @@ impl MemDisk {
                     apply(&mut content, *pos, &bytes[..take]);
                 }
             }
-            files.insert(
-                path.clone(),
-                MemFileData {
-                    durable: content.clone(),
-                    current: content,
-                    unsynced: Vec::new(),
-                },
-            );
+            files
+                .insert(path.clone(), MemFileData { durable: content.clone(), current: content, unsynced: Vec::new() });
         }
-        let new = MemFs {
-            files,
-            dirs: fs.dirs.clone(),
-            ..Default::default()
-        };
-        MemDisk {
-            fs: Rc::new(RefCell::new(new)),
-        }
+        let new = MemFs { files, dirs: fs.dirs.clone(), ..Default::default() };
+        MemDisk { fs: Rc::new(RefCell::new(new)) }
     }
 
     /// Direct access to a file's current bytes (tests corrupt them).
@@ -168,10 +149,7 @@ impl DiskFile for MemFile {
             return Err(errno("write", &self.path, e));
         }
         fs.writes += 1;
-        let data = fs
-            .files
-            .get_mut(&self.path)
-            .ok_or_else(|| errno("write", &self.path, libc::ENOENT))?;
+        let data = fs.files.get_mut(&self.path).ok_or_else(|| errno("write", &self.path, libc::ENOENT))?;
         apply(&mut data.current, pos, buf.as_slice());
         data.unsynced.push((pos, buf.as_slice().to_vec()));
         Ok(())
@@ -179,10 +157,7 @@ impl DiskFile for MemFile {
 
     async fn read_at(&self, pos: u64, len: usize) -> DiskResult<Vec<u8>> {
         let fs = self.fs.borrow();
-        let data = fs
-            .files
-            .get(&self.path)
-            .ok_or_else(|| errno("read", &self.path, libc::ENOENT))?;
+        let data = fs.files.get(&self.path).ok_or_else(|| errno("read", &self.path, libc::ENOENT))?;
         let start = (pos as usize).min(data.current.len());
         let end = (start + len).min(data.current.len());
         Ok(data.current[start..end].to_vec())
@@ -194,10 +169,7 @@ impl DiskFile for MemFile {
             return Err(errno("fdatasync", &self.path, e));
         }
         fs.syncs += 1;
-        let data = fs
-            .files
-            .get_mut(&self.path)
-            .ok_or_else(|| errno("fdatasync", &self.path, libc::ENOENT))?;
+        let data = fs.files.get_mut(&self.path).ok_or_else(|| errno("fdatasync", &self.path, libc::ENOENT))?;
         data.durable = data.current.clone();
         data.unsynced.clear();
         Ok(())
@@ -208,10 +180,7 @@ impl DiskFile for MemFile {
         if let Some(e) = fs.faults.preallocate_errno {
             return Err(errno("fallocate", &self.path, e));
         }
-        let data = fs
-            .files
-            .get_mut(&self.path)
-            .ok_or_else(|| errno("fallocate", &self.path, libc::ENOENT))?;
+        let data = fs.files.get_mut(&self.path).ok_or_else(|| errno("fallocate", &self.path, libc::ENOENT))?;
         if data.current.len() < len as usize {
             data.current.resize(len as usize, 0);
             // Metadata-only change: a crash keeps the size (as fallocate + fsync would).
@@ -222,10 +191,7 @@ impl DiskFile for MemFile {
 
     async fn size(&self) -> DiskResult<u64> {
         let fs = self.fs.borrow();
-        Ok(fs
-            .files
-            .get(&self.path)
-            .map_or(0, |d| d.current.len() as u64))
+        Ok(fs.files.get(&self.path).map_or(0, |d| d.current.len() as u64))
     }
 
     async fn close(self) -> DiskResult<()> {
@@ -244,10 +210,7 @@ impl Disk for MemDisk {
             }
             fs.files.insert(path.to_path_buf(), MemFileData::default());
         }
-        Ok(MemFile {
-            fs: self.fs.clone(),
-            path: path.to_path_buf(),
-        })
+        Ok(MemFile { fs: self.fs.clone(), path: path.to_path_buf() })
     }
 
     async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
@@ -292,14 +255,8 @@ impl Disk for MemDisk {
         if let Some(e) = fs.faults.write_errno {
             return Err(errno("write", path, e));
         }
-        fs.files.insert(
-            path.to_path_buf(),
-            MemFileData {
-                durable: bytes.clone(),
-                current: bytes,
-                unsynced: Vec::new(),
-            },
-        );
+        fs.files
+            .insert(path.to_path_buf(), MemFileData { durable: bytes.clone(), current: bytes, unsynced: Vec::new() });
         Ok(())
     }
 }

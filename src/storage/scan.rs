@@ -25,11 +25,7 @@ pub enum ScanOutcome {
     /// Valid batches, then damage with nothing valid after it, up to `garbage_end`.
     TornTail { garbage_end: u64, reason: String },
     /// Valid batches, then damage, then more valid batches: data was lost in the middle.
-    Corrupt {
-        position: u64,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { position: u64, offset: u64, reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -64,9 +60,7 @@ impl<F: DiskFile> Reader<'_, F> {
             if read_pos >= self.file_len {
                 return Ok(false);
             }
-            let want = SCAN_CHUNK_BYTES
-                .max(len)
-                .min((self.file_len - read_pos) as usize);
+            let want = SCAN_CHUNK_BYTES.max(len).min((self.file_len - read_pos) as usize);
             let chunk = self.file.read_at(read_pos, want).await?;
             if chunk.is_empty() {
                 return Ok(false);
@@ -89,12 +83,7 @@ pub async fn scan_segment<F: DiskFile>(
     file_len: u64,
     index_interval_bytes: u64,
 ) -> DiskResult<ScanResult> {
-    let mut r = Reader {
-        file,
-        file_len,
-        window_start: 0,
-        window: Vec::new(),
-    };
+    let mut r = Reader { file, file_len, window_start: 0, window: Vec::new() };
     let mut pos = 0u64;
     let mut next_offset = base_offset;
     let mut max_timestamp = i64::MIN;
@@ -123,10 +112,7 @@ pub async fn scan_segment<F: DiskFile>(
             break e.to_string();
         }
         if header.base_offset != next_offset {
-            break format!(
-                "batch at {pos} has offset {} where {next_offset} was expected",
-                header.base_offset
-            );
+            break format!("batch at {pos} has offset {} where {next_offset} was expected", header.base_offset);
         }
         max_timestamp = max_timestamp.max(header.max_timestamp);
         index.observe(next_offset, pos, max_timestamp, index_interval_bytes);
@@ -138,13 +124,7 @@ pub async fn scan_segment<F: DiskFile>(
     } else {
         classify_damage(&mut r, pos, next_offset, failure).await?
     };
-    Ok(ScanResult {
-        size: pos,
-        next_offset,
-        max_timestamp,
-        index,
-        outcome,
-    })
+    Ok(ScanResult { size: pos, next_offset, max_timestamp, index, outcome })
 }
 
 /// Looks past damage at `pos` for a valid batch with an offset at or after `next_offset`.
@@ -185,18 +165,11 @@ async fn classify_damage<F: DiskFile>(
             if r.ensure(candidate, h.batch_len as usize).await?
                 && check_batch(r.slice(candidate, h.batch_len as usize)).is_ok()
             {
-                return Ok(ScanOutcome::Corrupt {
-                    position: pos,
-                    offset: next_offset,
-                    reason,
-                });
+                return Ok(ScanOutcome::Corrupt { position: pos, offset: next_offset, reason });
             }
         }
         chunk_start += want as u64;
     }
     let garbage_end = garbage_end.div_ceil(IO_ALIGNMENT as u64) * IO_ALIGNMENT as u64;
-    Ok(ScanOutcome::TornTail {
-        garbage_end,
-        reason,
-    })
+    Ok(ScanOutcome::TornTail { garbage_end, reason })
 }

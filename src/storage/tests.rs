@@ -18,12 +18,7 @@ fn dir() -> PathBuf {
 }
 
 fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 * 1024,
-        cache_bytes: 16 * 1024,
-        max_write_bytes: 32 * 1024,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes: 64 * 1024, cache_bytes: 16 * 1024, max_write_bytes: 32 * 1024, ..LogConfig::default() }
 }
 
 fn batch(values: &[Vec<u8>]) -> Vec<u8> {
@@ -121,11 +116,7 @@ fn group_commit_merges_appends_into_one_write() {
     let before = disk.counters();
     drive(&mut log, &disk, true).unwrap();
     let after = disk.counters();
-    assert_eq!(
-        (after.0 - before.0, after.1 - before.1),
-        (1, 1),
-        "50 appends, one write, one flush"
-    );
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "50 appends, one write, one flush");
 }
 
 #[test]
@@ -145,17 +136,11 @@ fn crash_loses_nothing_that_was_flushed_and_tears_are_truncated() {
                     drive(&mut log, &disk, false).ok();
                 }
             }
-            let crashed = disk.crash(CrashMode::Tear {
-                keep_writes: keep,
-                torn_bytes: torn,
-            });
+            let crashed = disk.crash(CrashMode::Tear { keep_writes: keep, torn_bytes: torn });
             drop(log);
             let log = open(&crashed, small_config());
             assert_eq!(log.health(), &LogHealth::Healthy);
-            assert!(
-                log.next_offset() >= 20,
-                "flushed records survive (keep {keep}, torn {torn})"
-            );
+            assert!(log.next_offset() >= 20, "flushed records survive (keep {keep}, torn {torn})");
             let got = read_all(&log, log.next_offset()).unwrap();
             for (i, (off, v)) in got.iter().enumerate() {
                 assert_eq!(*off, i as u64);
@@ -197,11 +182,7 @@ fn flipped_bytes_in_the_last_batch_are_truncated_in_the_middle_are_reported() {
     drop(log);
     disk.with_file(&seg, |b| b[end - 10] ^= 0xff);
     let mut log = open(&disk, LogConfig::default());
-    assert_eq!(
-        log.health(),
-        &LogHealth::Healthy,
-        "damage with nothing after it is a torn tail"
-    );
+    assert_eq!(log.health(), &LogHealth::Healthy, "damage with nothing after it is a torn tail");
     assert_eq!(log.next_offset(), 9);
     append(&mut log, &[value(9, 200)]).unwrap();
     drive(&mut log, &disk, true).unwrap();
@@ -210,33 +191,16 @@ fn flipped_bytes_in_the_last_batch_are_truncated_in_the_middle_are_reported() {
     // Now damage a batch in the middle: later batches are intact, so this is corruption.
     disk.with_file(&seg, |b| b[300] ^= 0xff);
     let log = open(&disk, LogConfig::default());
-    assert!(
-        matches!(log.health(), LogHealth::Corrupt(_)),
-        "{:?}",
-        log.health()
-    );
-    assert!(matches!(
-        log.plan_read(0, 1024, 10),
-        Err(StorageError::Corrupt(_))
-    ));
+    assert!(matches!(log.health(), LogHealth::Corrupt(_)), "{:?}", log.health());
+    assert!(matches!(log.plan_read(0, 1024, 10), Err(StorageError::Corrupt(_))));
     drop(log);
     // The verdict persists across restarts until the operator acts.
     let log = open(&disk, LogConfig::default());
     assert!(matches!(log.health(), LogHealth::Corrupt(_)));
     drop(log);
     // The operator's choice: truncate at the corruption (losing what follows).
-    block_on(super::Disk::remove_file(
-        &disk,
-        &dir().join(super::log::CORRUPT_MARKER),
-    ))
-    .unwrap();
-    let log = open(
-        &disk,
-        LogConfig {
-            truncate_corrupt: true,
-            ..LogConfig::default()
-        },
-    );
+    block_on(super::Disk::remove_file(&disk, &dir().join(super::log::CORRUPT_MARKER))).unwrap();
+    let log = open(&disk, LogConfig { truncate_corrupt: true, ..LogConfig::default() });
     assert_eq!(log.health(), &LogHealth::Healthy);
     assert_eq!(log.next_offset(), 1);
 }
@@ -254,15 +218,10 @@ fn a_corrupt_sealed_segment_is_detected_when_read() {
     let mut log = open(&disk, small_config());
     let err = read_all(&log, 300).unwrap_err();
     assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
-    let StorageError::Corrupt(why) = err else {
-        unreachable!()
-    };
+    let StorageError::Corrupt(why) = err else { unreachable!() };
     let (path, bytes) = log.mark_corrupt(&why);
     block_on(super::Disk::write_file_atomic(&disk, &path, bytes)).unwrap();
-    assert!(matches!(
-        log.plan_read(299, 100, 300),
-        Err(StorageError::Corrupt(_))
-    ));
+    assert!(matches!(log.plan_read(299, 100, 300), Err(StorageError::Corrupt(_))));
 }
 
 #[test]
@@ -273,18 +232,12 @@ fn failed_write_drops_pending_keeps_reads_and_resumes_after_reopen() {
         append(&mut log, &[value(i, 100)]).unwrap();
     }
     drive(&mut log, &disk, true).unwrap();
-    disk.set_faults(MemFaults {
-        write_errno: Some(libc::ENOSPC),
-        ..Default::default()
-    });
+    disk.set_faults(MemFaults { write_errno: Some(libc::ENOSPC), ..Default::default() });
     append(&mut log, &[value(5, 100)]).unwrap();
     let err = drive(&mut log, &disk, true).unwrap_err();
     assert!(matches!(err, StorageError::DiskFull(_)), "{err}");
     assert_eq!(log.next_offset(), 5, "the unwritten batch is dropped");
-    assert!(matches!(
-        append(&mut log, &[value(5, 100)]),
-        Err(StorageError::DiskFull(_))
-    ));
+    assert!(matches!(append(&mut log, &[value(5, 100)]), Err(StorageError::DiskFull(_))));
     assert_eq!(read_all(&log, 5).unwrap().len(), 5, "reads keep working");
     // Space returns: the owner reopens the log from disk and writes resume.
     disk.set_faults(MemFaults::default());
@@ -301,34 +254,21 @@ fn failed_fsync_is_not_retried_and_is_not_durable() {
     let mut log = open(&disk, LogConfig::default());
     append(&mut log, &[value(0, 100)]).unwrap();
     drive(&mut log, &disk, true).unwrap();
-    disk.set_faults(MemFaults {
-        sync_errno: Some(libc::EIO),
-        ..Default::default()
-    });
+    disk.set_faults(MemFaults { sync_errno: Some(libc::EIO), ..Default::default() });
     append(&mut log, &[value(1, 100)]).unwrap();
     let (_, syncs_before) = disk.counters();
     let err = drive(&mut log, &disk, true).unwrap_err();
     assert!(matches!(err, StorageError::Io(_)), "{err}");
     assert_eq!(log.durable_offset(), 1);
     assert!(matches!(log.health(), LogHealth::Failed { .. }));
-    assert!(
-        log.next_job(true).is_none(),
-        "a failed log hands out no more writes"
-    );
-    assert_eq!(
-        disk.counters().1,
-        syncs_before,
-        "no retry of the failed fsync"
-    );
+    assert!(log.next_job(true).is_none(), "a failed log hands out no more writes");
+    assert_eq!(disk.counters().1, syncs_before, "no retry of the failed fsync");
 }
 
 #[test]
 fn retention_deletes_whole_old_segments() {
     let disk = MemDisk::new();
-    let config = LogConfig {
-        retention_bytes: Some(128 * 1024),
-        ..small_config()
-    };
+    let config = LogConfig { retention_bytes: Some(128 * 1024), ..small_config() };
     let mut log = open(&disk, config.clone());
     for i in 0..1000 {
         append(&mut log, &[value(i, 500)]).unwrap();
@@ -342,10 +282,7 @@ fn retention_deletes_whole_old_segments() {
     assert!(log.size_bytes() <= 128 * 1024 + config.segment_bytes);
     let start = log.log_start_offset();
     assert!(start > 0);
-    assert!(matches!(
-        log.plan_read(0, 100, 1000),
-        Err(StorageError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.plan_read(0, 100, 1000), Err(StorageError::OffsetOutOfRange { .. })));
     let got = read_all(&log, 1000).unwrap();
     assert_eq!(got.first().unwrap().0, start);
     assert_eq!(got.len() as u64, 1000 - start);
@@ -365,20 +302,14 @@ fn random_operations_against_a_model() {
             match rng.gen_range(0..10) {
                 0..=5 => {
                     let n = rng.gen_range(1..5);
-                    let values: Vec<_> = (0..n)
-                        .map(|_| value(rng.gen(), rng.gen_range(0..3000)))
-                        .collect();
+                    let values: Vec<_> = (0..n).map(|_| value(rng.gen(), rng.gen_range(0..3000))).collect();
                     let (first, _) = append(&mut log, &values).unwrap();
                     assert_eq!(first as usize, appended.len(), "seed {seed} step {step}");
                     appended.extend(values);
                 }
                 6..=7 => {
                     drive(&mut log, &disk, true).unwrap();
-                    assert_eq!(
-                        log.durable_offset() as usize,
-                        appended.len(),
-                        "seed {seed} step {step}"
-                    );
+                    assert_eq!(log.durable_offset() as usize, appended.len(), "seed {seed} step {step}");
                     durable = appended.clone();
                 }
                 8 => {
@@ -393,25 +324,16 @@ fn random_operations_against_a_model() {
                     }
                 }
                 _ => {
-                    let mode = CrashMode::Tear {
-                        keep_writes: rng.gen_range(0..3),
-                        torn_bytes: rng.gen_range(0..9000),
-                    };
+                    let mode = CrashMode::Tear { keep_writes: rng.gen_range(0..3), torn_bytes: rng.gen_range(0..9000) };
                     disk = disk.crash(mode);
                     log = open(&disk, config.clone());
                     assert_eq!(log.health(), &LogHealth::Healthy, "seed {seed} step {step}");
                     let n = log.next_offset() as usize;
-                    assert!(
-                        n >= durable.len(),
-                        "seed {seed} step {step}: lost durable records"
-                    );
+                    assert!(n >= durable.len(), "seed {seed} step {step}: lost durable records");
                     let got = read_all(&log, n as u64).unwrap();
                     for (i, (off, v)) in got.iter().enumerate() {
                         assert_eq!(*off as usize, i);
-                        assert_eq!(
-                            v, &appended[i],
-                            "seed {seed} step {step}: offset {i} differs"
-                        );
+                        assert_eq!(v, &appended[i], "seed {seed} step {step}: offset {i} differs");
                     }
                     appended.truncate(n);
                     durable.truncate(n);
