@@ -503,8 +503,11 @@ impl<D: Disk> PartitionLog<D> {
         self.check_continuity(base);
         let tail_start = align_down(scan.size);
         self.tail_block = file.read_at(tail_start, (scan.size - tail_start) as usize).await?;
-        if let Some(end) = zero_until {
-            zero_range(&file, tail_start, &self.tail_block, end).await?;
+        match zero_until {
+            Some(end) => zero_range(&file, tail_start, &self.tail_block, end).await?,
+            // What a read returns may still sit in a volatile device cache (a process crash
+            // with flush = interval, or a failed flush): make it durable before serving it.
+            None => file.sync_data().await?,
         }
         self.segments.insert(
             base,

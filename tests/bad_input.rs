@@ -1,0 +1,209 @@
+//! Malformed and hostile input from raw sockets: each gets an error reply or a closed
+//! connection, the broker never panics, and a well-behaved client next to it is unaffected.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{client, config_file, run, scratch_dir, Broker};
+use quorra::client::{Producer, ProducerConfig};
+use quorra::protocol::frame::{FrameHeader, OutFrame, FLAG_RESPONSE};
+use quorra::protocol::messages::{
+    Acks, ErrorResponse, FetchRequest, ListTopicsRequest, MetadataRequest, ProduceRequest,
+};
+use quorra::protocol::{decode, encode, ApiKind, BodyBuf, ErrorCode};
+
+enum Reply {
+    Error(ErrorCode),
+    Ok(u16),
+    Closed,
+}
+
+fn frame(kind: u16, flags: u8, corr: u64, archive: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut a = BodyBuf::new();
+    a.extend_from_slice(archive);
+    let f = OutFrame::new(kind, flags, corr, a, vec![Bytes::copy_from_slice(payload)]);
+    let mut out = Vec::new();
+    f.write_to(&mut out);
+    out
+}
+
+fn read_reply(s: &mut TcpStream) -> Reply {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 32];
+    if s.read_exact(&mut head).is_err() {
+        return Reply::Closed;
+    }
+    let h = FrameHeader::decode(&head, 64 << 20).expect("the broker sends valid headers");
+    let mut body = vec![0u8; h.body_len()];
+    s.read_exact(&mut body).expect("body");
+    if h.is_error() {
+        let mut a = BodyBuf::new();
+        a.extend_from_slice(&body[..h.archive_len as usize]);
+        let e = decode::<ErrorResponse>(&a).expect("error body");
+        Reply::Error(ErrorCode::from_u16(e.code))
+    } else {
+        Reply::Ok(h.kind)
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+fn expect_error_or_close(reply: Reply, want: Option<ErrorCode>, what: &str) {
+    match (reply, want) {
+        (Reply::Closed, _) => {}
+        (Reply::Error(code), Some(w)) => assert_eq!(code, w, "{what}"),
+        (Reply::Error(_), None) => {}
+        (Reply::Ok(k), _) => panic!("{what}: accepted as a valid request of kind {k}"),
+    }
+}
+
+fn assert_closed(s: &mut TcpStream, what: &str) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(_) => panic!("{what}: connection still open"),
+    }
+}
+
+#[test]
+fn hostile_input_gets_errors_and_does_not_disturb_other_clients() {
+    let dir = scratch_dir("bad-input");
+    let cfg = config_file(dir.path(), "frame_timeout_ms = 1500\n");
+    let mut broker = Broker::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let addr = broker.bootstrap();
+
+    // A well-behaved client producing and reading back all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (b, stop2) = (addr.clone(), stop.clone());
+    let healthy = std::thread::spawn(move || {
+        run(move || async move {
+            let c = client(&b).await;
+            c.create_topic("ok", 1, 1).await.unwrap();
+            let producer = Producer::new(
+                c.clone(),
+                ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..Default::default() },
+            );
+            let (mut rounds, mut errors, mut offset) = (0u64, Vec::new(), 0u64);
+            while !stop2.load(Ordering::SeqCst) {
+                let d = producer.send_to("ok", 0, None, format!("m{rounds}").as_bytes()).await.unwrap();
+                producer.flush().await;
+                match d.wait().await {
+                    Ok(md) => assert_eq!(md.offset, offset),
+                    Err(e) => errors.push(e.to_string()),
+                }
+                match c.fetch("ok", 0, offset, 1 << 16, Duration::from_millis(100)).await {
+                    Ok(r) if !r.batches.is_empty() => offset += 1,
+                    Ok(_) => errors.push(format!("offset {offset} not readable")),
+                    Err(e) => errors.push(e.to_string()),
+                }
+                rounds += 1;
+            }
+            (rounds, errors)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // 1. Garbage bytes: framing is lost, so an error reply and a close.
+    let mut s = connect(&addr);
+    s.write_all(&[0x42; 64]).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::CorruptFrame), "garbage");
+    assert_closed(&mut s, "garbage");
+
+    // 2. A truncated frame, then end of stream.
+    let valid = frame(ApiKind::ListTopics as u16, 0, 7, &encode(&ListTopicsRequest {}), &[]);
+    let mut s = connect(&addr);
+    s.write_all(&valid[..valid.len() - 3]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    expect_error_or_close(read_reply(&mut s), None, "truncated frame");
+
+    // 3. An oversized length, with a header CRC that is valid.
+    let mut big = frame(ApiKind::Produce as u16, 0, 8, &[], &[]);
+    big[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    let crc = crc32c::crc32c(&big[..28]);
+    big[28..32].copy_from_slice(&crc.to_le_bytes());
+    let mut s = connect(&addr);
+    s.write_all(&big).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::FrameTooLarge), "oversized length");
+    assert_closed(&mut s, "oversized length");
+
+    // 4. A bad body CRC: an error for that request, and the connection still serves.
+    let metadata = frame(ApiKind::Metadata as u16, 0, 7, &encode(&MetadataRequest { topics: vec![] }), &[]);
+    assert!(metadata.len() > 32, "the request has a body to corrupt");
+    let mut bad_crc = metadata.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    let mut s = connect(&addr);
+    s.write_all(&bad_crc).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::CorruptFrame), "bad body CRC");
+    s.write_all(&metadata).unwrap();
+    assert!(
+        matches!(read_reply(&mut s), Reply::Ok(k) if k == ApiKind::Metadata as u16),
+        "connection usable after a bad CRC"
+    );
+
+    // 5. A valid CRC over a body that is not a valid archive.
+    let garbage_archive: Vec<u8> = (0..48u8).map(|i| i.wrapping_mul(37)).collect();
+    s.write_all(&frame(ApiKind::Produce as u16, 0, 9, &garbage_archive, b"xx")).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::InvalidRequest), "invalid archive");
+    s.write_all(&frame(ApiKind::Fetch as u16, 0, 10, &[], &[])).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::InvalidRequest), "empty archive");
+
+    // 6. An unknown request kind, and a response sent as a request.
+    s.write_all(&frame(999, 0, 11, &encode(&ListTopicsRequest {}), &[])).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::UnknownKind), "unknown kind");
+    s.write_all(&frame(ApiKind::ListTopics as u16, FLAG_RESPONSE, 12, &encode(&ListTopicsRequest {}), &[])).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::InvalidRequest), "response as request");
+
+    // 7. A valid frame carrying a corrupt record batch, and one for a missing topic.
+    let mut batch = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+    batch.push(None, b"hello", 1);
+    let mut batch = batch.finish(0, 0, 0).to_vec();
+    let n = batch.len();
+    batch[n - 2] ^= 1;
+    let req = ProduceRequest { topic: "ok".into(), partition: 0, acks: 1, timeout_ms: 1000 };
+    s.write_all(&frame(ApiKind::Produce as u16, 0, 13, &encode(&req), &batch)).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::CorruptBatch), "corrupt batch");
+    let req = FetchRequest { topic: "nope".into(), partition: 0, offset: 0, max_bytes: 100, max_wait_ms: 0 };
+    s.write_all(&frame(ApiKind::Fetch as u16, 0, 14, &encode(&req), &[])).unwrap();
+    expect_error_or_close(read_reply(&mut s), Some(ErrorCode::UnknownTopic), "unknown topic");
+
+    // 8. A client that sends one byte per second is disconnected once the frame times out.
+    let mut s = connect(&addr);
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in valid.iter().take(10) {
+        if s.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let r = s.read(&mut buf);
+        s.set_nonblocking(false).unwrap();
+        if r.is_ok() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a stalled frame closes the connection");
+    assert!(started.elapsed() < Duration::from_secs(8));
+
+    stop.store(true, Ordering::SeqCst);
+    let (rounds, errors) = healthy.join().unwrap();
+    assert!(rounds > 10, "the healthy client made progress ({rounds} rounds)");
+    assert!(errors.is_empty(), "the healthy client saw errors: {errors:?}");
+    assert!(broker.is_running(), "the broker survived");
+    assert!(!broker.log().contains("panicked"), "no panic in the broker log");
+}
