@@ -165,6 +165,10 @@ fn main() {
         Command::Consume(args) => run_client(move || consume(args)),
     };
     if let Err(e) = result {
+        // A closed stdout (`quorra consume ... | head`) ends the command, quietly.
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return;
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -200,3 +200,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod golden {
+    //! Byte-exact examples of the wire format. `docs/protocol.md` shows the same bytes; this
+    //! test fails when the two disagree, so the document cannot drift from the code.
+    use super::frame::OutFrame;
+    use super::messages::*;
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .chunks(16)
+            .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn examples() -> Vec<(&'static str, String)> {
+        let produce =
+            ProduceRequest { topic: "orders".into(), partition: 3, acks: Acks::Leader as u8, timeout_ms: 30_000 };
+        let fetch = FetchRequest {
+            topic: "a-longer-topic".into(),
+            partition: 1,
+            offset: 42,
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+        };
+        let error = ErrorResponse {
+            code: ErrorCode::UnknownTopic as u16,
+            message: "no such topic: x".into(),
+            leader_hint: None,
+        };
+        let mut batch = batch::BatchBuilder::with_capacity(32);
+        batch.push(Some(b"k"), b"hello", 1_700_000_000_000);
+        let batch = batch.finish(0, 0, 0);
+        let frame = OutFrame::new(ApiKind::Produce as u16, 0, 7, encode(&produce), vec![batch.clone()]);
+        let mut frame_bytes = Vec::new();
+        frame.write_to(&mut frame_bytes);
+        vec![
+            ("ProduceRequest", hex(&encode(&produce))),
+            ("FetchRequest", hex(&encode(&fetch))),
+            ("ErrorResponse", hex(&encode(&error))),
+            ("record batch", hex(&batch)),
+            ("produce frame header", hex(&frame_bytes[..32])),
+        ]
+    }
+
+    #[test]
+    fn the_protocol_document_shows_the_real_bytes() {
+        let doc = include_str!("../../docs/protocol.md");
+        for (name, bytes) in examples() {
+            assert!(doc.contains(&bytes), "docs/protocol.md lacks the current encoding of {name}:\n{bytes}");
+        }
+    }
+
+    #[test]
+    #[ignore = "prints the examples for docs/protocol.md"]
+    fn print_examples() {
+        for (name, bytes) in examples() {
+            println!("### {name}\n```\n{bytes}\n```");
+        }
+    }
+}
