@@ -187,6 +187,9 @@ pub async fn prime_device_probe(data_dir: &Path) -> io::Result<()> {
     let path = data_dir.join("meta").join("device-probe");
     let p = path.clone();
     blocking(move || {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let needs_block = std::fs::metadata(&p).map(|m| m.len() < 4096).unwrap_or(true);
         if needs_block {
             write_file_atomic_blocking(&p, &[0u8; 4096])?;
