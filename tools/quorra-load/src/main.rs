@@ -83,8 +83,8 @@ pub struct ProduceArgs {
     /// Producer batch size
     #[arg(long, default_value_t = 128 * 1024)]
     pub batch_bytes: usize,
-    /// Producer linger in microseconds
-    #[arg(long, default_value_t = 1000)]
+    /// Producer linger in microseconds (0: a batch leaves as soon as the producer waits)
+    #[arg(long, default_value_t = 0)]
     pub linger_us: u64,
     /// Acknowledgement level: none, leader, quorum, all
     #[arg(long, default_value = "quorum")]

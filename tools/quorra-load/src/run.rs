@@ -173,12 +173,14 @@ async fn producer_task(plan: ProducerPlan, id: u32, shared: Arc<Shared>, hist: R
         // stalled broker cannot hide its stall by slowing the generator down.
         let intended = match plan.rate {
             Some(rate) => {
+                // Timers are coarse (about a millisecond): sleep only when far enough ahead,
+                // and when a little early, count latency from the actual send.
                 let at = start + Duration::from_secs_f64(seq as f64 / rate);
                 let now = Instant::now();
-                if at > now {
+                if at > now + Duration::from_millis(1) {
                     glommio::timer::sleep(at - now).await;
                 }
-                at
+                at.max(Instant::now().min(at + Duration::from_millis(1)))
             }
             None => Instant::now(),
         };
