@@ -26,6 +26,9 @@ fio_seq = load("fio-seqwrite.json")["jobs"][0]["write"]
 disk_bw = fio_seq["bw_bytes"] / 1e6  # MB/s
 sync = load("fio-fdatasync.json")["jobs"][0]["sync"]["lat_ns"]["percentile"]
 fio_sync_us = {k: sync[v] / 1000 for k, v in (("p50", "50.000000"), ("p99", "99.000000"), ("p999", "99.900000"))}
+dsync_json = load("fio-dsync.json")
+dsync = dsync_json["jobs"][0]["write"]["clat_ns"]["percentile"] if dsync_json else {}
+fio_dsync_us = {k: dsync.get(v, 0) / 1000 for k, v in (("p50", "50.000000"), ("p99", "99.000000"), ("p999", "99.900000"))}
 iperf = load("iperf3.json", {})
 net_bw = iperf.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 8e6
 
@@ -122,7 +125,8 @@ Broker and load generator share the machine. Command: `perf/run.sh`.
 | measure | value |
 |---|---|
 | fio sequential write, O_DIRECT, 1 MiB blocks, QD32 | {disk_bw:,.0f} MB/s |
-| fio 4 KiB write + fdatasync, QD1 (fresh file) | p50 {fio_sync_us['p50']:.0f} us, p99 {fio_sync_us['p99']:.0f} us, p99.9 {fio_sync_us['p999']:.0f} us |
+| fio 4 KiB write + fdatasync, QD1 (fresh file): the fdatasync | p50 {fio_sync_us['p50']:.0f} us, p99 {fio_sync_us['p99']:.0f} us, p99.9 {fio_sync_us['p999']:.0f} us |
+| fio 4 KiB O_DSYNC write, QD1 (fresh file): write and flush as one operation | p50 {fio_dsync_us['p50']:.0f} us, p99 {fio_dsync_us['p99']:.0f} us, p99.9 {fio_dsync_us['p999']:.0f} us |
 | iperf3 loopback, one stream | {net_bw:,.0f} MB/s |
 
 **Closed loop** (window = messages in flight per producer; acks=leader; 4 partitions; every run verified by `quorra-load consume --verify`)

@@ -54,6 +54,10 @@ log "fio: 4 KiB write + fdatasync latency"
 fio --name=fdatasync --filename="$WORK/fio-sync.dat" --size=256M --bs=4k --rw=write --direct=1 --fdatasync=1 \
     --ioengine=sync --iodepth=1 --runtime=10 --time_based --output-format=json > "$OUT/fio-fdatasync.json"
 rm -f "$WORK/fio-sync.dat"
+log "fio: 4 KiB O_DSYNC write latency (the write and its flush as one operation)"
+fio --name=dsync --filename="$WORK/fio-dsync.dat" --size=256M --bs=4k --rw=write --direct=1 --sync=dsync \
+    --ioengine=io_uring --iodepth=1 --runtime=10 --time_based --output-format=json > "$OUT/fio-dsync.json"
+rm -f "$WORK/fio-dsync.dat"
 log "iperf3: loopback"
 iperf3 -s -p 15201 -D -1 >/dev/null 2>&1; sleep 0.5
 iperf3 -c 127.0.0.1 -p 15201 -t 5 -J > "$OUT/iperf3.json" || echo '{}' > "$OUT/iperf3.json"

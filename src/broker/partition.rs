@@ -151,6 +151,8 @@ impl<D: Disk> Partition<D> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let job = self.log.borrow_mut().next_job(sync_each_write);
+            // Nothing to write: use the idle time to zero the blocks ahead (cheaper flushes).
+            let job = job.or_else(|| if self.closing.get() { None } else { self.log.borrow_mut().next_idle_job() });
             if let Some(job) = job {
                 let outcome = job.run(&self.disk).await;
                 let result = self.log.borrow_mut().complete(outcome);

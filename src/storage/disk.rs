@@ -6,7 +6,7 @@
 //! running broker. Nothing outside this seam names glommio's file types.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A buffer for direct I/O: aligned to [`DiskFile::alignment`], length a multiple of it.
 pub enum IoBuf {
@@ -93,9 +93,6 @@ pub trait Disk: Clone + 'static {
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>>;
     /// Replaces a small file atomically and durably (temp file, fsync, rename, fsync dir).
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()>;
-}
-
-/// `dir/name`, a helper for the many paths the log builds.
-pub fn join(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
+    /// Renames a file durably (rename, then fsync of the directory).
+    async fn rename(&self, from: &Path, to: &Path) -> DiskResult<()>;
 }

@@ -154,6 +154,19 @@ impl Disk for GlommioDisk {
         .map_err(|e| DiskError::new("read", path, e))
     }
 
+    async fn rename(&self, from: &Path, to: &Path) -> DiskResult<()> {
+        let (f, t) = (from.to_path_buf(), to.to_path_buf());
+        blocking(move || {
+            std::fs::rename(&f, &t)?;
+            match t.parent() {
+                Some(dir) => fsync_dir(dir),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| DiskError::new("rename", from, e))
+    }
+
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
         let p = path.to_path_buf();
         blocking(move || write_file_atomic_blocking(&p, &bytes)).await.map_err(|e| DiskError::new("write", path, e))

@@ -35,7 +35,7 @@ pub struct MemFaults {
 
 #[derive(Default)]
 struct MemFs {
-    files: BTreeMap<PathBuf, MemFileData>,
+    files: BTreeMap<PathBuf, Rc<RefCell<MemFileData>>>,
     dirs: BTreeSet<PathBuf>,
     faults: MemFaults,
     writes: u64,
@@ -78,6 +78,7 @@ impl MemDisk {
         let fs = self.fs.borrow();
         let mut files = BTreeMap::new();
         for (path, data) in &fs.files {
+            let data = data.borrow();
             let mut content = data.durable.clone();
             if let CrashMode::Tear { keep_writes, torn_bytes } = mode {
                 for (i, (pos, bytes)) in data.unsynced.iter().enumerate() {
@@ -91,8 +92,8 @@ impl MemDisk {
                     apply(&mut content, *pos, &bytes[..take]);
                 }
             }
-            files
-                .insert(path.clone(), MemFileData { durable: content.clone(), current: content, unsynced: Vec::new() });
+            let data = MemFileData { durable: content.clone(), current: content, unsynced: Vec::new() };
+            files.insert(path.clone(), Rc::new(RefCell::new(data)));
         }
         let new = MemFs { files, dirs: fs.dirs.clone(), ..Default::default() };
         MemDisk { fs: Rc::new(RefCell::new(new)) }
@@ -100,8 +101,8 @@ impl MemDisk {
 
     /// Direct access to a file's current bytes (tests corrupt them).
     pub fn with_file<R>(&self, path: &Path, f: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
-        let mut fs = self.fs.borrow_mut();
-        let data = fs.files.get_mut(path)?;
+        let fs = self.fs.borrow();
+        let mut data = fs.files.get(path)?.borrow_mut();
         let r = f(&mut data.current);
         data.durable = data.current.clone();
         data.unsynced.clear();
@@ -125,9 +126,10 @@ fn errno(op: &'static str, path: &Path, e: i32) -> DiskError {
     DiskError::new(op, path, io::Error::from_raw_os_error(e))
 }
 
-/// A handle to a simulated file.
+/// A handle to a simulated file (it follows the file through renames).
 pub struct MemFile {
     fs: Rc<RefCell<MemFs>>,
+    data: Rc<RefCell<MemFileData>>,
     path: PathBuf,
 }
 
@@ -149,15 +151,14 @@ impl DiskFile for MemFile {
             return Err(errno("write", &self.path, e));
         }
         fs.writes += 1;
-        let data = fs.files.get_mut(&self.path).ok_or_else(|| errno("write", &self.path, libc::ENOENT))?;
+        let mut data = self.data.borrow_mut();
         apply(&mut data.current, pos, buf.as_slice());
         data.unsynced.push((pos, buf.as_slice().to_vec()));
         Ok(())
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> DiskResult<Vec<u8>> {
-        let fs = self.fs.borrow();
-        let data = fs.files.get(&self.path).ok_or_else(|| errno("read", &self.path, libc::ENOENT))?;
+        let data = self.data.borrow();
         let start = (pos as usize).min(data.current.len());
         let end = (start + len).min(data.current.len());
         Ok(data.current[start..end].to_vec())
@@ -169,18 +170,18 @@ impl DiskFile for MemFile {
             return Err(errno("fdatasync", &self.path, e));
         }
         fs.syncs += 1;
-        let data = fs.files.get_mut(&self.path).ok_or_else(|| errno("fdatasync", &self.path, libc::ENOENT))?;
+        let mut data = self.data.borrow_mut();
         data.durable = data.current.clone();
         data.unsynced.clear();
         Ok(())
     }
 
     async fn preallocate(&self, len: u64) -> DiskResult<()> {
-        let mut fs = self.fs.borrow_mut();
+        let fs = self.fs.borrow();
         if let Some(e) = fs.faults.preallocate_errno {
             return Err(errno("fallocate", &self.path, e));
         }
-        let data = fs.files.get_mut(&self.path).ok_or_else(|| errno("fallocate", &self.path, libc::ENOENT))?;
+        let mut data = self.data.borrow_mut();
         if data.current.len() < len as usize {
             data.current.resize(len as usize, 0);
             // Metadata-only change: a crash keeps the size (as fallocate + fsync would).
@@ -190,8 +191,7 @@ impl DiskFile for MemFile {
     }
 
     async fn size(&self) -> DiskResult<u64> {
-        let fs = self.fs.borrow();
-        Ok(fs.files.get(&self.path).map_or(0, |d| d.current.len() as u64))
+        Ok(self.data.borrow().current.len() as u64)
     }
 
     async fn close(self) -> DiskResult<()> {
@@ -208,9 +208,10 @@ impl Disk for MemDisk {
             if !create {
                 return Err(errno("open", path, libc::ENOENT));
             }
-            fs.files.insert(path.to_path_buf(), MemFileData::default());
+            fs.files.insert(path.to_path_buf(), Rc::default());
         }
-        Ok(MemFile { fs: self.fs.clone(), path: path.to_path_buf() })
+        let data = fs.files[path].clone();
+        Ok(MemFile { fs: self.fs.clone(), data, path: path.to_path_buf() })
     }
 
     async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
@@ -247,7 +248,14 @@ impl Disk for MemDisk {
     }
 
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>> {
-        Ok(self.fs.borrow().files.get(path).map(|d| d.current.clone()))
+        Ok(self.fs.borrow().files.get(path).map(|d| d.borrow().current.clone()))
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> DiskResult<()> {
+        let mut fs = self.fs.borrow_mut();
+        let data = fs.files.remove(from).ok_or_else(|| errno("rename", from, libc::ENOENT))?;
+        fs.files.insert(to.to_path_buf(), data);
+        Ok(())
     }
 
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
@@ -255,8 +263,8 @@ impl Disk for MemDisk {
         if let Some(e) = fs.faults.write_errno {
             return Err(errno("write", path, e));
         }
-        fs.files
-            .insert(path.to_path_buf(), MemFileData { durable: bytes.clone(), current: bytes, unsynced: Vec::new() });
+        let data = MemFileData { durable: bytes.clone(), current: bytes, unsynced: Vec::new() };
+        fs.files.insert(path.to_path_buf(), Rc::new(RefCell::new(data)));
         Ok(())
     }
 }

@@ -313,6 +313,10 @@ fn random_operations_against_a_model() {
                     durable = appended.clone();
                 }
                 8 => {
+                    if let Some(job) = log.next_idle_job() {
+                        let outcome = block_on(LogJob::run(job, &disk));
+                        log.complete(outcome).unwrap();
+                    }
                     drive(&mut log, &disk, false).ok();
                     if rng.gen_bool(0.3) {
                         // the interval flush
