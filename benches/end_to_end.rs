@@ -37,8 +37,9 @@ async fn produce(bootstrap: String, window: usize, duration: Duration) -> Run {
     while start.elapsed() < duration {
         if in_flight.len() >= window {
             let (t, d): (Instant, quorra::client::producer::Delivery) = in_flight.pop_front().unwrap();
-            d.wait().await.unwrap();
-            latency_us.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+            let (r, acked_at) = d.wait_timed().await;
+            r.unwrap();
+            latency_us.record(acked_at.saturating_duration_since(t).as_micros().max(1) as u64).unwrap();
             messages += 1;
         }
         let d = producer.send("bench", None, &value).await.unwrap();
@@ -46,8 +47,9 @@ async fn produce(bootstrap: String, window: usize, duration: Duration) -> Run {
     }
     producer.flush().await;
     for (t, d) in in_flight {
-        d.wait().await.unwrap();
-        latency_us.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+        let (r, acked_at) = d.wait_timed().await;
+        r.unwrap();
+        latency_us.record(acked_at.saturating_duration_since(t).as_micros().max(1) as u64).unwrap();
         messages += 1;
     }
     Run { messages, elapsed: start.elapsed(), latency_us }

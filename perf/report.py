@@ -42,13 +42,17 @@ def runs(prefix):
         check = next((l for l in verify if l.startswith("acked")), "no verify output")
         if any("VERIFY FAILED" in l for l in verify):
             check = "FAILED: " + check
+        if not os.path.exists(os.path.join(out, name + ".hgrm")):
+            continue
         parts = dict(re.findall(r"(s|p|w|r)(\d+)", name.split("-", 2)[2]))
         rows.append({"name": name, "flush": name.split("-")[1], "size": int(parts.get("s", 0)), "producers": int(parts.get("p", 4)),
                      "window": int(parts.get("w", 0)), "rate": int(parts.get("r", 0)), "s": s, "check": check})
-    return sorted(rows, key=lambda r: (r["flush"], r["size"], r["producers"], r["window"]))
+    return sorted(rows, key=lambda r: (r["flush"], r["size"], r["producers"], r["window"], r["rate"]))
 
 
 closed, opened = runs("closed-"), runs("open-")
+failed = [os.path.basename(p)[:-7] + ": " + open(p).read().strip()
+          for p in sorted(glob.glob(os.path.join(out, "*.verify"))) if not os.path.exists(p[:-7] + ".json")]
 
 
 def row(r):
@@ -87,22 +91,24 @@ def plot():
                     d.write(f"{r['size']} {r['s']['mb_per_sec']}\n")
             d.write("\n\n")
     script = f"""
-set terminal svg size 900,520 dynamic font 'sans,11'
+set terminal svg size 1000,520 dynamic font 'sans,11' noenhanced
 set output '{out}/latency.svg'
 set title 'Produce latency percentiles (acks=leader), {machine.get("host")}, {stamp}'
 set logscale x; set logscale y; set grid
 set xlabel 'percentile'; set ylabel 'latency (us)'
 set xtics ('50%%' 2, '90%%' 10, '99%%' 100, '99.9%%' 1000, '99.99%%' 10000, '99.999%%' 100000)
-set key top left
+set key outside right top
+set yrange [10:*]
 plot {series}, {fio_sync_us['p99']} with lines dt 2 lc 'black' title 'fio 4 KiB fdatasync p99'
 set output '{out}/throughput.svg'
 set title 'Produce throughput by message size (4 producers, window 256, acks=leader)'
 unset xtics; set xtics (100, 1024, 16384)
 set xlabel 'message size (bytes)'; set ylabel 'MB/s'
+set xrange [70:25000]; set yrange [10:*]
 set key bottom right
 plot '{thr}' index 0 using 1:2 with linespoints lw 2 title 'flush=always', '{thr}' index 1 using 1:2 with linespoints lw 2 title 'flush=interval:5', {disk_bw} with lines dt 2 lc 'black' title 'fio sequential O_DIRECT write'
 """
-    subprocess.run(["gnuplot"], input=script.replace("%%", "%"), text=True, check=False)
+    subprocess.run(["gnuplot"], input=script, text=True, check=False)
 
 
 plot()
@@ -134,11 +140,12 @@ Broker and load generator share the machine. Command: `perf/run.sh`.
 {header}
 {chr(10).join(row(r) for r in closed)}
 
-**Open loop at 50% of the peak** (latency from the intended send time: coordinated omission corrected)
+**Open loop at 10% and 50% of the closed-loop peak** (4 producers, window cap 4096 each; latency from the intended send time: coordinated omission corrected)
 
 {header}
 {chr(10).join(row(r) for r in opened)}
 
+{("**Failed runs**" + chr(10) + chr(10) + chr(10).join("- " + f for f in failed) + chr(10)) if failed else ""}
 ![latency]({rel}/latency.svg)
 ![throughput]({rel}/throughput.svg)
 

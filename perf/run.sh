@@ -12,10 +12,15 @@ ROOT=$(pwd)
 DURATION=${DURATION:-5s}
 STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)
 OUT=$ROOT/perf/results/$STAMP
+rm -rf "$OUT"
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/quorra-perf.XXXXXX)   # on the real disk: O_DIRECT must be exercised
 BROKER_PID=
-cleanup() { [ -n "$BROKER_PID" ] && kill -9 "$BROKER_PID" 2>/dev/null; pkill -f "iperf3 -s -p 15201" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() {
+  if [ -n "$BROKER_PID" ]; then kill -9 "$BROKER_PID" 2>/dev/null || true; fi
+  pkill -f "iperf3 -s -p 15201" 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
@@ -65,7 +70,8 @@ iperf3 -c 127.0.0.1 -p 15201 -t 5 -J > "$OUT/iperf3.json" || echo '{}' > "$OUT/i
 PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 B="--bootstrap 127.0.0.1:$PORT"
 start_broker() { # flush policy
-  "$QUORRA" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data-${1%%:*}" --flush "$1" >"$OUT/broker-${1%%:*}.log" 2>&1 &
+  CURRENT_FLUSH=$1
+  "$QUORRA" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data-${1%%:*}" --flush "$1" >>"$OUT/broker-${1%%:*}.log" 2>&1 &
   BROKER_PID=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done
   echo "broker did not start" >&2; exit 1
@@ -73,15 +79,22 @@ start_broker() { # flush policy
 stop_broker() { kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=; }
 
 # run NAME TOPIC [quorra-load produce args...]: produce, then verify and delete the topic.
+# A failed run is recorded (FAILED in the table) and the matrix goes on with a restarted broker.
 run() {
   local name=$1 topic=$2; shift 2
   log "run $name"
-  "$LOAD" produce $B --topic "$topic" --create-partitions 4 --acks leader --duration "$DURATION" \
-      --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" --ledger "$WORK/$topic.ledger" "$@" > "$OUT/$name.txt" 2>"$OUT/$name.err"
+  if ! "$LOAD" produce $B --topic "$topic" --create-partitions 4 --acks leader --duration "$DURATION" \
+      --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" --ledger "$WORK/$topic.ledger" "$@" > "$OUT/$name.txt" 2>"$OUT/$name.err"; then
+    log "run $name FAILED: $(tail -1 "$OUT/$name.err")"
+    echo "VERIFY FAILED: produce failed: $(tail -1 "$OUT/$name.err")" > "$OUT/$name.verify"
+    restart_broker
+    return 0
+  fi
   "$LOAD" consume $B --topic "$topic" --consumers 2 --verify --ledger "$WORK/$topic.ledger" > "$OUT/$name.verify" 2>/dev/null \
       || echo "VERIFY FAILED" >> "$OUT/$name.verify"
-  "$QUORRA" topic delete "$topic" $B >/dev/null
+  "$QUORRA" topic delete "$topic" $B >/dev/null || restart_broker
 }
+restart_broker() { kill -9 "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; start_broker "$CURRENT_FLUSH"; }
 
 for flush in always interval:5; do
   start_broker "$flush"
@@ -108,15 +121,20 @@ for flush in always interval:5; do
   stop_broker
 done
 if [ -f "$WORK/perf.data" ]; then
-  perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null | grep -v '^#' | grep '%' | head -40 > "$OUT/perf-profile.txt" || true
+  perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol -g none --percent-limit 0.7 2>/dev/null \
+      | grep -v '^#' | grep '%' | head -40 > "$OUT/perf-profile.txt" || true
+  perf report -i "$WORK/perf.data" --stdio --no-children --sort symbol --percent-limit 3 2>/dev/null \
+      | grep -v '^#' | grep -v '^$' | head -80 > "$OUT/perf-callgraph.txt" || true
 fi
 
-log "open loop at 50% of the peak"
+log "open loop at 10% and 50% of the peak"
 start_broker always
 for size in 100 1024 16384; do
   peak=$(python3 -c "import json;print(int(json.load(open('$OUT/closed-always-s$size-p4-w256.json'))['msgs_per_sec']))")
-  rate=$(( peak / 2 ))
-  run "open-always-s$size-r$rate" "o-$size" --size $size --producers 4 --window 4096 --rate $rate
+  for pct in 10 50; do
+    rate=$(( peak * pct / 100 ))
+    run "open-always-s$size-r$rate" "o-$size-$pct" --size $size --producers 4 --window 4096 --rate $rate
+  done
 done
 stop_broker
 

@@ -8,7 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::sync::Semaphore;
@@ -67,13 +67,14 @@ pub struct RecordMetadata {
 /// Shared outcome of one batch.
 #[derive(Default)]
 struct BatchAck {
-    result: RefCell<Option<Result<u64, ClientError>>>,
+    /// The base offset (or the error), and when the answer arrived.
+    result: RefCell<Option<(Result<u64, ClientError>, Instant)>>,
     done: WaitList,
 }
 
 impl BatchAck {
     fn resolve(&self, result: Result<u64, ClientError>) {
-        *self.result.borrow_mut() = Some(result);
+        *self.result.borrow_mut() = Some((result, Instant::now()));
         self.done.notify_all();
     }
 }
@@ -88,11 +89,18 @@ pub struct Delivery {
 impl Delivery {
     /// Waits for the broker's answer for this record.
     pub async fn wait(self) -> Result<RecordMetadata, ClientError> {
+        self.wait_timed().await.0
+    }
+
+    /// Waits for the broker's answer and also returns when it arrived (which may be well
+    /// before this call: latency measurements must not depend on when they look).
+    pub async fn wait_timed(self) -> (Result<RecordMetadata, ClientError>, Instant) {
         loop {
-            if let Some(r) = self.ack.result.borrow().as_ref() {
-                return r
+            if let Some((r, at)) = self.ack.result.borrow().as_ref() {
+                let r = r
                     .clone()
                     .map(|base| RecordMetadata { partition: self.partition, offset: base + u64::from(self.index) });
+                return (r, *at);
             }
             self.ack.done.wait().await;
         }

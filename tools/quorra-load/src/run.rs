@@ -211,9 +211,10 @@ async fn complete_oldest(
     size: usize,
 ) {
     let Some((seq, intended, d)) = in_flight.pop_front() else { return };
-    match d.wait().await {
+    let (outcome, acked_at) = d.wait_timed().await;
+    match outcome {
         Ok(_) => {
-            hist.record(intended.elapsed().as_micros() as u64);
+            hist.record(acked_at.saturating_duration_since(intended).as_micros() as u64);
             result.acked.push(seq);
             shared.messages.fetch_add(1, Ordering::Relaxed);
             shared.bytes.fetch_add(size as u64, Ordering::Relaxed);
