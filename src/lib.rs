@@ -8,6 +8,7 @@ pub mod config;
 pub mod limits;
 pub mod net;
 pub mod protocol;
+pub mod replication;
 pub mod rt;
 pub mod server;
 pub mod shard;

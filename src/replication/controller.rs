@@ -1,0 +1,160 @@
+//! Leader election for one partition, as a pure state machine.
+//!
+//! When the leader stops sending heartbeats (or says it no longer leads), the controller
+//! opens a new epoch: it asks every replica to fence the old one and report its durable log
+//! (last epoch, end). Once a majority answered, it appoints the most up-to-date of them
+//! (largest last epoch, then largest end). Every committed batch is durable on a majority,
+//! that majority meets the answering one, and the log matching property makes the most
+//! up-to-date answer hold all of them.
+//!
+//! In a cluster this runs on the metadata leader and its decisions (the epoch above all)
+//! are made durable through Raft before they are sent.
+
+use std::collections::BTreeMap;
+
+use super::{ControlMessage, Epoch, NodeId};
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// A leader silent for this long is replaced.
+    pub election_timeout_ms: u64,
+    /// Unanswered fences and appointments are sent again after this long.
+    pub retry_ms: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig { election_timeout_ms: 600, retry_ms: 100 }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Election {
+    epoch: Epoch,
+    answers: BTreeMap<NodeId, (Option<Epoch>, u64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Controller {
+    config: ControllerConfig,
+    replicas: Vec<NodeId>,
+    epoch: Epoch,
+    leader: Option<NodeId>,
+    election: Option<Election>,
+    last_seen_ms: BTreeMap<NodeId, u64>,
+    last_retry_ms: u64,
+    now_ms: u64,
+}
+
+impl Controller {
+    /// A controller for a partition with no leader yet (the first election starts at once).
+    pub fn new(config: ControllerConfig, replicas: Vec<NodeId>, epoch: Epoch) -> Controller {
+        Controller {
+            config,
+            replicas,
+            epoch,
+            leader: None,
+            election: None,
+            last_seen_ms: BTreeMap::new(),
+            last_retry_ms: 0,
+            now_ms: 0,
+        }
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    fn start_election(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
+        self.epoch += 1;
+        self.leader = None;
+        self.election = Some(Election { epoch: self.epoch, answers: BTreeMap::new() });
+        self.last_retry_ms = self.now_ms;
+        for &r in &self.replicas {
+            out.push((r, ControlMessage::Fence { epoch: self.epoch }));
+        }
+    }
+
+    fn appoint(&mut self, leader: NodeId, out: &mut Vec<(NodeId, ControlMessage)>) {
+        self.leader = Some(leader);
+        self.election = None;
+        self.last_seen_ms.insert(leader, self.now_ms);
+        self.send_appointments(out);
+    }
+
+    fn send_appointments(&self, out: &mut Vec<(NodeId, ControlMessage)>) {
+        let Some(leader) = self.leader else { return };
+        for &r in &self.replicas {
+            let msg = if r == leader {
+                ControlMessage::BecomeLeader { epoch: self.epoch, replicas: self.replicas.clone() }
+            } else {
+                ControlMessage::BecomeFollower { epoch: self.epoch, leader, replicas: self.replicas.clone() }
+            };
+            out.push((r, msg));
+        }
+    }
+
+    /// Time passes: detects a silent leader, retries what may have been lost.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(NodeId, ControlMessage)>) {
+        self.now_ms = self.now_ms.max(now_ms);
+        match (self.leader, &self.election) {
+            (None, None) => self.start_election(out),
+            (Some(l), _)
+                if self.now_ms.saturating_sub(self.last_seen_ms.get(&l).copied().unwrap_or(0))
+                    > self.config.election_timeout_ms =>
+            {
+                self.start_election(out)
+            }
+            _ => {}
+        }
+        if self.now_ms.saturating_sub(self.last_retry_ms) >= self.config.retry_ms {
+            self.last_retry_ms = self.now_ms;
+            match &self.election {
+                Some(e) => {
+                    for &r in self.replicas.iter().filter(|r| !e.answers.contains_key(r)) {
+                        out.push((r, ControlMessage::Fence { epoch: e.epoch }));
+                    }
+                }
+                None => self.send_appointments(out),
+            }
+        }
+    }
+
+    /// A message from a replica.
+    pub fn on_message(&mut self, msg: ControlMessage, out: &mut Vec<(NodeId, ControlMessage)>) {
+        match msg {
+            ControlMessage::Heartbeat { from, leading } => {
+                self.last_seen_ms.insert(from, self.now_ms);
+                // The appointed leader no longer leads this epoch (it restarted): elect anew.
+                if self.leader == Some(from)
+                    && leading != Some(self.epoch)
+                    && self.now_ms.saturating_sub(self.last_retry_ms) >= self.config.retry_ms
+                {
+                    self.start_election(out);
+                }
+            }
+            ControlMessage::Fenced { epoch, from, last_epoch, durable_end } => {
+                self.last_seen_ms.insert(from, self.now_ms);
+                let Some(e) = &mut self.election else { return };
+                if e.epoch != epoch {
+                    return;
+                }
+                e.answers.insert(from, (last_epoch, durable_end));
+                if e.answers.len() > self.replicas.len() / 2 {
+                    let best = e
+                        .answers
+                        .iter()
+                        .max_by_key(|(&id, &(last, end))| (last, end, std::cmp::Reverse(id)))
+                        .map(|(&id, _)| id);
+                    if let Some(leader) = best {
+                        self.appoint(leader, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! One replica of one partition, as a pure state machine.
+//!
+//! Events: [`Replica::append`] (a producer's batch, on the leader), [`Replica::on_peer`],
+//! [`Replica::on_control`], [`Replica::on_durable`] (a flush completed), [`Replica::tick`].
+//! Each returns [`Action`]s for the driver to carry out in order.
+//!
+//! State that must be durable: the log (through `AppendLocal`/`AppendReplicated`/`Truncate`
+//! and the flushes reported by `on_durable`) and the epoch (`PersistEpoch`). Everything else
+//! is rebuilt after a restart by [`Replica::recover`].
+
+use std::collections::BTreeMap;
+
+use super::{Action, BatchMeta, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
+
+/// Tunables of replication.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Records a leader sends to a follower beyond what it acknowledged (pipelining window).
+    pub window_records: u64,
+    /// Records in one append message at most.
+    pub max_records_per_message: u64,
+    /// A leader sends a heartbeat to a follower that heard nothing for this long.
+    pub heartbeat_ms: u64,
+    /// Without progress from a follower for this long, the leader resends from its last
+    /// acknowledged offset (messages may have been lost).
+    pub resend_ms: u64,
+    /// A follower that was not caught up for this long leaves the in-sync set.
+    pub isr_lag_ms: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            window_records: 1 << 20,
+            max_records_per_message: 1 << 14,
+            heartbeat_ms: 50,
+            resend_ms: 200,
+            isr_lag_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Progress {
+    /// Next offset to send.
+    next: u64,
+    /// Durably held by the follower and matching our log.
+    matched: u64,
+    last_sent_ms: u64,
+    last_progress_ms: u64,
+    last_caught_up_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    Leader { followers: BTreeMap<NodeId, Progress> },
+    Follower { leader: Option<NodeId> },
+}
+
+/// Why the leader refused a produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotLeader {
+    /// The replica follows this node (if it knows one).
+    Follower { leader: Option<NodeId> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Replica {
+    id: NodeId,
+    config: ReplicaConfig,
+    epoch: Epoch,
+    /// Whether this incarnation was fenced at (or told to lead) `epoch`: a restarted replica
+    /// must not lead an epoch it may already have written in before the restart.
+    fenced_this_run: bool,
+    role: Role,
+    replicas: Vec<NodeId>,
+    history: EpochHistory,
+    log_end: u64,
+    durable_end: u64,
+    /// Follower: below this, the log is known to match the current leader's.
+    verified_end: u64,
+    high_watermark: u64,
+    now_ms: u64,
+}
+
+impl Replica {
+    /// A replica starting from its durable state: the persisted epoch and the log (history
+    /// and end). It starts as a follower that knows no leader.
+    pub fn recover(id: NodeId, config: ReplicaConfig, epoch: Epoch, history: EpochHistory, log_end: u64) -> Replica {
+        Replica {
+            id,
+            config,
+            epoch,
+            fenced_this_run: false,
+            role: Role::Follower { leader: None },
+            replicas: Vec::new(),
+            history,
+            log_end,
+            durable_end: log_end,
+            verified_end: 0,
+            high_watermark: 0,
+            now_ms: 0,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader { .. })
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader { .. } => Some(self.id),
+            Role::Follower { leader } => *leader,
+        }
+    }
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+    pub fn log_end(&self) -> u64 {
+        self.log_end
+    }
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end
+    }
+    pub fn history(&self) -> &EpochHistory {
+        &self.history
+    }
+
+    /// The in-sync replicas (the leader and followers caught up within `isr_lag_ms`).
+    pub fn in_sync(&self) -> Vec<NodeId> {
+        let mut out = vec![self.id];
+        if let Role::Leader { followers } = &self.role {
+            for (&f, p) in followers {
+                if self.now_ms.saturating_sub(p.last_caught_up_ms) <= self.config.isr_lag_ms {
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether every in-sync replica durably holds everything below `offset` (acks = all).
+    pub fn all_in_sync_hold(&self, offset: u64) -> bool {
+        let Role::Leader { followers } = &self.role else { return false };
+        self.durable_end >= offset
+            && followers.iter().all(|(_, p)| {
+                p.matched >= offset || self.now_ms.saturating_sub(p.last_caught_up_ms) > self.config.isr_lag_ms
+            })
+    }
+
+    /// Leader: appends a producer's batch of `record_count` records; returns its base offset.
+    pub fn append(&mut self, record_count: u32, out: &mut Vec<Action>) -> Result<u64, NotLeader> {
+        if !self.is_leader() {
+            return Err(NotLeader::Follower { leader: self.leader() });
+        }
+        let base = self.append_local(record_count, false, out);
+        self.pump(out);
+        Ok(base)
+    }
+
+    fn append_local(&mut self, record_count: u32, control: bool, out: &mut Vec<Action>) -> u64 {
+        let base = self.log_end;
+        self.history.observe(self.epoch, base);
+        self.log_end += u64::from(record_count);
+        out.push(Action::AppendLocal(BatchMeta { base_offset: base, record_count, epoch: self.epoch, control }));
+        base
+    }
+
+    /// A flush completed: everything below `offset` is durable.
+    pub fn on_durable(&mut self, offset: u64, out: &mut Vec<Action>) {
+        let offset = offset.min(self.log_end);
+        if offset <= self.durable_end {
+            return;
+        }
+        self.durable_end = offset;
+        match &self.role {
+            Role::Leader { .. } => self.advance_high_watermark(out),
+            Role::Follower { leader: Some(l) } => {
+                let l = *l;
+                out.push(Action::Send(
+                    l,
+                    PeerMessage::Ack { epoch: self.epoch, from: self.id, durable_match: self.durable_match() },
+                ));
+            }
+            Role::Follower { leader: None } => {}
+        }
+    }
+
+    fn durable_match(&self) -> u64 {
+        self.durable_end.min(self.verified_end)
+    }
+
+    /// Time passes: heartbeats, resends, the controller heartbeat.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let heartbeat_due = now_ms / self.config.heartbeat_ms != self.now_ms / self.config.heartbeat_ms;
+        self.now_ms = self.now_ms.max(now_ms);
+        if heartbeat_due {
+            let leading = self.is_leader().then_some(self.epoch);
+            out.push(Action::Control(ControlMessage::Heartbeat { from: self.id, leading }));
+        }
+        let (resend_ms, heartbeat_ms) = (self.config.resend_ms, self.config.heartbeat_ms);
+        if let Role::Leader { followers } = &mut self.role {
+            for p in followers.values_mut() {
+                if p.next > p.matched && now_ms.saturating_sub(p.last_progress_ms) >= resend_ms {
+                    // Nothing acknowledged for a while: messages were lost; go back.
+                    p.next = p.matched;
+                    p.last_progress_ms = now_ms;
+                }
+                if now_ms.saturating_sub(p.last_sent_ms) >= heartbeat_ms {
+                    p.last_sent_ms = 0; // forces a (possibly empty) append in pump
+                }
+            }
+            self.pump(out);
+        }
+    }
+
+    /// Leader: sends every follower what it is missing, within the window.
+    fn pump(&mut self, out: &mut Vec<Action>) {
+        let Role::Leader { followers } = &mut self.role else { return };
+        for (&f, p) in followers.iter_mut() {
+            let mut sent = false;
+            while p.next < self.log_end && p.next - p.matched < self.config.window_records {
+                let end = self.log_end.min(p.next + self.config.max_records_per_message);
+                out.push(Action::Send(
+                    f,
+                    append_message(self.id, self.epoch, &self.history, p.next, end, self.high_watermark),
+                ));
+                p.next = end;
+                p.last_sent_ms = self.now_ms.max(1);
+                sent = true;
+            }
+            if !sent && p.last_sent_ms == 0 {
+                // Heartbeat: an empty append at what the follower acknowledged.
+                out.push(Action::Send(
+                    f,
+                    append_message(self.id, self.epoch, &self.history, p.matched, p.matched, self.high_watermark),
+                ));
+                p.last_sent_ms = self.now_ms.max(1);
+            }
+        }
+    }
+
+    fn advance_high_watermark(&mut self, out: &mut Vec<Action>) {
+        let Role::Leader { followers } = &self.role else { return };
+        let mut ends: Vec<u64> = self
+            .replicas
+            .iter()
+            .map(|r| if *r == self.id { self.durable_end } else { followers.get(r).map_or(0, |p| p.matched) })
+            .collect();
+        ends.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum = ends.get(self.replicas.len() / 2).copied().unwrap_or(0);
+        // Only a batch of the current epoch is committed by counting copies; earlier ones
+        // are committed with it (log matching), never alone.
+        if quorum > self.high_watermark && self.history.epoch_at(quorum - 1) == Some(self.epoch) {
+            self.high_watermark = quorum;
+            out.push(Action::Commit(quorum));
+        }
+    }
+
+    fn adopt_epoch(&mut self, epoch: Epoch, out: &mut Vec<Action>) {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            self.fenced_this_run = false;
+            self.verified_end = 0;
+            out.push(Action::PersistEpoch(epoch));
+        }
+    }
+
+    /// A message from another replica.
+    pub fn on_peer(&mut self, msg: PeerMessage, out: &mut Vec<Action>) {
+        match msg {
+            PeerMessage::Append { epoch, leader, .. } if epoch < self.epoch => {
+                out.push(Action::Send(leader, PeerMessage::StaleEpoch { epoch: self.epoch, from: self.id }));
+            }
+            PeerMessage::Append { epoch, leader, prev_offset, prev_epoch, end_offset, epochs, leader_hw } => {
+                if epoch > self.epoch || !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
+                    debug_assert!(!(self.is_leader() && epoch == self.epoch), "two leaders in epoch {epoch}");
+                    self.adopt_epoch(epoch, out);
+                    self.role = Role::Follower { leader: Some(leader) };
+                }
+                self.follow(leader, prev_offset, prev_epoch, end_offset, &epochs, leader_hw, out);
+            }
+            PeerMessage::Ack { epoch, from, durable_match } if epoch == self.epoch => {
+                let now = self.now_ms;
+                let log_end = self.log_end;
+                if let Role::Leader { followers } = &mut self.role {
+                    if let Some(p) = followers.get_mut(&from) {
+                        if durable_match > p.matched {
+                            p.matched = durable_match;
+                            p.last_progress_ms = now;
+                        }
+                        p.next = p.next.max(p.matched);
+                        if p.matched >= log_end {
+                            p.last_caught_up_ms = now;
+                        }
+                    }
+                    self.advance_high_watermark(out);
+                    self.pump(out);
+                }
+            }
+            PeerMessage::Mismatch { epoch, from, log_end, history } if epoch == self.epoch => {
+                let diverge = self.history.divergence(self.log_end, &history, log_end);
+                if let Role::Leader { followers } = &mut self.role {
+                    if let Some(p) = followers.get_mut(&from) {
+                        p.matched = p.matched.min(diverge);
+                        p.next = diverge;
+                        p.last_sent_ms = 0;
+                    }
+                    self.pump(out);
+                }
+            }
+            PeerMessage::StaleEpoch { epoch, .. } if epoch > self.epoch => {
+                self.adopt_epoch(epoch, out);
+                self.role = Role::Follower { leader: None };
+            }
+            // Answers to an older epoch of ours, or duplicates: nothing to do.
+            PeerMessage::Ack { .. } | PeerMessage::Mismatch { .. } | PeerMessage::StaleEpoch { .. } => {}
+        }
+    }
+
+    /// Follower side of an append: check the previous batch, cut a divergent tail, append
+    /// what is new, acknowledge.
+    #[allow(clippy::too_many_arguments)]
+    fn follow(
+        &mut self,
+        leader: NodeId,
+        prev: u64,
+        prev_epoch: Option<Epoch>,
+        end: u64,
+        epochs: &[(Epoch, u64)],
+        leader_hw: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let prev_matches = prev <= self.log_end && (prev == 0 || self.history.epoch_at(prev - 1) == prev_epoch);
+        if !prev_matches {
+            out.push(Action::Send(
+                leader,
+                PeerMessage::Mismatch {
+                    epoch: self.epoch,
+                    from: self.id,
+                    log_end: self.log_end,
+                    history: self.history.clone(),
+                },
+            ));
+            return;
+        }
+        // Where the leader's range and ours first disagree: truncate there.
+        let theirs = EpochHistory { starts: epochs.to_vec() };
+        let overlap_end = end.min(self.log_end);
+        let mut keep = overlap_end;
+        let mut o = prev;
+        while o < overlap_end {
+            if self.history.epoch_at(o) != theirs.epoch_at(o) {
+                keep = o;
+                break;
+            }
+            // Jump to the next boundary of either history.
+            let next_boundary = self
+                .history
+                .starts
+                .iter()
+                .chain(&theirs.starts)
+                .map(|&(_, s)| s)
+                .filter(|&s| s > o)
+                .min()
+                .unwrap_or(overlap_end);
+            o = next_boundary;
+        }
+        if keep < self.log_end && keep < end {
+            out.push(Action::Truncate(keep));
+            self.history.truncate(keep);
+            self.log_end = keep;
+            self.durable_end = self.durable_end.min(keep);
+        }
+        if end > self.log_end {
+            for &(e, s) in &theirs.starts {
+                let start = s.max(self.log_end);
+                if start < end && theirs.epoch_at(start) == Some(e) {
+                    self.history.observe(e, start);
+                }
+            }
+            out.push(Action::AppendReplicated { from: self.log_end, to: end });
+            self.log_end = end;
+        }
+        self.verified_end = self.verified_end.max(end);
+        let hw = leader_hw.min(self.verified_end);
+        if hw > self.high_watermark {
+            self.high_watermark = hw;
+            out.push(Action::Commit(hw));
+        }
+        out.push(Action::Send(
+            leader,
+            PeerMessage::Ack { epoch: self.epoch, from: self.id, durable_match: self.durable_match() },
+        ));
+    }
+
+    /// A message from the controller.
+    pub fn on_control(&mut self, msg: ControlMessage, out: &mut Vec<Action>) {
+        match msg {
+            ControlMessage::Fence { epoch } if epoch >= self.epoch => {
+                if epoch > self.epoch || self.is_leader() {
+                    self.adopt_epoch(epoch, out);
+                    self.role = Role::Follower { leader: None };
+                }
+                self.fenced_this_run = true;
+                let last_epoch = if self.durable_end == 0 { None } else { self.history.epoch_at(self.durable_end - 1) };
+                out.push(Action::Control(ControlMessage::Fenced {
+                    epoch,
+                    from: self.id,
+                    last_epoch,
+                    durable_end: self.durable_end,
+                }));
+            }
+            ControlMessage::BecomeLeader { epoch, replicas } => {
+                let already = self.is_leader() && self.epoch == epoch;
+                // Never lead an epoch this replica may have written in before a restart.
+                let allowed = epoch > self.epoch || (epoch == self.epoch && self.fenced_this_run);
+                if already || !allowed {
+                    return;
+                }
+                self.adopt_epoch(epoch, out);
+                self.fenced_this_run = true;
+                let now = self.now_ms;
+                let followers = replicas
+                    .iter()
+                    .filter(|&&r| r != self.id)
+                    .map(|&r| {
+                        (
+                            r,
+                            Progress {
+                                next: self.log_end,
+                                matched: 0,
+                                last_sent_ms: 0,
+                                last_progress_ms: now,
+                                last_caught_up_ms: now,
+                            },
+                        )
+                    })
+                    .collect();
+                self.replicas = replicas;
+                self.role = Role::Leader { followers };
+                // The epoch-start marker lets batches of earlier epochs commit promptly.
+                self.append_local(1, true, out);
+                self.pump(out);
+            }
+            ControlMessage::BecomeFollower { epoch, leader, replicas } if epoch >= self.epoch => {
+                self.replicas = replicas;
+                if epoch > self.epoch || !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
+                    self.adopt_epoch(epoch, out);
+                    self.role = Role::Follower { leader: Some(leader) };
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn append_message(
+    leader: NodeId,
+    epoch: Epoch,
+    history: &EpochHistory,
+    from: u64,
+    to: u64,
+    leader_hw: u64,
+) -> PeerMessage {
+    let prev_epoch = if from == 0 { None } else { history.epoch_at(from - 1) };
+    // The history entries that cover [from, to): the one in force at `from` and later ones.
+    let first = history.starts.partition_point(|&(_, s)| s <= from).saturating_sub(1);
+    let epochs = history.starts[first..].iter().copied().filter(|&(_, s)| s < to.max(from + 1)).collect();
+    PeerMessage::Append { epoch, leader, prev_offset: from, prev_epoch, end_offset: to, epochs, leader_hw }
+}
