@@ -30,22 +30,26 @@ use crate::shard::{owner_of_group, owner_of_partition, Shard};
 pub use handlers::error_frame;
 
 /// Accepts connections until `stopped()` says so (checked every 50 ms).
+///
+/// The accept itself runs in its own task and is never raced against a timer: dropping an
+/// io_uring accept that the kernel has just completed would lose that connection (accepted
+/// by the kernel, never served), so one accept stays pending for the life of the shard.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stopped: impl Fn() -> bool) {
-    loop {
-        let accept = async { Some(listener.accept().await) };
-        let tick = async {
-            rt::sleep(Duration::from_millis(50)).await;
-            None
-        };
-        match futures_lite::future::or(accept, tick).await {
-            Some(Ok(stream)) => rt::spawn(serve_connection(shard.clone(), stream)),
-            Some(Err(e)) => {
-                log::warn!("accept failed: {e}");
-                rt::sleep(Duration::from_millis(100)).await;
+    let s = shard.clone();
+    rt::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => rt::spawn(serve_connection(s.clone(), stream)),
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    rt::sleep(Duration::from_millis(100)).await;
+                }
             }
-            None if stopped() => break,
-            None => {}
         }
+    });
+    while !stopped() {
+        rt::sleep(Duration::from_millis(50)).await;
     }
 }
 
