@@ -71,9 +71,15 @@ PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print
 B="--bootstrap 127.0.0.1:$PORT"
 start_broker() { # flush policy
   CURRENT_FLUSH=$1
-  "$QUORRA" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data-${1%%:*}" --flush "$1" >>"$OUT/broker-${1%%:*}.log" 2>&1 &
+  local log="$OUT/broker-${1%%:*}.log" before
+  before=$(grep -c "serving on" "$log" 2>/dev/null || true)
+  "$QUORRA" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data-${1%%:*}" --flush "$1" >>"$log" 2>&1 &
   BROKER_PID=$!
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done
+  # Ready when it says so: every shard has bound the port and opened its partitions.
+  for _ in $(seq 400); do
+    [ "$(grep -c "serving on" "$log" 2>/dev/null || true)" -gt "${before:-0}" ] && return 0
+    sleep 0.05
+  done
   echo "broker did not start" >&2; exit 1
 }
 stop_broker() { kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=; }

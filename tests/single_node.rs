@@ -288,3 +288,44 @@ fn flip_byte(path: &std::path::Path, at: usize) {
     f.write_all(&b).unwrap();
     f.sync_all().unwrap();
 }
+
+#[test]
+fn offsets_by_time_and_group_offsets_survive_a_restart() {
+    use quorra::protocol::batch::BatchBuilder;
+    use quorra::protocol::messages::{OFFSET_SPEC_EARLIEST, OFFSET_SPEC_LATEST, OFFSET_SPEC_TIMESTAMP};
+    let dir = scratch_dir("offsets");
+    let mut broker = Broker::start(dir.path(), &[]);
+    let b = broker.bootstrap();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("ts", 1, 1).await.unwrap();
+        for ts in [1000i64, 2000, 3000] {
+            let mut batch = BatchBuilder::with_capacity(64);
+            batch.push(None, b"a", ts);
+            batch.push(None, b"b", ts + 1);
+            c.produce_batches("ts", 0, Acks::Leader, vec![batch.finish(0, 0, 0)]).await.unwrap();
+        }
+        assert_eq!(c.list_offsets("ts", 0, OFFSET_SPEC_EARLIEST, 0).await.unwrap(), 0);
+        assert_eq!(c.list_offsets("ts", 0, OFFSET_SPEC_LATEST, 0).await.unwrap(), 6);
+        assert_eq!(c.list_offsets("ts", 0, OFFSET_SPEC_TIMESTAMP, 1500).await.unwrap(), 2);
+        assert_eq!(c.list_offsets("ts", 0, OFFSET_SPEC_TIMESTAMP, 2001).await.unwrap(), 3);
+        assert_eq!(c.list_offsets("ts", 0, OFFSET_SPEC_TIMESTAMP, 99_999).await.unwrap(), 6);
+        assert_eq!(c.fetch_offset("g", "ts", 0).await.unwrap(), None);
+        c.commit_offset("g", "ts", 0, 3).await.unwrap();
+        c.commit_offset("g", "ts", 0, 4).await.unwrap();
+        assert_eq!(c.fetch_offset("g", "ts", 0).await.unwrap(), Some(4));
+        let err = c.commit_offset("g", "nope", 0, 1).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
+    });
+    broker.restart();
+    let b = broker.bootstrap();
+    run(move || async move {
+        let c = client(&b).await;
+        assert_eq!(c.fetch_offset("g", "ts", 0).await.unwrap(), Some(4), "group offsets are replayed from their log");
+        assert_eq!(
+            c.list_offsets("ts", 0, OFFSET_SPEC_TIMESTAMP, 1500).await.unwrap(),
+            2,
+            "and the time index after a restart"
+        );
+    });
+}

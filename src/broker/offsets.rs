@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::catalog::group_dir;
 use super::partition::Partition;
 use crate::config::FlushPolicy;
-use crate::protocol::batch::{BatchBuilder, BatchIter, RecordIter};
+use crate::protocol::batch::{BatchBuilder, RecordIter};
 use crate::rt;
 use crate::storage::{Disk, LogConfig, StorageError};
 
@@ -132,25 +132,15 @@ impl<D: Disk> OffsetStore<D> {
 
 async fn replay<D: Disk>(log: &Partition<D>) -> Result<HashMap<OffsetKey, (u64, String)>, StorageError> {
     let mut map = HashMap::new();
-    let mut offset = log.log_start_offset();
-    let hw = log.high_watermark();
-    while offset < hw {
-        let chunks = log.fetch(offset, 1 << 20, Duration::ZERO).await?;
-        if chunks.is_empty() {
-            break;
-        }
-        for chunk in &chunks {
-            for item in BatchIter::new(chunk) {
-                let (header, bytes) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                for rec in RecordIter::new(bytes, &header) {
-                    let rec = rec.map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                    if let Some((k, v)) = rec.key.and_then(|k| decode_record(k, rec.value)) {
-                        map.insert(k, v);
-                    }
-                }
-                offset = header.next_offset();
+    log.scan_committed(log.log_start_offset(), |header, bytes| {
+        for rec in RecordIter::new(bytes, header) {
+            let rec = rec.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            if let Some((k, v)) = rec.key.and_then(|k| decode_record(k, rec.value)) {
+                map.insert(k, v);
             }
         }
-    }
+        Ok(None::<()>)
+    })
+    .await?;
     Ok(map)
 }

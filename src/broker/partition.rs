@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 
 use crate::config::FlushPolicy;
-use crate::protocol::batch::{BatchIter, RecordIter};
+use crate::protocol::batch::{BatchHeader, BatchIter, RecordIter};
 use crate::protocol::messages::PartitionStatus;
 use crate::rt::{self, Notify, WaitList};
 use crate::storage::log::ReadPlan;
@@ -257,11 +257,14 @@ impl<D: Disk> Partition<D> {
         StorageError::Corrupt(why.to_string())
     }
 
-    /// The first offset whose record timestamp is at least `ts`, or the high watermark.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<u64, StorageError> {
-        let hw = self.high_watermark();
-        let Some(mut offset) = self.log.borrow().timestamp_scan_start(ts) else { return Ok(hw) };
-        while offset < hw {
+    /// Visits the committed batches from the one holding `offset` on, in order, until
+    /// `visit` returns a value or the high watermark is reached.
+    pub async fn scan_committed<T>(
+        &self,
+        mut offset: u64,
+        mut visit: impl FnMut(&BatchHeader, &[u8]) -> Result<Option<T>, StorageError>,
+    ) -> Result<Option<T>, StorageError> {
+        while offset < self.high_watermark() {
             let chunks = self.fetch(offset, 1 << 20, Duration::ZERO).await?;
             if chunks.is_empty() {
                 break;
@@ -269,19 +272,34 @@ impl<D: Disk> Partition<D> {
             for chunk in &chunks {
                 for item in BatchIter::new(chunk) {
                     let (header, bytes) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                    if header.max_timestamp >= ts {
-                        for rec in RecordIter::new(bytes, &header) {
-                            let rec = rec.map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                            if rec.offset >= offset && rec.timestamp >= ts {
-                                return Ok(rec.offset);
-                            }
-                        }
+                    if let Some(found) = visit(&header, bytes)? {
+                        return Ok(Some(found));
                     }
                     offset = offset.max(header.next_offset());
                 }
             }
         }
-        Ok(hw)
+        Ok(None)
+    }
+
+    /// The first offset whose record timestamp is at least `ts`, or the high watermark.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<u64, StorageError> {
+        let Some(start) = self.log.borrow().timestamp_scan_start(ts) else { return Ok(self.high_watermark()) };
+        let found = self
+            .scan_committed(start, |header, bytes| {
+                if header.max_timestamp < ts {
+                    return Ok(None);
+                }
+                for rec in RecordIter::new(bytes, header) {
+                    let rec = rec.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    if rec.offset >= start && rec.timestamp >= ts {
+                        return Ok(Some(rec.offset));
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        Ok(found.unwrap_or_else(|| self.high_watermark()))
     }
 
     /// Applies retention and deletes the files of dropped segments.

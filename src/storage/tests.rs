@@ -150,17 +150,20 @@ fn crash_loses_nothing_that_was_flushed_and_tears_are_truncated() {
     }
 }
 
+/// Ten single-record batches, each flushed; returns the segment path and its data end.
+fn ten_flushed_batches(disk: &MemDisk) -> (PathBuf, usize) {
+    let mut log = open(disk, LogConfig::default());
+    for i in 0..10 {
+        append(&mut log, &[value(i, 200)]).unwrap();
+        drive(&mut log, disk, true).unwrap();
+    }
+    (dir().join("00000000000000000000.log"), log.size_bytes() as usize)
+}
+
 #[test]
 fn truncated_segment_mid_batch_is_a_torn_tail() {
     let disk = MemDisk::new();
-    let mut log = open(&disk, LogConfig::default());
-    for i in 0..10 {
-        append(&mut log, &[value(i, 200)]).unwrap();
-        drive(&mut log, &disk, true).unwrap();
-    }
-    let seg = dir().join("00000000000000000000.log");
-    let end = log.size_bytes() as usize;
-    drop(log);
+    let (seg, end) = ten_flushed_batches(&disk);
     // Cut the last batch in half: zero its second half as a torn write would.
     disk.with_file(&seg, |b| b[end - 100..end].fill(0));
     let log = open(&disk, LogConfig::default());
@@ -172,14 +175,7 @@ fn truncated_segment_mid_batch_is_a_torn_tail() {
 #[test]
 fn flipped_bytes_in_the_last_batch_are_truncated_in_the_middle_are_reported() {
     let disk = MemDisk::new();
-    let mut log = open(&disk, LogConfig::default());
-    for i in 0..10 {
-        append(&mut log, &[value(i, 200)]).unwrap();
-        drive(&mut log, &disk, true).unwrap();
-    }
-    let seg = dir().join("00000000000000000000.log");
-    let end = log.size_bytes() as usize;
-    drop(log);
+    let (seg, end) = ten_flushed_batches(&disk);
     disk.with_file(&seg, |b| b[end - 10] ^= 0xff);
     let mut log = open(&disk, LogConfig::default());
     assert_eq!(log.health(), &LogHealth::Healthy, "damage with nothing after it is a torn tail");
