@@ -13,7 +13,6 @@ use super::controller::{Controller, ControllerConfig};
 use super::replica::{Replica, ReplicaConfig};
 use super::{Action, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
 
-const NODES: u32 = 3;
 const TICK_MS: u64 = 10;
 /// Identifies the epoch-start control records in the simulated logs.
 const CONTROL: u64 = u64::MAX;
@@ -84,24 +83,28 @@ struct Sim {
     /// Producer batches waiting for their commit: (node, epoch, end offset, records).
     waiting: Vec<Waiting>,
     leaders: BTreeMap<Epoch, NodeId>,
+    /// Varies by seed: small windows and messages split appends across epoch boundaries.
+    replica_config: ReplicaConfig,
     trace: bool,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
-        let replicas: Vec<NodeId> = (0..NODES).collect();
+        // Mostly three replicas; every fourth schedule five, where two majorities can differ
+        // in all but one member.
+        let replicas: Vec<NodeId> = (0..if seed % 4 == 0 { 5 } else { 3 }).collect();
+        let replica_config = ReplicaConfig {
+            window_records: rng.gen_range(16..64),
+            max_records_per_message: rng.gen_range(3..8),
+            resend_ms: rng.gen_range(30..200),
+            ..Default::default()
+        };
         let nodes = replicas
             .iter()
             .map(|&id| Node {
                 up: true,
-                replica: Replica::recover(
-                    id,
-                    ReplicaConfig { window_records: 64, max_records_per_message: 8, ..Default::default() },
-                    0,
-                    EpochHistory::default(),
-                    0,
-                ),
+                replica: Replica::recover(id, replica_config.clone(), 0, EpochHistory::default(), 0),
                 log: Vec::new(),
                 durable_len: 0,
                 durable_epoch: 0,
@@ -128,6 +131,7 @@ impl Sim {
             acked: Vec::new(),
             waiting: Vec::new(),
             leaders: BTreeMap::new(),
+            replica_config,
             trace: std::env::var("QUORRA_SIM_TRACE").is_ok(),
         }
     }
@@ -359,7 +363,7 @@ impl Sim {
                 for (n, m) in out {
                     self.send(None, Dest::Node(n), Msg::Control(m));
                 }
-                for n in 0..NODES {
+                for n in 0..self.nodes.len() as NodeId {
                     if self.nodes[n as usize].up {
                         let mut out = Vec::new();
                         self.nodes[n as usize].replica.tick(self.now, &mut out);
@@ -387,7 +391,7 @@ impl Sim {
                 if !node.up {
                     node.up = true;
                     node.hw_seen = 0;
-                    let config = ReplicaConfig { window_records: 64, max_records_per_message: 8, ..Default::default() };
+                    let config = self.replica_config.clone();
                     node.replica =
                         Replica::recover(n, config, node.durable_epoch, history_of(&node.log), node.log.len() as u64);
                 }
@@ -402,7 +406,7 @@ impl Sim {
         // A fault schedule: crashes with restarts, isolations with heals.
         let mut t = 50;
         while t < active_ms {
-            let n = self.rng.gen_range(0..NODES);
+            let n = self.rng.gen_range(0..self.nodes.len() as NodeId);
             match self.rng.gen_range(0..4) {
                 0 => {
                     self.schedule(t, Event::Crash(n));
@@ -429,7 +433,7 @@ impl Sim {
                 // Quiet period: everyone up, the network whole, no faults.
                 self.isolated = None;
                 self.drop_rate = 0.0;
-                for n in 0..NODES {
+                for n in 0..self.nodes.len() as NodeId {
                     if !self.nodes[n as usize].up {
                         self.step(Event::Restart(n), false);
                     }
