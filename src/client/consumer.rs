@@ -166,6 +166,11 @@ impl Consumer {
 fn decode_records(payload: &Bytes, cursor: &mut Cursor, out: &mut Vec<ConsumedRecord>) -> Result<(), ClientError> {
     for item in BatchIter::new(payload) {
         let (header, batch) = item.map_err(|e| ClientError::Corrupt(format!("partition {}: {e}", cursor.partition)))?;
+        if header.is_control() {
+            // A leader's marker, not a message: step over it.
+            cursor.next_offset = cursor.next_offset.max(header.next_offset());
+            continue;
+        }
         for rec in RecordIter::new(batch, &header) {
             let rec = rec.map_err(|e| ClientError::Corrupt(format!("partition {}: {e}", cursor.partition)))?;
             if rec.offset < cursor.next_offset {
@@ -182,4 +187,35 @@ fn decode_records(payload: &Bytes, cursor: &mut Cursor, out: &mut Vec<ConsumedRe
         cursor.next_offset = cursor.next_offset.max(header.next_offset());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::batch::{stamp_batch, BatchBuilder};
+
+    #[test]
+    fn control_batches_are_skipped_and_checked() {
+        let mut data = BatchBuilder::with_capacity(16);
+        data.push(None, b"m0", 1);
+        let mut first = data.finish(0, 0, 0).to_vec();
+        stamp_batch(&mut first, 0, 1);
+        let mut control = BatchBuilder::control(2, 2).to_vec();
+        stamp_batch(&mut control, 1, 2);
+        let mut data = BatchBuilder::with_capacity(16);
+        data.push(None, b"m2", 3);
+        let mut last = data.finish(0, 0, 0).to_vec();
+        stamp_batch(&mut last, 2, 2);
+        let payload = Bytes::from([first, control, last].concat());
+        let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None };
+        let mut out = Vec::new();
+        decode_records(&payload, &mut cursor, &mut out).unwrap();
+        let got: Vec<_> = out.iter().map(|r| (r.offset, r.value.to_vec())).collect();
+        assert_eq!(got, vec![(0, b"m0".to_vec()), (2, b"m2".to_vec())]);
+        assert_eq!(cursor.next_offset, 3);
+        let mut bad = payload.to_vec();
+        bad[70] ^= 1;
+        let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None };
+        assert!(decode_records(&Bytes::from(bad), &mut cursor, &mut Vec::new()).is_err());
+    }
 }

@@ -12,7 +12,7 @@
 //!  12    4   batch_len         no  (a wrong length makes the CRC range wrong, so it is caught)
 //!  16    4   crc32c            -   (CRC32C of bytes [20, batch_len))
 //!  20    4   magic "QRB1"      yes
-//!  24    2   attributes        yes (0: uncompressed; other values are rejected)
+//!  24    2   attributes        yes (0 from producers; bit 4 (0x10): control batch, leaders only)
 //!  26    2   producer_epoch    yes
 //!  28    4   record_count      yes
 //!  32    8   first_timestamp   yes (ms since the Unix epoch)
@@ -89,9 +89,19 @@ pub struct BatchHeader {
     pub max_timestamp: i64,
     pub producer_id: u64,
     pub base_sequence: u32,
+    pub attributes: u16,
 }
 
+/// Attribute bit of a control batch: written by a leader (the epoch-start marker), replicated
+/// and stored like data, skipped by consumers.
+pub const ATTR_CONTROL: u16 = 0x10;
+
 impl BatchHeader {
+    /// A control batch carries no messages for consumers.
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
     /// Offset of the last record in the batch.
     pub fn last_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count) - 1
@@ -143,6 +153,7 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         max_timestamp: u64_at(bytes, at::MAX_TS) as i64,
         producer_id: u64_at(bytes, at::PRODUCER_ID),
         base_sequence: u32_at(bytes, at::BASE_SEQUENCE),
+        attributes: u16_at(bytes, at::ATTRIBUTES),
     })
 }
 
@@ -319,13 +330,30 @@ impl BatchBuilder {
         self.record_count += 1;
     }
 
+    /// The epoch-start marker a new leader appends: one record whose value is the epoch.
+    pub fn control(leader_epoch: u32, timestamp_ms: i64) -> Bytes {
+        let mut b = BatchBuilder::with_capacity(32);
+        b.push(Some(b"epoch-start"), &leader_epoch.to_le_bytes(), timestamp_ms);
+        b.finish_with_attributes(0, 0, 0, ATTR_CONTROL)
+    }
+
     /// Finishes the batch: writes the header and the CRC. `base_offset` is left 0 for the leader.
-    pub fn finish(mut self, producer_id: u64, producer_epoch: u16, base_sequence: u32) -> Bytes {
+    pub fn finish(self, producer_id: u64, producer_epoch: u16, base_sequence: u32) -> Bytes {
+        self.finish_with_attributes(producer_id, producer_epoch, base_sequence, 0)
+    }
+
+    fn finish_with_attributes(
+        mut self,
+        producer_id: u64,
+        producer_epoch: u16,
+        base_sequence: u32,
+        attributes: u16,
+    ) -> Bytes {
         let len = self.buf.len() as u32;
         let b = &mut self.buf;
         b[at::LENGTH..at::LENGTH + 4].copy_from_slice(&len.to_le_bytes());
         b[at::MAGIC..at::MAGIC + 4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
-        b[at::ATTRIBUTES..at::ATTRIBUTES + 2].copy_from_slice(&0u16.to_le_bytes());
+        b[at::ATTRIBUTES..at::ATTRIBUTES + 2].copy_from_slice(&attributes.to_le_bytes());
         b[at::PRODUCER_EPOCH..at::PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_le_bytes());
         b[at::RECORD_COUNT..at::RECORD_COUNT + 4].copy_from_slice(&self.record_count.to_le_bytes());
         b[at::FIRST_TS..at::FIRST_TS + 8].copy_from_slice(&self.first_timestamp.to_le_bytes());
@@ -411,6 +439,15 @@ mod tests {
                 assert!(validate_batch(&b).is_err(), "flip at byte {byte} bit {bit} undetected");
             }
         }
+    }
+
+    #[test]
+    fn control_batches_are_valid_on_disk_but_refused_from_producers() {
+        let control = BatchBuilder::control(7, 1);
+        let h = check_batch(&control).unwrap();
+        assert!(h.is_control());
+        assert_eq!(validate_batch(&control), Err(BatchError::BadAttributes(ATTR_CONTROL)));
+        assert!(!check_batch(&build(&[(None, b"x".to_vec(), 1)])).unwrap().is_control());
     }
 
     #[test]
