@@ -878,8 +878,8 @@ impl<D: Disk> PartitionLog<D> {
             self.cache_bytes -= b.bytes.len();
         }
         self.next_offset = self.written_offset;
-        // With a failed flush nothing unsynced can be trusted as durable.
-        self.written_offset = self.written_offset.max(self.durable_offset);
+        // Written but unsynced data (flush = interval) stays as it is: whether it survived is
+        // decided by the rescan when the log is reopened, never by retrying the flush.
     }
 
     fn evict_cache(&mut self) {
