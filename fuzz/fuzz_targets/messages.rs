@@ -2,6 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use quorra::protocol::messages::*;
+use quorra::protocol::peer::{decode_append, decode_reply, AppendReply, AppendRequest, PeerHello};
 use quorra::protocol::{decode, BodyBuf};
 
 fuzz_target!(|data: &[u8]| {
@@ -14,4 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<DescribeTopicResponse>(&aligned);
     let _ = decode::<ErrorResponse>(&aligned);
     let _ = decode::<CommitOffsetRequest>(&aligned);
+    let _ = decode::<PeerHello>(&aligned);
+    if let Ok(req) = decode::<AppendRequest>(&aligned) {
+        let _ = decode_append(&req, data.len());
+    }
+    if let Ok(reply) = decode::<AppendReply>(&aligned) {
+        let _ = decode_reply(&reply);
+    }
 });

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod frame;
 pub mod messages;
+pub mod peer;
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
