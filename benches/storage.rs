@@ -46,7 +46,7 @@ async fn append_flush(log: &mut PartitionLog<GlommioDisk>, payload: &mut [u8]) {
     let stamped = log.stamp(payload, 0).unwrap();
     log.append_stamped(Bytes::copy_from_slice(payload), &stamped);
     while let Some(job) = log.next_job(true) {
-        let outcome = LogJob::run(job, &GlommioDisk).await;
+        let outcome = LogJob::run(job, &GlommioDisk::default()).await;
         log.complete(outcome).unwrap();
     }
 }
@@ -60,7 +60,7 @@ fn append(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 on_executor(move |dir| async move {
                     let config = LogConfig { segment_bytes: 256 << 20, ..LogConfig::default() };
-                    let mut log = PartitionLog::open(GlommioDisk, dir, config).await.unwrap();
+                    let mut log = PartitionLog::open(GlommioDisk::default(), dir, config).await.unwrap();
                     let mut payload = batch_of(size);
                     let start = Instant::now();
                     for _ in 0..iters {
@@ -83,7 +83,7 @@ fn fetch(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 on_executor(move |dir| async move {
                     let config = LogConfig { cache_bytes, segment_bytes: 256 << 20, ..LogConfig::default() };
-                    let mut log = PartitionLog::open(GlommioDisk, dir, config).await.unwrap();
+                    let mut log = PartitionLog::open(GlommioDisk::default(), dir, config).await.unwrap();
                     let mut payload = batch_of(64 << 10);
                     for _ in 0..64 {
                         append_flush(&mut log, &mut payload).await;

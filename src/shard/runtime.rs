@@ -155,10 +155,10 @@ async fn shard_main(
     let shard = Rc::new(Shard {
         id,
         shards: startup.shards,
-        disk: ServerDisk::default(),
+        disk: server_disk(&config),
         catalog: std::cell::RefCell::new(catalog.clone()),
         partitions: Default::default(),
-        offsets: OffsetStore::new(ServerDisk::default(), config.data_dir.clone(), config.storage.flush),
+        offsets: OffsetStore::new(server_disk(&config), config.data_dir.clone(), config.storage.flush),
         mesh,
         catalog_lock: glommio::sync::Semaphore::new(1),
         shutting_down: std::cell::Cell::new(false),
@@ -195,6 +195,13 @@ async fn shard_main(
     crate::server::accept_loop(shard.clone(), listener, move || stop_flag.load(Ordering::SeqCst)).await;
     shutdown(&shard).await;
     Ok(())
+}
+
+/// The disk of the shards: with `flush = always` (and `storage.dsync`), log files are opened
+/// with O_DSYNC so that each write is durable as it completes.
+fn server_disk(config: &Config) -> ServerDisk {
+    let dsync = config.storage.dsync && config.storage.flush == FlushPolicy::Always;
+    crate::storage::faults::FaultInjecting(crate::storage::glommio_disk::GlommioDisk { dsync })
 }
 
 async fn bind(config: &Config, id: usize, startup: &Startup) -> Result<glommio::net::TcpListener, BrokerError> {

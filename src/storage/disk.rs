@@ -64,6 +64,11 @@ pub trait DiskFile: 'static {
     fn alignment(&self) -> usize;
     /// Allocates an aligned, zeroed buffer of `len` bytes (a multiple of the alignment).
     fn alloc_buf(&self, len: usize) -> IoBuf;
+    /// Whether a completed write is already durable (the file was opened with O_DSYNC), so
+    /// that no separate `sync_data` is needed after it.
+    fn durable_writes(&self) -> bool {
+        false
+    }
     /// Writes the whole buffer at `pos` (aligned). A short write is an error.
     async fn write_at(&self, buf: IoBuf, pos: u64) -> DiskResult<()>;
     /// Reads up to `len` bytes at `pos` (any position); fewer at the end of the file.

@@ -107,8 +107,15 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
     fn alloc_buf(&self, len: usize) -> IoBuf {
         self.inner.alloc_buf(len)
     }
+    fn durable_writes(&self) -> bool {
+        self.inner.durable_writes()
+    }
     async fn write_at(&self, buf: IoBuf, pos: u64) -> DiskResult<()> {
         FaultSwitches::check(&switches().write_errno, "write", &self.path)?;
+        if self.inner.durable_writes() {
+            // An O_DSYNC write is also the flush: a flush fault fails it.
+            FaultSwitches::check(&switches().sync_errno, "write (O_DSYNC)", &self.path)?;
+        }
         self.inner.write_at(buf, pos).await
     }
     async fn read_at(&self, pos: u64, len: usize) -> DiskResult<Vec<u8>> {

@@ -224,7 +224,7 @@ impl<F: DiskFile> LogJob<F> {
         match self {
             LogJob::Write(j) => {
                 let mut result = j.file.write_at(j.buf, j.pos).await;
-                if result.is_ok() && j.sync {
+                if result.is_ok() && j.sync && !j.file.durable_writes() {
                     result = j.file.sync_data().await;
                 }
                 let meta = WriteMeta {
