@@ -184,9 +184,16 @@ impl Disk for GlommioDisk {
 }
 
 /// Temp file, fsync, rename over the target, fsync the directory: all or nothing, durably.
+///
+/// The temporary name is unique per call, so concurrent writers of the same file (every
+/// shard writes the device probe at start) cannot rename each other's file away.
 pub fn write_file_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!("{name}.{}.{unique}.tmp", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
