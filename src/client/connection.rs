@@ -131,10 +131,6 @@ impl Connection {
             Ok(frame)
         }
     }
-
-    pub fn close(&self) {
-        self.outbox.close();
-    }
 }
 
 impl Drop for Connection {

@@ -64,7 +64,6 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: FrameLimits) ->
     }
     match rt::timeout(limits.deadline(0), r.read_exact(&mut head[n..])).await {
         None => return Err(ReadError::Timeout),
-        Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ReadError::Io(e)),
         Some(Err(e)) => return Err(ReadError::Io(e)),
         Some(Ok(())) => {}
     }

@@ -3,10 +3,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use futures_channel::oneshot;
-use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::channel_mesh::Senders;
 
 use crate::broker::TopicConfig;
 use crate::protocol::messages::PartitionStatus;
@@ -83,12 +82,3 @@ impl Mesh {
         }
     }
 }
-
-/// Splits the receiving side into one stream per peer, to be served by one task each.
-pub fn receivers(
-    mut receivers: Receivers<MeshMsg>,
-) -> Vec<(usize, glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>)> {
-    receivers.streams()
-}
-
-pub type SharedShard = Rc<super::Shard>;

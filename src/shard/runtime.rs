@@ -11,7 +11,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
-use super::mesh::{self, Mesh, MeshMsg};
+use super::mesh::{Mesh, MeshMsg};
 use super::Shard;
 use crate::broker::offsets::OffsetStore;
 use crate::broker::{Catalog, ServerDisk};
@@ -164,7 +164,9 @@ async fn shard_main(
         shutting_down: std::cell::Cell::new(false),
         config,
     });
-    for (peer, rx) in mesh::receivers(receivers) {
+    let mut receivers = receivers;
+    // One task per peer shard serves what that peer sends.
+    for (peer, rx) in receivers.streams() {
         rt::spawn(crate::server::serve_peer(shard.clone(), peer, rx));
     }
     for (name, topic) in &catalog.topics {

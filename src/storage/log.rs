@@ -19,7 +19,7 @@
 //! refuses to serve above the bound it is given.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -572,9 +572,6 @@ impl<D: Disk> PartitionLog<D> {
 
     pub fn health(&self) -> &LogHealth {
         &self.health
-    }
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
     pub fn log_start_offset(&self) -> u64 {
         self.log_start_offset

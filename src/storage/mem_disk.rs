@@ -108,10 +108,6 @@ impl MemDisk {
         data.unsynced.clear();
         Some(r)
     }
-
-    pub fn file_names(&self) -> Vec<PathBuf> {
-        self.fs.borrow().files.keys().cloned().collect()
-    }
 }
 
 fn apply(content: &mut Vec<u8>, pos: u64, bytes: &[u8]) {
