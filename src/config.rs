@@ -230,7 +230,7 @@ impl Config {
             segment_bytes: s.segment_bytes,
             index_interval_bytes: s.index_interval_bytes,
             cache_bytes: s.cache_bytes,
-            max_write_bytes: 4 << 20,
+            max_write_bytes: crate::limits::MAX_WRITE_BYTES,
             retention_bytes: (s.retention_bytes > 0).then_some(s.retention_bytes),
             retention_ms: (s.retention_ms > 0).then_some(s.retention_ms),
             truncate_corrupt: s.truncate_corrupt,

@@ -42,6 +42,9 @@ pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 512;
 /// Depth of each shard-to-shard channel of the mesh.
 pub const MESH_CHANNEL_DEPTH: usize = 1024;
 
+/// Largest group-commit write of a partition log; a single larger batch is written alone.
+pub const MAX_WRITE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Alignment of direct I/O on every supported file system (logical block size upper bound).
 pub const IO_ALIGNMENT: usize = 4096;
 

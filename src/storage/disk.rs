@@ -98,6 +98,4 @@ pub trait Disk: Clone + 'static {
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>>;
     /// Replaces a small file atomically and durably (temp file, fsync, rename, fsync dir).
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()>;
-    /// Renames a file durably (rename, then fsync of the directory).
-    async fn rename(&self, from: &Path, to: &Path) -> DiskResult<()>;
 }

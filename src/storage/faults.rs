@@ -161,7 +161,4 @@ impl<D: Disk> Disk for FaultInjecting<D> {
         FaultSwitches::check(&switches().write_errno, "write", path)?;
         self.0.write_file_atomic(path, bytes).await
     }
-    async fn rename(&self, from: &Path, to: &Path) -> DiskResult<()> {
-        self.0.rename(from, to).await
-    }
 }

@@ -110,76 +110,51 @@ impl Disk for GlommioDisk {
     }
 
     async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
-        let p = path.to_path_buf();
-        blocking(move || {
-            std::fs::create_dir_all(&p)?;
-            if let Some(parent) = p.parent() {
-                fsync_dir(parent)?;
-            }
-            Ok(())
+        on_path("mkdir", path, |p| {
+            std::fs::create_dir_all(p)?;
+            p.parent().map_or(Ok(()), fsync_dir)
         })
         .await
-        .map_err(|e| DiskError::new("mkdir", path, e))
     }
 
     async fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>> {
-        let p = path.to_path_buf();
-        blocking(move || match std::fs::read_dir(&p) {
-            Ok(entries) => entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(|e| DiskError::new("list", path, e))
+        let names =
+            |p: &Path| std::fs::read_dir(p)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect();
+        on_path("list", path, move |p| absent_as(names(p), Vec::new())).await
     }
 
     async fn remove_file(&self, path: &Path) -> DiskResult<()> {
-        let p = path.to_path_buf();
-        blocking(move || match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        })
-        .await
-        .map_err(|e| DiskError::new("remove", path, e))
+        on_path("remove", path, |p| absent_as(std::fs::remove_file(p), ())).await
     }
 
     async fn remove_dir_all(&self, path: &Path) -> DiskResult<()> {
-        let p = path.to_path_buf();
-        blocking(move || match std::fs::remove_dir_all(&p) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        })
-        .await
-        .map_err(|e| DiskError::new("remove dir", path, e))
+        on_path("remove dir", path, |p| absent_as(std::fs::remove_dir_all(p), ())).await
     }
 
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>> {
-        let p = path.to_path_buf();
-        blocking(move || match std::fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(|e| DiskError::new("read", path, e))
-    }
-
-    async fn rename(&self, from: &Path, to: &Path) -> DiskResult<()> {
-        let (f, t) = (from.to_path_buf(), to.to_path_buf());
-        blocking(move || {
-            std::fs::rename(&f, &t)?;
-            match t.parent() {
-                Some(dir) => fsync_dir(dir),
-                None => Ok(()),
-            }
-        })
-        .await
-        .map_err(|e| DiskError::new("rename", from, e))
+        on_path("read", path, |p| absent_as(std::fs::read(p).map(Some), None)).await
     }
 
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
-        let p = path.to_path_buf();
-        blocking(move || write_file_atomic_blocking(&p, &bytes)).await.map_err(|e| DiskError::new("write", path, e))
+        on_path("write", path, move |p| write_file_atomic_blocking(p, &bytes)).await
+    }
+}
+
+/// Runs a blocking call on `path` off the shard, with the operation and path in its error.
+async fn on_path<T: Send + 'static>(
+    op: &'static str,
+    path: &Path,
+    f: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
+) -> DiskResult<T> {
+    let p = path.to_path_buf();
+    blocking(move || f(&p)).await.map_err(|e| DiskError::new(op, path, e))
+}
+
+/// A missing file or directory reads as `absent` instead of an error.
+fn absent_as<T>(result: io::Result<T>, absent: T) -> io::Result<T> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(absent),
+        other => other,
     }
 }
 

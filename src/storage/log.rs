@@ -62,7 +62,7 @@ impl Default for LogConfig {
             segment_bytes: 64 << 20,
             index_interval_bytes: 4096,
             cache_bytes: 8 << 20,
-            max_write_bytes: 4 << 20,
+            max_write_bytes: crate::limits::MAX_WRITE_BYTES,
             retention_bytes: None,
             retention_ms: None,
             truncate_corrupt: false,

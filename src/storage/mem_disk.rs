@@ -122,7 +122,7 @@ fn errno(op: &'static str, path: &Path, e: i32) -> DiskError {
     DiskError::new(op, path, io::Error::from_raw_os_error(e))
 }
 
-/// A handle to a simulated file (it follows the file through renames).
+/// A handle to a simulated file (it shares the file's data, as an open descriptor would).
 pub struct MemFile {
     fs: Rc<RefCell<MemFs>>,
     data: Rc<RefCell<MemFileData>>,
@@ -245,13 +245,6 @@ impl Disk for MemDisk {
 
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>> {
         Ok(self.fs.borrow().files.get(path).map(|d| d.borrow().current.clone()))
-    }
-
-    async fn rename(&self, from: &Path, to: &Path) -> DiskResult<()> {
-        let mut fs = self.fs.borrow_mut();
-        let data = fs.files.remove(from).ok_or_else(|| errno("rename", from, libc::ENOENT))?;
-        fs.files.insert(to.to_path_buf(), data);
-        Ok(())
     }
 
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
