@@ -124,6 +124,8 @@ pub struct Producer {
     client: Rc<Client>,
     config: ProducerConfig,
     partition_counts: RefCell<HashMap<String, u32>>,
+    /// Topic names as shared strings, so a send does not allocate one.
+    topic_names: RefCell<HashMap<String, Rc<str>>>,
     accumulators: RefCell<HashMap<(Rc<str>, u32), Accumulator>>,
     queue: RefCell<VecDeque<Sealed>>,
     queued_bytes: Cell<usize>,
@@ -143,6 +145,7 @@ impl Producer {
             client,
             config,
             partition_counts: RefCell::new(HashMap::new()),
+            topic_names: RefCell::new(HashMap::new()),
             accumulators: RefCell::new(HashMap::new()),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -166,6 +169,15 @@ impl Producer {
         let n = self.client.partition_count(topic).await?;
         self.partition_counts.borrow_mut().insert(topic.to_string(), n);
         Ok(n)
+    }
+
+    fn topic_name(&self, topic: &str) -> Rc<str> {
+        if let Some(name) = self.topic_names.borrow().get(topic) {
+            return name.clone();
+        }
+        let name: Rc<str> = Rc::from(topic);
+        self.topic_names.borrow_mut().insert(topic.to_string(), name.clone());
+        name
     }
 
     fn choose_partition(&self, key: Option<&[u8]>, partitions: u32) -> u32 {
@@ -203,7 +215,7 @@ impl Producer {
         while self.queued_bytes.get() > self.config.max_buffered_bytes {
             self.queue_drained.wait().await;
         }
-        let topic: Rc<str> = Rc::from(topic);
+        let topic = self.topic_name(topic);
         let key_id = (topic.clone(), partition);
         let (delivery, full, new_generation) = {
             let mut accs = self.accumulators.borrow_mut();
