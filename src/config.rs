@@ -144,6 +144,118 @@ pub struct Config {
     pub frame_timeout_ms: u64,
     pub storage: StorageSettings,
     pub runtime: RuntimeSettings,
+    /// `[cluster]`: absent for a single node.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How the nodes of a cluster share the partitions (see docs/cluster-modes.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterMode {
+    /// One master node leads every partition; the others hold synchronous copies.
+    MasterSlave,
+    /// Leadership spread evenly over the nodes, each partition with 2-3 replicas.
+    Hybrid,
+}
+
+impl std::fmt::Display for ClusterMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClusterMode::MasterSlave => "master-slave",
+            ClusterMode::Hybrid => "hybrid",
+        })
+    }
+}
+
+/// One member of the cluster, as every node's config lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddress {
+    pub id: u32,
+    /// Where clients reach it (its `listen` address as others see it).
+    pub client: SocketAddr,
+    /// Where other nodes reach its control plane (metadata, elections).
+    pub peer: SocketAddr,
+}
+
+/// `[cluster]`: membership and failover settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id; must appear in `nodes`.
+    pub node_id: u32,
+    /// Nodes refuse links from another cluster.
+    pub cluster_id: String,
+    pub mode: ClusterMode,
+    /// Every member, this node included.
+    pub nodes: Vec<NodeAddress>,
+    /// master-slave: the node that leads when it is alive and in sync (default: lowest id).
+    #[serde(default)]
+    pub master: Option<u32>,
+    /// master-slave: give leadership back to the master once it has caught up.
+    #[serde(default = "default_true")]
+    pub prefer_master: bool,
+    /// A partition leader (or the metadata leader) silent this long is replaced.
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_election_timeout_ms() -> u64 {
+    crate::limits::DEFAULT_ELECTION_TIMEOUT_MS
+}
+
+impl ClusterSettings {
+    pub fn me(&self) -> &NodeAddress {
+        self.nodes.iter().find(|n| n.id == self.node_id).expect("validated: node_id is a member")
+    }
+
+    pub fn node(&self, id: u32) -> Option<&NodeAddress> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn node_ids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The master of master-slave mode.
+    pub fn master_node(&self) -> u32 {
+        self.master.unwrap_or_else(|| self.nodes.iter().map(|n| n.id).min().unwrap_or(self.node_id))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
+            return bad("cluster.cluster_id", "must be 1 to 64 bytes long".into());
+        }
+        let mut ids = self.node_ids();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.nodes.len() {
+            return bad("cluster.nodes", "node ids must be unique".into());
+        }
+        if ids.contains(&0) {
+            return bad("cluster.nodes", "node id 0 is reserved".into());
+        }
+        if !ids.contains(&self.node_id) {
+            return bad("cluster.node_id", format!("{} is not one of cluster.nodes {ids:?}", self.node_id));
+        }
+        if self.nodes.len() > crate::limits::MAX_CLUSTER_NODES {
+            return bad("cluster.nodes", format!("at most {} nodes", crate::limits::MAX_CLUSTER_NODES));
+        }
+        if let Some(m) = self.master {
+            if !ids.contains(&m) {
+                return bad("cluster.master", format!("{m} is not one of cluster.nodes {ids:?}"));
+            }
+        }
+        if self.election_timeout_ms < 100 {
+            return bad("cluster.election_timeout_ms", "must be at least 100".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -156,6 +268,7 @@ impl Default for Config {
             frame_timeout_ms: DEFAULT_FRAME_TIMEOUT_MS,
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
+            cluster: None,
         }
     }
 }
@@ -203,6 +316,15 @@ impl Config {
         }
         if self.frame_timeout_ms < 100 {
             return Err(ConfigError::Invalid { key: "frame_timeout_ms", message: "must be at least 100".into() });
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            if self.listen.port() == 0 {
+                return Err(ConfigError::Invalid {
+                    key: "listen",
+                    message: "a cluster member needs a fixed port (peers hand it to clients)".into(),
+                });
+            }
         }
         if self.shards > 256 {
             return Err(ConfigError::Invalid { key: "shards", message: "at most 256".into() });

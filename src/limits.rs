@@ -59,3 +59,13 @@ const _: () = assert!(MIN_MAX_FRAME_BYTES > 1024 * 1024 + MAX_ARCHIVE_BYTES);
 const _: () = assert!(MAX_FETCH_BYTES as usize <= MAX_BATCH_BYTES);
 const _: () = assert!(IO_ALIGNMENT.is_power_of_two());
 const _: () = assert!(FRAME_HEADER_BYTES % 16 == 0, "the archive after the header must stay 16-aligned");
+
+/// A cluster has at most this many nodes.
+pub const MAX_CLUSTER_NODES: usize = 64;
+
+/// Default time after which a silent partition leader (or metadata leader) is replaced:
+/// failover then completes in about a second on a LAN.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 600;
+
+/// Largest control-plane message (metadata log entries, snapshots, status).
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

@@ -21,6 +21,9 @@ use crate::rt::{self, Notify, WaitList};
 use crate::storage::log::ReadPlan;
 use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
 
+mod replication;
+pub use replication::{Outbound, Replication};
+
 /// The disk the broker runs on: glommio DMA files behind the fault-injection switches.
 pub type ServerDisk = crate::storage::faults::FaultInjecting<crate::storage::glommio_disk::GlommioDisk>;
 
@@ -30,7 +33,19 @@ const PRUNE_WAITERS_ABOVE: usize = 1024;
 struct AckWaiter {
     /// The producer's batch ends before this offset.
     end: u64,
+    level: AckLevel,
     tx: oneshot::Sender<Result<u64, StorageError>>,
+}
+
+/// What an acknowledgement waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckLevel {
+    /// This replica's own log (durable with `flush = always`).
+    Local,
+    /// The high watermark: a majority of the replicas (just this one without replication).
+    Quorum,
+    /// Every in-sync replica, and the high watermark.
+    All,
 }
 
 /// Result of a produce that was appended.
@@ -54,6 +69,13 @@ pub struct Partition<D: Disk = ServerDisk> {
     closing: Cell<bool>,
     writer_done: Notify,
     writer_running: Cell<bool>,
+    /// Replication state, when the partition belongs to a cluster.
+    replication: RefCell<Option<Replication>>,
+    /// The writer starts no new job (a follower truncating its log).
+    paused: Cell<bool>,
+    /// Serializes a follower's handling of its leader's appends (they may await a
+    /// truncation or an epoch write, and must apply in order).
+    follower_lock: glommio::sync::Semaphore,
 }
 
 impl<D: Disk> Partition<D> {
@@ -84,6 +106,9 @@ impl<D: Disk> Partition<D> {
             closing: Cell::new(false),
             writer_done: Notify::new(),
             writer_running: Cell::new(true),
+            replication: RefCell::new(None),
+            paused: Cell::new(false),
+            follower_lock: glommio::sync::Semaphore::new(1),
         });
         rt::spawn(p.clone().writer());
         Ok(p)
@@ -91,6 +116,15 @@ impl<D: Disk> Partition<D> {
 
     /// Offsets below it are committed: readable and acknowledged.
     pub fn high_watermark(&self) -> u64 {
+        match &*self.replication.borrow() {
+            Some(r) => r.replica.high_watermark(),
+            None => self.local_end(),
+        }
+    }
+
+    /// What this replica holds as its flush policy defines it: durable with `flush =
+    /// always`, written with `flush = interval`.
+    fn local_end(&self) -> u64 {
         let log = self.log.borrow();
         match self.flush {
             FlushPolicy::Always => log.durable_offset(),
@@ -109,34 +143,50 @@ impl<D: Disk> Partition<D> {
     /// Validates, stamps and appends the batches in `payload`. `into_bytes` turns the
     /// stamped buffer into shared bytes without copying. No `.await` inside: appends from
     /// tasks spawned in order keep that order.
-    pub fn append<B>(
-        &self,
-        mut payload: B,
-        leader_epoch: u32,
-        into_bytes: impl FnOnce(B) -> Bytes,
-    ) -> Result<Appended, StorageError>
+    /// With replication, only the leader appends (stamping its epoch) and the batches are
+    /// then streamed to the followers.
+    pub fn append<B>(&self, mut payload: B, into_bytes: impl FnOnce(B) -> Bytes) -> Result<Appended, StorageError>
     where
         B: AsMut<[u8]>,
     {
         if self.closing.get() {
             return Err(StorageError::Closing);
         }
+        let mut replication = self.replication.borrow_mut();
+        let epoch = match replication.as_ref() {
+            Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader())),
+            Some(r) => r.replica.epoch(),
+            None => 0,
+        };
         let mut log = self.log.borrow_mut();
-        let stamped = log.stamp(payload.as_mut(), leader_epoch)?;
+        let stamped = log.stamp(payload.as_mut(), epoch)?;
         let (first_offset, last_offset) = log.append_stamped(into_bytes(payload), &stamped);
         drop(log);
+        let mut actions = Vec::new();
+        if let Some(r) = replication.as_mut() {
+            for b in &stamped {
+                let base = r.replica.append((b.next_offset - b.base_offset) as u32, &mut actions);
+                debug_assert_eq!(base, Ok(b.base_offset), "the replica and the log agree on offsets");
+            }
+        }
+        drop(replication);
         self.wake_writer.notify();
+        self.run_sync_actions(actions);
         Ok(Appended { first_offset, last_offset })
     }
 
-    /// Waits until `last_offset` is committed; returns the high watermark then.
-    pub async fn wait_committed(&self, last_offset: u64, timeout: Duration) -> Result<u64, StorageError> {
-        let hw = self.high_watermark();
-        if last_offset < hw {
-            return Ok(hw);
+    /// Waits until `last_offset` is acknowledged at `level`; returns the high watermark then.
+    pub async fn wait_committed(
+        &self,
+        last_offset: u64,
+        level: AckLevel,
+        timeout: Duration,
+    ) -> Result<u64, StorageError> {
+        if self.ack_ready(last_offset + 1, level) {
+            return Ok(self.high_watermark());
         }
         let (tx, rx) = oneshot::channel();
-        self.acks.borrow_mut().push_back(AckWaiter { end: last_offset + 1, tx });
+        self.acks.borrow_mut().push_back(AckWaiter { end: last_offset + 1, level, tx });
         match rt::timeout(timeout, rx).await {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(StorageError::Closing),
@@ -150,6 +200,10 @@ impl<D: Disk> Partition<D> {
         let sync_each_write = self.flush == FlushPolicy::Always;
         let mut backoff = Duration::from_millis(100);
         loop {
+            if self.paused.get() {
+                self.wake_writer.notified().await;
+                continue;
+            }
             let job = self.log.borrow_mut().next_job(sync_each_write);
             // Nothing to write: use the idle time to zero the blocks ahead (cheaper flushes).
             let job = job.or_else(|| if self.closing.get() { None } else { self.log.borrow_mut().next_idle_job() });
@@ -205,20 +259,53 @@ impl<D: Disk> Partition<D> {
     }
 
     fn after_io(&self, result: Result<(), StorageError>) {
-        let hw = self.high_watermark();
-        let mut acks = self.acks.borrow_mut();
-        while acks.front().is_some_and(|w| w.end <= hw) {
-            let w = acks.pop_front().expect("checked");
-            let _ = w.tx.send(Ok(hw));
+        let local_end = self.local_end();
+        let mut actions = Vec::new();
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            r.replica.on_durable(local_end, &mut actions);
         }
+        // A follower acknowledges its leader when the append handler's wait completes.
+        actions
+            .retain(|a| !matches!(a, crate::replication::Action::Send(_, crate::replication::PeerMessage::Ack { .. })));
+        self.run_sync_actions(actions);
+        self.release_waiters();
         if let Err(e) = result {
             // Every batch above the durable end was dropped: tell its producers.
-            for w in acks.drain(..) {
+            for w in self.acks.borrow_mut().drain(..) {
                 let _ = w.tx.send(Err(e.clone()));
             }
         }
-        drop(acks);
         self.data_arrived.notify_all();
+    }
+
+    fn ack_ready(&self, end: u64, level: AckLevel) -> bool {
+        let replication = self.replication.borrow();
+        match (level, &*replication) {
+            (AckLevel::Local, _) | (_, None) => self.local_end() >= end,
+            (AckLevel::Quorum, Some(r)) => r.replica.high_watermark() >= end,
+            (AckLevel::All, Some(r)) => r.replica.high_watermark() >= end && r.replica.all_in_sync_hold(end),
+        }
+    }
+
+    /// Answers every waiter whose level is reached; with replication, fails those that wait
+    /// for the high watermark once this replica no longer leads (a new leader may or may not
+    /// keep their batches: the producer must retry, and deduplication makes that safe).
+    fn release_waiters(&self) {
+        let hw = self.high_watermark();
+        let lost_lead =
+            self.replication.borrow().as_ref().filter(|r| !r.replica.is_leader()).map(|r| r.replica.leader());
+        let waiters: Vec<AckWaiter> = self.acks.borrow_mut().drain(..).collect();
+        let mut keep = VecDeque::new();
+        for w in waiters {
+            if self.ack_ready(w.end, w.level) {
+                let _ = w.tx.send(Ok(hw));
+            } else if let (Some(leader), AckLevel::Quorum | AckLevel::All) = (lost_lead, w.level) {
+                let _ = w.tx.send(Err(StorageError::NotLeader(leader)));
+            } else {
+                keep.push_back(w);
+            }
+        }
+        self.acks.borrow_mut().append(&mut keep);
     }
 
     /// Reads whole batches from the one containing `offset`; waits up to `max_wait` when

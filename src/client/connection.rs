@@ -104,13 +104,23 @@ impl Connection {
         archive: BodyBuf,
         payload: Vec<Bytes>,
     ) -> impl std::future::Future<Output = Result<Frame, ClientError>> {
+        self.send_kind(kind as u16, archive, payload)
+    }
+
+    /// [`Self::send`] for any frame kind (node-to-node links use kinds of their own).
+    pub fn send_kind(
+        &self,
+        kind: u16,
+        archive: BodyBuf,
+        payload: Vec<Bytes>,
+    ) -> impl std::future::Future<Output = Result<Frame, ClientError>> {
         let id = self.next_correlation_id.get();
         self.next_correlation_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
         let broken = self.broken.borrow().clone();
         if broken.is_none() {
             self.pending.borrow_mut().insert(id, tx);
-            self.outbox.push(OutFrame::new(kind as u16, 0, id, archive, payload));
+            self.outbox.push(OutFrame::new(kind, 0, id, archive, payload));
         }
         let addr = self.addr.to_string();
         async move {
@@ -122,10 +132,10 @@ impl Connection {
             if frame.header.is_error() {
                 return Err(describe_error(&frame));
             }
-            if frame.header.kind != kind as u16 {
+            if frame.header.kind != kind {
                 return Err(ClientError::Protocol(format!(
-                    "response of kind {} to a request of kind {}",
-                    frame.header.kind, kind as u16
+                    "response of kind {} to a request of kind {kind}",
+                    frame.header.kind
                 )));
             }
             Ok(frame)

@@ -19,6 +19,7 @@ pub enum ApiKind {
     ListOffsets = 8,
     CommitOffset = 9,
     FetchOffset = 10,
+    ClusterStatus = 11,
 }
 
 impl ApiKind {
@@ -35,6 +36,7 @@ impl ApiKind {
             8 => ListOffsets,
             9 => CommitOffset,
             10 => FetchOffset,
+            11 => ClusterStatus,
             _ => return None,
         })
     }
@@ -276,4 +278,44 @@ pub struct FetchOffsetResponse {
     /// None when the group never committed for this partition.
     pub offset: Option<u64>,
     pub metadata: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ClusterStatusRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NodeStatusInfo {
+    pub node_id: u32,
+    pub client_addr: String,
+    pub alive: bool,
+    pub metadata_leader: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FollowerLag {
+    pub node_id: u32,
+    /// Records the leader holds that the follower has not durably matched.
+    pub records: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PartitionReplicationStatus {
+    pub topic: String,
+    pub partition: u32,
+    pub replicas: Vec<u32>,
+    pub epoch: u32,
+    pub leader: Option<u32>,
+    pub in_sync: Vec<u32>,
+    pub high_watermark: u64,
+    pub log_end: u64,
+    pub lag: Vec<FollowerLag>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClusterStatusResponse {
+    pub cluster_id: String,
+    pub mode: String,
+    pub metadata_leader: Option<u32>,
+    pub nodes: Vec<NodeStatusInfo>,
+    pub partitions: Vec<PartitionReplicationStatus>,
 }

@@ -32,6 +32,10 @@ impl Default for ControllerConfig {
 struct Election {
     epoch: Epoch,
     answers: BTreeMap<NodeId, (Option<Epoch>, u64)>,
+    started_ms: u64,
+    /// A hand-over to the preferred replica: wait for its answer (for up to an election
+    /// timeout) rather than settle for the first majority.
+    handover: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +48,10 @@ pub struct Controller {
     last_seen_ms: BTreeMap<NodeId, u64>,
     last_retry_ms: u64,
     now_ms: u64,
+    /// Leads when it is alive and holds everything (master-slave's master, hybrid's first
+    /// replica); None: no preference.
+    preferred: Option<NodeId>,
+    last_handover_ms: Option<u64>,
 }
 
 impl Controller {
@@ -58,7 +66,38 @@ impl Controller {
             last_seen_ms: BTreeMap::new(),
             last_retry_ms: 0,
             now_ms: 0,
+            preferred: None,
+            last_handover_ms: None,
         }
+    }
+
+    /// A controller taking over a partition whose epoch and leader are known (a new
+    /// metadata leader): the leader gets a full election timeout to show it is alive.
+    pub fn resume(
+        config: ControllerConfig,
+        replicas: Vec<NodeId>,
+        epoch: Epoch,
+        leader: Option<NodeId>,
+        now_ms: u64,
+    ) -> Controller {
+        let mut c = Controller::new(config, replicas, epoch);
+        c.now_ms = now_ms;
+        c.last_retry_ms = now_ms;
+        if let Some(l) = leader {
+            c.leader = Some(l);
+            c.last_seen_ms.insert(l, now_ms);
+        }
+        c
+    }
+
+    /// Hands leadership to `preferred` whenever it has caught up with the leader.
+    pub fn with_preferred(mut self, preferred: Option<NodeId>) -> Controller {
+        self.preferred = preferred;
+        self
+    }
+
+    pub fn replicas(&self) -> &[NodeId] {
+        &self.replicas
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -71,7 +110,8 @@ impl Controller {
     fn start_election(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
         self.epoch += 1;
         self.leader = None;
-        self.election = Some(Election { epoch: self.epoch, answers: BTreeMap::new() });
+        self.election =
+            Some(Election { epoch: self.epoch, answers: BTreeMap::new(), started_ms: self.now_ms, handover: false });
         self.last_retry_ms = self.now_ms;
         for &r in &self.replicas {
             out.push((r, ControlMessage::Fence { epoch: self.epoch }));
@@ -110,6 +150,7 @@ impl Controller {
             }
             _ => {}
         }
+        self.try_appoint(out);
         if self.now_ms.saturating_sub(self.last_retry_ms) >= self.config.retry_ms {
             self.last_retry_ms = self.now_ms;
             match &self.election {
@@ -123,11 +164,40 @@ impl Controller {
         }
     }
 
+    /// Once a majority answered the fence, appoints the most up-to-date of them (the
+    /// preferred replica among equals).
+    fn try_appoint(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
+        let Some(e) = &self.election else { return };
+        let waiting_for_preferred = e.handover
+            && self.preferred.is_some_and(|p| !e.answers.contains_key(&p))
+            && self.now_ms.saturating_sub(e.started_ms) < self.config.election_timeout_ms;
+        if e.answers.len() <= self.replicas.len() / 2 || waiting_for_preferred {
+            return;
+        }
+        let preferred = self.preferred;
+        let best = e
+            .answers
+            .iter()
+            .max_by_key(|(&id, &(last, end))| (last, end, Some(id) == preferred, std::cmp::Reverse(id)))
+            .map(|(&id, _)| id);
+        if let Some(leader) = best {
+            self.appoint(leader, out);
+        }
+    }
+
     /// A message from a replica.
     pub fn on_message(&mut self, msg: ControlMessage, out: &mut Vec<(NodeId, ControlMessage)>) {
         match msg {
-            ControlMessage::Heartbeat { from, leading } => {
+            ControlMessage::Heartbeat { from, leading, log_end, followers, .. } => {
                 self.last_seen_ms.insert(from, self.now_ms);
+                if self.leader == Some(from) && leading == Some(self.epoch) && self.handover_due(&followers, log_end) {
+                    self.last_handover_ms = Some(self.now_ms);
+                    self.start_election(out);
+                    if let Some(e) = &mut self.election {
+                        e.handover = true;
+                    }
+                    return;
+                }
                 // The appointed leader no longer leads this epoch (it restarted): elect anew.
                 if self.leader == Some(from)
                     && leading != Some(self.epoch)
@@ -143,18 +213,20 @@ impl Controller {
                     return;
                 }
                 e.answers.insert(from, (last_epoch, durable_end));
-                if e.answers.len() > self.replicas.len() / 2 {
-                    let best = e
-                        .answers
-                        .iter()
-                        .max_by_key(|(&id, &(last, end))| (last, end, std::cmp::Reverse(id)))
-                        .map(|(&id, _)| id);
-                    if let Some(leader) = best {
-                        self.appoint(leader, out);
-                    }
-                }
+                self.try_appoint(out);
             }
             _ => {}
         }
+    }
+
+    /// The preferred replica is not the leader, is alive and durably holds the leader's
+    /// whole log: fence and re-elect so that it takes over (at most once per 10 election
+    /// timeouts, so a flapping replica cannot keep the partition electing).
+    fn handover_due(&self, followers: &[(NodeId, u64)], log_end: u64) -> bool {
+        let Some(p) = self.preferred else { return false };
+        let caught_up = followers.iter().any(|&(f, matched)| f == p && matched >= log_end);
+        let quiet =
+            self.last_handover_ms.is_none_or(|t| self.now_ms.saturating_sub(t) >= 10 * self.config.election_timeout_ms);
+        self.leader != Some(p) && caught_up && quiet && self.election.is_none()
     }
 }

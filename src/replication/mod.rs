@@ -54,7 +54,7 @@ impl BatchMeta {
 }
 
 /// The start offset of every epoch in a log, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EpochHistory {
     starts: Vec<(Epoch, u64)>,
 }
@@ -126,7 +126,7 @@ pub enum PeerMessage {
 }
 
 /// Messages between the controller and replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ControlMessage {
     /// Controller -> replica: refuse everything below `epoch`, then report your durable log.
     Fence { epoch: Epoch },
@@ -137,8 +137,17 @@ pub enum ControlMessage {
     BecomeLeader { epoch: Epoch, replicas: Vec<NodeId> },
     /// Controller -> replica: follow `leader` in `epoch`.
     BecomeFollower { epoch: Epoch, leader: NodeId, replicas: Vec<NodeId> },
-    /// Replica -> controller: alive; leading `leading` (an epoch) if any.
-    Heartbeat { from: NodeId, leading: Option<Epoch> },
+    /// Replica -> controller: alive; leading `leading` (an epoch) if any. A leader adds its
+    /// high watermark, log end, in-sync set and what each follower durably matched (for
+    /// status, and to hand leadership back to a preferred replica that caught up).
+    Heartbeat {
+        from: NodeId,
+        leading: Option<Epoch>,
+        high_watermark: u64,
+        log_end: u64,
+        in_sync: Vec<NodeId>,
+        followers: Vec<(NodeId, u64)>,
+    },
 }
 
 /// What a replica asks its driver to do, in order.

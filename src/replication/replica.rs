@@ -130,6 +130,15 @@ impl Replica {
     pub fn history(&self) -> &EpochHistory {
         &self.history
     }
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
+
+    /// Leader: the append message for `[from, to)` of its log (a link sends the batches
+    /// of exactly that range with it).
+    pub fn append_message(&self, from: u64, to: u64) -> PeerMessage {
+        append_message(self.id, self.epoch, &self.history, from, to, self.high_watermark)
+    }
 
     /// The in-sync replicas (the leader and followers caught up within `isr_lag_ms`).
     pub fn in_sync(&self) -> Vec<NodeId> {
@@ -142,6 +151,22 @@ impl Replica {
             }
         }
         out
+    }
+
+    /// The heartbeat this replica sends the controller.
+    pub fn heartbeat(&self) -> ControlMessage {
+        let followers = match &self.role {
+            Role::Leader { followers } => followers.iter().map(|(&f, p)| (f, p.matched)).collect(),
+            Role::Follower { .. } => Vec::new(),
+        };
+        ControlMessage::Heartbeat {
+            from: self.id,
+            leading: self.is_leader().then_some(self.epoch),
+            high_watermark: self.high_watermark,
+            log_end: self.log_end,
+            in_sync: if self.is_leader() { self.in_sync() } else { Vec::new() },
+            followers,
+        }
     }
 
     /// Whether every in-sync replica durably holds everything below `offset` (acks = all).
@@ -191,7 +216,8 @@ impl Replica {
         }
     }
 
-    fn durable_match(&self) -> u64 {
+    /// Follower: what it durably holds that matches the leader's log.
+    pub fn durable_match(&self) -> u64 {
         self.durable_end.min(self.verified_end)
     }
 
@@ -200,8 +226,7 @@ impl Replica {
         let heartbeat_due = now_ms / self.config.heartbeat_ms != self.now_ms / self.config.heartbeat_ms;
         self.now_ms = self.now_ms.max(now_ms);
         if heartbeat_due {
-            let leading = self.is_leader().then_some(self.epoch);
-            out.push(Action::Control(ControlMessage::Heartbeat { from: self.id, leading }));
+            out.push(Action::Control(self.heartbeat()));
         }
         let (resend_ms, heartbeat_ms) = (self.config.resend_ms, self.config.heartbeat_ms);
         if let Role::Leader { followers } = &mut self.role {

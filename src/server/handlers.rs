@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::broker::catalog::{validate_group_name, validate_partition_count, validate_topic_name};
+use crate::broker::partition::AckLevel;
 use crate::broker::{Catalog, Partition, TopicConfig};
 use crate::limits::{MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS, MAX_OFFSET_METADATA_BYTES};
 use crate::protocol::frame::{FLAG_ERROR, FLAG_RESPONSE};
@@ -28,11 +29,13 @@ const DEFAULT_PRODUCE_TIMEOUT_MS: u32 = 30_000;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The client address of the node to retry at (not-leader errors in a cluster).
+    pub leader_hint: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), leader_hint: None }
     }
 }
 
@@ -53,15 +56,16 @@ impl From<StorageError> for ApiError {
             StorageError::EmptyAppend => ErrorCode::InvalidRequest,
             StorageError::CommitTimeout(_) => ErrorCode::Timeout,
             StorageError::Closing => ErrorCode::ShuttingDown,
+            StorageError::NotLeader(_) => ErrorCode::NotLeader,
         };
         ApiError::new(code, e.to_string())
     }
 }
 
 type Reply = (BodyBuf, Vec<Bytes>);
-type HandlerResult = Result<Reply, ApiError>;
+pub(super) type HandlerResult = Result<Reply, ApiError>;
 
-fn reply<T>(value: &T) -> HandlerResult
+pub(super) fn reply<T>(value: &T) -> HandlerResult
 where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<BodyBuf, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
@@ -72,7 +76,17 @@ where
 
 /// An error response frame.
 pub fn error_frame(kind: u16, correlation_id: u64, code: ErrorCode, message: &str) -> OutFrame {
-    let body = ErrorResponse { code: code as u16, message: message.to_string(), leader_hint: None };
+    error_frame_with_hint(kind, correlation_id, code, message, None)
+}
+
+fn error_frame_with_hint(
+    kind: u16,
+    correlation_id: u64,
+    code: ErrorCode,
+    message: &str,
+    hint: Option<String>,
+) -> OutFrame {
+    let body = ErrorResponse { code: code as u16, message: message.to_string(), leader_hint: hint };
     OutFrame::new(kind, FLAG_RESPONSE | FLAG_ERROR, correlation_id, encode(&body), Vec::new())
 }
 
@@ -82,14 +96,22 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
     if frame.header.is_response() {
         return error_frame(kind, corr, ErrorCode::InvalidRequest, "a broker does not accept responses");
     }
+    if kind == crate::protocol::peer::PeerKind::Append as u16 && shard.cluster.is_some() {
+        return super::cluster_handlers::follower_append(shard, frame).await;
+    }
     let Some(api) = ApiKind::from_u16(kind) else {
         return error_frame(kind, corr, ErrorCode::UnknownKind, &format!("unknown request kind {kind}"));
     };
+    let clustered = shard.cluster.is_some();
     let result = match api {
+        ApiKind::Metadata if clustered => super::cluster_handlers::metadata(shard, &frame),
         ApiKind::Metadata => metadata(shard, &frame),
+        ApiKind::CreateTopic if clustered => super::cluster_handlers::create_topic(shard, &frame).await,
         ApiKind::CreateTopic => create_topic(shard, &frame).await,
+        ApiKind::DeleteTopic if clustered => super::cluster_handlers::delete_topic(shard, &frame).await,
         ApiKind::DeleteTopic => delete_topic(shard, &frame).await,
         ApiKind::DescribeTopic => describe_topic(shard, &frame).await,
+        ApiKind::ClusterStatus => super::cluster_handlers::cluster_status(shard).await,
         ApiKind::ListTopics => list_topics(shard),
         ApiKind::Produce => produce(shard, frame).await,
         ApiKind::Fetch => fetch(shard, &frame).await,
@@ -99,7 +121,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
     };
     match result {
         Ok((archive, payload)) => OutFrame::new(kind, FLAG_RESPONSE, corr, archive, payload),
-        Err(e) => error_frame(kind, corr, e.code, &e.message),
+        Err(e) => error_frame_with_hint(kind, corr, e.code, &e.message, e.leader_hint),
     }
 }
 
@@ -115,9 +137,12 @@ fn partition_for(shard: &Shard, topic: &str, partition: u32) -> Result<Rc<Partit
             format!("topic {topic} has {} partitions; partition {partition} does not exist", config.partitions),
         ));
     }
-    shard
-        .partition(topic, partition)
-        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, format!("partition {topic}/{partition} is not open yet")))
+    drop(catalog);
+    match shard.partition(topic, partition) {
+        Some(p) => Ok(p),
+        None if shard.cluster.is_some() => Err(super::cluster_handlers::not_here(shard, topic, partition)),
+        None => Err(ApiError::new(ErrorCode::Unavailable, format!("partition {topic}/{partition} is not open yet"))),
+    }
 }
 
 fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
@@ -263,12 +288,19 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown acks level {acks}")))?;
     let timeout_ms = if timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { timeout_ms.min(MAX_PRODUCE_TIMEOUT_MS) };
     let part = partition_for(shard, &topic, partition)?;
-    let appended = part.append(ProducePayload(frame), 0, |p| p.0.into_payload())?;
-    let high_watermark = match acks {
-        Acks::None => part.high_watermark(),
-        Acks::Leader | Acks::Quorum | Acks::All => {
-            part.wait_committed(appended.last_offset, Duration::from_millis(timeout_ms.into())).await?
-        }
+    let appended = part.append(ProducePayload(frame), |p| p.0.into_payload()).map_err(|e| with_hint(shard, e))?;
+    let level = match acks {
+        Acks::None => None,
+        Acks::Leader => Some(AckLevel::Local),
+        Acks::Quorum => Some(AckLevel::Quorum),
+        Acks::All => Some(AckLevel::All),
+    };
+    let high_watermark = match level {
+        None => part.high_watermark(),
+        Some(level) => part
+            .wait_committed(appended.last_offset, level, Duration::from_millis(timeout_ms.into()))
+            .await
+            .map_err(|e| with_hint(shard, e))?,
     };
     reply(&ProduceResponse { base_offset: appended.first_offset, last_offset: appended.last_offset, high_watermark })
 }
@@ -331,6 +363,16 @@ async fn fetch_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     reply(&FetchOffsetResponse { offset, metadata })
 }
 
+/// A storage error as a client sees it; a not-leader error names the leader to retry at.
+fn with_hint(shard: &Shard, e: StorageError) -> ApiError {
+    let leader = if let StorageError::NotLeader(l) = &e { *l } else { None };
+    let mut api = ApiError::from(e);
+    if let (Some(l), Some(c)) = (leader, shard.cluster.as_ref()) {
+        api.leader_hint = c.client_addr(l);
+    }
+    api
+}
+
 /// Handles a request from another shard.
 pub async fn handle_mesh_request(shard: &Rc<Shard>, request: MeshRequest) -> MeshReply {
     match request {
@@ -348,7 +390,9 @@ pub async fn handle_mesh_request(shard: &Rc<Shard>, request: MeshRequest) -> Mes
         MeshRequest::Status { topic } => {
             let parts: Vec<_> =
                 shard.partitions.borrow().iter().filter(|((t, _), _)| *t == topic).map(|(_, p)| p.clone()).collect();
-            MeshReply::Status(parts.iter().map(|p| p.status(0)).collect())
+            MeshReply::Status(
+                parts.iter().map(|p| p.status(p.leadership().and_then(|(_, l, _)| l).unwrap_or(0))).collect(),
+            )
         }
     }
 }

@@ -8,6 +8,7 @@
 //! spawned in arrival order and append before their first `.await`; forwarded ones are
 //! sent over the mesh in arrival order by the reader itself.
 
+mod cluster_handlers;
 pub mod handlers;
 
 use std::rc::Rc;
@@ -70,6 +71,8 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     });
     let in_flight = Rc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION as u64));
     let limits = shard.config.frame_limits();
+    // Set by a valid hello: the node at the other end (node-to-node links only).
+    let mut peer_node = None;
     loop {
         let frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
@@ -115,11 +118,88 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             ));
             break;
         }
+        if frame.header.kind >= PEER_KINDS_START {
+            match check_peer_frame(&shard, &frame, &mut peer_node) {
+                PeerCheck::Dispatch => {}
+                PeerCheck::Answered(out) => {
+                    outbox.push(out);
+                    continue;
+                }
+                PeerCheck::Refused(out) => {
+                    log::warn!("node-to-node link from {peer} refused: {}", describe(&out));
+                    outbox.push(out);
+                    break;
+                }
+            }
+        }
         let Ok(permit) = in_flight.clone().acquire_static_permit(1).await else { break };
         dispatch(&shard, frame, &outbox, permit).await;
     }
     outbox.close();
     let _ = writer_task.await;
+}
+
+/// Frame kinds at and above this are node-to-node traffic.
+const PEER_KINDS_START: u16 = 100;
+
+enum PeerCheck {
+    /// A valid replication frame from the node that said hello: route it like a request.
+    Dispatch,
+    /// Answered here (the hello).
+    Answered(crate::protocol::OutFrame),
+    /// Refused; the connection closes.
+    Refused(crate::protocol::OutFrame),
+}
+
+/// Node-to-node frames: a hello naming this cluster and a member must come first, and
+/// appends must come from the node that said hello.
+fn check_peer_frame(shard: &Shard, frame: &Frame, peer_node: &mut Option<u32>) -> PeerCheck {
+    use crate::protocol::peer::{check_hello, AppendRequest, PeerHello, PeerKind};
+    let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
+    let refuse = |code, msg: &str| PeerCheck::Refused(error_frame(kind, corr, code, msg));
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return refuse(ErrorCode::InvalidRequest, "this broker is not a cluster member");
+    };
+    match PeerKind::from_u16(kind) {
+        Some(PeerKind::Hello) => {
+            let hello = match crate::protocol::decode::<PeerHello>(frame.archive()) {
+                Ok(h) => h,
+                Err(e) => return refuse(ErrorCode::InvalidRequest, &format!("bad hello: {e}")),
+            };
+            let settings = &cluster.control.settings;
+            match check_hello(&hello, &settings.cluster_id, &settings.node_ids()) {
+                Ok(node) => {
+                    *peer_node = Some(node);
+                    let reply = PeerHello { cluster_id: settings.cluster_id.clone(), node_id: cluster.node_id };
+                    PeerCheck::Answered(crate::protocol::OutFrame::new(
+                        kind,
+                        crate::protocol::frame::FLAG_RESPONSE,
+                        corr,
+                        crate::protocol::encode(&reply),
+                        Vec::new(),
+                    ))
+                }
+                Err(e) => refuse(ErrorCode::InvalidRequest, &e.to_string()),
+            }
+        }
+        Some(PeerKind::Append) => {
+            let Some(node) = *peer_node else { return refuse(ErrorCode::InvalidRequest, "append before hello") };
+            match access::<AppendRequest>(frame.archive()) {
+                Ok(r) if r.leader.to_native() == node => PeerCheck::Dispatch,
+                Ok(r) => refuse(
+                    ErrorCode::InvalidRequest,
+                    &format!("node {node} sent an append as node {}", r.leader.to_native()),
+                ),
+                Err(e) => refuse(ErrorCode::InvalidRequest, &format!("bad append: {e}")),
+            }
+        }
+        _ => refuse(ErrorCode::UnknownKind, &format!("unknown node-to-node kind {kind}")),
+    }
+}
+
+fn describe(out: &crate::protocol::OutFrame) -> String {
+    crate::protocol::decode::<crate::protocol::messages::ErrorResponse>(&out.archive)
+        .map_or_else(|_| "?".into(), |e| e.message)
 }
 
 /// Routes a request to its owner shard: handled here, or forwarded over the mesh.
@@ -164,6 +244,11 @@ fn owner_of(shard: &Shard, frame: &Frame) -> usize {
         Some(ApiKind::CommitOffset) => access::<CommitOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::FetchOffset) => access::<FetchOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::CreateTopic | ApiKind::DeleteTopic) => Some(0),
+        None if frame.header.kind == crate::protocol::peer::PeerKind::Append as u16 => {
+            access::<crate::protocol::peer::AppendRequest>(a)
+                .ok()
+                .map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
+        }
         _ => None,
     };
     owner.unwrap_or(shard.id)

@@ -6,6 +6,7 @@
 //! arrives on another shard travels to the owner as the raw frame and its answer travels
 //! back as an encoded frame: nothing is decoded twice or re-encoded.
 
+pub mod cluster;
 pub mod mesh;
 pub mod runtime;
 
@@ -46,6 +47,8 @@ pub struct Shard {
     /// Serializes catalog changes (used on shard 0).
     pub catalog_lock: glommio::sync::Semaphore,
     pub shutting_down: Cell<bool>,
+    /// Cluster membership of this node (None: a single node).
+    pub cluster: Option<cluster::ShardCluster>,
 }
 
 impl Shard {

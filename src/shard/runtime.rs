@@ -31,6 +31,8 @@ pub enum BrokerError {
     Bind { addr: SocketAddr, message: String },
     #[error("shard {shard}: {message}")]
     Shard { shard: usize, message: String },
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// What the shards share while starting and stopping (never on the data path).
@@ -47,9 +49,19 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
     config.validate()?;
     crate::storage::faults::watch_from_env();
     let _lock = lock_data_dir(&config)?;
-    let catalog = Catalog::load(&config.data_dir).map_err(BrokerError::Catalog)?;
-    remove_deleted_topic_dirs(&config, &catalog);
     let shards = config.shard_count();
+    // A cluster node learns its topics from the replicated metadata, not a local catalog.
+    let (catalog, cluster_parts, control) = if config.cluster.is_some() {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
+        let plane = crate::cluster::control::start(&config, senders).map_err(BrokerError::Cluster)?;
+        let parts: Vec<_> = receivers.into_iter().map(|rx| Some((plane.handle.clone(), rx))).collect();
+        (Catalog::default(), parts, Some(plane))
+    } else {
+        let catalog = Catalog::load(&config.data_dir).map_err(BrokerError::Catalog)?;
+        remove_deleted_topic_dirs(&config, &catalog);
+        (catalog, (0..shards).map(|_| None).collect(), None)
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -65,7 +77,7 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
     let mesh_builder = MeshBuilder::<MeshMsg, _>::full(shards, MESH_CHANNEL_DEPTH);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut handles = Vec::new();
-    for i in 0..shards {
+    for (i, cluster_part) in cluster_parts.into_iter().enumerate() {
         let placement = if config.runtime.pin_cores { Placement::Fixed(i % cores) } else { Placement::Unbound };
         let (config, catalog, mesh_builder, startup) =
             (config.clone(), catalog.clone(), mesh_builder.clone(), startup.clone());
@@ -75,7 +87,7 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
             .spin_before_park(Duration::from_micros(config.runtime.spin_before_park_us));
         let handle = builder
             .spawn(move || async move {
-                let result = shard_main(config, catalog, mesh_builder, startup.clone()).await;
+                let result = shard_main(config, catalog, mesh_builder, startup.clone(), cluster_part).await;
                 if result.is_err() {
                     startup.failed.store(true, Ordering::SeqCst);
                     startup.stop.store(true, Ordering::SeqCst);
@@ -91,6 +103,11 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
         if let Err(e) = result {
             first_error.get_or_insert(e);
         }
+    }
+    if let Some(plane) = control {
+        // The shards dropped their handles; this one goes last, then the thread ends.
+        drop(plane.handle);
+        let _ = plane.thread.join();
     }
     match first_error {
         Some(e) => Err(e),
@@ -135,11 +152,16 @@ fn remove_deleted_topic_dirs(config: &Config, catalog: &Catalog) {
     }
 }
 
+/// A shard's share of the control plane: its handle and its replicas' inbox.
+type ClusterPart =
+    (crate::cluster::ControlHandle, tokio::sync::mpsc::UnboundedReceiver<crate::cluster::rpc::ControlEnvelope>);
+
 async fn shard_main(
     config: Config,
     catalog: Catalog,
     mesh_builder: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     startup: Arc<Startup>,
+    cluster_part: Option<ClusterPart>,
 ) -> Result<(), BrokerError> {
     let (senders, receivers) = mesh_builder
         .join()
@@ -162,8 +184,12 @@ async fn shard_main(
         mesh,
         catalog_lock: glommio::sync::Semaphore::new(1),
         shutting_down: std::cell::Cell::new(false),
+        cluster: cluster_part.as_ref().map(|(handle, _)| super::cluster::ShardCluster::new(handle.clone())),
         config,
     });
+    if let Some((_, inbox)) = cluster_part {
+        super::cluster::start(&shard, inbox);
+    }
     let mut receivers = receivers;
     // One task per peer shard serves what that peer sends.
     for (peer, rx) in receivers.streams() {

@@ -105,6 +105,9 @@ pub enum StorageError {
     CommitTimeout(u64),
     #[error("the partition is closing")]
     Closing,
+    /// Replication: this replica does not lead the partition (it may know who does).
+    #[error("this node does not lead the partition{}", .0.map(|l| format!(" (node {l} does)")).unwrap_or_default())]
+    NotLeader(Option<u32>),
 }
 
 impl From<DiskError> for StorageError {
@@ -888,6 +891,52 @@ impl<D: Disk> PartitionLog<D> {
         }
     }
 
+    /// Drops batches at and after `offset` that were not written yet (replication: a
+    /// follower cutting a divergent tail). `offset` must be a batch boundary at or above the
+    /// written end, and no write may be in flight.
+    pub fn drop_unwritten_from(&mut self, offset: u64) -> Result<(), StorageError> {
+        if self.write_in_flight || offset < self.written_offset {
+            return Err(StorageError::Io(format!("cannot drop from {offset}: it is being or was written")));
+        }
+        while self.cache.back().is_some_and(|b| b.base_offset >= offset) {
+            let b = self.cache.pop_back().expect("checked");
+            self.cache_bytes -= b.bytes.len();
+        }
+        self.next_offset = self.cache.back().map_or(self.written_offset, |b| b.next_offset);
+        if self.next_offset != offset {
+            return Err(StorageError::Io(format!("offset {offset} is not a batch boundary")));
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Plans the removal of every batch at and after `offset` (a batch boundary below the
+    /// written end) from the files: later segments are deleted, the one holding `offset` is
+    /// zeroed from there. Run the plan, then drop this log and open it again (recovery finds
+    /// the new end). No I/O may be in flight.
+    pub fn plan_truncation(&self, offset: u64) -> Result<Truncation<D>, StorageError> {
+        if self.io_in_flight() {
+            return Err(StorageError::Io("truncation while I/O is in flight".into()));
+        }
+        let first = *self.segments.keys().next().expect("a log always has a segment");
+        let remove = self
+            .segments
+            .range(offset..)
+            .filter(|(&base, _)| base != first)
+            .flat_map(|(_, seg)| [seg.index_path.clone(), seg.log_path.clone()])
+            .collect();
+        let (_, seg) = self.segments.range(..offset.max(first + 1)).next_back().expect("the first segment");
+        Ok(Truncation {
+            disk: self.disk.clone(),
+            remove,
+            file: seg.file.clone(),
+            index_path: seg.index_path.clone(),
+            scan_from: if offset <= seg.base_offset { 0 } else { seg.index.position_for(offset) },
+            size: seg.size,
+            offset,
+        })
+    }
+
     /// Plans a read of whole batches from the one containing `offset`, none at or above `upto`.
     pub fn plan_read(&self, offset: u64, max_bytes: usize, upto: u64) -> Result<ReadPlan<D::File>, StorageError> {
         if let LogHealth::Corrupt(why) = &self.health {
@@ -996,4 +1045,41 @@ async fn zero_range<F: DiskFile>(file: &F, tail_start: u64, tail: &[u8], end: u6
         pos += len;
     }
     file.sync_data().await
+}
+
+/// File work that truncates a log (see [`PartitionLog::plan_truncation`]).
+pub struct Truncation<D: Disk> {
+    disk: D,
+    remove: Vec<PathBuf>,
+    file: Rc<D::File>,
+    index_path: PathBuf,
+    scan_from: u64,
+    size: u64,
+    offset: u64,
+}
+
+impl<D: Disk> Truncation<D> {
+    pub async fn run(self) -> Result<(), StorageError> {
+        for path in &self.remove {
+            self.disk.remove_file(path).await?;
+        }
+        let mut pos = self.scan_from;
+        while pos < self.size {
+            let bytes = self.file.read_at(pos, BATCH_HEADER_BYTES).await?;
+            let header = crate::protocol::batch::peek_header(&bytes)?;
+            if header.base_offset >= self.offset {
+                if header.base_offset > self.offset {
+                    return Err(StorageError::Io(format!("offset {} is not a batch boundary", self.offset)));
+                }
+                break;
+            }
+            pos += u64::from(header.batch_len);
+        }
+        let tail_start = align_down(pos);
+        let tail = self.file.read_at(tail_start, (pos - tail_start) as usize).await?;
+        zero_range(self.file.as_ref(), tail_start, &tail, align_up(self.size.max(pos + 1))).await?;
+        // Its index (if sealed) described the longer segment; the reopened log rebuilds it.
+        self.disk.remove_file(&self.index_path).await?;
+        Ok(())
+    }
 }

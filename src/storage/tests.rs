@@ -342,3 +342,39 @@ fn random_operations_against_a_model() {
         }
     }
 }
+
+#[test]
+fn truncation_cuts_files_at_a_batch_boundary_across_segments() {
+    let disk = MemDisk::new();
+    let mut log = open(&disk, small_config());
+    let mut ends = Vec::new();
+    for i in 0..200u64 {
+        append(&mut log, &[value(i, 700), value(i + 1000, 300)]).unwrap();
+        ends.push(log.next_offset());
+        drive(&mut log, &disk, true).unwrap();
+    }
+    assert!(log.segment_count() > 2, "the test needs several segments");
+    // Cut in the middle of the second segment's range and check the rest is gone for good.
+    let cut = ends[120];
+    block_on(async { log.plan_truncation(cut).unwrap().run().await }).unwrap();
+    drop(log);
+    let mut log = open(&disk, small_config());
+    assert_eq!(log.next_offset(), cut);
+    let kept = read_all(&log, cut).unwrap();
+    assert_eq!(kept.len() as u64, cut);
+    assert_eq!(kept[2].1, value(1, 700));
+    // New appends continue from the cut, and survive a crash.
+    append(&mut log, &[b"after".to_vec()]).unwrap();
+    drive(&mut log, &disk, true).unwrap();
+    let crashed = disk.crash(CrashMode::LoseUnsynced);
+    let log = open(&crashed, small_config());
+    assert_eq!(log.next_offset(), cut + 1);
+    assert_eq!(read_all(&log, cut + 1).unwrap().last().unwrap().1, b"after".to_vec());
+    // A cut that is not a batch boundary is refused.
+    let disk2 = MemDisk::new();
+    let mut log2 = open(&disk2, small_config());
+    append(&mut log2, &[value(1, 10), value(2, 10)]).unwrap();
+    append(&mut log2, &[value(3, 10)]).unwrap();
+    drive(&mut log2, &disk2, true).unwrap();
+    assert!(block_on(async { log2.plan_truncation(1).unwrap().run().await }).is_err());
+}

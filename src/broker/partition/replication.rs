@@ -1,0 +1,384 @@
+//! A partition's replication: the sans-IO [`Replica`] driven by the partition's log.
+//!
+//! The replica decides; this module carries its actions out: appends go to the log, a
+//! truncation cuts the log files, the epoch and the epoch history are written to
+//! `replica.json` before anything that depends on them, messages leave through an
+//! [`Outbound`] (the shard's links to other nodes and to the control plane).
+//!
+//! Invariant: the replica's log end always equals the log's next offset.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{AckLevel, Partition};
+use crate::protocol::batch::{stamp_batch, BatchBuilder, BatchIter};
+use crate::replication::replica::{Replica, ReplicaConfig};
+use crate::replication::{Action, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
+use crate::rt;
+use crate::storage::{Disk, PartitionLog, StorageError};
+
+const REPLICA_STATE_FILE: &str = "replica.json";
+
+/// Where a partition's replication messages go.
+pub trait Outbound {
+    /// To the replica on node `to`. A non-empty `Append` names a range of this partition's
+    /// log; the link reads those batches from the log when it sends them.
+    fn send(&self, topic: &Rc<str>, partition: u32, to: NodeId, msg: PeerMessage);
+    /// To the partition's controller.
+    fn control(&self, topic: &Rc<str>, partition: u32, msg: ControlMessage);
+}
+
+pub struct Replication {
+    pub replica: Replica,
+    outbound: Rc<dyn Outbound>,
+    /// The epoch and history last written to `replica.json`.
+    persisted: (Epoch, EpochHistory),
+}
+
+/// `replica.json`: what a replica must remember across restarts besides its log.
+#[derive(Serialize, Deserialize, Default)]
+struct ReplicaState {
+    epoch: Epoch,
+    history: Vec<(Epoch, u64)>,
+}
+
+impl<D: Disk> Partition<D> {
+    /// Turns replication on: recovers the replica from `replica.json` and the log.
+    pub async fn enable_replication(
+        &self,
+        node: NodeId,
+        config: ReplicaConfig,
+        outbound: Rc<dyn Outbound>,
+    ) -> Result<(), StorageError> {
+        let path = self.dir.join(REPLICA_STATE_FILE);
+        let state: ReplicaState = match self.disk.read_file(&path).await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?
+            }
+            None => ReplicaState::default(),
+        };
+        let log_end = self.log.borrow().next_offset();
+        let mut history = EpochHistory::default();
+        for &(e, start) in &state.history {
+            // An entry written ahead of a batch that never became durable is dropped.
+            if start < log_end {
+                history.observe(e, start);
+            }
+        }
+        if history.entries().is_empty() && log_end > self.log.borrow().log_start_offset() {
+            history = self.scan_epoch_history().await?;
+        }
+        let replica = Replica::recover(node, config, state.epoch, history.clone(), log_end);
+        *self.replication.borrow_mut() = Some(Replication { replica, outbound, persisted: (state.epoch, history) });
+        Ok(())
+    }
+
+    /// Rebuilds the epoch history by reading every batch header (a log without its
+    /// `replica.json`, e.g. written before replication was enabled).
+    async fn scan_epoch_history(&self) -> Result<EpochHistory, StorageError> {
+        let mut history = EpochHistory::default();
+        let mut offset = self.log.borrow().log_start_offset();
+        let end = self.log.borrow().next_offset();
+        while offset < end {
+            let plan = self.log.borrow().plan_read(offset, 1 << 20, end)?;
+            let chunks = match plan {
+                crate::storage::log::ReadPlan::Ready(c) => c,
+                crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await?],
+            };
+            if chunks.iter().all(|c| c.is_empty()) {
+                break;
+            }
+            for chunk in &chunks {
+                for item in BatchIter::new(chunk) {
+                    let (header, _) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    if header.base_offset >= offset {
+                        if history.last_epoch().is_none_or(|l| l < header.leader_epoch) {
+                            history.observe(header.leader_epoch, header.base_offset);
+                        }
+                        offset = header.next_offset();
+                    }
+                }
+            }
+        }
+        Ok(history)
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        self.replication.borrow().is_some()
+    }
+
+    /// The replica's view: (is leader, leader, epoch).
+    pub fn leadership(&self) -> Option<(bool, Option<NodeId>, Epoch)> {
+        self.replication.borrow().as_ref().map(|r| (r.replica.is_leader(), r.replica.leader(), r.replica.epoch()))
+    }
+
+    /// For a link sending `[from, to)` to a follower: whole batches from `from`, at most
+    /// about `max_bytes`, and the append message describing exactly them. None when this
+    /// replica no longer leads `epoch` or the range is gone.
+    pub async fn read_for_follower(
+        &self,
+        epoch: Epoch,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Option<(PeerMessage, Vec<Bytes>)> {
+        let plan = {
+            let r = self.replication.borrow();
+            let r = r.as_ref()?;
+            if !r.replica.is_leader() || r.replica.epoch() != epoch {
+                return None;
+            }
+            self.log.borrow().plan_read(from, max_bytes, to).ok()?
+        };
+        let chunks = match plan {
+            crate::storage::log::ReadPlan::Ready(c) => c,
+            crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await.ok()?],
+        };
+        // Whole batches starting exactly at `from`, ending at or before `to`.
+        let mut out = Vec::new();
+        let mut end = from;
+        for chunk in chunks {
+            let mut at = 0;
+            for item in BatchIter::new(&chunk) {
+                let (header, bytes) = item.ok()?;
+                let len = bytes.len();
+                if header.base_offset == end && header.next_offset() <= to {
+                    out.push(chunk.slice(at..at + len));
+                    end = header.next_offset();
+                }
+                at += len;
+            }
+        }
+        if end == from {
+            return None;
+        }
+        let r = self.replication.borrow();
+        let r = r.as_ref()?;
+        if !r.replica.is_leader() || r.replica.epoch() != epoch {
+            return None;
+        }
+        Some((r.replica.append_message(from, end), out))
+    }
+
+    /// Carries out actions that need no waiting. Those that do (a truncation, an epoch
+    /// write) never come out of the calls that use this.
+    pub(super) fn run_sync_actions(&self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let outbound = match &*self.replication.borrow() {
+            Some(r) => r.outbound.clone(),
+            None => return,
+        };
+        for a in actions {
+            match a {
+                Action::Send(to, msg) => outbound.send(&self.topic, self.id, to, msg),
+                Action::Control(msg) => outbound.control(&self.topic, self.id, msg),
+                Action::Commit(_) => {
+                    self.release_waiters();
+                    self.data_arrived.notify_all();
+                }
+                other => log::error!("{}/{}: unexpected replication action {other:?}", self.topic, self.id),
+            }
+        }
+    }
+
+    /// Time passes: heartbeats, resends, the controller heartbeat.
+    pub fn replication_tick(&self, now_ms: u64) {
+        let mut actions = Vec::new();
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            r.replica.tick(now_ms, &mut actions);
+        }
+        self.run_sync_actions(actions);
+    }
+
+    /// Leader: a follower's answer.
+    pub async fn on_follower_reply(&self, msg: PeerMessage) {
+        let mut actions = Vec::new();
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            r.replica.on_peer(msg, &mut actions);
+        }
+        self.run_actions(actions, &[]).await;
+    }
+
+    /// A message from the controller.
+    pub async fn on_control(&self, msg: ControlMessage) {
+        let _permit = self.follower_lock.acquire_permit(1).await;
+        let mut actions = Vec::new();
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            r.replica.on_control(msg, &mut actions);
+        }
+        self.run_actions(actions, &[]).await;
+    }
+
+    /// Follower: an append from the leader with its batches; returns the answer, sent once
+    /// the batches are durable here.
+    pub async fn on_leader_append(&self, msg: PeerMessage, batches: &[Bytes]) -> Option<PeerMessage> {
+        let permit = self.follower_lock.acquire_permit(1).await;
+        let mut actions = Vec::new();
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            r.replica.on_peer(msg, &mut actions);
+        }
+        let (answer, appended_to) = self.run_actions(actions, batches).await;
+        // Later appends go ahead while this one waits for its flush (group commit).
+        drop(permit);
+        match (answer, appended_to) {
+            (Some(PeerMessage::Ack { .. }), Some(to)) => {
+                // Acknowledge only what is durable here.
+                let _ = self.wait_committed(to - 1, AckLevel::Local, Duration::from_secs(10)).await;
+                let r = self.replication.borrow();
+                let r = r.as_ref()?;
+                Some(PeerMessage::Ack {
+                    epoch: r.replica.epoch(),
+                    from: r.replica.id(),
+                    durable_match: r.replica.durable_match(),
+                })
+            }
+            (answer, _) => answer,
+        }
+    }
+
+    /// Carries out actions in order; returns the answer to the leader, if any, and the end
+    /// of what was appended from the leader's batches.
+    async fn run_actions(&self, actions: Vec<Action>, batches: &[Bytes]) -> (Option<PeerMessage>, Option<u64>) {
+        let mut answer = None;
+        let mut appended_to: Option<u64> = None;
+        let mut deferred = Vec::new();
+        for a in actions {
+            match a {
+                Action::PersistEpoch(_) => {
+                    if let Err(e) = self.persist_replica_state().await {
+                        log::error!("{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
+                        return (None, None); // say nothing rather than act on an epoch we may forget
+                    }
+                }
+                Action::Truncate(offset) => {
+                    if let Err(e) = self.truncate(offset).await {
+                        log::error!("{}/{}: truncation to {offset} failed: {e}", self.topic, self.id);
+                        return (None, None);
+                    }
+                }
+                Action::AppendReplicated { from, to } => {
+                    if self.persist_replica_state().await.is_err() {
+                        return (None, None);
+                    }
+                    if let Err(e) = self.append_replicated(from, to, batches) {
+                        log::error!("{}/{}: replicated append {from}..{to} failed: {e}", self.topic, self.id);
+                        self.reset_to_log_end();
+                        return (None, None);
+                    }
+                    appended_to = Some(to);
+                }
+                Action::AppendLocal(meta) if meta.control => {
+                    if self.persist_replica_state().await.is_err() {
+                        return (None, None);
+                    }
+                    let mut batch = BatchBuilder::control(meta.epoch, rt::now_ms()).to_vec();
+                    stamp_batch(&mut batch, meta.base_offset, meta.epoch);
+                    if let Err(e) = self.log.borrow_mut().append_batch(Bytes::from(batch)) {
+                        log::error!("{}/{}: epoch-start batch: {e}", self.topic, self.id);
+                    }
+                    self.wake_writer.notify();
+                }
+                Action::AppendLocal(_) => {}
+                Action::Send(_, msg @ PeerMessage::Ack { .. }) => answer = Some(msg),
+                Action::Send(to, msg) => {
+                    if matches!(msg, PeerMessage::Mismatch { .. } | PeerMessage::StaleEpoch { .. }) {
+                        answer = Some(msg);
+                    } else {
+                        deferred.push(Action::Send(to, msg));
+                    }
+                }
+                other => deferred.push(other),
+            }
+        }
+        self.run_sync_actions(deferred);
+        self.release_waiters();
+        (answer, appended_to)
+    }
+
+    fn append_replicated(&self, from: u64, to: u64, batches: &[Bytes]) -> Result<(), StorageError> {
+        let mut log = self.log.borrow_mut();
+        for chunk in batches {
+            let mut at = 0;
+            for item in BatchIter::new(chunk) {
+                let (header, bytes) = item?;
+                let len = bytes.len();
+                if header.base_offset >= from && header.next_offset() <= to {
+                    log.append_batch(chunk.slice(at..at + len))?;
+                }
+                at += len;
+            }
+        }
+        if log.next_offset() != to {
+            return Err(StorageError::Io(format!("the leader's batches end at {} instead of {to}", log.next_offset())));
+        }
+        drop(log);
+        self.wake_writer.notify();
+        Ok(())
+    }
+
+    /// After a failed replicated append the replica believes in batches the log lacks:
+    /// restart the replica from the log (it asks the leader again).
+    fn reset_to_log_end(&self) {
+        let log_end = self.log.borrow().next_offset();
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            let mut history = r.replica.history().clone();
+            history.truncate(log_end);
+            r.replica =
+                Replica::recover(r.replica.id(), r.replica.config().clone(), r.replica.epoch(), history, log_end);
+        }
+    }
+
+    /// Writes the epoch and history to `replica.json` if they changed since the last write.
+    async fn persist_replica_state(&self) -> Result<(), StorageError> {
+        let (state, current) = {
+            let r = self.replication.borrow();
+            let Some(r) = r.as_ref() else { return Ok(()) };
+            let current = (r.replica.epoch(), r.replica.history().clone());
+            if current == r.persisted {
+                return Ok(());
+            }
+            (ReplicaState { epoch: current.0, history: current.1.entries().to_vec() }, current)
+        };
+        let bytes = serde_json::to_vec(&state).expect("replica state serializes");
+        self.disk.write_file_atomic(&self.dir.join(REPLICA_STATE_FILE), bytes).await?;
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            r.persisted = current;
+        }
+        Ok(())
+    }
+
+    /// Removes every batch at and after `offset`: in memory if none was written yet, else
+    /// by cutting the files and reopening the log.
+    async fn truncate(&self, offset: u64) -> Result<(), StorageError> {
+        self.paused.set(true);
+        while self.log.borrow().io_in_flight() {
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        let result = self.truncate_paused(offset).await;
+        self.paused.set(false);
+        self.wake_writer.notify();
+        result?;
+        self.persist_replica_state().await
+    }
+
+    async fn truncate_paused(&self, offset: u64) -> Result<(), StorageError> {
+        let written = self.log.borrow().written_offset();
+        if offset >= written {
+            return self.log.borrow_mut().drop_unwritten_from(offset);
+        }
+        log::warn!("{}/{}: truncating the log from offset {offset} (a divergent tail)", self.topic, self.id);
+        let plan = self.log.borrow().plan_truncation(offset)?;
+        plan.run().await?;
+        let fresh = PartitionLog::open(self.disk.clone(), self.dir.clone(), self.log_config.clone()).await?;
+        if fresh.next_offset() != offset {
+            return Err(StorageError::Io(format!("after truncation the log ends at {}", fresh.next_offset())));
+        }
+        *self.log.borrow_mut() = fresh;
+        Ok(())
+    }
+}

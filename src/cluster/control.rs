@@ -1,0 +1,727 @@
+//! The control plane: one thread per node running a tokio runtime with openraft for the
+//! metadata, the node-to-node control links, and (on the metadata leader) one partition
+//! [`Controller`] per partition that elects partition leaders.
+//!
+//! Shards talk to it through a [`ControlHandle`] (metadata writes, status, their replicas'
+//! messages to the controller) and hear from it through a watch channel of the metadata and
+//! one inbox per shard for controller messages to their replicas. Nothing here is on the
+//! data path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, Raft, ServerState};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::meta::{MetaCommand, MetaError, MetaState};
+use super::raft_store::{LogStore, MetaRaft, MetaReply, RaftNodeId, StateMachine};
+use super::rpc::{check_hello, read_msg, write_msg, ControlEnvelope, LinkError, PeerLink, Reply, Request, WriteError};
+use super::status::{ClusterStatus, NodeStatus, PartitionReport};
+use crate::config::{ClusterMode, ClusterSettings, Config};
+use crate::replication::controller::{Controller, ControllerConfig};
+use crate::replication::{ControlMessage, NodeId};
+use crate::shard::owner_of_partition;
+
+/// How long a metadata write may wait for a leader before it fails.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Timeout of one control-link call.
+const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How often controllers tick and nodes say they are alive.
+const TICK: Duration = Duration::from_millis(20);
+const NODE_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Why a metadata request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Refused(#[from] MetaError),
+    #[error("cluster metadata unavailable: {0}")]
+    Unavailable(String),
+}
+
+enum ShardRequest {
+    Write(MetaCommand, oneshot::Sender<Result<(), ControlError>>),
+    Status(oneshot::Sender<Result<ClusterStatus, ControlError>>),
+}
+
+/// What a shard holds to reach the control plane. Cheap to clone; `Send`.
+#[derive(Clone)]
+pub struct ControlHandle {
+    requests: mpsc::UnboundedSender<ShardRequest>,
+    to_controller: mpsc::UnboundedSender<ControlEnvelope>,
+    /// The metadata as this node applied it.
+    pub meta: watch::Receiver<Arc<MetaState>>,
+    pub settings: Arc<ClusterSettings>,
+}
+
+impl ControlHandle {
+    /// Applies a metadata command through Raft; returns once it is committed (and applied
+    /// on the metadata leader).
+    pub async fn write(&self, cmd: MetaCommand) -> Result<(), ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(ShardRequest::Write(cmd, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(ShardRequest::Status(tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// A replica's message for its partition's controller.
+    pub fn to_controller(&self, envelope: ControlEnvelope) {
+        let _ = self.to_controller.send(envelope);
+    }
+}
+
+fn stopped() -> ControlError {
+    ControlError::Unavailable("the control plane stopped".into())
+}
+
+/// The control plane's thread; dropping every [`ControlHandle`] stops it.
+pub struct ControlPlane {
+    pub handle: ControlHandle,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the control plane. `shard_inboxes[i]` receives the controller's messages for the
+/// replicas shard `i` owns.
+pub fn start(
+    config: &Config,
+    shard_inboxes: Vec<mpsc::UnboundedSender<ControlEnvelope>>,
+) -> Result<ControlPlane, String> {
+    let settings = Arc::new(config.cluster.clone().ok_or("no [cluster] section")?);
+    let me = settings.me().clone();
+    let listener = std::net::TcpListener::bind(me.peer).map_err(|e| format!("cannot listen on {}: {e}", me.peer))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let raft_dir = config.data_dir.join("meta").join("raft");
+    let log_store = LogStore::open(&raft_dir).map_err(|e| format!("metadata log {}: {e}", raft_dir.display()))?;
+    let (state_machine, meta) =
+        StateMachine::open(&raft_dir).map_err(|e| format!("metadata snapshot {}: {e}", raft_dir.display()))?;
+    let (requests, requests_rx) = mpsc::unbounded_channel();
+    let (to_controller, to_controller_rx) = mpsc::unbounded_channel();
+    let handle = ControlHandle { requests, to_controller, meta: meta.clone(), settings: settings.clone() };
+    let shards = config.shard_count();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the control runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let ctx = match Ctx::start(settings, shards, shard_inboxes, log_store, state_machine, meta).await {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                run(ctx, listener, requests_rx, to_controller_rx).await;
+            });
+        })
+        .map_err(|e| format!("cannot start the control thread: {e}"))?;
+    ready_rx.recv().map_err(|_| "the control thread died while starting".to_string())??;
+    Ok(ControlPlane { handle, thread })
+}
+
+/// State shared by the control plane's tasks.
+struct Ctx {
+    me: NodeId,
+    settings: Arc<ClusterSettings>,
+    raft: Raft<MetaRaft>,
+    meta: watch::Receiver<Arc<MetaState>>,
+    shards: usize,
+    shard_inboxes: Vec<mpsc::UnboundedSender<ControlEnvelope>>,
+    /// Controller-bound messages (from local replicas and from other nodes).
+    controller_inbox: mpsc::UnboundedSender<Vec<ControlEnvelope>>,
+    controller_inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<ControlEnvelope>>>>,
+    outboxes: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Vec<ControlEnvelope>>>>,
+    write_links: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<PeerLink>>>>,
+    last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// The last heartbeat of each partition's leader (for status).
+    leader_reports: Mutex<HashMap<(String, u32), ControlMessage>>,
+}
+
+impl Ctx {
+    async fn start(
+        settings: Arc<ClusterSettings>,
+        shards: usize,
+        shard_inboxes: Vec<mpsc::UnboundedSender<ControlEnvelope>>,
+        log_store: LogStore,
+        state_machine: StateMachine,
+        meta: watch::Receiver<Arc<MetaState>>,
+    ) -> Result<Arc<Ctx>, String> {
+        let et = settings.election_timeout_ms;
+        let raft_config = openraft::Config {
+            cluster_name: settings.cluster_id.clone(),
+            heartbeat_interval: (et / 8).max(20),
+            election_timeout_min: et / 2,
+            election_timeout_max: et * 3 / 4,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| format!("raft settings: {e}"))?);
+        let network = Network { settings: settings.clone() };
+        let me = settings.node_id;
+        let raft = Raft::new(u64::from(me), raft_config, network, log_store, state_machine)
+            .await
+            .map_err(|e| format!("cannot start the metadata raft: {e}"))?;
+        if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+            let members: BTreeMap<RaftNodeId, BasicNode> =
+                settings.nodes.iter().map(|n| (u64::from(n.id), BasicNode::new(n.peer))).collect();
+            // Every node may propose the same initial membership; all but the first are
+            // refused, which is fine.
+            if let Err(e) = raft.initialize(members).await {
+                log::debug!("metadata raft initialisation: {e}");
+            }
+        }
+        let (controller_inbox, rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(Ctx {
+            me,
+            settings,
+            raft,
+            meta,
+            shards,
+            shard_inboxes,
+            controller_inbox,
+            controller_inbox_rx: Mutex::new(Some(rx)),
+            outboxes: Mutex::new(HashMap::new()),
+            write_links: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            leader_reports: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn metadata_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader.map(|l| l as NodeId)
+    }
+
+    fn is_metadata_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(u64::from(self.me))
+    }
+
+    fn saw(&self, node: NodeId) {
+        self.last_seen.lock().expect("last_seen lock").insert(node, Instant::now());
+    }
+
+    /// Applies `cmd` through Raft, forwarding it to the metadata leader when that is not us.
+    async fn write(&self, cmd: MetaCommand) -> Result<(), ControlError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let leader = match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => return resp.data.0.map_or(Ok(()), |e| Err(ControlError::Refused(e))),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id.map(|l| l as NodeId),
+                Err(e) => return Err(ControlError::Unavailable(e.to_string())),
+            };
+            if let Some(leader) = leader.filter(|&l| l != self.me) {
+                match self.forward_write(leader, &cmd).await {
+                    Ok(MetaReply(None)) => return Ok(()),
+                    Ok(MetaReply(Some(e))) => return Err(ControlError::Refused(e)),
+                    Err(e) => log::debug!("forwarding a metadata write to node {leader}: {e}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::Unavailable("no metadata leader (is a majority of nodes up?)".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward_write(&self, leader: NodeId, cmd: &MetaCommand) -> Result<MetaReply, String> {
+        let link = self.write_link(leader).ok_or("unknown node")?;
+        let mut link = link.lock().await;
+        match link.call(&Request::Write(cmd.clone()), CALL_TIMEOUT * 5).await {
+            Ok(Reply::Write(Ok(r))) => Ok(r),
+            Ok(Reply::Write(Err(e))) => Err(e.to_string()),
+            Ok(_) => Err("unexpected reply".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn write_link(&self, node: NodeId) -> Option<Arc<tokio::sync::Mutex<PeerLink>>> {
+        let addr = self.settings.node(node)?.peer;
+        let mut links = self.write_links.lock().expect("links lock");
+        let link = links.entry(node).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(PeerLink::new(node, addr, &self.settings.cluster_id, self.me)))
+        });
+        Some(link.clone())
+    }
+
+    /// Queues messages for a node; a task per node sends what queued up, one call at a time.
+    /// Lost messages are fine: controllers and replicas retry.
+    fn send_to(self: &Arc<Self>, node: NodeId, messages: Vec<ControlEnvelope>) {
+        if node == self.me {
+            self.deliver(messages);
+            return;
+        }
+        let Some(addr) = self.settings.node(node).map(|n| n.peer) else { return };
+        let mut outboxes = self.outboxes.lock().expect("outboxes lock");
+        let tx = outboxes.entry(node).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(send_loop(PeerLink::new(node, addr, &self.settings.cluster_id, self.me), rx));
+            tx
+        });
+        let _ = tx.send(messages);
+    }
+
+    /// Routes messages that arrived for this node: to the controller or to the replicas.
+    fn deliver(&self, messages: Vec<ControlEnvelope>) {
+        let (to_controller, to_replicas): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|e| matches!(e.msg, ControlMessage::Fenced { .. } | ControlMessage::Heartbeat { .. }));
+        if !to_controller.is_empty() {
+            let _ = self.controller_inbox.send(to_controller);
+        }
+        for e in to_replicas {
+            let shard = owner_of_partition(&e.topic, e.partition, self.shards);
+            let _ = self.shard_inboxes[shard].send(e);
+        }
+    }
+
+    fn status(&self) -> Result<ClusterStatus, ControlError> {
+        let leader = self.metadata_leader();
+        let timeout = Duration::from_millis(self.settings.election_timeout_ms);
+        let seen = self.last_seen.lock().expect("last_seen lock").clone();
+        let nodes = self
+            .settings
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                id: n.id,
+                client_addr: n.client.to_string(),
+                alive: n.id == self.me || seen.get(&n.id).is_some_and(|t| t.elapsed() < timeout),
+                metadata_leader: leader == Some(n.id),
+            })
+            .collect();
+        let meta = self.meta.borrow().clone();
+        let reports = self.leader_reports.lock().expect("reports lock").clone();
+        let mut partitions = Vec::new();
+        for (topic, t) in &meta.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let mut r = PartitionReport {
+                    topic: topic.clone(),
+                    partition: i as u32,
+                    replicas: p.replicas.clone(),
+                    epoch: p.epoch,
+                    leader: p.leader,
+                    ..Default::default()
+                };
+                if let Some(ControlMessage::Heartbeat { from, leading, high_watermark, log_end, in_sync, followers }) =
+                    reports.get(&(topic.clone(), i as u32))
+                {
+                    if Some(*from) == p.leader && *leading == Some(p.epoch) {
+                        r.in_sync = in_sync.clone();
+                        r.high_watermark = *high_watermark;
+                        r.log_end = *log_end;
+                        r.lag = followers.iter().map(|&(f, m)| (f, log_end.saturating_sub(m))).collect();
+                    }
+                }
+                partitions.push(r);
+            }
+        }
+        Ok(ClusterStatus {
+            cluster_id: self.settings.cluster_id.clone(),
+            mode: self.settings.mode.to_string(),
+            metadata_leader: leader,
+            nodes,
+            partitions,
+        })
+    }
+
+    async fn status_from_leader(&self) -> Result<ClusterStatus, ControlError> {
+        if self.is_metadata_leader() {
+            return self.status();
+        }
+        let leader = self.metadata_leader().ok_or_else(|| ControlError::Unavailable("no metadata leader".into()))?;
+        let link = self.write_link(leader).ok_or_else(|| ControlError::Unavailable("unknown leader".into()))?;
+        let mut link = link.lock().await;
+        match link.call(&Request::Status, CALL_TIMEOUT).await {
+            Ok(Reply::Status(Ok(s))) => Ok(s),
+            Ok(Reply::Status(Err(e))) => Err(ControlError::Unavailable(e.to_string())),
+            Ok(_) => Err(ControlError::Unavailable("unexpected reply".into())),
+            Err(e) => Err(ControlError::Unavailable(format!("metadata leader {leader}: {e}"))),
+        }
+    }
+}
+
+async fn send_loop(mut link: PeerLink, mut rx: mpsc::UnboundedReceiver<Vec<ControlEnvelope>>) {
+    while let Some(mut batch) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let from = link_owner(&link);
+        if let Err(e) = link.call(&Request::Control { from, messages: batch }, CALL_TIMEOUT).await {
+            log::debug!("control link to node {}: {e}", link.target);
+        }
+    }
+}
+
+fn link_owner(link: &PeerLink) -> NodeId {
+    link.me()
+}
+
+/// Runs the control plane until the shards drop their handles.
+async fn run(
+    ctx: Arc<Ctx>,
+    listener: std::net::TcpListener,
+    mut requests: mpsc::UnboundedReceiver<ShardRequest>,
+    to_controller: mpsc::UnboundedReceiver<ControlEnvelope>,
+) {
+    match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => {
+            tokio::spawn(accept_loop(ctx.clone(), l));
+        }
+        Err(e) => log::error!("control listener: {e}"),
+    }
+    tokio::spawn(forward_to_controller(ctx.clone(), to_controller));
+    tokio::spawn(controller_loop(ctx.clone()));
+    while let Some(req) = requests.recv().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            match req {
+                ShardRequest::Write(cmd, reply) => {
+                    let _ = reply.send(ctx.write(cmd).await);
+                }
+                ShardRequest::Status(reply) => {
+                    let _ = reply.send(ctx.status_from_leader().await);
+                }
+            }
+        });
+    }
+    if let Err(e) = ctx.raft.shutdown().await {
+        log::warn!("metadata raft shutdown: {e}");
+    }
+}
+
+/// Sends local replicas' messages (and this node's liveness) to the metadata leader.
+async fn forward_to_controller(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<ControlEnvelope>) {
+    let mut heartbeat = tokio::time::interval(NODE_HEARTBEAT);
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(e) => batch.push(e),
+                None => return,
+            },
+            _ = heartbeat.tick() => {}
+        }
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        match ctx.metadata_leader() {
+            Some(l) if l == ctx.me => ctx.deliver(batch),
+            // An empty batch still tells the leader this node is alive.
+            Some(l) => ctx.send_to(l, batch),
+            None => {}
+        }
+    }
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_link(ctx.clone(), stream, addr));
+            }
+            Err(e) => {
+                log::warn!("control listener: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_link(ctx: Arc<Ctx>, mut stream: tokio::net::TcpStream, addr: SocketAddr) {
+    let first = match read_msg::<Request>(&mut stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("control link from {addr} refused: {e}");
+            return;
+        }
+    };
+    let peer = match check_hello(&first, &ctx.settings.cluster_id, &ctx.settings.node_ids()) {
+        Ok(p) => p,
+        Err(why) => {
+            log::warn!("control link from {addr} refused: {why}");
+            let _ = write_msg(&mut stream, &Reply::Refused(why)).await;
+            return;
+        }
+    };
+    if write_msg(&mut stream, &Reply::HelloOk).await.is_err() {
+        return;
+    }
+    ctx.saw(peer);
+    loop {
+        let req = match read_msg::<Request>(&mut stream).await {
+            Ok(r) => r,
+            Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(e) => {
+                log::warn!("control link from node {peer} ({addr}) closed: {e}");
+                return;
+            }
+        };
+        ctx.saw(peer);
+        let reply = handle(&ctx, peer, req).await;
+        if write_msg(&mut stream, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(ctx: &Arc<Ctx>, peer: NodeId, req: Request) -> Reply {
+    match req {
+        Request::Append(rpc) => Reply::Append(ctx.raft.append_entries(rpc).await),
+        Request::Vote(rpc) => Reply::Vote(ctx.raft.vote(rpc).await),
+        Request::Snapshot(rpc) => Reply::Snapshot(ctx.raft.install_snapshot(rpc).await),
+        Request::Write(cmd) => Reply::Write(match ctx.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader(f.leader_id.map(|l| l as NodeId)))
+            }
+            Err(e) => Err(WriteError::Failed(e.to_string())),
+        }),
+        Request::Control { from, messages } if from == peer => {
+            ctx.deliver(messages);
+            Reply::Done
+        }
+        Request::Control { from, .. } => {
+            log::warn!("control link from node {peer} claims to be node {from}; ignored");
+            Reply::Refused("sender mismatch".into())
+        }
+        Request::Status => Reply::Status(if ctx.is_metadata_leader() {
+            ctx.status().map_err(|e| WriteError::Failed(e.to_string()))
+        } else {
+            Err(WriteError::NotLeader(ctx.metadata_leader()))
+        }),
+        Request::Hello { .. } => Reply::Refused("hello twice".into()),
+    }
+}
+
+/// Runs the partition controllers while this node is the metadata leader.
+async fn controller_loop(ctx: Arc<Ctx>) {
+    let Some(mut inbox) = ctx.controller_inbox_rx.lock().expect("inbox lock").take() else { return };
+    let started = Instant::now();
+    let now_ms = move || started.elapsed().as_millis() as u64;
+    let config = ControllerConfig { election_timeout_ms: ctx.settings.election_timeout_ms, retry_ms: 100 };
+    let mut controllers: HashMap<(String, u32), Controller> = HashMap::new();
+    let mut leading = false;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            got = inbox.recv() => {
+                let Some(batch) = got else { return };
+                if !leading {
+                    continue;
+                }
+                for e in batch {
+                    let key = (e.topic.clone(), e.partition);
+                    if let ControlMessage::Heartbeat { from, .. } = &e.msg {
+                        ctx.saw(*from);
+                        if controllers.get(&key).is_some_and(|c| c.leader() == Some(*from)) {
+                            ctx.leader_reports.lock().expect("reports lock").insert(key.clone(), e.msg.clone());
+                        }
+                    }
+                    let Some(c) = controllers.get_mut(&key) else { continue };
+                    c.tick(now_ms(), &mut Vec::new());
+                    let mut out = Vec::new();
+                    c.on_message(e.msg, &mut out);
+                    carry_out(&ctx, &key, &mut controllers, out, &config, now_ms()).await;
+                }
+            }
+            _ = tick.tick() => {
+                let now_leading = ctx.is_metadata_leader();
+                if now_leading != leading {
+                    controllers.clear();
+                    leading = now_leading;
+                    if leading {
+                        log::info!("node {} is the metadata leader; partition controllers start", ctx.me);
+                    }
+                }
+                if !leading {
+                    continue;
+                }
+                sync_controllers(&ctx, &mut controllers, &config, now_ms());
+                let keys: Vec<_> = controllers.keys().cloned().collect();
+                for key in keys {
+                    let mut out = Vec::new();
+                    if let Some(c) = controllers.get_mut(&key) {
+                        c.tick(now_ms(), &mut out);
+                    }
+                    carry_out(&ctx, &key, &mut controllers, out, &config, now_ms()).await;
+                }
+            }
+        }
+    }
+}
+
+/// One controller per partition in the metadata; resumed from the epoch and leader there.
+fn sync_controllers(
+    ctx: &Ctx,
+    controllers: &mut HashMap<(String, u32), Controller>,
+    config: &ControllerConfig,
+    now_ms: u64,
+) {
+    let meta = ctx.meta.borrow().clone();
+    controllers.retain(|(t, p), _| meta.partition(t, *p).is_some());
+    for (topic, t) in &meta.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let key = (topic.clone(), i as u32);
+            controllers.entry(key).or_insert_with(|| new_controller(ctx, config, p, now_ms));
+        }
+    }
+}
+
+fn new_controller(ctx: &Ctx, config: &ControllerConfig, p: &super::meta::PartitionMeta, now_ms: u64) -> Controller {
+    let preferred = match ctx.settings.mode {
+        ClusterMode::MasterSlave if ctx.settings.prefer_master => Some(ctx.settings.master_node()),
+        ClusterMode::MasterSlave => None,
+        ClusterMode::Hybrid => p.replicas.first().copied(),
+    };
+    Controller::resume(config.clone(), p.replicas.clone(), p.epoch, p.leader, now_ms).with_preferred(preferred)
+}
+
+/// Makes a controller's decisions durable in the metadata, then sends its messages. An
+/// epoch is opened in Raft before any replica is fenced with it, and an appointment is
+/// recorded before it is sent; a refused write resets the controller from the metadata.
+async fn carry_out(
+    ctx: &Arc<Ctx>,
+    key: &(String, u32),
+    controllers: &mut HashMap<(String, u32), Controller>,
+    out: Vec<(NodeId, ControlMessage)>,
+    config: &ControllerConfig,
+    now_ms: u64,
+) {
+    if out.is_empty() {
+        return;
+    }
+    let (topic, partition) = (key.0.clone(), key.1);
+    let recorded = ctx.meta.borrow().partition(&topic, partition).cloned();
+    let Some(recorded) = recorded else { return };
+    let mut cmd = None;
+    for (_, msg) in &out {
+        match msg {
+            ControlMessage::Fence { epoch } if *epoch > recorded.epoch => {
+                cmd = Some(MetaCommand::OpenEpoch { topic: topic.clone(), partition, epoch: *epoch });
+            }
+            ControlMessage::BecomeLeader { epoch, .. } if recorded.leader.is_none() || *epoch != recorded.epoch => {
+                if let Some(leader) = controllers.get(key).and_then(|c| c.leader()) {
+                    cmd = Some(MetaCommand::SetLeader { topic: topic.clone(), partition, epoch: *epoch, leader });
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(cmd) = cmd {
+        if let Err(e) = ctx.write(cmd.clone()).await {
+            log::warn!("controller of {topic}/{partition}: recording {cmd:?} failed: {e}");
+            let fresh = ctx.meta.borrow().partition(&topic, partition).cloned();
+            match fresh {
+                Some(p) => {
+                    controllers.insert(key.clone(), new_controller(ctx, config, &p, now_ms));
+                }
+                None => {
+                    controllers.remove(key);
+                }
+            }
+            return;
+        }
+        if let MetaCommand::SetLeader { leader, epoch, .. } = &cmd {
+            log::info!("{topic}/{partition}: node {leader} leads epoch {epoch}");
+        }
+    }
+    let mut by_node: BTreeMap<NodeId, Vec<ControlEnvelope>> = BTreeMap::new();
+    for (node, msg) in out {
+        by_node.entry(node).or_default().push(ControlEnvelope { topic: topic.clone(), partition, msg });
+    }
+    for (node, messages) in by_node {
+        ctx.send_to(node, messages);
+    }
+}
+
+/// openraft's network: one link per target node.
+struct Network {
+    settings: Arc<ClusterSettings>,
+}
+
+impl RaftNetworkFactory<MetaRaft> for Network {
+    type Network = RaftLink;
+
+    async fn new_client(&mut self, target: RaftNodeId, _node: &BasicNode) -> RaftLink {
+        let addr = self.settings.node(target as NodeId).map(|n| n.peer);
+        RaftLink {
+            target,
+            link: addr.map(|a| PeerLink::new(target as NodeId, a, &self.settings.cluster_id, self.settings.node_id)),
+        }
+    }
+}
+
+struct RaftLink {
+    target: RaftNodeId,
+    link: Option<PeerLink>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>>>;
+
+impl RaftLink {
+    async fn call(&mut self, req: Request, option: &RPCOption) -> Result<Reply, Unreachable> {
+        let link = self.link.as_mut().ok_or_else(|| Unreachable::new(&LinkError::Refused("unknown node".into())))?;
+        link.call(&req, option.hard_ttl()).await.map_err(|e| Unreachable::new(&e))
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>> {
+    RPCError::Network(NetworkError::new(&LinkError::Unexpected))
+}
+
+impl RaftNetwork<MetaRaft> for RaftLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<RaftNodeId>> {
+        match self.call(Request::Append(rpc), &option).await? {
+            Reply::Append(Ok(r)) => Ok(r),
+            Reply::Append(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<MetaRaft>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<RaftNodeId>, InstallSnapshotError> {
+        match self.call(Request::Snapshot(rpc), &option).await? {
+            Reply::Snapshot(Ok(r)) => Ok(r),
+            Reply::Snapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<RaftNodeId>, option: RPCOption) -> RpcResult<VoteResponse<RaftNodeId>> {
+        match self.call(Request::Vote(rpc), &option).await? {
+            Reply::Vote(Ok(r)) => Ok(r),
+            Reply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected()),
+        }
+    }
+}

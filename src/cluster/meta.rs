@@ -1,0 +1,226 @@
+//! The replicated metadata: topics, the replica set of every partition, its current epoch
+//! and leader. Changed only by applying [`MetaCommand`]s in Raft log order, so every node
+//! that applied the same prefix holds the same state. `apply` is pure and deterministic:
+//! a command that does not fit the state (a stale epoch, an unknown topic) is refused with
+//! the same error on every node.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterMode;
+use crate::replication::{Epoch, NodeId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// The replicas, the preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// The newest epoch a controller opened (fenced) for this partition.
+    pub epoch: Epoch,
+    /// The leader appointed in `epoch` (None while an election runs).
+    pub leader: Option<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub replication_factor: u16,
+    pub created_ms: i64,
+    pub partitions: Vec<PartitionMeta>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    pub topics: BTreeMap<String, TopicMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    CreateTopic {
+        name: String,
+        replication_factor: u16,
+        created_ms: i64,
+        replicas: Vec<Vec<NodeId>>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// A controller opens `epoch` for a partition before fencing its replicas: epochs are
+    /// unique because only a command that raises the epoch is accepted.
+    OpenEpoch {
+        topic: String,
+        partition: u32,
+        epoch: Epoch,
+    },
+    /// The controller appointed `leader` in `epoch` (the epoch it opened).
+    SetLeader {
+        topic: String,
+        partition: u32,
+        epoch: Epoch,
+        leader: NodeId,
+    },
+}
+
+/// Why a command was refused (the same on every node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("no such topic: {0}")]
+    UnknownTopic(String),
+    #[error("no such partition: {0}/{1}")]
+    UnknownPartition(String, u32),
+    #[error("epoch {got} is not newer than {current} for {topic}/{partition}")]
+    StaleEpoch { topic: String, partition: u32, got: Epoch, current: Epoch },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl MetaState {
+    pub fn apply(&mut self, cmd: &MetaCommand) -> Result<(), MetaError> {
+        match cmd {
+            MetaCommand::CreateTopic { name, replication_factor, created_ms, replicas } => {
+                if self.topics.contains_key(name) {
+                    return Err(MetaError::TopicExists(name.clone()));
+                }
+                if replicas.is_empty() || replicas.iter().any(|r| r.len() != usize::from(*replication_factor)) {
+                    return Err(MetaError::Invalid("replica sets do not match the replication factor".into()));
+                }
+                let partitions =
+                    replicas.iter().map(|r| PartitionMeta { replicas: r.clone(), epoch: 0, leader: None }).collect();
+                self.topics.insert(
+                    name.clone(),
+                    TopicMeta { replication_factor: *replication_factor, created_ms: *created_ms, partitions },
+                );
+                Ok(())
+            }
+            MetaCommand::DeleteTopic { name } => {
+                self.topics.remove(name).map(|_| ()).ok_or_else(|| MetaError::UnknownTopic(name.clone()))
+            }
+            MetaCommand::OpenEpoch { topic, partition, epoch } => {
+                let p = self.partition_mut(topic, *partition)?;
+                if *epoch <= p.epoch {
+                    return Err(MetaError::StaleEpoch {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        got: *epoch,
+                        current: p.epoch,
+                    });
+                }
+                p.epoch = *epoch;
+                p.leader = None;
+                Ok(())
+            }
+            MetaCommand::SetLeader { topic, partition, epoch, leader } => {
+                let p = self.partition_mut(topic, *partition)?;
+                if *epoch != p.epoch || !p.replicas.contains(leader) {
+                    return Err(MetaError::StaleEpoch {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        got: *epoch,
+                        current: p.epoch,
+                    });
+                }
+                p.leader = Some(*leader);
+                Ok(())
+            }
+        }
+    }
+
+    fn partition_mut(&mut self, topic: &str, partition: u32) -> Result<&mut PartitionMeta, MetaError> {
+        let t = self.topics.get_mut(topic).ok_or_else(|| MetaError::UnknownTopic(topic.to_string()))?;
+        t.partitions
+            .get_mut(partition as usize)
+            .ok_or_else(|| MetaError::UnknownPartition(topic.to_string(), partition))
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionMeta> {
+        self.topics.get(topic)?.partitions.get(partition as usize)
+    }
+}
+
+/// Chooses the replica set of every partition of a new topic; the preferred leader first.
+///
+/// - master-slave: the master leads every partition; the other replicas rotate over the
+///   remaining nodes.
+/// - hybrid: partition `p` starts at node `p mod n` and takes the next ones, so leadership
+///   and copies spread evenly.
+pub fn place_replicas(
+    mode: ClusterMode,
+    nodes: &[NodeId],
+    master: NodeId,
+    partitions: u32,
+    replication_factor: u16,
+) -> Result<Vec<Vec<NodeId>>, MetaError> {
+    let mut nodes = nodes.to_vec();
+    nodes.sort_unstable();
+    let rf = usize::from(replication_factor);
+    if rf == 0 || rf > nodes.len() {
+        return Err(MetaError::Invalid(format!(
+            "replication factor must be between 1 and the number of nodes ({})",
+            nodes.len()
+        )));
+    }
+    let placement = match mode {
+        ClusterMode::MasterSlave => {
+            let others: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != master).collect();
+            (0..partitions as usize)
+                .map(|p| {
+                    let mut set = vec![master];
+                    set.extend((0..rf - 1).map(|i| others[(p + i) % others.len()]));
+                    set
+                })
+                .collect()
+        }
+        ClusterMode::Hybrid => {
+            (0..partitions as usize).map(|p| (0..rf).map(|i| nodes[(p + i) % nodes.len()]).collect()).collect()
+        }
+    };
+    Ok(placement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(state: &mut MetaState, name: &str, replicas: Vec<Vec<NodeId>>) -> Result<(), MetaError> {
+        let rf = replicas[0].len() as u16;
+        state.apply(&MetaCommand::CreateTopic { name: name.into(), replication_factor: rf, created_ms: 1, replicas })
+    }
+
+    #[test]
+    fn epochs_only_grow_and_leaders_belong_to_the_open_epoch() {
+        let mut s = MetaState::default();
+        create(&mut s, "t", vec![vec![1, 2, 3]]).unwrap();
+        assert!(matches!(create(&mut s, "t", vec![vec![1, 2, 3]]), Err(MetaError::TopicExists(_))));
+        let open = |e| MetaCommand::OpenEpoch { topic: "t".into(), partition: 0, epoch: e };
+        let lead = |e, l| MetaCommand::SetLeader { topic: "t".into(), partition: 0, epoch: e, leader: l };
+        s.apply(&open(1)).unwrap();
+        assert!(s.apply(&open(1)).is_err(), "an epoch is opened once");
+        s.apply(&lead(1, 2)).unwrap();
+        assert_eq!(s.partition("t", 0).unwrap().leader, Some(2));
+        s.apply(&open(3)).unwrap();
+        assert_eq!(s.partition("t", 0).unwrap().leader, None, "opening an epoch clears the leader");
+        assert!(s.apply(&lead(1, 2)).is_err(), "an appointment of an older epoch is refused");
+        assert!(s.apply(&lead(3, 9)).is_err(), "the leader must be a replica");
+        assert!(s.apply(&MetaCommand::OpenEpoch { topic: "t".into(), partition: 1, epoch: 9 }).is_err());
+        s.apply(&MetaCommand::DeleteTopic { name: "t".into() }).unwrap();
+        assert!(s.topics.is_empty());
+    }
+
+    #[test]
+    fn placement_by_mode() {
+        let ms = place_replicas(ClusterMode::MasterSlave, &[3, 1, 2], 2, 4, 3).unwrap();
+        assert!(ms.iter().all(|r| r[0] == 2 && r.len() == 3), "{ms:?}");
+        assert!(ms.iter().all(|r| {
+            let mut s = r.clone();
+            s.sort();
+            s == vec![1, 2, 3]
+        }));
+        let hy = place_replicas(ClusterMode::Hybrid, &[1, 2, 3], 1, 6, 2).unwrap();
+        let leaders: Vec<_> = hy.iter().map(|r| r[0]).collect();
+        assert_eq!(leaders, vec![1, 2, 3, 1, 2, 3]);
+        assert!(hy.iter().all(|r| r[0] != r[1]));
+        assert!(place_replicas(ClusterMode::Hybrid, &[1, 2, 3], 1, 1, 4).is_err());
+        assert!(place_replicas(ClusterMode::Hybrid, &[1, 2, 3], 1, 1, 0).is_err());
+    }
+}

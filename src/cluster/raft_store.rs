@@ -1,0 +1,428 @@
+//! openraft storage for the metadata log, on the control-plane thread.
+//!
+//! Files in `<data_dir>/meta/raft/`:
+//! - `log`: append-only records `[len u32][crc32c u32][json]`, each an entry, a truncation
+//!   or a purge marker, fsync'ed before openraft is told they are durable. A torn or
+//!   corrupt record ends the log at start-up (everything after it was never acknowledged:
+//!   the fsync that would have made it durable did not return).
+//! - `vote.json`, `committed.json`, `snapshot.json`: replaced atomically.
+//!
+//! Metadata is small and changes rarely (topic changes, elections), so plain blocking file
+//! I/O on the control thread is enough; the data path never waits for it.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{Cursor, Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::meta::{MetaCommand, MetaError, MetaState};
+use crate::limits::MAX_CONTROL_MESSAGE_BYTES;
+
+/// The result of applying one metadata command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaReply(pub Option<MetaError>);
+
+openraft::declare_raft_types!(
+    /// openraft's types for the metadata group.
+    pub MetaRaft:
+        D = MetaCommand,
+        R = MetaReply,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub type RaftNodeId = u64;
+type StoreResult<T> = Result<T, StorageError<RaftNodeId>>;
+
+#[derive(Serialize, Deserialize)]
+enum LogRecord {
+    Entry(Entry<MetaRaft>),
+    /// Entries at and after this index are gone.
+    Truncate(u64),
+    /// Entries up to this log id are gone (a snapshot covers them).
+    Purge(LogId<RaftNodeId>),
+}
+
+/// Writes one framed record.
+fn encode_record(out: &mut Vec<u8>, record: &LogRecord) {
+    let json = serde_json::to_vec(record).expect("log records serialize");
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+    out.extend_from_slice(&json);
+}
+
+/// Reads framed records until the end or the first torn/corrupt one; returns them and the
+/// length of the valid prefix.
+fn decode_records(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 8 {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        if len > MAX_CONTROL_MESSAGE_BYTES || bytes.len() - at - 8 < len {
+            break;
+        }
+        let body = &bytes[at + 8..at + 8 + len];
+        if crc32c::crc32c(body) != crc {
+            break;
+        }
+        match serde_json::from_slice(body) {
+            Ok(r) => records.push(r),
+            Err(_) => break,
+        }
+        at += 8 + len;
+    }
+    (records, at)
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync'ed, then renamed.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| io_err(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+struct LogInner {
+    dir: PathBuf,
+    file: File,
+    entries: BTreeMap<u64, Entry<MetaRaft>>,
+    last_purged: Option<LogId<RaftNodeId>>,
+}
+
+impl LogInner {
+    fn write_records(&mut self, records: &[LogRecord]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for r in records {
+            encode_record(&mut buf, r);
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()
+    }
+
+    /// Rewrites the log file with only what is still needed (after a purge).
+    fn compact(&mut self) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        if let Some(p) = self.last_purged {
+            encode_record(&mut buf, &LogRecord::Purge(p));
+        }
+        for e in self.entries.values() {
+            encode_record(&mut buf, &LogRecord::Entry(e.clone()));
+        }
+        let path = self.dir.join("log");
+        write_atomic(&path, &buf)?;
+        self.file = OpenOptions::new().append(true).open(&path)?;
+        Ok(())
+    }
+}
+
+/// The metadata log (openraft's log storage, v2 traits). Clones share the log.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+impl LogStore {
+    pub fn open(dir: &Path) -> std::io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("log");
+        let mut file = OpenOptions::new().create(true).truncate(false).read(true).append(true).open(&path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (records, valid) = decode_records(&bytes);
+        if valid < bytes.len() {
+            log::warn!("metadata log {}: dropping {} bytes of torn tail", path.display(), bytes.len() - valid);
+            file.set_len(valid as u64)?;
+            file.sync_all()?;
+        }
+        let mut entries = BTreeMap::new();
+        let mut last_purged = None;
+        for r in records {
+            match r {
+                LogRecord::Entry(e) => {
+                    entries.insert(e.log_id.index, e);
+                }
+                LogRecord::Truncate(i) => {
+                    entries.split_off(&i);
+                }
+                LogRecord::Purge(id) => {
+                    entries = entries.split_off(&(id.index + 1));
+                    last_purged = Some(id);
+                }
+            }
+        }
+        Ok(LogStore { inner: Arc::new(Mutex::new(LogInner { dir: dir.to_path_buf(), file, entries, last_purged })) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().expect("metadata log lock")
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.lock().dir.clone()
+    }
+}
+
+impl RaftLogReader<MetaRaft> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StoreResult<Vec<Entry<MetaRaft>>> {
+        Ok(self.lock().entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<MetaRaft> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StoreResult<LogState<MetaRaft>> {
+        let inner = self.lock();
+        let last = inner.entries.values().next_back().map(|e| e.log_id).or(inner.last_purged);
+        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<RaftNodeId>) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(vote).expect("vote serializes");
+        write_atomic(&self.dir().join("vote.json"), &bytes).map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> StoreResult<Option<Vote<RaftNodeId>>> {
+        read_json(&self.dir().join("vote.json")).map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<RaftNodeId>>) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(&committed).expect("log id serializes");
+        write_atomic(&self.dir().join("committed.json"), &bytes).map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> StoreResult<Option<LogId<RaftNodeId>>> {
+        let c: Option<Option<LogId<RaftNodeId>>> =
+            read_json(&self.dir().join("committed.json")).map_err(|e| StorageIOError::read(&e))?;
+        Ok(c.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<MetaRaft>) -> StoreResult<()>
+    where
+        I: IntoIterator<Item = Entry<MetaRaft>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let records: Vec<_> = entries.iter().cloned().map(LogRecord::Entry).collect();
+        let mut inner = self.lock();
+        let result = inner.write_records(&records);
+        if result.is_ok() {
+            for e in entries {
+                inner.entries.insert(e.log_id.index, e);
+            }
+        }
+        let err = result.as_ref().err().map(|e| StorageIOError::write_logs(e).into());
+        callback.log_io_completed(result);
+        err.map_or(Ok(()), Err)
+    }
+
+    async fn truncate(&mut self, log_id: LogId<RaftNodeId>) -> StoreResult<()> {
+        let mut inner = self.lock();
+        inner.write_records(&[LogRecord::Truncate(log_id.index)]).map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<RaftNodeId>) -> StoreResult<()> {
+        let mut inner = self.lock();
+        inner.entries = inner.entries.split_off(&(log_id.index + 1));
+        inner.last_purged = Some(log_id);
+        inner.compact().map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct SnapshotFile {
+    meta: SnapshotMeta<RaftNodeId, openraft::BasicNode>,
+    state: MetaState,
+}
+
+struct MachineInner {
+    dir: PathBuf,
+    last_applied: Option<LogId<RaftNodeId>>,
+    membership: StoredMembership<RaftNodeId, openraft::BasicNode>,
+    state: MetaState,
+    snapshot: Option<SnapshotFile>,
+    snapshot_count: u64,
+}
+
+/// The metadata state machine. Every applied change is published on a watch channel that
+/// the shards follow.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<MachineInner>>,
+    published: Arc<watch::Sender<Arc<MetaState>>>,
+}
+
+impl StateMachine {
+    /// Opens the state machine from its last snapshot (entries after it are applied again
+    /// by openraft from the log).
+    pub fn open(dir: &Path) -> std::io::Result<(StateMachine, watch::Receiver<Arc<MetaState>>)> {
+        let snapshot: Option<SnapshotFile> = read_json(&dir.join("snapshot.json"))?;
+        let (last_applied, membership, state) = match &snapshot {
+            Some(s) => (s.meta.last_log_id, s.meta.last_membership.clone(), s.state.clone()),
+            None => (None, StoredMembership::default(), MetaState::default()),
+        };
+        let (tx, rx) = watch::channel(Arc::new(state.clone()));
+        let inner =
+            MachineInner { dir: dir.to_path_buf(), last_applied, membership, state, snapshot, snapshot_count: 0 };
+        Ok((StateMachine { inner: Arc::new(Mutex::new(inner)), published: Arc::new(tx) }, rx))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MachineInner> {
+        self.inner.lock().expect("state machine lock")
+    }
+
+    fn publish(&self, state: &MetaState) {
+        self.published.send_replace(Arc::new(state.clone()));
+    }
+}
+
+impl RaftSnapshotBuilder<MetaRaft> for StateMachine {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<MetaRaft>> {
+        let mut inner = self.lock();
+        inner.snapshot_count += 1;
+        let snapshot_id = format!(
+            "{}-{}",
+            inner.last_applied.map_or_else(|| "0".to_string(), |l| l.index.to_string()),
+            inner.snapshot_count
+        );
+        let meta =
+            SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone(), snapshot_id };
+        let file = SnapshotFile { meta: meta.clone(), state: inner.state.clone() };
+        let bytes = serde_json::to_vec(&file).expect("snapshot serializes");
+        write_atomic(&inner.dir.join("snapshot.json"), &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        inner.snapshot = Some(file);
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<MetaRaft> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(Option<LogId<RaftNodeId>>, StoredMembership<RaftNodeId, openraft::BasicNode>)> {
+        let inner = self.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<MetaReply>>
+    where
+        I: IntoIterator<Item = Entry<MetaRaft>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut inner = self.lock();
+        for e in entries {
+            inner.last_applied = Some(e.log_id);
+            let reply = match e.payload {
+                EntryPayload::Blank => MetaReply(None),
+                EntryPayload::Normal(cmd) => MetaReply(inner.state.apply(&cmd).err()),
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(e.log_id), m);
+                    MetaReply(None)
+                }
+            };
+            replies.push(reply);
+        }
+        self.publish(&inner.state);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<RaftNodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let bytes = snapshot.into_inner();
+        let file: SnapshotFile = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
+        let mut inner = self.lock();
+        write_atomic(&inner.dir.join("snapshot.json"), &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.state = file.state.clone();
+        inner.snapshot = Some(file);
+        self.publish(&inner.state);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<MetaRaft>>> {
+        let inner = self.lock();
+        Ok(inner.snapshot.as_ref().map(|s| {
+            let bytes = serde_json::to_vec(s).expect("snapshot serializes");
+            Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(bytes)) }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stop_at_a_torn_or_corrupt_tail() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, &LogRecord::Truncate(5));
+        encode_record(&mut buf, &LogRecord::Truncate(7));
+        let whole = buf.len();
+        let (r, n) = decode_records(&buf);
+        assert_eq!((r.len(), n), (2, whole));
+        let (r, n) = decode_records(&buf[..whole - 1]);
+        assert_eq!(r.len(), 1, "a torn record ends the log");
+        assert!(n < whole);
+        let mut flipped = buf.clone();
+        flipped[whole - 2] ^= 1;
+        assert_eq!(decode_records(&flipped).0.len(), 1, "a corrupt record ends the log");
+        let mut huge = buf.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_records(&huge).0.len(), 0, "an absurd length is not trusted");
+    }
+}

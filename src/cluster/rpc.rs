@@ -1,0 +1,211 @@
+//! The control-plane link between nodes: metadata Raft traffic, forwarded metadata writes,
+//! and the controller's messages to and from partition replicas.
+//!
+//! A link is a TCP connection on the nodes' `peer` addresses. Every message is framed as
+//! `[len u32][crc32c u32][json]`, at most `MAX_CONTROL_MESSAGE_BYTES`; a bad CRC, an
+//! oversized length or JSON that does not decode closes the link. A link opens with
+//! [`Request::Hello`]: a node of another cluster, or one that is not a member, is refused
+//! and logged before anything else is read.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::meta::MetaCommand;
+use super::raft_store::{MetaRaft, MetaReply, RaftNodeId};
+use super::status::ClusterStatus;
+use crate::limits::MAX_CONTROL_MESSAGE_BYTES;
+use crate::replication::{ControlMessage, NodeId};
+
+/// A controller message about one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlEnvelope {
+    pub topic: String,
+    pub partition: u32,
+    pub msg: ControlMessage,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Hello {
+        cluster_id: String,
+        node_id: NodeId,
+    },
+    Append(AppendEntriesRequest<MetaRaft>),
+    Vote(VoteRequest<RaftNodeId>),
+    Snapshot(InstallSnapshotRequest<MetaRaft>),
+    /// Apply a metadata command; sent to the metadata leader.
+    Write(MetaCommand),
+    /// Controller <-> replicas, both directions.
+    Control {
+        from: NodeId,
+        messages: Vec<ControlEnvelope>,
+    },
+    /// The cluster status, as the metadata leader knows it.
+    Status,
+}
+
+/// Why a forwarded write was not applied.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    #[error("not the metadata leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    HelloOk,
+    Refused(String),
+    Append(Result<AppendEntriesResponse<RaftNodeId>, RaftError<RaftNodeId>>),
+    Vote(Result<VoteResponse<RaftNodeId>, RaftError<RaftNodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<RaftNodeId>, RaftError<RaftNodeId, InstallSnapshotError>>),
+    Write(Result<MetaReply, WriteError>),
+    Status(Result<ClusterStatus, WriteError>),
+    Done,
+}
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("message of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("message checksum mismatch")]
+    Checksum,
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("unexpected reply")]
+    Unexpected,
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(msg).expect("control messages serialize");
+    let mut out = Vec::with_capacity(json.len() + 8);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
+/// Decodes one whole message body after its 8-byte header was read.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(crc: u32, body: &[u8]) -> Result<T, LinkError> {
+    if crc32c::crc32c(body) != crc {
+        return Err(LinkError::Checksum);
+    }
+    serde_json::from_slice(body).map_err(|e| LinkError::Decode(e.to_string()))
+}
+
+pub async fn read_msg<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> Result<T, LinkError> {
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > MAX_CONTROL_MESSAGE_BYTES {
+        return Err(LinkError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    decode_body(crc, &body)
+}
+
+pub async fn write_msg<T: Serialize>(stream: &mut TcpStream, msg: &T) -> Result<(), LinkError> {
+    stream.write_all(&encode(msg)).await?;
+    Ok(())
+}
+
+/// One outgoing link to a peer node: connects (and says hello) on first use, and again
+/// after any failure. Calls are sequential: request, then its reply.
+pub struct PeerLink {
+    pub target: NodeId,
+    addr: std::net::SocketAddr,
+    hello: (String, NodeId),
+    stream: Option<TcpStream>,
+}
+
+impl PeerLink {
+    pub fn new(target: NodeId, addr: std::net::SocketAddr, cluster_id: &str, me: NodeId) -> PeerLink {
+        PeerLink { target, addr, hello: (cluster_id.to_string(), me), stream: None }
+    }
+
+    /// The node this link speaks for.
+    pub fn me(&self) -> NodeId {
+        self.hello.1
+    }
+
+    pub async fn call(&mut self, request: &Request, timeout: Duration) -> Result<Reply, LinkError> {
+        let result = tokio::time::timeout(timeout, self.call_inner(request)).await.unwrap_or(Err(LinkError::Timeout));
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn call_inner(&mut self, request: &Request) -> Result<Reply, LinkError> {
+        if self.stream.is_none() {
+            let mut s = TcpStream::connect(self.addr).await?;
+            s.set_nodelay(true)?;
+            let hello = Request::Hello { cluster_id: self.hello.0.clone(), node_id: self.hello.1 };
+            write_msg(&mut s, &hello).await?;
+            match read_msg::<Reply>(&mut s).await? {
+                Reply::HelloOk => {}
+                Reply::Refused(why) => return Err(LinkError::Refused(why)),
+                _ => return Err(LinkError::Unexpected),
+            }
+            self.stream = Some(s);
+        }
+        let s = self.stream.as_mut().expect("connected above");
+        write_msg(s, request).await?;
+        read_msg(s).await
+    }
+}
+
+/// Checks a link's first message; returns the peer's node id.
+pub fn check_hello(first: &Request, cluster_id: &str, members: &[NodeId]) -> Result<NodeId, String> {
+    match first {
+        Request::Hello { cluster_id: c, node_id } if c != cluster_id => {
+            Err(format!("node {node_id} is in cluster {c:?}, this is cluster {cluster_id:?}"))
+        }
+        Request::Hello { node_id, .. } if !members.contains(node_id) => {
+            Err(format!("node {node_id} is not a member of this cluster"))
+        }
+        Request::Hello { node_id, .. } => Ok(*node_id),
+        _ => Err("the first message of a link must be a hello".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_detects_corruption_and_hello_checks_membership() {
+        let msg = Request::Write(MetaCommand::DeleteTopic { name: "t".into() });
+        let bytes = encode(&msg);
+        let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+        assert!(decode_body::<Request>(crc, &bytes[8..]).is_ok());
+        for i in 8..bytes.len() {
+            let mut bad = bytes[8..].to_vec();
+            bad[i - 8] ^= 0x20;
+            assert!(decode_body::<Request>(crc, &bad).is_err(), "flip at {i} undetected");
+        }
+        let hello = |c: &str, n| Request::Hello { cluster_id: c.into(), node_id: n };
+        assert_eq!(check_hello(&hello("a", 2), "a", &[1, 2, 3]), Ok(2));
+        assert!(check_hello(&hello("b", 2), "a", &[1, 2, 3]).unwrap_err().contains("cluster"));
+        assert!(check_hello(&hello("a", 9), "a", &[1, 2, 3]).unwrap_err().contains("not a member"));
+        assert!(check_hello(&msg, "a", &[1]).is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! A shard's part in a cluster: following the replicated metadata (opening the partitions
+//! this node replicates), handing controller messages to replicas, ticking replicas, and
+//! the data links that stream batches from leaders here to followers elsewhere.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::partition::Outbound;
+use crate::broker::{Partition, TopicConfig};
+use crate::client::Connection;
+use crate::cluster::meta::MetaState;
+use crate::cluster::rpc::ControlEnvelope;
+use crate::cluster::ControlHandle;
+use crate::protocol::peer::{encode_peer, AppendReply, PeerHello, PeerKind, WirePeer};
+use crate::protocol::{decode, encode};
+use crate::replication::replica::ReplicaConfig;
+use crate::replication::{ControlMessage, Epoch, NodeId, PeerMessage};
+use crate::rt::{self, Notify};
+use crate::shard::{owner_of_partition, Shard};
+
+/// Bytes of batches in one append frame to a follower, at most (one batch may exceed it).
+const APPEND_FRAME_BYTES: usize = 1 << 20;
+/// Append frames in flight on one link before the link waits for answers.
+const LINK_WINDOW: u64 = 64;
+/// How often replicas tick (heartbeats, resends).
+const REPLICA_TICK: Duration = Duration::from_millis(10);
+
+/// What a shard of a cluster node keeps about the cluster.
+pub struct ShardCluster {
+    pub node_id: NodeId,
+    pub control: ControlHandle,
+    /// The metadata as this shard last applied it.
+    pub meta: RefCell<Arc<MetaState>>,
+    links: RefCell<HashMap<NodeId, Rc<DataLink>>>,
+}
+
+impl ShardCluster {
+    pub fn new(control: ControlHandle) -> ShardCluster {
+        let meta = control.meta.borrow().clone();
+        ShardCluster {
+            node_id: control.settings.node_id,
+            control,
+            meta: RefCell::new(meta),
+            links: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The client address of a node (for not-leader hints).
+    pub fn client_addr(&self, node: NodeId) -> Option<String> {
+        self.control.settings.node(node).map(|n| n.client.to_string())
+    }
+}
+
+/// Starts the shard's cluster tasks.
+pub fn start(shard: &Rc<Shard>, inbox: tokio::sync::mpsc::UnboundedReceiver<ControlEnvelope>) {
+    rt::spawn(follow_metadata(shard.clone()));
+    rt::spawn(serve_control_inbox(Rc::downgrade(shard), inbox));
+    rt::spawn(tick_replicas(Rc::downgrade(shard)));
+}
+
+fn cluster(shard: &Shard) -> &ShardCluster {
+    shard.cluster.as_ref().expect("cluster tasks run on cluster shards only")
+}
+
+/// Applies every metadata change: the catalog copy, partitions to open and to drop.
+async fn follow_metadata(shard: Rc<Shard>) {
+    let mut rx = cluster(&shard).control.meta.clone();
+    loop {
+        let meta = rx.borrow_and_update().clone();
+        apply_metadata(&shard, &meta).await;
+        if shard.shutting_down.get() || rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
+    let c = cluster(shard);
+    *c.meta.borrow_mut() = meta.clone();
+    let gone: Vec<String> =
+        shard.catalog.borrow().topics.keys().filter(|t| !meta.topics.contains_key(*t)).cloned().collect();
+    for topic in gone {
+        shard.catalog.borrow_mut().topics.remove(&topic);
+        if let Err(e) = shard.drop_topic_partitions(&topic).await {
+            log::warn!("removing topic {topic}: {e}");
+        }
+    }
+    for (name, t) in &meta.topics {
+        let config = TopicConfig {
+            partitions: t.partitions.len() as u32,
+            replication_factor: t.replication_factor,
+            created_ms: t.created_ms,
+        };
+        shard.catalog.borrow_mut().topics.insert(name.clone(), config);
+        for (i, p) in t.partitions.iter().enumerate() {
+            let i = i as u32;
+            if !p.replicas.contains(&c.node_id) || owner_of_partition(name, i, shard.shards) != shard.id {
+                continue;
+            }
+            if shard.partition(name, i).is_some() {
+                continue;
+            }
+            if let Err(e) = open_replica(shard, name, i).await {
+                log::error!("cannot open replica {name}/{i}: {e}");
+            }
+        }
+    }
+}
+
+async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32) -> Result<(), String> {
+    let dir = crate::broker::catalog::partition_dir(&shard.config.data_dir, topic, partition);
+    let part = Partition::open(
+        shard.disk.clone(),
+        Rc::from(topic),
+        partition,
+        dir,
+        shard.config.log_config(),
+        shard.config.storage.flush,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let outbound: Rc<dyn Outbound> = Rc::new(ShardOutbound { shard: Rc::downgrade(shard) });
+    let config = ReplicaConfig {
+        window_records: 1 << 16,
+        max_records_per_message: 1 << 16,
+        isr_lag_ms: 10 * cluster(shard).control.settings.election_timeout_ms,
+        ..ReplicaConfig::default()
+    };
+    part.enable_replication(cluster(shard).node_id, config, outbound).await.map_err(|e| e.to_string())?;
+    shard.partitions.borrow_mut().insert((topic.to_string(), partition), part);
+    Ok(())
+}
+
+async fn serve_control_inbox(shard: Weak<Shard>, mut inbox: tokio::sync::mpsc::UnboundedReceiver<ControlEnvelope>) {
+    while let Some(e) = inbox.recv().await {
+        let Some(shard) = shard.upgrade() else { return };
+        // A partition not open yet (metadata still on its way) ignores it: controllers retry.
+        if let Some(p) = shard.partition(&e.topic, e.partition) {
+            p.on_control(e.msg).await;
+        }
+    }
+}
+
+async fn tick_replicas(shard: Weak<Shard>) {
+    let started = std::time::Instant::now();
+    loop {
+        rt::sleep(REPLICA_TICK).await;
+        let Some(shard) = shard.upgrade() else { return };
+        if shard.shutting_down.get() {
+            return;
+        }
+        let now_ms = started.elapsed().as_millis() as u64;
+        let parts: Vec<_> = shard.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            p.replication_tick(now_ms);
+        }
+    }
+}
+
+struct ShardOutbound {
+    shard: Weak<Shard>,
+}
+
+impl Outbound for ShardOutbound {
+    fn send(&self, topic: &Rc<str>, partition: u32, to: NodeId, msg: PeerMessage) {
+        let Some(shard) = self.shard.upgrade() else { return };
+        let link = link_to(&shard, to);
+        let item = match msg {
+            PeerMessage::Append { epoch, prev_offset, end_offset, .. } if end_offset > prev_offset => {
+                Outgoing::Range { topic: topic.clone(), partition, epoch, from: prev_offset, to: end_offset }
+            }
+            msg => Outgoing::Message { topic: topic.clone(), partition, msg },
+        };
+        link.queue.borrow_mut().push_back(item);
+        link.wake.notify();
+    }
+
+    fn control(&self, topic: &Rc<str>, partition: u32, msg: ControlMessage) {
+        let Some(shard) = self.shard.upgrade() else { return };
+        cluster(&shard).control.to_controller(ControlEnvelope { topic: topic.to_string(), partition, msg });
+    }
+}
+
+enum Outgoing {
+    /// Batches `[from, to)` of a partition this shard leads in `epoch`.
+    Range {
+        topic: Rc<str>,
+        partition: u32,
+        epoch: Epoch,
+        from: u64,
+        to: u64,
+    },
+    Message {
+        topic: Rc<str>,
+        partition: u32,
+        msg: PeerMessage,
+    },
+}
+
+/// The link from this shard to one follower node.
+struct DataLink {
+    queue: RefCell<VecDeque<Outgoing>>,
+    wake: Notify,
+}
+
+fn link_to(shard: &Rc<Shard>, node: NodeId) -> Rc<DataLink> {
+    let c = cluster(shard);
+    if let Some(l) = c.links.borrow().get(&node) {
+        return l.clone();
+    }
+    let link = Rc::new(DataLink { queue: RefCell::new(VecDeque::new()), wake: Notify::new() });
+    c.links.borrow_mut().insert(node, link.clone());
+    rt::spawn(run_link(Rc::downgrade(shard), node, link.clone()));
+    link
+}
+
+/// Connects (again) to the node and sends what is queued; answers go to the partitions.
+/// What was queued while the node was unreachable is dropped: replicas resend.
+async fn run_link(shard: Weak<Shard>, node: NodeId, link: Rc<DataLink>) {
+    let window = Rc::new(glommio::sync::Semaphore::new(LINK_WINDOW));
+    loop {
+        let Some(s) = shard.upgrade() else { return };
+        if s.shutting_down.get() {
+            return;
+        }
+        let conn = match connect(&s, node).await {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("data link to node {node}: {e}");
+                link.queue.borrow_mut().clear();
+                drop(s);
+                rt::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        drop(s);
+        while !conn.is_broken() {
+            let item = link.queue.borrow_mut().pop_front();
+            let Some(item) = item else {
+                rt::timeout(Duration::from_millis(100), link.wake.notified()).await;
+                continue;
+            };
+            let Some(s) = shard.upgrade() else { return };
+            send_item(&s, &conn, &window, item).await;
+        }
+        log::debug!("data link to node {node} broke; reconnecting");
+    }
+}
+
+async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
+    let c = cluster(shard);
+    let addr = c.control.settings.node(node).ok_or("unknown node")?.client;
+    let conn = Connection::connect(addr, Duration::from_millis(500), shard.config.max_frame_bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hello = PeerHello { cluster_id: c.control.settings.cluster_id.clone(), node_id: c.node_id };
+    rt::timeout(Duration::from_secs(2), conn.send_kind(PeerKind::Hello as u16, encode(&hello), Vec::new()))
+        .await
+        .ok_or("hello timed out")?
+        .map_err(|e| format!("hello refused: {e}"))?;
+    Ok(conn)
+}
+
+async fn send_item(shard: &Rc<Shard>, conn: &Rc<Connection>, window: &Rc<glommio::sync::Semaphore>, item: Outgoing) {
+    match item {
+        Outgoing::Message { topic, partition, msg } => {
+            send_frame(shard, conn, window, &topic, partition, &msg, Vec::new()).await
+        }
+        Outgoing::Range { topic, partition, epoch, mut from, to } => {
+            while from < to {
+                let Some(p) = shard.partition(&topic, partition) else { return };
+                let Some((msg, batches)) = p.read_for_follower(epoch, from, to, APPEND_FRAME_BYTES).await else {
+                    return;
+                };
+                let PeerMessage::Append { end_offset, .. } = &msg else { return };
+                from = *end_offset;
+                send_frame(shard, conn, window, &topic, partition, &msg, batches).await;
+            }
+        }
+    }
+}
+
+async fn send_frame(
+    shard: &Rc<Shard>,
+    conn: &Rc<Connection>,
+    window: &Rc<glommio::sync::Semaphore>,
+    topic: &Rc<str>,
+    partition: u32,
+    msg: &PeerMessage,
+    batches: Vec<bytes::Bytes>,
+) {
+    let WirePeer::Append(req) = encode_peer(topic, partition, msg) else { return };
+    let Ok(permit) = window.clone().acquire_static_permit(1).await else { return };
+    let reply = conn.send_kind(PeerKind::Append as u16, encode(&req), batches);
+    let (shard, topic) = (Rc::downgrade(shard), topic.clone());
+    rt::spawn(async move {
+        let answer = reply.await;
+        drop(permit);
+        let frame = match answer {
+            Ok(f) => f,
+            Err(e) => {
+                log::debug!("append to a follower of {topic}/{partition}: {e}");
+                return;
+            }
+        };
+        let msg = match decode::<AppendReply>(frame.archive())
+            .map_err(|e| e.to_string())
+            .and_then(|r| crate::protocol::peer::decode_reply(&r).map_err(|e| e.to_string()))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("bad append reply for {topic}/{partition}: {e}");
+                return;
+            }
+        };
+        let Some(shard) = shard.upgrade() else { return };
+        if let Some(p) = shard.partition(&topic, partition) {
+            p.on_follower_reply(msg).await;
+        }
+    });
+}
