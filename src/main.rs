@@ -11,7 +11,7 @@ use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use quorra::client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, StartFrom,
+    Client, ClientConfig, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, ReadFrom, StartFrom,
 };
 use quorra::config::{Config, FlushPolicy};
 use quorra::protocol::messages::Acks;
@@ -39,6 +39,19 @@ enum Command {
     Produce(ProduceArgs),
     /// Print messages of a topic, one per line.
     Consume(ConsumeArgs),
+    /// Inspect a cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Nodes (alive, metadata leader) and, per partition: leader, epoch, replicas, in-sync
+    /// replicas, high watermark and each follower's lag.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -148,6 +161,10 @@ struct ConsumeArgs {
     /// Output format
     #[arg(long, value_enum, default_value = "raw")]
     format: Format,
+    /// In a cluster, read from the leader, a follower, or any replica (all serve only
+    /// committed messages)
+    #[arg(long, default_value = "leader")]
+    read_from: ReadFrom,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -163,6 +180,7 @@ fn main() {
         Command::Topic(cmd) => run_client(move || topic(cmd)),
         Command::Produce(args) => run_client(move || produce(args)),
         Command::Consume(args) => run_client(move || consume(args)),
+        Command::Cluster(cmd) => run_client(move || cluster(cmd)),
     };
     if let Err(e) = result {
         // A closed stdout (`quorra consume ... | head`) ends the command, quietly.
@@ -296,9 +314,10 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             }
         }
     }
-    println!("acknowledged {acked} of {total} messages");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "acknowledged {acked} of {total} messages")?;
     for (p, o) in &last {
-        println!("partition {p}: last offset {o}");
+        writeln!(out, "partition {p}: last offset {o}")?;
     }
     if let Some(e) = first_error {
         bail!("{} messages not acknowledged: {e}", total - acked);
@@ -317,6 +336,7 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
         start,
         group: args.group.clone(),
         max_wait: Duration::from_millis(if args.follow { 1000 } else { 200 }),
+        read_from: args.read_from,
         ..Default::default()
     };
     let mut consumer = Consumer::new(client, &args.topic, args.partition.map(|p| vec![p]), config).await?;
@@ -354,6 +374,37 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
     out.flush()?;
     if args.group.is_some() {
         consumer.commit().await?;
+    }
+    Ok(())
+}
+
+async fn cluster(cmd: ClusterCommand) -> Result<()> {
+    let ClusterCommand::Status { client } = cmd;
+    let s = connect(&client).await?.cluster_status().await?;
+    let id = |n: Option<u32>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    println!("cluster {} (mode {}), metadata leader: node {}", s.cluster_id, s.mode, id(s.metadata_leader));
+    println!("{:>6} {:<22} {:<6} role", "node", "address", "alive");
+    for n in &s.nodes {
+        let role = if n.metadata_leader { "metadata leader" } else { "" };
+        println!("{:>6} {:<22} {:<6} {role}", n.node_id, n.client_addr, if n.alive { "yes" } else { "NO" });
+    }
+    println!(
+        "{:<24} {:>6} {:>6} {:<10} {:<10} {:>14} {:>12}  lag",
+        "partition", "leader", "epoch", "replicas", "in-sync", "high_watermark", "log_end"
+    );
+    for p in &s.partitions {
+        let lag = p.lag.iter().map(|l| format!("{}:{}", l.node_id, l.records)).collect::<Vec<_>>().join(" ");
+        println!(
+            "{:<24} {:>6} {:>6} {:<10} {:<10} {:>14} {:>12}  {lag}",
+            format!("{}/{}", p.topic, p.partition),
+            id(p.leader),
+            p.epoch,
+            list(&p.replicas),
+            list(&p.in_sync),
+            p.high_watermark,
+            p.log_end
+        );
     }
     Ok(())
 }

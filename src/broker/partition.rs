@@ -21,6 +21,7 @@ use crate::rt::{self, Notify, WaitList};
 use crate::storage::log::ReadPlan;
 use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
 
+mod producers;
 mod replication;
 pub use replication::{Outbound, Replication};
 
@@ -76,6 +77,8 @@ pub struct Partition<D: Disk = ServerDisk> {
     /// Serializes a follower's handling of its leader's appends (they may await a
     /// truncation or an epoch write, and must apply in order).
     follower_lock: glommio::sync::Semaphore,
+    /// Recent batches per idempotent producer.
+    producers: RefCell<producers::ProducerTable>,
 }
 
 impl<D: Disk> Partition<D> {
@@ -109,9 +112,43 @@ impl<D: Disk> Partition<D> {
             replication: RefCell::new(None),
             paused: Cell::new(false),
             follower_lock: glommio::sync::Semaphore::new(1),
+            producers: RefCell::new(producers::ProducerTable::default()),
         });
+        p.rebuild_producer_table().await?;
         rt::spawn(p.clone().writer());
         Ok(p)
+    }
+
+    /// Reads the active segment's batch headers into the producer table (see `producers`).
+    async fn rebuild_producer_table(&self) -> Result<(), StorageError> {
+        if !matches!(self.health(), LogHealth::Healthy) {
+            return Ok(());
+        }
+        let (mut offset, end) = {
+            let log = self.log.borrow();
+            (log.active_segment_base().max(log.log_start_offset()), log.next_offset())
+        };
+        while offset < end {
+            let plan = self.log.borrow().plan_read(offset, 1 << 20, end)?;
+            let chunks = match plan {
+                ReadPlan::Ready(c) => c,
+                ReadPlan::Disk(read) => vec![read.run().await?],
+            };
+            let before = offset;
+            for chunk in &chunks {
+                for item in BatchIter::new(chunk) {
+                    let (header, _) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    if header.base_offset >= offset {
+                        self.producers.borrow_mut().observe(&header);
+                        offset = header.next_offset();
+                    }
+                }
+            }
+            if offset == before {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Offsets below it are committed: readable and acknowledged.
@@ -158,8 +195,19 @@ impl<D: Disk> Partition<D> {
             Some(r) => r.replica.epoch(),
             None => 0,
         };
+        if let Some(stored) = self.already_stored(payload.as_mut()) {
+            return Ok(Appended { first_offset: stored.base_offset, last_offset: stored.last_offset });
+        }
         let mut log = self.log.borrow_mut();
         let stamped = log.stamp(payload.as_mut(), epoch)?;
+        {
+            let mut producers = self.producers.borrow_mut();
+            for b in &stamped {
+                if let Ok(header) = crate::protocol::batch::peek_header(&payload.as_mut()[b.start..]) {
+                    producers.observe(&header);
+                }
+            }
+        }
         let (first_offset, last_offset) = log.append_stamped(into_bytes(payload), &stamped);
         drop(log);
         let mut actions = Vec::new();
@@ -173,6 +221,17 @@ impl<D: Disk> Partition<D> {
         self.wake_writer.notify();
         self.run_sync_actions(actions);
         Ok(Appended { first_offset, last_offset })
+    }
+
+    /// A retry of a batch this partition already holds (same producer id and sequence):
+    /// where it is. Only single-batch payloads are recognised (what the producer sends).
+    fn already_stored(&self, payload: &[u8]) -> Option<producers::StoredBatch> {
+        let header = crate::protocol::batch::peek_header(payload).ok()?;
+        if header.batch_len as usize != payload.len() {
+            return None;
+        }
+        let stored = self.producers.borrow().find(header.producer_id, header.base_sequence)?;
+        (stored.last_offset - stored.base_offset + 1 == u64::from(header.record_count)).then_some(stored)
     }
 
     /// Waits until `last_offset` is acknowledged at `level`; returns the high watermark then.

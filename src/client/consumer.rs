@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Client, ClientError};
+use super::{is_retriable, Client, ClientError, ReadFrom};
 use crate::protocol::batch::{BatchIter, RecordIter};
 use crate::protocol::messages::{
     FetchRequest, FetchResponse, OFFSET_SPEC_EARLIEST, OFFSET_SPEC_LATEST, OFFSET_SPEC_TIMESTAMP,
@@ -32,6 +32,8 @@ pub struct ConsumerConfig {
     pub max_bytes: u32,
     /// Long poll: how long a fetch waits for new data.
     pub max_wait: Duration,
+    /// Which replica of each partition to read from (a cluster; a single node serves all).
+    pub read_from: ReadFrom,
 }
 
 impl Default for ConsumerConfig {
@@ -41,6 +43,7 @@ impl Default for ConsumerConfig {
             group: None,
             max_bytes: 1 << 20,
             max_wait: Duration::from_millis(500),
+            read_from: ReadFrom::Leader,
         }
     }
 }
@@ -106,36 +109,52 @@ impl Consumer {
     /// Fetches from every partition at once and returns the records received, in offset
     /// order per partition. Empty when nothing arrived within `max_wait`.
     pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, ClientError> {
-        let conn = self.client.connection().await?;
         let timeout = self.client.config().request_timeout + self.config.max_wait;
         // Long-poll only when no partition is known to have data waiting: otherwise one idle
         // partition would hold back the records of the others.
         let data_waiting = self.cursors.iter().any(|c| c.high_watermark.is_none_or(|hw| c.next_offset < hw));
         let max_wait_ms = if data_waiting { 0 } else { self.config.max_wait.as_millis() as u32 };
-        let pending: Vec<_> = self
-            .cursors
-            .iter()
-            .map(|c| {
-                let req = FetchRequest {
-                    topic: self.topic.clone(),
-                    partition: c.partition,
-                    offset: c.next_offset,
-                    max_bytes: self.config.max_bytes,
-                    max_wait_ms,
-                };
-                conn.send(ApiKind::Fetch, encode(&req), Vec::new())
-            })
-            .collect();
+        let mut pending = Vec::new();
+        for c in &self.cursors {
+            let req = FetchRequest {
+                topic: self.topic.clone(),
+                partition: c.partition,
+                offset: c.next_offset,
+                max_bytes: self.config.max_bytes,
+                max_wait_ms,
+            };
+            let fut = match self.client.partition_connection(&self.topic, c.partition, self.config.read_from).await {
+                Ok(conn) => {
+                    futures_lite::future::FutureExt::boxed_local(conn.send(ApiKind::Fetch, encode(&req), Vec::new()))
+                }
+                Err(e) => futures_lite::future::FutureExt::boxed_local(async move { Err(e) }),
+            };
+            pending.push(fut);
+        }
         let mut records = Vec::new();
+        let mut failures = 0;
         for (i, fut) in pending.into_iter().enumerate() {
-            let frame = crate::rt::timeout(timeout, fut)
+            let answer = crate::rt::timeout(timeout, fut)
                 .await
-                .ok_or_else(|| ClientError::Timeout("fetch did not complete".into()))??;
+                .unwrap_or_else(|| Err(ClientError::Timeout("fetch did not complete".into())));
+            let frame = match answer {
+                Ok(f) => f,
+                // A replica went away or stopped leading: ask elsewhere next time.
+                Err(e) if is_retriable(&e) => {
+                    self.client.route_failed(&self.topic, self.cursors[i].partition, &e);
+                    failures += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let resp = decode::<FetchResponse>(frame.archive())?;
             let cursor = &mut self.cursors[i];
             cursor.high_watermark = Some(resp.high_watermark);
             let payload = frame.into_payload();
             decode_records(&payload, cursor, &mut records)?;
+        }
+        if failures > 0 && records.is_empty() {
+            crate::rt::sleep(Duration::from_millis(50)).await;
         }
         Ok(records)
     }

@@ -8,6 +8,7 @@
 mod connection;
 pub mod consumer;
 pub mod producer;
+mod routing;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -20,6 +21,7 @@ use thiserror::Error;
 pub use connection::Connection;
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use producer::{Partitioner, Producer, ProducerConfig, RecordMetadata};
+pub use routing::{is_retriable, ReadFrom};
 
 use crate::limits::DEFAULT_MAX_FRAME_BYTES;
 use crate::protocol::messages::*;
@@ -104,6 +106,7 @@ impl ClientConfig {
 pub struct Client {
     config: ClientConfig,
     conn: RefCell<Option<Rc<Connection>>>,
+    routes: routing::SharedRoutes,
 }
 
 impl Client {
@@ -112,7 +115,7 @@ impl Client {
         if config.bootstrap.is_empty() {
             return Err(ClientError::Invalid("no bootstrap address given".into()));
         }
-        let client = Rc::new(Client { config, conn: RefCell::new(None) });
+        let client = Rc::new(Client { config, conn: RefCell::new(None), routes: Default::default() });
         client.connection().await?;
         Ok(client)
     }
@@ -200,6 +203,10 @@ impl Client {
         self.call(ApiKind::ListTopics, &ListTopicsRequest {}).await
     }
 
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.call(ApiKind::ClusterStatus, &ClusterStatusRequest {}).await
+    }
+
     /// Number of partitions of a topic (an `unknown_topic` error if there is no such topic).
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         let md = self.metadata(vec![topic.to_string()]).await?;
@@ -226,7 +233,11 @@ impl Client {
             acks: acks as u8,
             timeout_ms: self.config.request_timeout.as_millis() as u32,
         };
-        let frame = self.request(ApiKind::Produce, encode(&req), batches, self.config.request_timeout).await?;
+        // Sent once: a retry could store the batches twice (the producer retries safely).
+        let conn = self.partition_connection(topic, partition, ReadFrom::Leader).await?;
+        let frame = crate::rt::timeout(self.config.request_timeout, conn.send(ApiKind::Produce, encode(&req), batches))
+            .await
+            .unwrap_or_else(|| Err(ClientError::Timeout("produce not answered".into())))?;
         Ok(decode::<ProduceResponse>(frame.archive())?)
     }
 
@@ -246,8 +257,9 @@ impl Client {
             max_bytes,
             max_wait_ms: max_wait.as_millis() as u32,
         };
+        let timeout = self.config.request_timeout + max_wait;
         let frame =
-            self.request(ApiKind::Fetch, encode(&req), Vec::new(), self.config.request_timeout + max_wait).await?;
+            self.partition_request(topic, partition, ReadFrom::Leader, ApiKind::Fetch, encode(&req), timeout).await?;
         let resp = decode::<FetchResponse>(frame.archive())?;
         Ok(FetchResult {
             high_watermark: resp.high_watermark,
@@ -263,10 +275,42 @@ impl Client {
         spec: u8,
         timestamp_ms: i64,
     ) -> Result<u64, ClientError> {
-        let resp: ListOffsetsResponse = self
-            .call(ApiKind::ListOffsets, &ListOffsetsRequest { topic: topic.into(), partition, spec, timestamp_ms })
+        let req = ListOffsetsRequest { topic: topic.into(), partition, spec, timestamp_ms };
+        let timeout = self.config.request_timeout;
+        let frame = self
+            .partition_request(topic, partition, ReadFrom::Leader, ApiKind::ListOffsets, encode(&req), timeout)
             .await?;
-        Ok(resp.offset)
+        Ok(decode::<ListOffsetsResponse>(frame.archive())?.offset)
+    }
+
+    /// A request about one partition that is safe to repeat, sent to a replica that holds it
+    /// and sent again (after following a not-leader hint or re-reading metadata) while it
+    /// fails in a retriable way, for up to the request timeout.
+    pub async fn partition_request(
+        &self,
+        topic: &str,
+        partition: u32,
+        read_from: ReadFrom,
+        kind: ApiKind,
+        archive: BodyBuf,
+        timeout: Duration,
+    ) -> Result<Frame, ClientError> {
+        let deadline = std::time::Instant::now() + self.config.request_timeout;
+        loop {
+            let result = match self.partition_connection(topic, partition, read_from).await {
+                Ok(conn) => crate::rt::timeout(timeout, conn.send(kind, archive.clone(), Vec::new()))
+                    .await
+                    .unwrap_or_else(|| Err(ClientError::Timeout(format!("no answer from {}", conn.addr())))),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if is_retriable(&e) && std::time::Instant::now() < deadline => {
+                    self.route_failed(topic, partition, &e);
+                    crate::rt::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn commit_offset(

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 
-use super::{Client, ClientError};
+use super::{is_retriable, Client, ClientError, ReadFrom};
 use crate::limits::MAX_BATCH_BYTES;
 use crate::protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES};
 use crate::protocol::messages::{Acks, ProduceRequest, ProduceResponse};
-use crate::protocol::{decode, encode, ApiKind};
+use crate::protocol::{decode, encode, ApiKind, Frame};
 use crate::rt::{self, Notify, WaitList};
 
 /// How records are assigned to partitions when the caller does not name one.
@@ -42,6 +42,11 @@ pub struct ProducerConfig {
     /// Bytes of sealed batches waiting to be sent before `send` waits (backpressure).
     pub max_buffered_bytes: usize,
     pub partitioner: Partitioner,
+    /// One attempt of a produce waits this long for its answer; then it is sent again
+    /// (to the leader, which may have changed).
+    pub attempt_timeout: Duration,
+    /// A record that is not acknowledged within this long (all attempts) fails.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -53,6 +58,8 @@ impl Default for ProducerConfig {
             max_in_flight: 32,
             max_buffered_bytes: 32 << 20,
             partitioner: Partitioner::KeyHash,
+            attempt_timeout: Duration::from_secs(5),
+            delivery_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -136,6 +143,10 @@ pub struct Producer {
     outstanding_done: WaitList,
     round_robin: Cell<u32>,
     generation: Cell<u64>,
+    /// Identifies this producer's batches: with the per-partition sequence numbers, a
+    /// leader recognises a batch it already stored when a retry brings it again.
+    producer_id: u64,
+    sequences: RefCell<HashMap<(Rc<str>, u32), u32>>,
 }
 
 impl Producer {
@@ -156,6 +167,8 @@ impl Producer {
             outstanding_done: WaitList::default(),
             round_robin: Cell::new(0),
             generation: Cell::new(0),
+            producer_id: random_producer_id(),
+            sequences: RefCell::new(HashMap::new()),
         });
         rt::spawn(Producer::sender(Rc::downgrade(&p)));
         p
@@ -275,7 +288,15 @@ impl Producer {
     }
 
     fn seal(&self, topic: Rc<str>, partition: u32, acc: Accumulator) {
-        let batch = acc.builder.finish(0, 0, 0);
+        let records = acc.builder.record_count();
+        let sequence = {
+            let mut seqs = self.sequences.borrow_mut();
+            let seq = seqs.entry((topic.clone(), partition)).or_insert(0);
+            let first = *seq;
+            *seq = seq.wrapping_add(records);
+            first
+        };
+        let batch = acc.builder.finish(self.producer_id, 0, sequence);
         self.queued_bytes.set(self.queued_bytes.get() + batch.len());
         self.outstanding.set(self.outstanding.get() + 1);
         self.queue.borrow_mut().push_back(Sealed { topic, partition, batch, ack: acc.ack });
@@ -312,28 +333,22 @@ impl Producer {
                 topic: sealed.topic.to_string(),
                 partition: sealed.partition,
                 acks: p.config.acks as u8,
-                timeout_ms: p.client.config().request_timeout.as_millis() as u32,
+                timeout_ms: p.config.attempt_timeout.as_millis() as u32,
             };
-            let timeout = p.client.config().request_timeout + Duration::from_secs(1);
-            let response = match p.client.connection().await {
-                Ok(conn) => {
-                    let fut = conn.send(ApiKind::Produce, encode(&request), vec![sealed.batch]);
-                    futures_lite::future::FutureExt::boxed_local(async move {
-                        match rt::timeout(timeout, fut).await {
-                            Some(r) => r,
-                            None => Err(ClientError::Timeout(format!(
-                                "produce not acknowledged within {} ms",
-                                timeout.as_millis()
-                            ))),
-                        }
-                    })
-                }
-                Err(e) => futures_lite::future::FutureExt::boxed_local(async move { Err(e) }),
-            };
+            // The first attempt is queued on its connection now, so batches of a partition
+            // leave in order; retries (after a failover) follow in their own time.
+            let first = p.attempt(&sealed, &request).await;
+            let response = futures_lite::future::FutureExt::boxed_local(Producer::deliver(
+                this.clone(),
+                sealed.topic.clone(),
+                sealed.partition,
+                sealed.batch.clone(),
+                request,
+                first,
+            ));
             let weak = this.clone();
             rt::spawn(async move {
-                let result =
-                    response.await.and_then(|frame| Ok(decode::<ProduceResponse>(frame.archive())?.base_offset));
+                let result = response.await;
                 sealed.ack.resolve(result);
                 drop(permit);
                 if let Some(p) = weak.upgrade() {
@@ -343,4 +358,69 @@ impl Producer {
             });
         }
     }
+
+    /// Sends one attempt of a produce; returns the future of its answer.
+    async fn attempt(
+        &self,
+        sealed: &Sealed,
+        request: &ProduceRequest,
+    ) -> futures_lite::future::BoxedLocal<Result<Frame, ClientError>> {
+        let timeout = self.config.attempt_timeout + Duration::from_millis(500);
+        match self.client.partition_connection(&sealed.topic, sealed.partition, ReadFrom::Leader).await {
+            Ok(conn) => {
+                let fut = conn.send(ApiKind::Produce, encode(request), vec![sealed.batch.clone()]);
+                let addr = conn.addr();
+                futures_lite::future::FutureExt::boxed_local(async move {
+                    rt::timeout(timeout, fut)
+                        .await
+                        .unwrap_or_else(|| Err(ClientError::Timeout(format!("produce not answered by {addr}"))))
+                })
+            }
+            Err(e) => futures_lite::future::FutureExt::boxed_local(async move { Err(e) }),
+        }
+    }
+
+    /// Waits for a produce's answer, sending it again while it fails in a retriable way
+    /// (not the leader, node unreachable, no answer) within the delivery timeout. Retries
+    /// carry the same producer id and sequence, so a leader that already stored the batch
+    /// answers with its offsets instead of storing it twice.
+    async fn deliver(
+        this: std::rc::Weak<Self>,
+        topic: Rc<str>,
+        partition: u32,
+        batch: Bytes,
+        request: ProduceRequest,
+        first: futures_lite::future::BoxedLocal<Result<Frame, ClientError>>,
+    ) -> Result<u64, ClientError> {
+        let started = Instant::now();
+        let mut pending = first;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let error = match pending.await {
+                Ok(frame) => return Ok(decode::<ProduceResponse>(frame.archive())?.base_offset),
+                Err(e) => e,
+            };
+            let Some(p) = this.upgrade() else { return Err(error) };
+            if !is_retriable(&error) || started.elapsed() + backoff >= p.config.delivery_timeout {
+                return Err(error);
+            }
+            log::debug!("produce to {topic}/{partition} failed ({error}); retrying");
+            p.client.route_failed(&topic, partition, &error);
+            drop(p);
+            rt::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            let Some(p) = this.upgrade() else { return Err(error) };
+            let sealed = Sealed { topic: topic.clone(), partition, batch: batch.clone(), ack: Rc::default() };
+            pending = p.attempt(&sealed, &request).await;
+        }
+    }
+}
+
+/// A random, nonzero producer id (zero means "not idempotent").
+fn random_producer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }

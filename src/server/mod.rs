@@ -118,7 +118,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             ));
             break;
         }
-        if frame.header.kind >= PEER_KINDS_START {
+        if crate::protocol::peer::PeerKind::from_u16(frame.header.kind).is_some() {
             match check_peer_frame(&shard, &frame, &mut peer_node) {
                 PeerCheck::Dispatch => {}
                 PeerCheck::Answered(out) => {
@@ -138,9 +138,6 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     outbox.close();
     let _ = writer_task.await;
 }
-
-/// Frame kinds at and above this are node-to-node traffic.
-const PEER_KINDS_START: u16 = 100;
 
 enum PeerCheck {
     /// A valid replication frame from the node that said hello: route it like a request.

@@ -588,6 +588,11 @@ impl<D: Disk> PartitionLog<D> {
     pub fn durable_offset(&self) -> u64 {
         self.durable_offset
     }
+    /// Where the active (last) segment starts.
+    pub fn active_segment_base(&self) -> u64 {
+        self.active().base_offset
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }

@@ -309,6 +309,7 @@ impl<D: Disk> Partition<D> {
                 let len = bytes.len();
                 if header.base_offset >= from && header.next_offset() <= to {
                     log.append_batch(chunk.slice(at..at + len))?;
+                    self.producers.borrow_mut().observe(&header);
                 }
                 at += len;
             }
@@ -368,6 +369,7 @@ impl<D: Disk> Partition<D> {
 
     async fn truncate_paused(&self, offset: u64) -> Result<(), StorageError> {
         let written = self.log.borrow().written_offset();
+        self.producers.borrow_mut().truncate(offset);
         if offset >= written {
             return self.log.borrow_mut().drop_unwritten_from(offset);
         }
