@@ -540,7 +540,6 @@ async fn controller_loop(ctx: Arc<Ctx>) {
                         }
                     }
                     let Some(c) = controllers.get_mut(&key) else { continue };
-                    c.tick(now_ms(), &mut Vec::new());
                     let mut out = Vec::new();
                     c.on_message(e.msg, &mut out);
                     carry_out(&ctx, &key, &mut controllers, out, &config, now_ms()).await;

@@ -47,6 +47,9 @@ pub struct Controller {
     election: Option<Election>,
     last_seen_ms: BTreeMap<NodeId, u64>,
     last_retry_ms: u64,
+    /// When the last election started (or the controller took over): a leader that says it
+    /// does not lead is replaced at most once per retry interval.
+    last_election_ms: u64,
     now_ms: u64,
     /// Leads when it is alive and holds everything (master-slave's master, hybrid's first
     /// replica); None: no preference.
@@ -65,6 +68,7 @@ impl Controller {
             election: None,
             last_seen_ms: BTreeMap::new(),
             last_retry_ms: 0,
+            last_election_ms: 0,
             now_ms: 0,
             preferred: None,
             last_handover_ms: None,
@@ -83,6 +87,7 @@ impl Controller {
         let mut c = Controller::new(config, replicas, epoch);
         c.now_ms = now_ms;
         c.last_retry_ms = now_ms;
+        c.last_election_ms = now_ms;
         if let Some(l) = leader {
             c.leader = Some(l);
             c.last_seen_ms.insert(l, now_ms);
@@ -113,6 +118,7 @@ impl Controller {
         self.election =
             Some(Election { epoch: self.epoch, answers: BTreeMap::new(), started_ms: self.now_ms, handover: false });
         self.last_retry_ms = self.now_ms;
+        self.last_election_ms = self.now_ms;
         for &r in &self.replicas {
             out.push((r, ControlMessage::Fence { epoch: self.epoch }));
         }
@@ -201,7 +207,7 @@ impl Controller {
                 // The appointed leader no longer leads this epoch (it restarted): elect anew.
                 if self.leader == Some(from)
                     && leading != Some(self.epoch)
-                    && self.now_ms.saturating_sub(self.last_retry_ms) >= self.config.retry_ms
+                    && self.now_ms.saturating_sub(self.last_election_ms) >= self.config.retry_ms
                 {
                     self.start_election(out);
                 }

@@ -1,6 +1,8 @@
 //! Test harness: real `quorra serve` processes on loopback ports, and a client runtime.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -181,6 +181,8 @@ impl<D: Disk> Partition<D> {
                     self.release_waiters();
                     self.data_arrived.notify_all();
                 }
+                // A producer's batch: already in the log (the append made it).
+                Action::AppendLocal(meta) if !meta.control => {}
                 other => log::error!("{}/{}: unexpected replication action {other:?}", self.topic, self.id),
             }
         }

@@ -1,0 +1,460 @@
+//! A cluster of real `quorra serve` processes on 127.0.0.1, with a fault-injecting TCP
+//! proxy on every node-to-node path, and a checker of acknowledged messages.
+//!
+//! Node `i` reaches node `j` (control links and data links alike) only through the proxies
+//! `i -> j`, so cutting them partitions the network one way; clients use the real addresses.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quorra::client::{Client, ClientConfig, ConsumerConfig, Producer, ProducerConfig, ReadFrom, StartFrom};
+use quorra::protocol::messages::{Acks, ClusterStatusResponse};
+
+use super::{payload, run, scratch_dir};
+
+/// A TCP forwarder that can drop every connection and refuse new ones (a network cut).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, k) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(target) else { continue };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                {
+                    let mut k = k.lock().unwrap();
+                    k.retain(|s: &TcpStream| s.peer_addr().is_ok());
+                    k.push(inbound.try_clone().unwrap());
+                    k.push(outbound.try_clone().unwrap());
+                }
+                for (mut from, mut to) in
+                    [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, cut, conns }
+    }
+
+    /// Drops every connection through this path and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Cluster tests run one at a time: each starts several processes, and ports must not be
+/// handed out twice.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A free port below the kernel's ephemeral range (32768+), so that the outgoing
+/// connections of other processes cannot take it while its node is down.
+fn free_port() -> SocketAddr {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()) * 7919 + NEXT.fetch_add(1, Ordering::SeqCst) * 104_729;
+    for i in 0..10_000u64 {
+        let port = 20_000 + ((seed + i * 7) % 12_000) as u16;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port");
+}
+
+pub struct Node {
+    pub id: u32,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("broker.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorra"));
+        cmd.args(["serve", "--config"]).arg(self.dir.join("node.toml"));
+        cmd.env("RUST_LOG", "info,glommio=off");
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start quorra serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = self.log_path();
+        std::thread::spawn(move || {
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+                if line.contains("serving on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("node {} did not start; log:\n{}", self.id, self.log());
+        }
+        self.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind(self.client).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.launch();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+    /// `(from, to)` -> the proxies (client port, peer port) node `from` uses to reach `to`.
+    proxies: HashMap<(u32, u32), (Proxy, Proxy)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids 1..=n) in `mode`, one shard each.
+    pub fn start(name: &str, n: u32, mode: &str, extra_toml: &str) -> Cluster {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = scratch_dir(name);
+        let addrs: Vec<(u32, SocketAddr, SocketAddr)> = (1..=n).map(|i| (i, free_port(), free_port())).collect();
+        let mut proxies = HashMap::new();
+        for &(i, _, _) in &addrs {
+            for &(j, client, peer) in &addrs {
+                if i != j {
+                    proxies.insert((i, j), (Proxy::start(client), Proxy::start(peer)));
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for &(i, client, peer) in &addrs {
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let mut toml = format!(
+                "listen = \"{client}\"\ndata_dir = \"{}\"\nshards = 1\n{extra_toml}\n[runtime]\npin_cores = false\n\n[cluster]\nnode_id = {i}\ncluster_id = \"test-{name}\"\nmode = \"{mode}\"\n",
+                node_dir.join("data").display()
+            );
+            for &(j, c, p) in &addrs {
+                let (c, p) = if i == j {
+                    (c, p)
+                } else {
+                    let (pc, pp) = &proxies[&(i, j)];
+                    (pc.addr, pp.addr)
+                };
+                toml += &format!("\n[[cluster.nodes]]\nid = {j}\nclient = \"{c}\"\npeer = \"{p}\"\n");
+            }
+            std::fs::write(node_dir.join("node.toml"), toml).unwrap();
+            nodes.push(Node { id: i, client, peer, dir: node_dir, child: None });
+        }
+        // Start them together: the metadata group needs a majority.
+        let handles: Vec<_> = nodes
+            .into_iter()
+            .map(|mut node| {
+                std::thread::spawn(move || {
+                    node.launch();
+                    node
+                })
+            })
+            .collect();
+        let nodes = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        Cluster { nodes, _serial: serial, proxies, _dir: dir }
+    }
+
+    pub fn node(&mut self, id: u32) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Every node's real client address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| n.client.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Bootstrap list of the nodes that are up.
+    pub fn bootstrap_up(&self) -> String {
+        self.nodes.iter().filter(|n| n.is_up()).map(|n| n.client.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Cuts every link between `id` and the other nodes, both ways.
+    pub fn isolate(&self, id: u32) {
+        for ((from, to), (c, p)) in &self.proxies {
+            if *from == id || *to == id {
+                c.cut();
+                p.cut();
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        for (c, p) in self.proxies.values() {
+            c.heal();
+            p.heal();
+        }
+    }
+
+    pub fn status(&self) -> Option<ClusterStatusResponse> {
+        let b = self.bootstrap_up();
+        run(move || async move {
+            let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.ok()?;
+            c.cluster_status().await.ok()
+        })
+    }
+
+    /// Waits until `cond` holds for the cluster status (polled every 100 ms).
+    pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&ClusterStatusResponse) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                if cond(&s) {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; status: {:#?}", self.status());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The leader of every partition of `topic`, once each has one.
+    pub fn leaders(&self, topic: &str) -> Vec<u32> {
+        self.status()
+            .map(|s| s.partitions.iter().filter(|p| p.topic == topic).map(|p| p.leader.unwrap_or(0)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32, rf: u16) {
+        let (b, t) = (self.bootstrap(), topic.to_string());
+        run(move || async move {
+            let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
+            c.create_topic(&t, partitions, rf).await.unwrap();
+        });
+        let t = topic.to_string();
+        self.wait_for("leaders of every partition", Duration::from_secs(20), |s| {
+            let ps: Vec<_> = s.partitions.iter().filter(|p| p.topic == t).collect();
+            ps.len() == partitions as usize && ps.iter().all(|p| p.leader.is_some() && p.high_watermark > 0)
+        });
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, n.log())).collect()
+    }
+}
+
+/// What a load run acknowledged: (partition, offset) -> message number.
+#[derive(Default, Clone)]
+pub struct Acked {
+    pub at: HashMap<(u32, u64), u64>,
+    /// When each acknowledgement arrived (ms since the load started), by message number.
+    pub times_ms: Vec<(u64, u64)>,
+}
+
+/// A producer running on its own thread until stopped, recording every acknowledgement.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub sent: Arc<AtomicU64>,
+    pub acked_count: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<Acked>>,
+}
+
+pub const MESSAGE_BYTES: usize = 256;
+
+impl Load {
+    /// Sends numbered messages round-robin over the partitions of `topic` with `acks`.
+    pub fn start(bootstrap: &str, topic: &str, partitions: u32, acks: Acks) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let acked_count = Arc::new(AtomicU64::new(0));
+        let (b, t, s, n, a) =
+            (bootstrap.to_string(), topic.to_string(), stop.clone(), sent.clone(), acked_count.clone());
+        let handle = std::thread::spawn(move || {
+            run(move || async move {
+                let started = Instant::now();
+                let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
+                let producer = Producer::new(
+                    c,
+                    ProducerConfig {
+                        acks,
+                        linger: Duration::ZERO,
+                        max_in_flight: 8,
+                        attempt_timeout: Duration::from_secs(2),
+                        delivery_timeout: Duration::from_secs(60),
+                        ..Default::default()
+                    },
+                );
+                let mut acked = Acked::default();
+                let mut i = 0u64;
+                while !s.load(Ordering::SeqCst) {
+                    let mut round = Vec::new();
+                    for _ in 0..32 {
+                        let p = (i % u64::from(partitions)) as u32;
+                        let d = producer.send_to(&t, p, None, &payload(p, i, MESSAGE_BYTES)).await.unwrap();
+                        round.push((i, d));
+                        i += 1;
+                    }
+                    n.store(i, Ordering::SeqCst);
+                    for (i, d) in round {
+                        if let Ok(md) = d.wait().await {
+                            acked.at.insert((md.partition, md.offset), i);
+                            acked.times_ms.push((i, started.elapsed().as_millis() as u64));
+                            a.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                acked
+            })
+        });
+        Load { stop, sent, acked_count, handle: Some(handle) }
+    }
+
+    /// Waits until `n` more messages were acknowledged.
+    pub fn wait_acked(&self, n: u64, timeout: Duration) {
+        let target = self.acked_count.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + timeout;
+        while self.acked_count.load(Ordering::SeqCst) < target {
+            assert!(Instant::now() < deadline, "the load stalled at {} acks", self.acked_count.load(Ordering::SeqCst));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(mut self) -> Acked {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// The checker's verdict, in the load generator's terms.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub acked: u64,
+    pub read: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupt: u64,
+}
+
+/// Reads every partition of `topic` from `read_from` replicas through `bootstrap` and checks
+/// that every acknowledged message is at the offset it was acknowledged with, that no
+/// message appears twice, and that every record is one that was sent.
+pub fn check(bootstrap: &str, topic: &str, partitions: u32, acked: &Acked, read_from: ReadFrom) -> Verdict {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    let records: Vec<(u32, u64, Vec<u8>)> = run(move || async move {
+        let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
+        let config = ConsumerConfig {
+            start: StartFrom::Earliest,
+            max_wait: Duration::from_millis(100),
+            read_from,
+            ..Default::default()
+        };
+        let mut consumer = quorra::client::Consumer::new(c, &t, None, config).await.unwrap();
+        let mut out = Vec::new();
+        let mut idle = 0;
+        while idle < 5 {
+            let batch = consumer.poll().await.unwrap();
+            if batch.is_empty() && consumer.caught_up() {
+                idle += 1;
+            } else {
+                idle = 0;
+            }
+            out.extend(batch.into_iter().map(|r| (r.partition, r.offset, r.value.to_vec())));
+        }
+        out
+    });
+    let mut v = Verdict { acked: acked.at.len() as u64, read: records.len() as u64, ..Default::default() };
+    let mut seen = HashSet::new();
+    let mut found = HashSet::new();
+    for (p, offset, value) in &records {
+        if value.len() < 12 {
+            v.corrupt += 1;
+            continue;
+        }
+        let n = u64::from_le_bytes(value[4..12].try_into().unwrap());
+        if *value != payload(*p, n, MESSAGE_BYTES) {
+            v.corrupt += 1;
+            continue;
+        }
+        if !seen.insert(n) {
+            v.duplicated += 1;
+        }
+        if acked.at.get(&(*p, *offset)) == Some(&n) {
+            found.insert((*p, *offset));
+        }
+    }
+    let _ = partitions;
+    v.lost = acked.at.len() as u64 - found.len() as u64;
+    v
+}
