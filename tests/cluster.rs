@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{check, Cluster, Load, Verdict};
+use common::cluster::{check, final_log, Cluster, Load, Verdict, Watcher};
 use quorra::client::ReadFrom;
 use quorra::protocol::messages::Acks;
 
@@ -84,4 +84,106 @@ fn all_nodes_killed_at_once_keep_every_quorum_acknowledgement() {
     });
     let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Any);
     assert_nothing_lost(&v, "after every node was killed", &c);
+}
+
+#[test]
+fn isolated_leader_acknowledges_nothing_and_rejoins_after_healing() {
+    let mut c = Cluster::start("partition", 3, "master-slave", "");
+    c.create_topic("t", TOPIC_PARTITIONS, 3);
+    let leader = c.leaders("t")[0];
+    let watcher = Watcher::start(&c.bootstrap(), "t", ReadFrom::Any);
+    let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
+    load.wait_acked(1000, Duration::from_secs(30));
+    c.isolate(leader);
+    // The isolated leader cannot reach a quorum: a produce sent straight to it is never
+    // acknowledged.
+    let isolated = c.node(leader).client.to_string();
+    let direct = common::run(move || async move {
+        let client = common::client(&isolated).await;
+        let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+        b.push(None, b"to the isolated leader", 1);
+        client.produce_batches("t", 0, Acks::Quorum, vec![b.finish(0, 0, 0)]).await
+    });
+    assert!(direct.is_err(), "the isolated leader acknowledged a write: {direct:?}");
+    // The majority side elects a leader and goes on.
+    load.wait_acked(2000, Duration::from_secs(40));
+    c.heal();
+    c.wait_for("all replicas in sync after healing", Duration::from_secs(40), |s| {
+        s.partitions.iter().all(|p| p.in_sync.len() == 3 && p.lag.iter().all(|l| l.records == 0))
+    });
+    load.wait_acked(500, Duration::from_secs(30));
+    let acked = load.stop();
+    let seen = watcher.stop();
+    let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Leader);
+    assert_nothing_lost(&v, "after the partition healed", &c);
+    // No consumer saw a message that later disappeared: every record it was given is in
+    // the final log at the same offset (read from the old leader alone, which truncated).
+    let old_leader_view = final_log(&c.node(leader).client.to_string(), "t");
+    let final_view = final_log(&c.bootstrap(), "t");
+    assert_eq!(old_leader_view, final_view, "the old leader's log equals the cluster's");
+    // It held at least the batch sent to it directly, uncommitted: it cut that tail.
+    assert!(c.node(leader).log().contains("t/0: truncating the log from offset"), "{}", c.node(leader).log());
+    for (p, o, value) in &seen {
+        assert_eq!(final_view.get(&(*p, *o)), Some(value), "a consumer saw {p}/{o}, which later changed");
+    }
+}
+
+#[test]
+fn paused_leader_is_replaced_and_acknowledges_nothing_when_resumed() {
+    let mut c = Cluster::start("sigstop", 3, "master-slave", "");
+    c.create_topic("t", TOPIC_PARTITIONS, 3);
+    let leader = c.leaders("t")[0];
+    let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
+    load.wait_acked(1000, Duration::from_secs(30));
+    c.node(leader).signal(libc::SIGSTOP);
+    load.wait_acked(2000, Duration::from_secs(40));
+    let during = c.leaders("t");
+    assert!(during.iter().all(|&l| l != leader && l != 0), "leaders while paused: {during:?}");
+    c.node(leader).signal(libc::SIGCONT);
+    c.wait_for("the resumed node back in sync", Duration::from_secs(40), |s| {
+        s.partitions.iter().all(|p| p.in_sync.len() == 3 && p.lag.iter().all(|l| l.records == 0))
+    });
+    load.wait_acked(500, Duration::from_secs(30));
+    let acked = load.stop();
+    let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Any);
+    assert_nothing_lost(&v, "after the paused leader resumed", &c);
+}
+
+#[test]
+fn rolling_restart_under_load_loses_nothing() {
+    let mut c = Cluster::start("rolling", 3, "hybrid", "");
+    c.create_topic("t", TOPIC_PARTITIONS, 3);
+    let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
+    load.wait_acked(1000, Duration::from_secs(30));
+    for id in 1..=3 {
+        c.node(id).restart();
+        c.wait_for("every replica in sync", Duration::from_secs(40), |s| {
+            s.partitions.iter().all(|p| p.leader.is_some() && p.in_sync.len() == 3)
+        });
+        load.wait_acked(1000, Duration::from_secs(40));
+    }
+    let acked = load.stop();
+    let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Leader);
+    assert_nothing_lost(&v, "after a rolling restart", &c);
+}
+
+#[test]
+fn follower_reads_stop_at_the_high_watermark() {
+    let c = Cluster::start("hwreads", 3, "master-slave", "");
+    c.create_topic("t", TOPIC_PARTITIONS, 3);
+    let watcher = Watcher::start(&c.bootstrap(), "t", ReadFrom::Follower);
+    let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
+    load.wait_acked(5000, Duration::from_secs(40));
+    let acked = load.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = watcher.stop();
+    // Everything a follower served is committed: in the final log, at that offset, and the
+    // follower caught up with everything acknowledged.
+    let final_view = final_log(&c.bootstrap(), "t");
+    for (p, o, value) in &seen {
+        assert_eq!(final_view.get(&(*p, *o)), Some(value), "a follower served {p}/{o}, which is not committed");
+    }
+    let seen_at: std::collections::HashSet<(u32, u64)> = seen.iter().map(|(p, o, _)| (*p, *o)).collect();
+    let missing = acked.at.keys().filter(|k| !seen_at.contains(k)).count();
+    assert_eq!(missing, 0, "follower readers received everything acknowledged");
 }

@@ -106,6 +106,8 @@ impl ClientConfig {
 pub struct Client {
     config: ClientConfig,
     conn: RefCell<Option<Rc<Connection>>>,
+    /// A node that failed a request: metadata is asked elsewhere first.
+    avoid: std::cell::Cell<Option<SocketAddr>>,
     routes: routing::SharedRoutes,
 }
 
@@ -115,7 +117,8 @@ impl Client {
         if config.bootstrap.is_empty() {
             return Err(ClientError::Invalid("no bootstrap address given".into()));
         }
-        let client = Rc::new(Client { config, conn: RefCell::new(None), routes: Default::default() });
+        let client =
+            Rc::new(Client { config, conn: RefCell::new(None), avoid: Default::default(), routes: Default::default() });
         client.connection().await?;
         Ok(client)
     }
@@ -124,14 +127,30 @@ impl Client {
         &self.config
     }
 
+    /// Stops using `addr` as the metadata connection (it failed a request; its view of the
+    /// cluster may be stale).
+    pub fn avoid_for_metadata(&self, addr: SocketAddr) {
+        self.avoid.set(Some(addr));
+        if self.conn.borrow().as_ref().is_some_and(|c| c.addr() == addr) {
+            *self.conn.borrow_mut() = None;
+        }
+    }
+
     /// The live connection, reconnecting if needed.
     pub async fn connection(&self) -> Result<Rc<Connection>, ClientError> {
         if let Some(c) = self.conn.borrow().as_ref().filter(|c| !c.is_broken()) {
             return Ok(c.clone());
         }
         let mut failures = Vec::new();
+        let mut candidates = Vec::new();
         for addr in &self.config.bootstrap {
-            for sock in resolve(addr)? {
+            candidates.extend(resolve(addr)?);
+        }
+        // A node that just failed a request is tried last.
+        let avoid = self.avoid.get();
+        candidates.sort_by_key(|a| Some(*a) == avoid);
+        {
+            for sock in candidates {
                 match Connection::connect(sock, self.config.connect_timeout, self.config.max_frame_bytes).await {
                     Ok(c) => {
                         *self.conn.borrow_mut() = Some(c.clone());

@@ -136,7 +136,12 @@ impl Client {
                 routes.leaders.insert(key, a);
             }
             None => {
-                routes.leaders.remove(&key);
+                // The node may be down or cut off, with stale metadata: ask another one.
+                if let Some(failed) = routes.leaders.remove(&key) {
+                    drop(routes);
+                    self.avoid_for_metadata(failed);
+                    return;
+                }
             }
         }
         if error.is_connection_error() {

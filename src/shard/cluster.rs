@@ -112,16 +112,28 @@ async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
 
 async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32) -> Result<(), String> {
     let dir = crate::broker::catalog::partition_dir(&shard.config.data_dir, topic, partition);
-    let part = Partition::open(
-        shard.disk.clone(),
-        Rc::from(topic),
-        partition,
-        dir,
-        shard.config.log_config(),
-        shard.config.storage.flush,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let open = |log_config| {
+        Partition::open(
+            shard.disk.clone(),
+            Rc::from(topic),
+            partition,
+            dir.clone(),
+            log_config,
+            shard.config.storage.flush,
+        )
+    };
+    let mut part = open(shard.config.log_config()).await.map_err(|e| e.to_string())?;
+    if let crate::storage::LogHealth::Corrupt(why) = part.health() {
+        // A replica has a better source than the operator: cut the log where it went bad
+        // and fetch the rest from the leader again.
+        log::warn!("{topic}/{partition}: {why}; repairing this replica from the partition's leader");
+        part.close().await;
+        crate::storage::Disk::remove_file(&shard.disk, &dir.join(crate::storage::log::CORRUPT_MARKER))
+            .await
+            .map_err(|e| e.to_string())?;
+        let repair = crate::storage::LogConfig { truncate_corrupt: true, ..shard.config.log_config() };
+        part = open(repair).await.map_err(|e| e.to_string())?;
+    }
     let outbound: Rc<dyn Outbound> = Rc::new(ShardOutbound { shard: Rc::downgrade(shard) });
     let config = ReplicaConfig {
         window_records: 1 << 16,

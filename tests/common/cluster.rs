@@ -458,3 +458,68 @@ pub fn check(bootstrap: &str, topic: &str, partitions: u32, acked: &Acked, read_
     v.lost = acked.at.len() as u64 - found.len() as u64;
     v
 }
+
+/// A consumer reading `topic` continuously (from `read_from` replicas) until stopped,
+/// remembering every record it was given.
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<(u32, u64, Vec<u8>)>>>,
+}
+
+impl Watcher {
+    pub fn start(bootstrap: &str, topic: &str, read_from: ReadFrom) -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, t, s) = (bootstrap.to_string(), topic.to_string(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            run(move || async move {
+                let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
+                let config = ConsumerConfig {
+                    start: StartFrom::Earliest,
+                    max_wait: Duration::from_millis(100),
+                    read_from,
+                    ..Default::default()
+                };
+                let mut consumer = quorra::client::Consumer::new(c, &t, None, config).await.unwrap();
+                let mut seen = Vec::new();
+                while !s.load(Ordering::SeqCst) {
+                    match consumer.poll().await {
+                        Ok(records) => {
+                            seen.extend(records.into_iter().map(|r| (r.partition, r.offset, r.value.to_vec())))
+                        }
+                        Err(_) => quorra::rt::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                seen
+            })
+        });
+        Watcher { stop, handle: Some(handle) }
+    }
+
+    pub fn stop(mut self) -> Vec<(u32, u64, Vec<u8>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// Every record of `topic`, read from `bootstrap` after the fact: (partition, offset) -> value.
+pub fn final_log(bootstrap: &str, topic: &str) -> HashMap<(u32, u64), Vec<u8>> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    run(move || async move {
+        let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
+        let config =
+            ConsumerConfig { start: StartFrom::Earliest, max_wait: Duration::from_millis(100), ..Default::default() };
+        let mut consumer = quorra::client::Consumer::new(c, &t, None, config).await.unwrap();
+        let mut out = HashMap::new();
+        let mut idle = 0;
+        while idle < 5 {
+            let batch = consumer.poll().await.unwrap();
+            if batch.is_empty() && consumer.caught_up() {
+                idle += 1;
+            } else {
+                idle = 0;
+            }
+            out.extend(batch.into_iter().map(|r| ((r.partition, r.offset), r.value.to_vec())));
+        }
+        out
+    })
+}

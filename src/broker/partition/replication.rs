@@ -358,6 +358,12 @@ impl<D: Disk> Partition<D> {
     /// Removes every batch at and after `offset`: in memory if none was written yet, else
     /// by cutting the files and reopening the log.
     async fn truncate(&self, offset: u64) -> Result<(), StorageError> {
+        log::warn!(
+            "{}/{}: truncating the log from offset {offset} to {} (a divergent, uncommitted tail)",
+            self.topic,
+            self.id,
+            self.log.borrow().next_offset()
+        );
         self.paused.set(true);
         while self.log.borrow().io_in_flight() {
             rt::sleep(Duration::from_millis(1)).await;
@@ -375,7 +381,6 @@ impl<D: Disk> Partition<D> {
         if offset >= written {
             return self.log.borrow_mut().drop_unwritten_from(offset);
         }
-        log::warn!("{}/{}: truncating the log from offset {offset} (a divergent tail)", self.topic, self.id);
         let plan = self.log.borrow().plan_truncation(offset)?;
         plan.run().await?;
         let fresh = PartitionLog::open(self.disk.clone(), self.dir.clone(), self.log_config.clone()).await?;
