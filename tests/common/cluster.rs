@@ -459,11 +459,14 @@ pub fn check(bootstrap: &str, topic: &str, partitions: u32, acked: &Acked, read_
     v
 }
 
+/// Records a consumer received: (partition, offset, value).
+pub type Seen = Vec<(u32, u64, Vec<u8>)>;
+
 /// A consumer reading `topic` continuously (from `read_from` replicas) until stopped,
 /// remembering every record it was given.
 pub struct Watcher {
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Vec<(u32, u64, Vec<u8>)>>>,
+    handle: Option<std::thread::JoinHandle<Seen>>,
 }
 
 impl Watcher {
@@ -495,7 +498,7 @@ impl Watcher {
         Watcher { stop, handle: Some(handle) }
     }
 
-    pub fn stop(mut self) -> Vec<(u32, u64, Vec<u8>)> {
+    pub fn stop(mut self) -> Seen {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.take().unwrap().join().unwrap()
     }
