@@ -187,3 +187,135 @@ fn follower_reads_stop_at_the_high_watermark() {
     let missing = acked.at.keys().filter(|k| !seen_at.contains(k)).count();
     assert_eq!(missing, 0, "follower readers received everything acknowledged");
 }
+
+/// One frame on a raw connection; returns (is_error, kind, archive) of the answer, or None
+/// when the connection was closed.
+fn exchange(s: &mut std::net::TcpStream, kind: u16, archive: &[u8], payload: &[u8]) -> Option<(bool, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut a = quorra::protocol::BodyBuf::new();
+    a.extend_from_slice(archive);
+    let chunks = if payload.is_empty() { Vec::new() } else { vec![bytes::Bytes::copy_from_slice(payload)] };
+    let mut out = Vec::new();
+    quorra::protocol::frame::OutFrame::new(kind, 0, 7, a, chunks).write_to(&mut out);
+    s.write_all(&out).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 32];
+    s.read_exact(&mut head).ok()?;
+    let h = quorra::protocol::frame::FrameHeader::decode(&head, 64 << 20).unwrap();
+    let mut body = vec![0u8; h.body_len()];
+    s.read_exact(&mut body).ok()?;
+    body.truncate(h.archive_len as usize);
+    Some((h.is_error(), body))
+}
+
+fn is_closed(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    matches!(s.read(&mut [0u8; 64]), Ok(0) | Err(_))
+}
+
+#[test]
+fn bad_node_to_node_input_is_refused_logged_and_harmless() {
+    use quorra::protocol::encode;
+    use quorra::protocol::peer::{AppendReply, AppendRequest, PeerHello, PeerKind, REPLY_STALE_EPOCH};
+    let mut c = Cluster::start("badpeer", 3, "master-slave", "");
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(500, Duration::from_secs(30));
+    let target = c.leaders("t")[0] % 3 + 1; // a follower
+    let addr = c.node(target).client;
+    let hello = |cluster: &str, node| encode(&PeerHello { cluster_id: cluster.into(), node_id: node });
+    let mut batch = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+    batch.push(None, b"forged", 1);
+    let batch = batch.finish(0, 0, 0);
+    let append = |leader, epoch| {
+        encode(&AppendRequest {
+            topic: "t".into(),
+            partition: 0,
+            epoch,
+            leader,
+            prev_offset: 0,
+            prev_epoch: None,
+            end_offset: 1,
+            epochs: vec![quorra::protocol::peer::EpochStart { epoch, start_offset: 0 }],
+            leader_hw: 0,
+        })
+    };
+    // 1. A hello from another cluster: refused, connection closed.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let r = exchange(&mut s, PeerKind::Hello as u16, &hello("other-cluster", 1), &[]);
+    assert!(matches!(r, Some((true, _))), "wrong cluster id accepted");
+    assert!(is_closed(&mut s));
+    // 2. An append without a hello: refused.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let r = exchange(&mut s, PeerKind::Append as u16, &append(1, 1), &batch);
+    assert!(matches!(r, Some((true, _))), "append without hello accepted");
+    // 3. A member's hello, then an append of a stale epoch: answered with the newer epoch,
+    //    not applied.
+    let leader = c.leaders("t")[0];
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    assert!(matches!(
+        exchange(&mut s, PeerKind::Hello as u16, &hello(&format!("test-badpeer"), leader), &[]),
+        Some((false, _))
+    ));
+    let (err, body) = exchange(&mut s, PeerKind::Append as u16, &append(leader, 0), &batch).expect("an answer");
+    assert!(!err);
+    let mut a = quorra::protocol::BodyBuf::new();
+    a.extend_from_slice(&body);
+    let reply: AppendReply = quorra::protocol::decode(&a).unwrap();
+    assert_eq!(reply.kind, REPLY_STALE_EPOCH, "a stale append must be refused");
+    // 4. An append that claims to come from another node than the hello said: refused.
+    let r = exchange(&mut s, PeerKind::Append as u16, &append(leader % 3 + 1, 99), &batch);
+    assert!(matches!(r, Some((true, _))));
+    assert!(is_closed(&mut s));
+    // 5. Garbage and a foreign hello on the control port: closed, logged.
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(c.node(target).peer).unwrap();
+    s.write_all(&[0xAB; 300]).unwrap();
+    assert!(is_closed(&mut s));
+    let mut s = std::net::TcpStream::connect(c.node(target).peer).unwrap();
+    let json = br#"{"Hello":{"cluster_id":"other-cluster","node_id":1}}"#;
+    let mut framed = (json.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&crc32c::crc32c(json).to_le_bytes());
+    framed.extend_from_slice(json);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 8];
+    use std::io::Read;
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len[..4].try_into().unwrap()) as usize];
+    s.read_exact(&mut body).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("Refused"), "{}", String::from_utf8_lossy(&body));
+    // The cluster goes on; nothing forged entered any log.
+    load.wait_acked(500, Duration::from_secs(30));
+    let acked = load.stop();
+    let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Any);
+    assert_nothing_lost(&v, "after bad node-to-node input", &c);
+    let log = c.node(target).log();
+    for expected in ["other-cluster", "append before hello", "sent an append as node", "control link from"] {
+        assert!(log.contains(expected), "the node did not log {expected:?}:\n{log}");
+    }
+}
+
+#[test]
+fn follower_with_a_corrupted_segment_repairs_it_from_the_leader() {
+    let mut c = Cluster::start("repair", 3, "master-slave", "");
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(3000, Duration::from_secs(30));
+    let acked = load.stop();
+    let follower = c.leaders("t")[0] % 3 + 1;
+    c.node(follower).kill();
+    let segment = c.node(follower).dir.join("data/topics/t/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[10_000] ^= 0x5A; // inside the data: 3000 messages of 256 bytes
+    std::fs::write(&segment, bytes).unwrap();
+    c.node(follower).restart();
+    c.wait_for("the repaired follower in sync", Duration::from_secs(30), |s| {
+        s.partitions.iter().all(|p| p.in_sync.contains(&follower) && p.lag.iter().all(|l| l.records == 0))
+    });
+    let log = c.node(follower).log();
+    assert!(log.contains("corrupt") && log.contains("repairing this replica"), "{log}");
+    let only_follower = c.node(follower).client.to_string();
+    let v = check(&only_follower, "t", 1, &acked, ReadFrom::Follower);
+    assert_nothing_lost(&v, "read from the repaired follower", &c);
+}
