@@ -254,10 +254,7 @@ fn bad_node_to_node_input_is_refused_logged_and_harmless() {
     //    not applied.
     let leader = c.leaders("t")[0];
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    assert!(matches!(
-        exchange(&mut s, PeerKind::Hello as u16, &hello(&format!("test-badpeer"), leader), &[]),
-        Some((false, _))
-    ));
+    assert!(matches!(exchange(&mut s, PeerKind::Hello as u16, &hello("test-badpeer", leader), &[]), Some((false, _))));
     let (err, body) = exchange(&mut s, PeerKind::Append as u16, &append(leader, 0), &batch).expect("an answer");
     assert!(!err);
     let mut a = quorra::protocol::BodyBuf::new();
