@@ -316,3 +316,28 @@ fn follower_with_a_corrupted_segment_repairs_it_from_the_leader() {
     let v = check(&only_follower, "t", 1, &acked, ReadFrom::Follower);
     assert_nothing_lost(&v, "read from the repaired follower", &c);
 }
+
+#[test]
+fn consumer_group_offsets_are_replicated_metadata() {
+    let mut c = Cluster::start("offsets", 3, "hybrid", "");
+    c.create_topic("t", 2, 3);
+    let first = c.node(1).client.to_string();
+    common::run(move || async move {
+        let client = common::client(&first).await;
+        client.commit_offset("readers", "t", 1, 1234).await.unwrap();
+    });
+    c.node(1).kill();
+    let second = c.node(2).client.to_string();
+    let got = common::run(move || async move {
+        let client = common::client(&second).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.fetch_offset("readers", "t", 1).await {
+                Ok(Some(o)) => return Some(o),
+                _ if Instant::now() > deadline => return None,
+                _ => quorra::rt::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    assert_eq!(got, Some(1234), "an offset committed on node 1 is known on node 2 after node 1 died");
+}

@@ -31,6 +31,15 @@ pub struct TopicMeta {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaState {
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Consumer-group offsets: group -> topic -> partition -> committed.
+    #[serde(default)]
+    pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, CommittedOffset>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub offset: u64,
+    pub metadata: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +66,14 @@ pub enum MetaCommand {
         partition: u32,
         epoch: Epoch,
         leader: NodeId,
+    },
+    /// A consumer group's next offset for a partition.
+    CommitOffset {
+        group: String,
+        topic: String,
+        partition: u32,
+        offset: u64,
+        metadata: String,
     },
 }
 
@@ -94,7 +111,21 @@ impl MetaState {
                 Ok(())
             }
             MetaCommand::DeleteTopic { name } => {
-                self.topics.remove(name).map(|_| ()).ok_or_else(|| MetaError::UnknownTopic(name.clone()))
+                self.topics.remove(name).ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                for topics in self.offsets.values_mut() {
+                    topics.remove(name);
+                }
+                Ok(())
+            }
+            MetaCommand::CommitOffset { group, topic, partition, offset, metadata } => {
+                self.partition_mut(topic, *partition)?;
+                self.offsets
+                    .entry(group.clone())
+                    .or_default()
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*partition, CommittedOffset { offset: *offset, metadata: metadata.clone() });
+                Ok(())
             }
             MetaCommand::OpenEpoch { topic, partition, epoch } => {
                 let p = self.partition_mut(topic, *partition)?;
@@ -135,6 +166,10 @@ impl MetaState {
 
     pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionMeta> {
         self.topics.get(topic)?.partitions.get(partition as usize)
+    }
+
+    pub fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<&CommittedOffset> {
+        self.offsets.get(group)?.get(topic)?.get(&partition)
     }
 }
 
@@ -203,8 +238,19 @@ mod tests {
         assert!(s.apply(&lead(1, 2)).is_err(), "an appointment of an older epoch is refused");
         assert!(s.apply(&lead(3, 9)).is_err(), "the leader must be a replica");
         assert!(s.apply(&MetaCommand::OpenEpoch { topic: "t".into(), partition: 1, epoch: 9 }).is_err());
+        let commit = |p, o| MetaCommand::CommitOffset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: p,
+            offset: o,
+            metadata: String::new(),
+        };
+        s.apply(&commit(0, 42)).unwrap();
+        assert!(s.apply(&commit(1, 1)).is_err(), "no such partition");
+        assert_eq!(s.committed_offset("g", "t", 0).map(|c| c.offset), Some(42));
         s.apply(&MetaCommand::DeleteTopic { name: "t".into() }).unwrap();
         assert!(s.topics.is_empty());
+        assert_eq!(s.committed_offset("g", "t", 0), None, "a deleted topic's offsets go with it");
     }
 
     #[test]

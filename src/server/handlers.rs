@@ -348,6 +348,17 @@ async fn commit_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
             format!("offset metadata is limited to {MAX_OFFSET_METADATA_BYTES} bytes"),
         ));
     }
+    if let Some(c) = shard.cluster.as_ref() {
+        let cmd = crate::cluster::meta::MetaCommand::CommitOffset {
+            group: req.group,
+            topic: req.topic,
+            partition: req.partition,
+            offset: req.offset,
+            metadata: req.metadata,
+        };
+        c.control.write(cmd).await?;
+        return reply(&CommitOffsetResponse {});
+    }
     shard.offsets.commit(&req.group, &req.topic, req.partition, req.offset, &req.metadata).await?;
     reply(&CommitOffsetResponse {})
 }
@@ -355,7 +366,16 @@ async fn commit_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
 async fn fetch_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let req = decode::<FetchOffsetRequest>(frame.archive())?;
     check_group_target(shard, &req.group, &req.topic, req.partition)?;
-    let found = shard.offsets.fetch(&req.group, &req.topic, req.partition).await?;
+    let found = match shard.cluster.as_ref() {
+        // Committed through Raft; this node's applied copy may trail the leader's by a
+        // moment.
+        Some(c) => c
+            .meta
+            .borrow()
+            .committed_offset(&req.group, &req.topic, req.partition)
+            .map(|o| (o.offset, o.metadata.clone())),
+        None => shard.offsets.fetch(&req.group, &req.topic, req.partition).await?,
+    };
     let (offset, metadata) = match found {
         Some((o, m)) => (Some(o), m),
         None => (None, String::new()),
