@@ -408,7 +408,7 @@ impl Producer {
             p.client.route_failed(&topic, partition, &error);
             drop(p);
             rt::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(Duration::from_millis(100));
             let Some(p) = this.upgrade() else { return Err(error) };
             let sealed = Sealed { topic: topic.clone(), partition, batch: batch.clone(), ack: Rc::default() };
             pending = p.attempt(&sealed, &request).await;

@@ -420,7 +420,16 @@ async fn forward_to_controller(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Co
                 Some(e) => batch.push(e),
                 None => return,
             },
-            _ = heartbeat.tick() => {}
+            _ = heartbeat.tick() => {
+                // Every node hears from every other one, so that whichever becomes the
+                // metadata leader knows who is alive (and who went silent, and when).
+                let leader = ctx.metadata_leader();
+                for n in ctx.settings.node_ids() {
+                    if n != ctx.me && Some(n) != leader {
+                        ctx.send_to(n, Vec::new());
+                    }
+                }
+            }
         }
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
@@ -594,7 +603,13 @@ fn new_controller(ctx: &Ctx, config: &ControllerConfig, p: &super::meta::Partiti
         ClusterMode::MasterSlave => None,
         ClusterMode::Hybrid => p.replicas.first().copied(),
     };
-    Controller::resume(config.clone(), p.replicas.clone(), p.epoch, p.leader, now_ms).with_preferred(preferred)
+    // A leader this node has not heard from for a while (typically the old metadata leader,
+    // dead) needs not be given a fresh election timeout.
+    let seen_ms = p
+        .leader
+        .and_then(|l| ctx.last_seen.lock().expect("last_seen lock").get(&l).map(|t| t.elapsed().as_millis() as u64))
+        .map_or(now_ms, |ago| now_ms.saturating_sub(ago));
+    Controller::resume(config.clone(), p.replicas.clone(), p.epoch, p.leader, seen_ms, now_ms).with_preferred(preferred)
 }
 
 /// Makes a controller's decisions durable in the metadata, then sends its messages. An

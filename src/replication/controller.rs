@@ -76,12 +76,14 @@ impl Controller {
     }
 
     /// A controller taking over a partition whose epoch and leader are known (a new
-    /// metadata leader): the leader gets a full election timeout to show it is alive.
+    /// metadata leader). The leader counts as last heard from at `leader_seen_ms` (when
+    /// this node last heard from it at all; `now_ms` if unknown).
     pub fn resume(
         config: ControllerConfig,
         replicas: Vec<NodeId>,
         epoch: Epoch,
         leader: Option<NodeId>,
+        leader_seen_ms: u64,
         now_ms: u64,
     ) -> Controller {
         let mut c = Controller::new(config, replicas, epoch);
@@ -90,7 +92,7 @@ impl Controller {
         c.last_election_ms = now_ms;
         if let Some(l) = leader {
             c.leader = Some(l);
-            c.last_seen_ms.insert(l, now_ms);
+            c.last_seen_ms.insert(l, leader_seen_ms.min(now_ms));
         }
         c
     }

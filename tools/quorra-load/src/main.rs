@@ -2,6 +2,7 @@
 //! core, measures throughput and latency, and checks that nothing acknowledged was lost.
 
 mod check;
+mod failover;
 mod ledger;
 mod payload;
 mod run;
@@ -29,6 +30,8 @@ enum Command {
     Consume(ConsumeArgs),
     /// Produce and consume at once; report end-to-end latency (send -> receive) and verify.
     E2e(E2eArgs),
+    /// Kill a partition leader (SIGKILL) and time until a new leader acknowledges a write.
+    Failover(failover::FailoverArgs),
 }
 
 #[derive(Args, Clone)]
@@ -65,6 +68,9 @@ pub struct ProduceArgs {
     /// Create the topic with this many partitions if it does not exist
     #[arg(long)]
     pub create_partitions: Option<u32>,
+    /// Replication factor of a topic created with --create-partitions (a cluster)
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u16,
     /// Total messages to send (split over producers)
     #[arg(long, conflicts_with = "duration")]
     pub messages: Option<u64>,
@@ -127,6 +133,7 @@ fn main() {
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
         Command::E2e(args) => e2e(args),
+        Command::Failover(args) => failover::run(args),
     };
     match result {
         Ok(true) => {}

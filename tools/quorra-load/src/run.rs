@@ -67,14 +67,19 @@ async fn connect(bootstrap: &str) -> Result<Rc<Client>, ClientError> {
 
 /// Checks the broker is reachable and the topic exists (creating it when asked).
 pub fn prepare_topic(args: &ProduceArgs) -> Result<()> {
-    let (bootstrap, topic, create, ledger_path) =
-        (args.common.bootstrap.clone(), args.common.topic.clone(), args.create_partitions, args.common.ledger_path());
+    let (bootstrap, topic, create, ledger_path, rf) = (
+        args.common.bootstrap.clone(),
+        args.common.topic.clone(),
+        args.create_partitions,
+        args.common.ledger_path(),
+        args.replication_factor,
+    );
     let created: Result<bool, ClientError> = block_on(move || {
         let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
         Box::pin(async move {
             let c = connect(&bootstrap).await?;
             match create {
-                Some(n) => match c.create_topic(&topic, n, 0).await {
+                Some(n) => match c.create_topic(&topic, n, rf).await {
                     Ok(_) => Ok(true),
                     Err(e) if e.code() == Some(ErrorCode::TopicExists) => Ok(false),
                     Err(e) => Err(e),
