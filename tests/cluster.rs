@@ -136,7 +136,9 @@ fn paused_leader_is_replaced_and_acknowledges_nothing_when_resumed() {
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
     load.wait_acked(1000, Duration::from_secs(30));
     c.node(leader).signal(libc::SIGSTOP);
-    load.wait_acked(2000, Duration::from_secs(40));
+    if !load.try_wait_acked(2000, Duration::from_secs(40)) {
+        panic!("no new leader served while node {leader} was paused; status {:#?}\n{}", c.status(), c.logs());
+    }
     let during = c.leaders("t");
     assert!(during.iter().all(|&l| l != leader && l != 0), "leaders while paused: {during:?}");
     c.node(leader).signal(libc::SIGCONT);

@@ -19,6 +19,7 @@ use crate::protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES};
 use crate::protocol::messages::{Acks, ProduceRequest, ProduceResponse};
 use crate::protocol::{decode, encode, ApiKind, Frame};
 use crate::rt::{self, Notify, WaitList};
+use std::net::SocketAddr;
 
 /// How records are assigned to partitions when the caller does not name one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,7 +365,7 @@ impl Producer {
         &self,
         sealed: &Sealed,
         request: &ProduceRequest,
-    ) -> futures_lite::future::BoxedLocal<Result<Frame, ClientError>> {
+    ) -> futures_lite::future::BoxedLocal<Result<(Frame, SocketAddr), (ClientError, Option<SocketAddr>)>> {
         let timeout = self.config.attempt_timeout + Duration::from_millis(500);
         match self.client.partition_connection(&sealed.topic, sealed.partition, ReadFrom::Leader).await {
             Ok(conn) => {
@@ -374,9 +375,11 @@ impl Producer {
                     rt::timeout(timeout, fut)
                         .await
                         .unwrap_or_else(|| Err(ClientError::Timeout(format!("produce not answered by {addr}"))))
+                        .map(|f| (f, addr))
+                        .map_err(|e| (e, Some(addr)))
                 })
             }
-            Err(e) => futures_lite::future::FutureExt::boxed_local(async move { Err(e) }),
+            Err(e) => futures_lite::future::FutureExt::boxed_local(async move { Err((e, None)) }),
         }
     }
 
@@ -390,14 +393,14 @@ impl Producer {
         partition: u32,
         batch: Bytes,
         request: ProduceRequest,
-        first: futures_lite::future::BoxedLocal<Result<Frame, ClientError>>,
+        first: futures_lite::future::BoxedLocal<Result<(Frame, SocketAddr), (ClientError, Option<SocketAddr>)>>,
     ) -> Result<u64, ClientError> {
         let started = Instant::now();
         let mut pending = first;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let error = match pending.await {
-                Ok(frame) => return Ok(decode::<ProduceResponse>(frame.archive())?.base_offset),
+            let (error, failed_at) = match pending.await {
+                Ok((frame, _)) => return Ok(decode::<ProduceResponse>(frame.archive())?.base_offset),
                 Err(e) => e,
             };
             let Some(p) = this.upgrade() else { return Err(error) };
@@ -405,7 +408,7 @@ impl Producer {
                 return Err(error);
             }
             log::debug!("produce to {topic}/{partition} failed ({error}); retrying");
-            p.client.route_failed(&topic, partition, &error);
+            p.client.route_failed_at(&topic, partition, &error, failed_at);
             drop(p);
             rt::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));

@@ -10,6 +10,11 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use super::{Client, ClientError, Connection};
+use crate::protocol::messages::{MetadataRequest, MetadataResponse};
+use crate::protocol::{decode, encode, ApiKind};
+
+/// How long a metadata request may take before another node is asked.
+const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Which replica a consumer reads from. Every replica serves only what is committed (below
 /// the high watermark), so all three see the same data; followers may lag a little.
@@ -58,9 +63,25 @@ impl Client {
         Ok(c)
     }
 
-    /// Re-reads where the partitions of `topic` live.
+    /// Re-reads where the partitions of `topic` live. A node that does not answer within
+    /// a few seconds (dead, cut off, paused) is set aside and the next one asked.
     pub async fn refresh_routes(&self, topic: &str) -> Result<(), ClientError> {
-        let md = self.metadata(vec![topic.to_string()]).await?;
+        let mut attempts = self.config.bootstrap.len().max(2);
+        let md = loop {
+            let conn = self.connection().await?;
+            let req = encode(&MetadataRequest { topics: vec![topic.to_string()] });
+            let answer = crate::rt::timeout(METADATA_TIMEOUT, conn.send(ApiKind::Metadata, req, Vec::new()))
+                .await
+                .unwrap_or_else(|| Err(ClientError::Timeout(format!("no metadata from {}", conn.addr()))));
+            match answer {
+                Ok(frame) => break decode::<MetadataResponse>(frame.archive())?,
+                Err(e) if is_retriable(&e) && attempts > 1 => {
+                    attempts -= 1;
+                    self.avoid_for_metadata(conn.addr());
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut routes = self.routes.borrow_mut();
         routes.clustered = Some(md.node_id != 0);
         let addr_of: HashMap<u32, SocketAddr> =
@@ -125,6 +146,14 @@ impl Client {
 
     /// A request for a partition failed: forget its route (or take the leader hint).
     pub fn route_failed(&self, topic: &str, partition: u32, error: &ClientError) {
+        self.route_failed_at(topic, partition, error, None)
+    }
+
+    /// [`Self::route_failed`], knowing which node failed: it is not asked for metadata next.
+    pub fn route_failed_at(&self, topic: &str, partition: u32, error: &ClientError, failed: Option<SocketAddr>) {
+        if let (Some(addr), None) = (failed, error.code()) {
+            self.avoid_for_metadata(addr);
+        }
         let mut routes = self.routes.borrow_mut();
         let key = (topic.to_string(), partition);
         let hint = match error {

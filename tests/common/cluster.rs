@@ -101,6 +101,8 @@ pub struct Node {
     pub peer: SocketAddr,
     pub dir: PathBuf,
     child: Option<Child>,
+    /// Stopped with SIGSTOP (it accepts connections but answers nothing).
+    paused: std::cell::Cell<bool>,
 }
 
 impl Node {
@@ -165,6 +167,11 @@ impl Node {
     }
 
     pub fn signal(&self, sig: i32) {
+        match sig {
+            libc::SIGSTOP => self.paused.set(true),
+            libc::SIGCONT => self.paused.set(false),
+            _ => {}
+        }
         if let Some(pid) = self.pid() {
             // SAFETY: signalling our own child process.
             unsafe { libc::kill(pid as i32, sig) };
@@ -219,7 +226,7 @@ impl Cluster {
                 toml += &format!("\n[[cluster.nodes]]\nid = {j}\nclient = \"{c}\"\npeer = \"{p}\"\n");
             }
             std::fs::write(node_dir.join("node.toml"), toml).unwrap();
-            nodes.push(Node { id: i, client, peer, dir: node_dir, child: None });
+            nodes.push(Node { id: i, client, peer, dir: node_dir, child: None, paused: Default::default() });
         }
         // Start them together: the metadata group needs a majority.
         let handles: Vec<_> = nodes
@@ -244,9 +251,10 @@ impl Cluster {
         self.nodes.iter().map(|n| n.client.to_string()).collect::<Vec<_>>().join(",")
     }
 
-    /// Bootstrap list of the nodes that are up.
+    /// Bootstrap list of the nodes that are up (and not paused).
     pub fn bootstrap_up(&self) -> String {
-        self.nodes.iter().filter(|n| n.is_up()).map(|n| n.client.to_string()).collect::<Vec<_>>().join(",")
+        let up = self.nodes.iter().filter(|n| n.is_up() && !n.paused.get());
+        up.map(|n| n.client.to_string()).collect::<Vec<_>>().join(",")
     }
 
     /// Cuts every link between `id` and the other nodes, both ways.
@@ -269,7 +277,8 @@ impl Cluster {
     pub fn status(&self) -> Option<ClusterStatusResponse> {
         let b = self.bootstrap_up();
         run(move || async move {
-            let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.ok()?;
+            let config = ClientConfig { request_timeout: Duration::from_secs(3), ..ClientConfig::with_bootstrap(&b) };
+            let c = Client::connect(config).await.ok()?;
             c.cluster_status().await.ok()
         })
     }
@@ -383,12 +392,24 @@ impl Load {
 
     /// Waits until `n` more messages were acknowledged.
     pub fn wait_acked(&self, n: u64, timeout: Duration) {
+        assert!(
+            self.try_wait_acked(n, timeout),
+            "the load stalled at {} acks",
+            self.acked_count.load(Ordering::SeqCst)
+        );
+    }
+
+    /// Like [`Self::wait_acked`]; false when the acknowledgements stopped coming.
+    pub fn try_wait_acked(&self, n: u64, timeout: Duration) -> bool {
         let target = self.acked_count.load(Ordering::SeqCst) + n;
         let deadline = Instant::now() + timeout;
         while self.acked_count.load(Ordering::SeqCst) < target {
-            assert!(Instant::now() < deadline, "the load stalled at {} acks", self.acked_count.load(Ordering::SeqCst));
+            if Instant::now() > deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     pub fn stop(mut self) -> Acked {
