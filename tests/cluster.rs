@@ -124,7 +124,9 @@ fn isolated_leader_acknowledges_nothing_and_rejoins_after_healing() {
     // It held at least the batch sent to it directly, uncommitted: it cut that tail.
     assert!(c.node(leader).log().contains("t/0: truncating the log from offset"), "{}", c.node(leader).log());
     for (p, o, value) in &seen {
-        assert_eq!(final_view.get(&(*p, *o)), Some(value), "a consumer saw {p}/{o}, which later changed");
+        if final_view.get(&(*p, *o)) != Some(value) {
+            panic!("a consumer saw {p}/{o} = {:?}, which later changed\n{}", String::from_utf8_lossy(value), c.logs());
+        }
     }
 }
 

@@ -72,6 +72,10 @@ pub struct Partition<D: Disk = ServerDisk> {
     writer_running: Cell<bool>,
     /// Replication state, when the partition belongs to a cluster.
     replication: RefCell<Option<Replication>>,
+    /// With replication: the high watermark readers may see. It follows the replica's, but
+    /// only once the actions before each `Commit` (a truncation, appends) were carried out:
+    /// the replica decides first, the log catches up, and readers must see the log's state.
+    visible_hw: Cell<u64>,
     /// The writer starts no new job (a follower truncating its log).
     paused: Cell<bool>,
     /// Serializes a follower's handling of its leader's appends (they may await a
@@ -110,6 +114,7 @@ impl<D: Disk> Partition<D> {
             writer_done: Notify::new(),
             writer_running: Cell::new(true),
             replication: RefCell::new(None),
+            visible_hw: Cell::new(0),
             paused: Cell::new(false),
             follower_lock: glommio::sync::Semaphore::new(1),
             producers: RefCell::new(producers::ProducerTable::default()),
@@ -154,7 +159,7 @@ impl<D: Disk> Partition<D> {
     /// Offsets below it are committed: readable and acknowledged.
     pub fn high_watermark(&self) -> u64 {
         match &*self.replication.borrow() {
-            Some(r) => r.replica.high_watermark(),
+            Some(_) => self.visible_hw.get(),
             None => self.local_end(),
         }
     }
@@ -341,8 +346,8 @@ impl<D: Disk> Partition<D> {
         let replication = self.replication.borrow();
         match (level, &*replication) {
             (AckLevel::Local, _) | (_, None) => self.local_end() >= end,
-            (AckLevel::Quorum, Some(r)) => r.replica.high_watermark() >= end,
-            (AckLevel::All, Some(r)) => r.replica.high_watermark() >= end && r.replica.all_in_sync_hold(end),
+            (AckLevel::Quorum, Some(_)) => self.visible_hw.get() >= end,
+            (AckLevel::All, Some(r)) => self.visible_hw.get() >= end && r.replica.all_in_sync_hold(end),
         }
     }
 

@@ -361,11 +361,7 @@ impl Producer {
     }
 
     /// Sends one attempt of a produce; returns the future of its answer.
-    async fn attempt(
-        &self,
-        sealed: &Sealed,
-        request: &ProduceRequest,
-    ) -> futures_lite::future::BoxedLocal<Result<(Frame, SocketAddr), (ClientError, Option<SocketAddr>)>> {
+    async fn attempt(&self, sealed: &Sealed, request: &ProduceRequest) -> Attempt {
         let timeout = self.config.attempt_timeout + Duration::from_millis(500);
         match self.client.partition_connection(&sealed.topic, sealed.partition, ReadFrom::Leader).await {
             Ok(conn) => {
@@ -393,7 +389,7 @@ impl Producer {
         partition: u32,
         batch: Bytes,
         request: ProduceRequest,
-        first: futures_lite::future::BoxedLocal<Result<(Frame, SocketAddr), (ClientError, Option<SocketAddr>)>>,
+        first: Attempt,
     ) -> Result<u64, ClientError> {
         let started = Instant::now();
         let mut pending = first;
@@ -418,6 +414,10 @@ impl Producer {
         }
     }
 }
+
+/// One attempt of a produce: the answer and the node that gave it, or the error and the
+/// node that failed (when one was reached).
+type Attempt = futures_lite::future::BoxedLocal<Result<(Frame, SocketAddr), (ClientError, Option<SocketAddr>)>>;
 
 /// A random, nonzero producer id (zero means "not idempotent").
 fn random_producer_id() -> u64 {

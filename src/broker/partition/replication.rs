@@ -177,7 +177,8 @@ impl<D: Disk> Partition<D> {
             match a {
                 Action::Send(to, msg) => outbound.send(&self.topic, self.id, to, msg),
                 Action::Control(msg) => outbound.control(&self.topic, self.id, msg),
-                Action::Commit(_) => {
+                Action::Commit(hw) => {
+                    self.visible_hw.set(self.visible_hw.get().max(hw));
                     self.release_waiters();
                     self.data_arrived.notify_all();
                 }
