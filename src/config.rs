@@ -156,6 +156,19 @@ pub enum ClusterMode {
     MasterSlave,
     /// Leadership spread evenly over the nodes, each partition with 2-3 replicas.
     Hybrid,
+    /// Every node holds every partition (replication factor = node count by default) and
+    /// accepts every request; a produce for a partition led elsewhere is forwarded.
+    MultiMaster,
+    /// Replication factor 1, partitions spread over the nodes; any node forwards produce and
+    /// fetch to the partition's owner.
+    Forwarding,
+}
+
+impl ClusterMode {
+    /// Whether a node forwards requests for partitions it does not serve.
+    pub fn forwards(self) -> bool {
+        matches!(self, ClusterMode::MultiMaster | ClusterMode::Forwarding)
+    }
 }
 
 impl std::fmt::Display for ClusterMode {
@@ -163,6 +176,8 @@ impl std::fmt::Display for ClusterMode {
         f.write_str(match self {
             ClusterMode::MasterSlave => "master-slave",
             ClusterMode::Hybrid => "hybrid",
+            ClusterMode::MultiMaster => "multi-master",
+            ClusterMode::Forwarding => "forwarding",
         })
     }
 }

@@ -78,6 +78,10 @@ pub struct ClientConfig {
     /// Longest any single request may take (fetch long polls add their own wait).
     pub request_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// In a cluster, send each partition's requests straight to the node that serves it
+    /// (default). Off: everything goes to the bootstrap node, which forwards what it does
+    /// not serve (`multi-master` and `forwarding` modes).
+    pub follow_leaders: bool,
 }
 
 impl Default for ClientConfig {
@@ -87,6 +91,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            follow_leaders: true,
         }
     }
 }

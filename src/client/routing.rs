@@ -110,6 +110,9 @@ impl Client {
         partition: u32,
         read_from: ReadFrom,
     ) -> Result<Rc<Connection>, ClientError> {
+        if !self.config.follow_leaders {
+            return self.connection().await;
+        }
         if self.routes.borrow().clustered.is_none() {
             self.refresh_routes(topic).await?;
         }

@@ -206,7 +206,10 @@ pub fn place_replicas(
                 })
                 .collect()
         }
-        ClusterMode::Hybrid => {
+        ClusterMode::Forwarding if rf != 1 => {
+            return Err(MetaError::Invalid("forwarding mode keeps one copy: replication factor 1".into()));
+        }
+        ClusterMode::Hybrid | ClusterMode::MultiMaster | ClusterMode::Forwarding => {
             (0..partitions as usize).map(|p| (0..rf).map(|i| nodes[(p + i) % nodes.len()]).collect()).collect()
         }
     };
@@ -268,5 +271,8 @@ mod tests {
         assert!(hy.iter().all(|r| r[0] != r[1]));
         assert!(place_replicas(ClusterMode::Hybrid, &[1, 2, 3], 1, 1, 4).is_err());
         assert!(place_replicas(ClusterMode::Hybrid, &[1, 2, 3], 1, 1, 0).is_err());
+        let fw = place_replicas(ClusterMode::Forwarding, &[1, 2, 3], 1, 3, 1).unwrap();
+        assert_eq!(fw, vec![vec![1], vec![2], vec![3]]);
+        assert!(place_replicas(ClusterMode::Forwarding, &[1, 2, 3], 1, 3, 2).is_err());
     }
 }

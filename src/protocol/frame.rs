@@ -132,6 +132,9 @@ impl FrameHeader {
 pub struct Frame {
     pub header: FrameHeader,
     body: BodyBuf,
+    /// Not on the wire: set by the server when the frame came over a node-to-node link
+    /// (the connection began with a valid hello), i.e. from another node of the cluster.
+    pub from_node: Option<u32>,
 }
 
 impl Frame {
@@ -141,7 +144,7 @@ impl Frame {
         if crc32c::crc32c(&body) != header.body_crc {
             return Err(FrameError::BodyCrc);
         }
-        Ok(Frame { header, body })
+        Ok(Frame { header, body, from_node: None })
     }
 
     /// The rkyv archive, 16-byte aligned.

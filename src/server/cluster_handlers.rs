@@ -16,6 +16,9 @@ use crate::protocol::{decode, encode, ErrorCode, Frame, OutFrame};
 use crate::rt;
 use crate::shard::Shard;
 
+/// A forwarded request's answer must come within this (a produce waits for its acks there).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
+
 /// How long a topic change waits to show up in this node's metadata after it committed.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
@@ -94,7 +97,11 @@ pub async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     validate_partition_count(req.partitions).map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
     let c = cluster(shard);
     let settings = &c.control.settings;
-    let rf = req.replication_factor.max(1);
+    let rf = match (req.replication_factor, settings.mode) {
+        (0, crate::config::ClusterMode::MultiMaster) => settings.nodes.len() as u16,
+        (0, _) => 1,
+        (rf, _) => rf,
+    };
     let replicas = place_replicas(settings.mode, &settings.node_ids(), settings.master_node(), req.partitions, rf)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let cmd =
@@ -183,5 +190,51 @@ pub async fn follower_append(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
             WirePeer::Append(_) => fail(ErrorCode::Unknown, "a follower does not answer with an append".into()),
         },
         None => fail(ErrorCode::StorageError, format!("{}/{}: the append was not applied", req.topic, req.partition)),
+    }
+}
+
+/// Whether this request should go to another node: the mode forwards, the request came from
+/// a client (a forwarded one is never forwarded again: one hop), and the partition's leader
+/// (for a produce) or any replica (for reads) is elsewhere.
+pub fn forward_target(shard: &Shard, frame: &Frame, topic: &str, partition: u32, need_leader: bool) -> Option<u32> {
+    let c = shard.cluster.as_ref()?;
+    if !c.control.settings.mode.forwards() || frame.from_node.is_some() {
+        return None;
+    }
+    if let Some(p) = shard.partition(topic, partition) {
+        match p.leadership() {
+            Some((true, _, _)) => return None,
+            Some((false, _, _)) if !need_leader => return None,
+            _ => {}
+        }
+    }
+    // Without a leader (an election, or the only replica is down) the first replica is
+    // asked, so that the client hears which node is missing.
+    let target = c.meta.borrow().partition(topic, partition).and_then(|p| p.leader.or(p.replicas.first().copied()))?;
+    (target != c.node_id).then_some(target)
+}
+
+/// Sends a client request on to `node` and hands back its answer as is.
+pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResult {
+    let kind = frame.header.kind;
+    let mut archive = crate::protocol::BodyBuf::new();
+    archive.extend_from_slice(frame.archive());
+    let payload = frame.into_payload();
+    let payload = if payload.is_empty() { Vec::new() } else { vec![payload] };
+    let down = || ApiError::new(ErrorCode::Unavailable, format!("owner node {node} is down"));
+    let conn = crate::shard::cluster::node_connection(shard, node).await.map_err(|_| down())?;
+    match rt::timeout(FORWARD_TIMEOUT, conn.send_kind(kind, archive, payload)).await {
+        Some(Ok(answer)) => {
+            let mut a = crate::protocol::BodyBuf::new();
+            a.extend_from_slice(answer.archive());
+            let payload = answer.into_payload();
+            Ok((a, if payload.is_empty() { Vec::new() } else { vec![payload] }))
+        }
+        Some(Err(crate::client::ClientError::Server { code, message, leader_hint })) => {
+            Err(ApiError { code, message, leader_hint })
+        }
+        Some(Err(e)) if e.is_connection_error() => Err(down()),
+        Some(Err(e)) => Err(ApiError::new(ErrorCode::Unavailable, format!("forwarding to node {node}: {e}"))),
+        None => Err(ApiError::new(ErrorCode::Timeout, format!("node {node} did not answer in time"))),
     }
 }

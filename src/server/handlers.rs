@@ -114,8 +114,8 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
         ApiKind::ClusterStatus => super::cluster_handlers::cluster_status(shard).await,
         ApiKind::ListTopics => list_topics(shard),
         ApiKind::Produce => produce(shard, frame).await,
-        ApiKind::Fetch => fetch(shard, &frame).await,
-        ApiKind::ListOffsets => list_offsets(shard, &frame).await,
+        ApiKind::Fetch => fetch(shard, frame).await,
+        ApiKind::ListOffsets => list_offsets(shard, frame).await,
         ApiKind::CommitOffset => commit_offset(shard, &frame).await,
         ApiKind::FetchOffset => fetch_offset(shard, &frame).await,
     };
@@ -287,6 +287,9 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     let acks = Acks::from_u8(acks)
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown acks level {acks}")))?;
     let timeout_ms = if timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { timeout_ms.min(MAX_PRODUCE_TIMEOUT_MS) };
+    if let Some(node) = super::cluster_handlers::forward_target(shard, &frame, &topic, partition, true) {
+        return super::cluster_handlers::forward(shard, node, frame).await;
+    }
     let part = partition_for(shard, &topic, partition)?;
     let appended = part.append(ProducePayload(frame), |p| p.0.into_payload()).map_err(|e| with_hint(shard, e))?;
     let level = match acks {
@@ -305,8 +308,11 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     reply(&ProduceResponse { base_offset: appended.first_offset, last_offset: appended.last_offset, high_watermark })
 }
 
-async fn fetch(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+async fn fetch(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     let req = decode::<FetchRequest>(frame.archive())?;
+    if let Some(node) = super::cluster_handlers::forward_target(shard, &frame, &req.topic, req.partition, false) {
+        return super::cluster_handlers::forward(shard, node, frame).await;
+    }
     let part = partition_for(shard, &req.topic, req.partition)?;
     let max_bytes = req.max_bytes.clamp(1, MAX_FETCH_BYTES) as usize;
     let wait = Duration::from_millis(req.max_wait_ms.min(MAX_FETCH_WAIT_MS).into());
@@ -315,8 +321,11 @@ async fn fetch(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     Ok((encode(&response), chunks))
 }
 
-async fn list_offsets(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+async fn list_offsets(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     let req = decode::<ListOffsetsRequest>(frame.archive())?;
+    if let Some(node) = super::cluster_handlers::forward_target(shard, &frame, &req.topic, req.partition, false) {
+        return super::cluster_handlers::forward(shard, node, frame).await;
+    }
     let part = partition_for(shard, &req.topic, req.partition)?;
     let offset = match req.spec {
         OFFSET_SPEC_EARLIEST => part.log_start_offset(),

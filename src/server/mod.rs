@@ -74,7 +74,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     // Set by a valid hello: the node at the other end (node-to-node links only).
     let mut peer_node = None;
     loop {
-        let frame = match net::read_frame(&mut reader, limits).await {
+        let mut frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
             Err(ReadError::Closed) => break,
             Err(ReadError::Io(e)) => {
@@ -132,6 +132,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 }
             }
         }
+        frame.from_node = peer_node;
         let Ok(permit) = in_flight.clone().acquire_static_permit(1).await else { break };
         dispatch(&shard, frame, &outbox, permit).await;
     }

@@ -35,6 +35,8 @@ pub struct ShardCluster {
     /// The metadata as this shard last applied it.
     pub meta: RefCell<Arc<MetaState>>,
     links: RefCell<HashMap<NodeId, Rc<DataLink>>>,
+    /// Connections for forwarded client requests (multi-master, forwarding modes).
+    forward_conns: RefCell<HashMap<NodeId, Rc<Connection>>>,
 }
 
 impl ShardCluster {
@@ -45,6 +47,7 @@ impl ShardCluster {
             control,
             meta: RefCell::new(meta),
             links: RefCell::new(HashMap::new()),
+            forward_conns: RefCell::new(HashMap::new()),
         }
     }
 
@@ -260,6 +263,18 @@ async fn run_link(shard: Weak<Shard>, node: NodeId, link: Rc<DataLink>) {
         }
         log::debug!("data link to node {node} broke; reconnecting");
     }
+}
+
+/// A shard's connection to another node for forwarded client requests (kept and reused;
+/// it starts with the node hello, so the receiver never forwards them again).
+pub async fn node_connection(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
+    let c = cluster(shard);
+    if let Some(conn) = c.forward_conns.borrow().get(&node).filter(|c| !c.is_broken()) {
+        return Ok(conn.clone());
+    }
+    let conn = connect(shard, node).await?;
+    c.forward_conns.borrow_mut().insert(node, conn.clone());
+    Ok(conn)
 }
 
 async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {

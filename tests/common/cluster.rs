@@ -345,6 +345,12 @@ pub const MESSAGE_BYTES: usize = 256;
 impl Load {
     /// Sends numbered messages round-robin over the partitions of `topic` with `acks`.
     pub fn start(bootstrap: &str, topic: &str, partitions: u32, acks: Acks) -> Load {
+        Self::start_with(bootstrap, topic, partitions, acks, true)
+    }
+
+    /// [`Self::start`]; with `follow_leaders` false every request goes to the bootstrap
+    /// node (which forwards, in the modes that do).
+    pub fn start_with(bootstrap: &str, topic: &str, partitions: u32, acks: Acks, follow_leaders: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let acked_count = Arc::new(AtomicU64::new(0));
@@ -353,7 +359,8 @@ impl Load {
         let handle = std::thread::spawn(move || {
             run(move || async move {
                 let started = Instant::now();
-                let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
+                let c =
+                    Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&b) }).await.unwrap();
                 let producer = Producer::new(
                     c,
                     ProducerConfig {
@@ -432,9 +439,21 @@ pub struct Verdict {
 /// that every acknowledged message is at the offset it was acknowledged with, that no
 /// message appears twice, and that every record is one that was sent.
 pub fn check(bootstrap: &str, topic: &str, partitions: u32, acked: &Acked, read_from: ReadFrom) -> Verdict {
+    check_with(bootstrap, topic, partitions, acked, read_from, true)
+}
+
+/// [`check`]; with `follow_leaders` false it reads everything through the bootstrap node.
+pub fn check_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: u32,
+    acked: &Acked,
+    read_from: ReadFrom,
+    follow_leaders: bool,
+) -> Verdict {
     let (b, t) = (bootstrap.to_string(), topic.to_string());
     let records: Vec<(u32, u64, Vec<u8>)> = run(move || async move {
-        let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
+        let c = Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&b) }).await.unwrap();
         let config = ConsumerConfig {
             start: StartFrom::Earliest,
             max_wait: Duration::from_millis(100),
