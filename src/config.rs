@@ -162,6 +162,9 @@ pub enum ClusterMode {
     /// Replication factor 1, partitions spread over the nodes; any node forwards produce and
     /// fetch to the partition's owner.
     Forwarding,
+    /// Active and standby nodes over one shared data directory: the node holding the
+    /// directory's lock serves as a single broker; the others wait for the lock.
+    SharedStorage,
 }
 
 impl ClusterMode {
@@ -178,6 +181,7 @@ impl std::fmt::Display for ClusterMode {
             ClusterMode::Hybrid => "hybrid",
             ClusterMode::MultiMaster => "multi-master",
             ClusterMode::Forwarding => "forwarding",
+            ClusterMode::SharedStorage => "shared-storage",
         })
     }
 }
@@ -234,6 +238,12 @@ impl ClusterSettings {
 
     pub fn node_ids(&self) -> Vec<u32> {
         self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Whether nodes replicate through the metadata cluster (every mode but shared-storage,
+    /// where the storage itself is shared).
+    pub fn replicates(&self) -> bool {
+        self.mode != ClusterMode::SharedStorage
     }
 
     /// The master of master-slave mode.

@@ -601,7 +601,9 @@ fn new_controller(ctx: &Ctx, config: &ControllerConfig, p: &super::meta::Partiti
     let preferred = match ctx.settings.mode {
         ClusterMode::MasterSlave if ctx.settings.prefer_master => Some(ctx.settings.master_node()),
         ClusterMode::MasterSlave => None,
-        ClusterMode::Hybrid | ClusterMode::MultiMaster | ClusterMode::Forwarding => p.replicas.first().copied(),
+        ClusterMode::Hybrid | ClusterMode::MultiMaster | ClusterMode::Forwarding | ClusterMode::SharedStorage => {
+            p.replicas.first().copied()
+        }
     };
     // A leader this node has not heard from for a while (typically the old metadata leader,
     // dead) needs not be given a fresh election timeout.

@@ -206,6 +206,9 @@ pub fn place_replicas(
                 })
                 .collect()
         }
+        ClusterMode::SharedStorage => {
+            return Err(MetaError::Invalid("shared-storage nodes keep no replicated metadata".into()));
+        }
         ClusterMode::Forwarding if rf != 1 => {
             return Err(MetaError::Invalid("forwarding mode keeps one copy: replication factor 1".into()));
         }

@@ -82,7 +82,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A free port below the kernel's ephemeral range (32768+), so that the outgoing
 /// connections of other processes cannot take it while its node is down.
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let seed = u64::from(std::process::id()) * 7919 + NEXT.fetch_add(1, Ordering::SeqCst) * 104_729;
     for i in 0..10_000u64 {
@@ -337,6 +337,8 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     pub sent: Arc<AtomicU64>,
     pub acked_count: Arc<AtomicU64>,
+    /// The last delivery error (for a stalled load's report).
+    pub last_error: Arc<Mutex<Option<String>>>,
     handle: Option<std::thread::JoinHandle<Acked>>,
 }
 
@@ -356,6 +358,8 @@ impl Load {
         let acked_count = Arc::new(AtomicU64::new(0));
         let (b, t, s, n, a) =
             (bootstrap.to_string(), topic.to_string(), stop.clone(), sent.clone(), acked_count.clone());
+        let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+        let le = last_error.clone();
         let handle = std::thread::spawn(move || {
             run(move || async move {
                 let started = Instant::now();
@@ -384,25 +388,29 @@ impl Load {
                     }
                     n.store(i, Ordering::SeqCst);
                     for (i, d) in round {
-                        if let Ok(md) = d.wait().await {
-                            acked.at.insert((md.partition, md.offset), i);
-                            acked.times_ms.push((i, started.elapsed().as_millis() as u64));
-                            a.fetch_add(1, Ordering::SeqCst);
+                        match d.wait().await {
+                            Ok(md) => {
+                                acked.at.insert((md.partition, md.offset), i);
+                                acked.times_ms.push((i, started.elapsed().as_millis() as u64));
+                                a.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => *le.lock().unwrap() = Some(e.to_string()),
                         }
                     }
                 }
                 acked
             })
         });
-        Load { stop, sent, acked_count, handle: Some(handle) }
+        Load { stop, sent, acked_count, last_error, handle: Some(handle) }
     }
 
     /// Waits until `n` more messages were acknowledged.
     pub fn wait_acked(&self, n: u64, timeout: Duration) {
         assert!(
             self.try_wait_acked(n, timeout),
-            "the load stalled at {} acks",
-            self.acked_count.load(Ordering::SeqCst)
+            "the load stalled at {} acks (last error: {:?})",
+            self.acked_count.load(Ordering::SeqCst),
+            self.last_error.lock().unwrap()
         );
     }
 
