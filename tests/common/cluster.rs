@@ -459,29 +459,7 @@ pub fn check_with(
     read_from: ReadFrom,
     follow_leaders: bool,
 ) -> Verdict {
-    let (b, t) = (bootstrap.to_string(), topic.to_string());
-    let records: Vec<(u32, u64, Vec<u8>)> = run(move || async move {
-        let c = Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&b) }).await.unwrap();
-        let config = ConsumerConfig {
-            start: StartFrom::Earliest,
-            max_wait: Duration::from_millis(100),
-            read_from,
-            ..Default::default()
-        };
-        let mut consumer = quorra::client::Consumer::new(c, &t, None, config).await.unwrap();
-        let mut out = Vec::new();
-        let mut idle = 0;
-        while idle < 5 {
-            let batch = consumer.poll().await.unwrap();
-            if batch.is_empty() && consumer.caught_up() {
-                idle += 1;
-            } else {
-                idle = 0;
-            }
-            out.extend(batch.into_iter().map(|r| (r.partition, r.offset, r.value.to_vec())));
-        }
-        out
-    });
+    let records = read_all(bootstrap, topic, read_from, follow_leaders);
     let mut v = Verdict { acked: acked.at.len() as u64, read: records.len() as u64, ..Default::default() };
     let mut seen = HashSet::new();
     let mut found = HashSet::new();
@@ -554,13 +532,23 @@ impl Watcher {
 
 /// Every record of `topic`, read from `bootstrap` after the fact: (partition, offset) -> value.
 pub fn final_log(bootstrap: &str, topic: &str) -> HashMap<(u32, u64), Vec<u8>> {
+    read_all(bootstrap, topic, ReadFrom::Leader, true).into_iter().map(|(p, o, v)| ((p, o), v)).collect()
+}
+
+/// Reads every partition of `topic` from the start until five polls in a row bring nothing
+/// and the consumer is caught up: (partition, offset, value) in the order received.
+fn read_all(bootstrap: &str, topic: &str, read_from: ReadFrom, follow_leaders: bool) -> Seen {
     let (b, t) = (bootstrap.to_string(), topic.to_string());
     run(move || async move {
-        let c = Client::connect(ClientConfig::with_bootstrap(&b)).await.unwrap();
-        let config =
-            ConsumerConfig { start: StartFrom::Earliest, max_wait: Duration::from_millis(100), ..Default::default() };
+        let c = Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&b) }).await.unwrap();
+        let config = ConsumerConfig {
+            start: StartFrom::Earliest,
+            max_wait: Duration::from_millis(100),
+            read_from,
+            ..Default::default()
+        };
         let mut consumer = quorra::client::Consumer::new(c, &t, None, config).await.unwrap();
-        let mut out = HashMap::new();
+        let mut out = Vec::new();
         let mut idle = 0;
         while idle < 5 {
             let batch = consumer.poll().await.unwrap();
@@ -569,7 +557,7 @@ pub fn final_log(bootstrap: &str, topic: &str) -> HashMap<(u32, u64), Vec<u8>> {
             } else {
                 idle = 0;
             }
-            out.extend(batch.into_iter().map(|r| ((r.partition, r.offset), r.value.to_vec())));
+            out.extend(batch.into_iter().map(|r| (r.partition, r.offset, r.value.to_vec())));
         }
         out
     })
