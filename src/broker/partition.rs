@@ -129,10 +129,21 @@ impl<D: Disk> Partition<D> {
         if !matches!(self.health(), LogHealth::Healthy) {
             return Ok(());
         }
-        let (mut offset, end) = {
+        let from = {
             let log = self.log.borrow();
-            (log.active_segment_base().max(log.log_start_offset()), log.next_offset())
+            log.active_segment_base().max(log.log_start_offset())
         };
+        self.visit_batch_headers(from, |header| self.producers.borrow_mut().observe(header)).await
+    }
+
+    /// Reads the header of every batch from the one at `from` to the log end (written or
+    /// not, committed or not), in order. For rebuilding state at start-up.
+    async fn visit_batch_headers(
+        &self,
+        mut offset: u64,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<(), StorageError> {
+        let end = self.log.borrow().next_offset();
         while offset < end {
             let plan = self.log.borrow().plan_read(offset, 1 << 20, end)?;
             let chunks = match plan {
@@ -144,7 +155,7 @@ impl<D: Disk> Partition<D> {
                 for item in BatchIter::new(chunk) {
                     let (header, _) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
                     if header.base_offset >= offset {
-                        self.producers.borrow_mut().observe(&header);
+                        visit(&header);
                         offset = header.next_offset();
                     }
                 }

@@ -80,29 +80,13 @@ impl<D: Disk> Partition<D> {
     /// `replica.json`, e.g. written before replication was enabled).
     async fn scan_epoch_history(&self) -> Result<EpochHistory, StorageError> {
         let mut history = EpochHistory::default();
-        let mut offset = self.log.borrow().log_start_offset();
-        let end = self.log.borrow().next_offset();
-        while offset < end {
-            let plan = self.log.borrow().plan_read(offset, 1 << 20, end)?;
-            let chunks = match plan {
-                crate::storage::log::ReadPlan::Ready(c) => c,
-                crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await?],
-            };
-            if chunks.iter().all(|c| c.is_empty()) {
-                break;
+        let start = self.log.borrow().log_start_offset();
+        self.visit_batch_headers(start, |header| {
+            if history.last_epoch().is_none_or(|l| l < header.leader_epoch) {
+                history.observe(header.leader_epoch, header.base_offset);
             }
-            for chunk in &chunks {
-                for item in BatchIter::new(chunk) {
-                    let (header, _) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                    if header.base_offset >= offset {
-                        if history.last_epoch().is_none_or(|l| l < header.leader_epoch) {
-                            history.observe(header.leader_epoch, header.base_offset);
-                        }
-                        offset = header.next_offset();
-                    }
-                }
-            }
-        }
+        })
+        .await?;
         Ok(history)
     }
 
@@ -342,10 +326,11 @@ impl<D: Disk> Partition<D> {
         let (state, current) = {
             let r = self.replication.borrow();
             let Some(r) = r.as_ref() else { return Ok(()) };
-            let current = (r.replica.epoch(), r.replica.history().clone());
-            if current == r.persisted {
+            // Called before every replicated append: compare before copying anything.
+            if (r.replica.epoch(), r.replica.history()) == (r.persisted.0, &r.persisted.1) {
                 return Ok(());
             }
+            let current = (r.replica.epoch(), r.replica.history().clone());
             (ReplicaState { epoch: current.0, history: current.1.entries().to_vec() }, current)
         };
         let bytes = serde_json::to_vec(&state).expect("replica state serializes");
