@@ -26,8 +26,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::meta::{MetaCommand, MetaError, MetaState};
 use super::raft_store::{LogStore, MetaRaft, MetaReply, RaftNodeId, StateMachine};
 use super::rpc::{check_hello, read_msg, write_msg, ControlEnvelope, LinkError, PeerLink, Reply, Request, WriteError};
-use super::status::{ClusterStatus, NodeStatus, PartitionReport};
 use crate::config::{ClusterMode, ClusterSettings, Config};
+use crate::protocol::messages::{
+    ClusterStatusResponse as ClusterStatus, FollowerLag, NodeStatusInfo, PartitionReplicationStatus,
+};
 use crate::replication::controller::{Controller, ControllerConfig};
 use crate::replication::{ControlMessage, NodeId};
 use crate::shard::owner_of_partition;
@@ -303,8 +305,8 @@ impl Ctx {
             .settings
             .nodes
             .iter()
-            .map(|n| NodeStatus {
-                id: n.id,
+            .map(|n| NodeStatusInfo {
+                node_id: n.id,
                 client_addr: n.client.to_string(),
                 alive: n.id == self.me || seen.get(&n.id).is_some_and(|t| t.elapsed() < timeout),
                 metadata_leader: leader == Some(n.id),
@@ -315,13 +317,16 @@ impl Ctx {
         let mut partitions = Vec::new();
         for (topic, t) in &meta.topics {
             for (i, p) in t.partitions.iter().enumerate() {
-                let mut r = PartitionReport {
+                let mut r = PartitionReplicationStatus {
                     topic: topic.clone(),
                     partition: i as u32,
                     replicas: p.replicas.clone(),
                     epoch: p.epoch,
                     leader: p.leader,
-                    ..Default::default()
+                    in_sync: Vec::new(),
+                    high_watermark: 0,
+                    log_end: 0,
+                    lag: Vec::new(),
                 };
                 if let Some(ControlMessage::Heartbeat { from, leading, high_watermark, log_end, in_sync, followers }) =
                     reports.get(&(topic.clone(), i as u32))
@@ -330,7 +335,10 @@ impl Ctx {
                         r.in_sync = in_sync.clone();
                         r.high_watermark = *high_watermark;
                         r.log_end = *log_end;
-                        r.lag = followers.iter().map(|&(f, m)| (f, log_end.saturating_sub(m))).collect();
+                        r.lag = followers
+                            .iter()
+                            .map(|&(node_id, m)| FollowerLag { node_id, records: log_end.saturating_sub(m) })
+                            .collect();
                     }
                 }
                 partitions.push(r);

@@ -6,12 +6,10 @@
 //! - [`rpc`]: the control links between nodes (framing, hello, messages).
 //! - [`control`]: the control-plane thread: openraft, the links, the partition controllers
 //!   (on the metadata leader), and the handle the shards use.
-//! - [`status`]: what `quorra cluster status` reports.
 
 pub mod control;
 pub mod meta;
 pub mod raft_store;
 pub mod rpc;
-pub mod status;
 
 pub use control::{ControlError, ControlHandle, ControlPlane};

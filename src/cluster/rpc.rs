@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 
 use super::meta::MetaCommand;
 use super::raft_store::{MetaRaft, MetaReply, RaftNodeId};
-use super::status::ClusterStatus;
 use crate::limits::MAX_CONTROL_MESSAGE_BYTES;
+use crate::protocol::messages::ClusterStatusResponse as ClusterStatus;
 use crate::replication::{ControlMessage, NodeId};
 
 /// A controller message about one partition.
@@ -173,16 +173,14 @@ impl PeerLink {
     }
 }
 
-/// Checks a link's first message; returns the peer's node id.
+/// Checks a link's first message; returns the peer's node id. The rules are the data
+/// links' ([`crate::protocol::peer::check_hello`]).
 pub fn check_hello(first: &Request, cluster_id: &str, members: &[NodeId]) -> Result<NodeId, String> {
     match first {
-        Request::Hello { cluster_id: c, node_id } if c != cluster_id => {
-            Err(format!("node {node_id} is in cluster {c:?}, this is cluster {cluster_id:?}"))
+        Request::Hello { cluster_id: c, node_id } => {
+            let hello = crate::protocol::peer::PeerHello { cluster_id: c.clone(), node_id: *node_id };
+            crate::protocol::peer::check_hello(&hello, cluster_id, members).map_err(|e| e.to_string())
         }
-        Request::Hello { node_id, .. } if !members.contains(node_id) => {
-            Err(format!("node {node_id} is not a member of this cluster"))
-        }
-        Request::Hello { node_id, .. } => Ok(*node_id),
         _ => Err("the first message of a link must be a hello".into()),
     }
 }

@@ -283,7 +283,10 @@ pub struct FetchOffsetResponse {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct ClusterStatusRequest {}
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+// The status types also derive serde: the metadata leader builds them and other nodes
+// relay them over the control links (JSON) unchanged.
+
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct NodeStatusInfo {
     pub node_id: u32,
     pub client_addr: String,
@@ -291,14 +294,14 @@ pub struct NodeStatusInfo {
     pub metadata_leader: bool,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct FollowerLag {
     pub node_id: u32,
     /// Records the leader holds that the follower has not durably matched.
     pub records: u64,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct PartitionReplicationStatus {
     pub topic: String,
     pub partition: u32,
@@ -311,7 +314,7 @@ pub struct PartitionReplicationStatus {
     pub lag: Vec<FollowerLag>,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct ClusterStatusResponse {
     pub cluster_id: String,
     pub mode: String,

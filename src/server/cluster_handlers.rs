@@ -131,37 +131,7 @@ pub async fn cluster_status(shard: &Rc<Shard>) -> HandlerResult {
     let Some(c) = shard.cluster.as_ref() else {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "this broker runs as a single node, not in a cluster"));
     };
-    let s = c.control.status().await?;
-    reply(&ClusterStatusResponse {
-        cluster_id: s.cluster_id,
-        mode: s.mode,
-        metadata_leader: s.metadata_leader,
-        nodes: s
-            .nodes
-            .into_iter()
-            .map(|n| NodeStatusInfo {
-                node_id: n.id,
-                client_addr: n.client_addr,
-                alive: n.alive,
-                metadata_leader: n.metadata_leader,
-            })
-            .collect(),
-        partitions: s
-            .partitions
-            .into_iter()
-            .map(|p| PartitionReplicationStatus {
-                topic: p.topic,
-                partition: p.partition,
-                replicas: p.replicas,
-                epoch: p.epoch,
-                leader: p.leader,
-                in_sync: p.in_sync,
-                high_watermark: p.high_watermark,
-                log_end: p.log_end,
-                lag: p.lag.into_iter().map(|(node_id, records)| FollowerLag { node_id, records }).collect(),
-            })
-            .collect(),
-    })
+    reply(&c.control.status().await?)
 }
 
 /// A leader's append for a replica on this shard; answered once the batches are durable.
@@ -183,7 +153,7 @@ pub async fn follower_append(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
         return fail(ErrorCode::Unavailable, format!("no replica of {}/{} here (yet)", req.topic, req.partition));
     };
     let batches = frame.into_payload();
-    let batches = if batches.is_empty() { Vec::new() } else { vec![batches] };
+    let batches = as_chunks(batches);
     match part.on_leader_append(msg, &batches).await {
         Some(answer) => match encode_peer(&req.topic, req.partition, &answer) {
             WirePeer::Reply(r) => OutFrame::new(kind, FLAG_RESPONSE, corr, encode(&r), Vec::new()),
@@ -220,7 +190,7 @@ pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResul
     let mut archive = crate::protocol::BodyBuf::new();
     archive.extend_from_slice(frame.archive());
     let payload = frame.into_payload();
-    let payload = if payload.is_empty() { Vec::new() } else { vec![payload] };
+    let payload = as_chunks(payload);
     let down = || ApiError::new(ErrorCode::Unavailable, format!("owner node {node} is down"));
     let conn = crate::shard::cluster::node_connection(shard, node).await.map_err(|_| down())?;
     match rt::timeout(FORWARD_TIMEOUT, conn.send_kind(kind, archive, payload)).await {
@@ -228,7 +198,7 @@ pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResul
             let mut a = crate::protocol::BodyBuf::new();
             a.extend_from_slice(answer.archive());
             let payload = answer.into_payload();
-            Ok((a, if payload.is_empty() { Vec::new() } else { vec![payload] }))
+            Ok((a, as_chunks(payload)))
         }
         Some(Err(crate::client::ClientError::Server { code, message, leader_hint })) => {
             Err(ApiError { code, message, leader_hint })
@@ -236,5 +206,14 @@ pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResul
         Some(Err(e)) if e.is_connection_error() => Err(down()),
         Some(Err(e)) => Err(ApiError::new(ErrorCode::Unavailable, format!("forwarding to node {node}: {e}"))),
         None => Err(ApiError::new(ErrorCode::Timeout, format!("node {node} did not answer in time"))),
+    }
+}
+
+/// A frame's payload as the chunk list frames are built from (none when empty).
+fn as_chunks(payload: bytes::Bytes) -> Vec<bytes::Bytes> {
+    if payload.is_empty() {
+        Vec::new()
+    } else {
+        vec![payload]
     }
 }
