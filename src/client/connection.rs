@@ -71,7 +71,10 @@ impl Connection {
                             let _ = tx.send(Ok(frame));
                         }
                     }
-                    Err(ReadError::Closed) => break "the broker closed the connection".to_string(),
+                    // Also what a reader sees after this client closed the connection.
+                    Err(ReadError::Closed) => {
+                        break broken.borrow().clone().unwrap_or_else(|| "the broker closed the connection".into())
+                    }
                     Err(ReadError::Io(e)) => break e.to_string(),
                     Err(ReadError::Timeout) => break "a response stalled mid-frame".to_string(),
                     Err(ReadError::BadHeader(e)) => break format!("corrupt response: {e}"),
@@ -145,6 +148,7 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.broken.borrow_mut().get_or_insert_with(|| "closed by this client".into());
         self.outbox.close();
     }
 }

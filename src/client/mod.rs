@@ -133,10 +133,12 @@ impl Client {
     }
 
     /// Stops using `addr` as the metadata connection (it failed a request; its view of the
-    /// cluster may be stale).
-    pub fn avoid_for_metadata(&self, addr: SocketAddr) {
+    /// cluster may be stale). A connection to it that still works is dropped only when
+    /// `even_if_working` (the node stopped answering, or may be stale): requests of other
+    /// tasks may be in flight on it, and dropping it fails them all.
+    pub fn avoid_for_metadata(&self, addr: SocketAddr, even_if_working: bool) {
         self.avoid.set(Some(addr));
-        if self.conn.borrow().as_ref().is_some_and(|c| c.addr() == addr) {
+        if self.conn.borrow().as_ref().is_some_and(|c| c.addr() == addr && (even_if_working || c.is_broken())) {
             *self.conn.borrow_mut() = None;
         }
     }

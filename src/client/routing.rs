@@ -77,7 +77,7 @@ impl Client {
                 Ok(frame) => break decode::<MetadataResponse>(frame.archive())?,
                 Err(e) if is_retriable(&e) && attempts > 1 => {
                     attempts -= 1;
-                    self.avoid_for_metadata(conn.addr());
+                    self.avoid_for_metadata(conn.addr(), matches!(e, ClientError::Timeout(_)));
                 }
                 Err(e) => return Err(e),
             }
@@ -155,7 +155,9 @@ impl Client {
     /// [`Self::route_failed`], knowing which node failed: it is not asked for metadata next.
     pub fn route_failed_at(&self, topic: &str, partition: u32, error: &ClientError, failed: Option<SocketAddr>) {
         if let (Some(addr), None) = (failed, error.code()) {
-            self.avoid_for_metadata(addr);
+            // A connection error broke only the connection it happened on (a newer one to the
+            // same node may work); a timeout says the node itself stopped answering.
+            self.avoid_for_metadata(addr, matches!(error, ClientError::Timeout(_)));
         }
         let mut routes = self.routes.borrow_mut();
         let key = (topic.to_string(), partition);
@@ -171,7 +173,7 @@ impl Client {
                 // The node may be down or cut off, with stale metadata: ask another one.
                 if let Some(failed) = routes.leaders.remove(&key) {
                     drop(routes);
-                    self.avoid_for_metadata(failed);
+                    self.avoid_for_metadata(failed, true);
                     return;
                 }
             }
