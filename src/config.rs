@@ -217,6 +217,16 @@ pub struct ClusterSettings {
     /// A partition leader (or the metadata leader) silent this long is replaced.
     #[serde(default = "default_election_timeout_ms")]
     pub election_timeout_ms: u64,
+    /// shared-storage: the active node's lease on the data directory. A standby takes over
+    /// a node that has not renewed it for this long (then waits as long again before
+    /// writing); the active node stops writing after three quarters of it without renewal.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// shared-storage: the storage's locks are reliable (a local file system; NFS with
+    /// working lock recovery): a standby that gets the lock of a node that held it takes
+    /// over at once. `false`: only the lease counts (slower takeover, no trust in locks).
+    #[serde(default = "default_true")]
+    pub trust_lock: bool,
 }
 
 fn default_true() -> bool {
@@ -225,6 +235,10 @@ fn default_true() -> bool {
 
 fn default_election_timeout_ms() -> u64 {
     crate::limits::DEFAULT_ELECTION_TIMEOUT_MS
+}
+
+fn default_lease_ms() -> u64 {
+    crate::limits::DEFAULT_LEASE_MS
 }
 
 impl ClusterSettings {
@@ -278,6 +292,9 @@ impl ClusterSettings {
         }
         if self.election_timeout_ms < 100 {
             return bad("cluster.election_timeout_ms", "must be at least 100".into());
+        }
+        if !(200..=600_000).contains(&self.lease_ms) {
+            return bad("cluster.lease_ms", "must be between 200 and 600000".into());
         }
         Ok(())
     }

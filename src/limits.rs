@@ -66,6 +66,10 @@ pub const MAX_CLUSTER_NODES: usize = 64;
 /// Default time after which a silent partition leader (or metadata leader) is replaced:
 /// failover then completes in about a second on a LAN.
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 600;
+/// shared-storage: how long an active node's lease on the data directory lasts unrenewed.
+/// It bounds the takeover of a paused or cut-off node (about twice this) and is renewed
+/// every quarter of it.
+pub const DEFAULT_LEASE_MS: u64 = 1000;
 
 /// Largest control-plane message (metadata log entries, snapshots, status).
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

@@ -78,6 +78,10 @@ struct ClientArgs {
     /// Broker addresses, comma-separated; tried in turn
     #[arg(long, default_value = "127.0.0.1:7420", env = "QUORRA_BOOTSTRAP")]
     bootstrap: String,
+    /// Send every request to the bootstrap node instead of each partition's leader (in
+    /// multi-master and forwarding modes that node forwards what it does not serve)
+    #[arg(long)]
+    no_follow_leaders: bool,
 }
 
 #[derive(Subcommand)]
@@ -227,7 +231,9 @@ where
 }
 
 async fn connect(args: &ClientArgs) -> Result<Rc<Client>> {
-    Ok(Client::connect(ClientConfig::with_bootstrap(&args.bootstrap)).await?)
+    let config =
+        ClientConfig { follow_leaders: !args.no_follow_leaders, ..ClientConfig::with_bootstrap(&args.bootstrap) };
+    Ok(Client::connect(config).await?)
 }
 
 async fn topic(cmd: TopicCommand) -> Result<()> {

@@ -19,7 +19,7 @@ fn assert_nothing_lost(v: &Verdict, what: &str, c: &Cluster) {
 
 #[test]
 fn leader_killed_under_load_fails_over_and_loses_nothing() {
-    let mut c = Cluster::start("failover", 3, "master-slave", "");
+    let mut c = Cluster::start("failover", "master-slave");
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     let leader = c.leaders("t")[0];
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
@@ -46,7 +46,7 @@ fn leader_killed_under_load_fails_over_and_loses_nothing() {
 
 #[test]
 fn follower_restarted_catches_up_and_serves_reads() {
-    let mut c = Cluster::start("catchup", 3, "master-slave", "");
+    let mut c = Cluster::start("catchup", "master-slave");
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     let leader = c.leaders("t")[0];
     let follower = if leader == 3 { 2 } else { 3 };
@@ -74,7 +74,7 @@ fn follower_restarted_catches_up_and_serves_reads() {
 
 #[test]
 fn all_nodes_killed_at_once_keep_every_quorum_acknowledgement() {
-    let mut c = Cluster::start("allkill", 3, "hybrid", "");
+    let mut c = Cluster::start("allkill", "hybrid");
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
     load.wait_acked(3000, Duration::from_secs(30));
@@ -94,7 +94,7 @@ fn all_nodes_killed_at_once_keep_every_quorum_acknowledgement() {
 
 #[test]
 fn isolated_leader_acknowledges_nothing_and_rejoins_after_healing() {
-    let mut c = Cluster::start("partition", 3, "master-slave", "");
+    let mut c = Cluster::start("partition", "master-slave");
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     let leader = c.leaders("t")[0];
     let watcher = Watcher::start(&c.bootstrap(), "t", ReadFrom::Any);
@@ -138,7 +138,7 @@ fn isolated_leader_acknowledges_nothing_and_rejoins_after_healing() {
 
 #[test]
 fn paused_leader_is_replaced_and_acknowledges_nothing_when_resumed() {
-    let mut c = Cluster::start("sigstop", 3, "master-slave", "");
+    let mut c = Cluster::start("sigstop", "master-slave");
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     let leader = c.leaders("t")[0];
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
@@ -161,7 +161,7 @@ fn paused_leader_is_replaced_and_acknowledges_nothing_when_resumed() {
 
 #[test]
 fn rolling_restart_under_load_loses_nothing() {
-    let mut c = Cluster::start("rolling", 3, "hybrid", "");
+    let mut c = Cluster::start("rolling", "hybrid");
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
     load.wait_acked(1000, Duration::from_secs(30));
@@ -179,7 +179,7 @@ fn rolling_restart_under_load_loses_nothing() {
 
 #[test]
 fn follower_reads_stop_at_the_high_watermark() {
-    let c = Cluster::start("hwreads", 3, "master-slave", "");
+    let c = Cluster::start("hwreads", "master-slave");
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     let watcher = Watcher::start(&c.bootstrap(), "t", ReadFrom::Follower);
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
@@ -228,7 +228,7 @@ fn is_closed(s: &mut std::net::TcpStream) -> bool {
 fn bad_node_to_node_input_is_refused_logged_and_harmless() {
     use quorra::protocol::encode;
     use quorra::protocol::peer::{AppendReply, AppendRequest, PeerHello, PeerKind, REPLY_STALE_EPOCH};
-    let mut c = Cluster::start("badpeer", 3, "master-slave", "");
+    let mut c = Cluster::start("badpeer", "master-slave");
     c.create_topic("t", 1, 3);
     let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
     load.wait_acked(500, Duration::from_secs(30));
@@ -305,7 +305,7 @@ fn bad_node_to_node_input_is_refused_logged_and_harmless() {
 
 #[test]
 fn follower_with_a_corrupted_segment_repairs_it_from_the_leader() {
-    let mut c = Cluster::start("repair", 3, "master-slave", "");
+    let mut c = Cluster::start("repair", "master-slave");
     c.create_topic("t", 1, 3);
     let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
     load.wait_acked(3000, Duration::from_secs(30));
@@ -329,7 +329,7 @@ fn follower_with_a_corrupted_segment_repairs_it_from_the_leader() {
 
 #[test]
 fn consumer_group_offsets_are_replicated_metadata() {
-    let mut c = Cluster::start("offsets", 3, "hybrid", "");
+    let mut c = Cluster::start("offsets", "hybrid");
     c.create_topic("t", 2, 3);
     let first = c.node(1).client.to_string();
     common::run(move || async move {
@@ -354,7 +354,7 @@ fn consumer_group_offsets_are_replicated_metadata() {
 
 #[test]
 fn wiped_replica_is_rebuilt_from_the_leader() {
-    let mut c = Cluster::start("wiped", 3, "master-slave", "");
+    let mut c = Cluster::start("wiped", "master-slave");
     c.create_topic("t", 1, 3);
     let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
     load.wait_acked(3000, Duration::from_secs(30));

@@ -12,7 +12,7 @@ use quorra::protocol::ErrorCode;
 
 #[test]
 fn multi_master_takes_writes_on_any_node_and_survives_a_kill() {
-    let mut c = Cluster::start("multimaster", 3, "multi-master", "");
+    let mut c = Cluster::start("multimaster", "multi-master");
     c.create_topic("t", 3, 3);
     // A producer that talks only to node 2, a checker that talks only to node 3.
     let via2 = c.node(2).client.to_string();
@@ -32,7 +32,7 @@ fn multi_master_takes_writes_on_any_node_and_survives_a_kill() {
 
 #[test]
 fn forwarding_serves_every_partition_from_any_node_and_reports_a_missing_owner() {
-    let mut c = Cluster::start("forwarding", 3, "forwarding", "");
+    let mut c = Cluster::start("forwarding", "forwarding");
     c.create_topic("t", 3, 1);
     let via2 = c.node(2).client.to_string();
     let via3 = c.node(3).client.to_string();

@@ -26,7 +26,7 @@ mod replication;
 pub use replication::{Outbound, Replication};
 
 /// The disk the broker runs on: glommio DMA files behind the fault-injection switches.
-pub type ServerDisk = crate::storage::faults::FaultInjecting<crate::storage::glommio_disk::GlommioDisk>;
+pub type ServerDisk = crate::storage::faults::GuardedDisk<crate::storage::glommio_disk::GlommioDisk>;
 
 /// Waits longer than this are cut short so a waiting list cannot grow without bound.
 const PRUNE_WAITERS_ABOVE: usize = 1024;
@@ -209,7 +209,9 @@ impl<D: Disk> Partition<D> {
         let epoch = match replication.as_ref() {
             Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader())),
             Some(r) => r.replica.epoch(),
-            None => 0,
+            // shared-storage: the fencing epoch, so that a replaced node's late batches are
+            // told apart from its successor's (0 on a single node).
+            None => crate::storage::fence::epoch(),
         };
         if let Some(stored) = self.already_stored(payload.as_mut()) {
             return Ok(Appended { first_offset: stored.base_offset, last_offset: stored.last_offset });

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod mesh;
 pub mod runtime;
+pub mod shared_storage;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -54,7 +54,11 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
             .map_err(|e| BrokerError::Shard { shard: 0, message: e.to_string() })?;
     }
     let shared_storage = config.cluster.as_ref().is_some_and(|c| !c.replicates());
-    let _lock = if shared_storage { take_over_shared_dir(&config, &stop)? } else { lock_data_dir(&config)? };
+    let _lock = if shared_storage {
+        super::shared_storage::become_active(&config, &stop)?
+    } else {
+        Some(lock_data_dir(&config)?)
+    };
     let shards = config.shard_count();
     // A cluster node learns its topics from the replicated metadata, not a local catalog.
     let (catalog, cluster_parts, control) = if config.cluster.as_ref().is_some_and(|c| c.replicates()) {
@@ -135,41 +139,6 @@ fn lock_data_dir(config: &Config) -> Result<std::fs::File, BrokerError> {
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(err("another broker is using it (LOCK is held)".into()));
     }
-    Ok(file)
-}
-
-/// Shared storage: waits (as a standby) until this node holds the data directory's lock,
-/// then bumps the directory's fencing epoch. The lock is the storage's guarantee: it is
-/// released when the active process dies, however it dies, and cannot be taken while it
-/// lives (a paused active node keeps it; see docs).
-fn take_over_shared_dir(config: &Config, stop: &std::sync::atomic::AtomicBool) -> Result<std::fs::File, BrokerError> {
-    let dir = &config.data_dir;
-    let mut said = false;
-    let file = loop {
-        match lock_data_dir(config) {
-            Ok(f) => break f,
-            Err(BrokerError::DataDir { message, .. }) if message.contains("LOCK is held") => {
-                if !said {
-                    log::info!("standby: another node is active on {}; waiting for it", dir.display());
-                    said = true;
-                }
-                if stop.load(Ordering::SeqCst) {
-                    return Err(BrokerError::Shard { shard: 0, message: "stopped while standing by".into() });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let path = dir.join("meta").join("fencing-epoch");
-    let err = |message: String| BrokerError::DataDir { path: path.display().to_string(), message };
-    let epoch = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse::<u32>().map_err(|e| err(e.to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(err(e.to_string())),
-    } + 1;
-    crate::cluster::raft_store::write_atomic(&path, epoch.to_string().as_bytes()).map_err(|e| err(e.to_string()))?;
-    log::info!("active on {} with fencing epoch {epoch}; recovering the logs", dir.display());
     Ok(file)
 }
 
@@ -265,7 +234,7 @@ async fn shard_main(
 /// with O_DSYNC so that each write is durable as it completes.
 fn server_disk(config: &Config) -> ServerDisk {
     let dsync = config.storage.dsync && config.storage.flush == FlushPolicy::Always;
-    crate::storage::faults::FaultInjecting(crate::storage::glommio_disk::GlommioDisk { dsync })
+    crate::storage::faults::GuardedDisk(crate::storage::glommio_disk::GlommioDisk { dsync })
 }
 
 async fn bind(config: &Config, id: usize, startup: &Startup) -> Result<glommio::net::TcpListener, BrokerError> {

@@ -8,9 +8,13 @@
 //! write=eio         every log write fails with EIO
 //! sync=eio          every fdatasync fails with EIO
 //! fallocate=enospc  segment preallocation fails with ENOSPC
+//! lease=eio         shared-storage lease renewals fail with EIO (the storage cut off)
 //! ```
 //!
 //! Without the variable nothing is watched and every check is one relaxed atomic load.
+//!
+//! The server's disk, [`GuardedDisk`], also passes every write, flush and file change
+//! through the shared-storage fence ([`super::fence`]) first.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -18,6 +22,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::disk::{Disk, DiskError, DiskFile, DiskResult, IoBuf};
+use super::fence;
 
 /// The switches, shared by every shard of the process.
 #[derive(Default, Debug)]
@@ -25,6 +30,7 @@ pub struct FaultSwitches {
     write_errno: AtomicI32,
     sync_errno: AtomicI32,
     fallocate_errno: AtomicI32,
+    lease_errno: AtomicI32,
 }
 
 impl FaultSwitches {
@@ -37,7 +43,7 @@ impl FaultSwitches {
 
     /// Applies the text of a fault file.
     pub fn apply(&self, text: &str) {
-        let (mut write, mut sync, mut fallocate) = (0, 0, 0);
+        let (mut write, mut sync, mut fallocate, mut lease) = (0, 0, 0, 0);
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let errno = |v: &str| match v {
                 "enospc" => libc::ENOSPC,
@@ -51,13 +57,20 @@ impl FaultSwitches {
                 Some(("write", v)) => write = errno(v),
                 Some(("sync", v)) => sync = errno(v),
                 Some(("fallocate", v)) => fallocate = errno(v),
+                Some(("lease", v)) => lease = errno(v),
                 _ => log::warn!("fault file: unknown line {line:?}"),
             }
         }
         self.write_errno.store(write, Ordering::Relaxed);
         self.sync_errno.store(sync, Ordering::Relaxed);
         self.fallocate_errno.store(fallocate, Ordering::Relaxed);
+        self.lease_errno.store(lease, Ordering::Relaxed);
     }
+}
+
+/// The injected fault of a lease renewal, if any.
+pub fn check_lease(path: &Path) -> DiskResult<()> {
+    FaultSwitches::check(&switches().lease_errno, "renew lease", path)
 }
 
 static SWITCHES: OnceLock<FaultSwitches> = OnceLock::new();
@@ -90,17 +103,18 @@ pub fn watch_from_env() {
         .expect("spawn fault watcher");
 }
 
-/// Wraps a disk so that every operation first consults the switches.
+/// Wraps a disk so that every operation that changes it first passes the fence, then the
+/// fault switches.
 #[derive(Clone, Debug, Default)]
-pub struct FaultInjecting<D>(pub D);
+pub struct GuardedDisk<D>(pub D);
 
-/// A file of a [`FaultInjecting`] disk.
-pub struct FaultyFile<F> {
+/// A file of a [`GuardedDisk`].
+pub struct GuardedFile<F> {
     inner: F,
     path: PathBuf,
 }
 
-impl<F: DiskFile> DiskFile for FaultyFile<F> {
+impl<F: DiskFile> DiskFile for GuardedFile<F> {
     fn alignment(&self) -> usize {
         self.inner.alignment()
     }
@@ -111,6 +125,7 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
         self.inner.durable_writes()
     }
     async fn write_at(&self, buf: IoBuf, pos: u64) -> DiskResult<()> {
+        fence::check("write", &self.path)?;
         FaultSwitches::check(&switches().write_errno, "write", &self.path)?;
         if self.inner.durable_writes() {
             // An O_DSYNC write is also the flush: a flush fault fails it.
@@ -122,10 +137,12 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
         self.inner.read_at(pos, len).await
     }
     async fn sync_data(&self) -> DiskResult<()> {
+        fence::check("fdatasync", &self.path)?;
         FaultSwitches::check(&switches().sync_errno, "fdatasync", &self.path)?;
         self.inner.sync_data().await
     }
     async fn preallocate(&self, len: u64) -> DiskResult<()> {
+        fence::check("fallocate", &self.path)?;
         FaultSwitches::check(&switches().fallocate_errno, "fallocate", &self.path)?;
         self.inner.preallocate(len).await
     }
@@ -137,27 +154,34 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
     }
 }
 
-impl<D: Disk> Disk for FaultInjecting<D> {
-    type File = FaultyFile<D::File>;
+impl<D: Disk> Disk for GuardedDisk<D> {
+    type File = GuardedFile<D::File>;
     async fn open(&self, path: &Path, create: bool) -> DiskResult<Self::File> {
-        Ok(FaultyFile { inner: self.0.open(path, create).await?, path: path.to_path_buf() })
+        if create {
+            fence::check("create", path)?;
+        }
+        Ok(GuardedFile { inner: self.0.open(path, create).await?, path: path.to_path_buf() })
     }
     async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
+        fence::check("mkdir", path)?;
         self.0.create_dir_all(path).await
     }
     async fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>> {
         self.0.list_dir(path).await
     }
     async fn remove_file(&self, path: &Path) -> DiskResult<()> {
+        fence::check("remove", path)?;
         self.0.remove_file(path).await
     }
     async fn remove_dir_all(&self, path: &Path) -> DiskResult<()> {
+        fence::check("remove", path)?;
         self.0.remove_dir_all(path).await
     }
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>> {
         self.0.read_file(path).await
     }
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
+        fence::check("write", path)?;
         FaultSwitches::check(&switches().write_errno, "write", path)?;
         self.0.write_file_atomic(path, bytes).await
     }

@@ -5,6 +5,7 @@
 
 pub mod disk;
 pub mod faults;
+pub mod fence;
 pub mod glommio_disk;
 pub mod index;
 pub mod log;

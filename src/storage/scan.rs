@@ -6,6 +6,10 @@
 //! complete lies beyond the damage: that is corruption in the middle of the log, which is
 //! reported and never silently dropped. If there is none, the damage is the tail of the
 //! last write, which was never acknowledged (acks wait for the flush), and it is truncated.
+//!
+//! Leader epochs never decrease along a log (a new leader, or a new active node in
+//! shared-storage mode, writes with a higher one). A batch with a lower epoch than the one
+//! before it is a late write by a replaced node and fails the scan like a damaged batch.
 
 use crate::limits::IO_ALIGNMENT;
 use crate::protocol::batch::{check_batch, peek_header, BATCH_HEADER_BYTES};
@@ -88,6 +92,7 @@ pub async fn scan_segment<F: DiskFile>(
     let mut next_offset = base_offset;
     let mut max_timestamp = i64::MIN;
     let mut index = SparseIndex::default();
+    let mut last_epoch = 0u32;
     let failure: String = loop {
         if !r.ensure(pos, BATCH_HEADER_BYTES).await? {
             let rest = r.slice(pos, BATCH_HEADER_BYTES);
@@ -114,6 +119,13 @@ pub async fn scan_segment<F: DiskFile>(
         if header.base_offset != next_offset {
             break format!("batch at {pos} has offset {} where {next_offset} was expected", header.base_offset);
         }
+        if header.leader_epoch < last_epoch {
+            break format!(
+                "batch at {pos} has epoch {} after epoch {last_epoch}: a late write by a replaced node",
+                header.leader_epoch
+            );
+        }
+        last_epoch = header.leader_epoch;
         max_timestamp = max_timestamp.max(header.max_timestamp);
         index.observe(next_offset, pos, max_timestamp, index_interval_bytes);
         pos += len as u64;

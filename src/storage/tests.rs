@@ -378,3 +378,41 @@ fn truncation_cuts_files_at_a_batch_boundary_across_segments() {
     drive(&mut log2, &disk2, true).unwrap();
     assert!(block_on(async { log2.plan_truncation(1).unwrap().run().await }).is_err());
 }
+
+#[test]
+fn a_batch_with_an_older_epoch_after_a_newer_one_is_a_late_write_and_not_served() {
+    let disk = MemDisk::new();
+    let (seg, _) = ten_flushed_batches(&disk); // epoch 1
+    let mut log = open(&disk, LogConfig::default());
+    let epoch_two = |log: &mut PartitionLog<MemDisk>, i: u64| {
+        let mut payload = batch(&[value(i, 200)]);
+        let stamped = log.stamp(&mut payload, 2).unwrap();
+        log.append_stamped(Bytes::from(payload), &stamped);
+    };
+    epoch_two(&mut log, 10);
+    drive(&mut log, &disk, true).unwrap();
+    let after_epoch_two = log.size_bytes() as usize;
+    epoch_two(&mut log, 11);
+    drive(&mut log, &disk, true).unwrap();
+    drop(log);
+    assert_eq!(open(&disk, LogConfig::default()).next_offset(), 12, "rising epochs are a valid log");
+
+    // A replaced node (epoch 1) writes its offset-11 batch over the successor's: same offset,
+    // valid CRC (the epoch lies outside it), lower epoch. The scan cuts it as the torn tail.
+    disk.with_file(&seg, |b| b[after_epoch_two + 8..after_epoch_two + 12].copy_from_slice(&1u32.to_le_bytes()));
+    let log = open(&disk, LogConfig::default());
+    assert_eq!(log.health(), &LogHealth::Healthy);
+    assert_eq!(log.next_offset(), 11);
+    assert_eq!(read_all(&log, 11).unwrap().len(), 11);
+    drop(log);
+
+    // In the middle of the log (later batches intact) it is reported as corruption.
+    let mut log = open(&disk, LogConfig::default());
+    epoch_two(&mut log, 11);
+    epoch_two(&mut log, 12);
+    drive(&mut log, &disk, true).unwrap();
+    drop(log);
+    disk.with_file(&seg, |b| b[after_epoch_two + 8..after_epoch_two + 12].copy_from_slice(&1u32.to_le_bytes()));
+    let log = open(&disk, LogConfig::default());
+    assert!(matches!(log.health(), LogHealth::Corrupt(_)), "{:?}", log.health());
+}

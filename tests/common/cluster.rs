@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -195,10 +195,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` nodes (ids 1..=n) in `mode`, one shard each.
-    pub fn start(name: &str, n: u32, mode: &str, extra_toml: &str) -> Cluster {
+    /// Starts the nodes of `examples/<mode>/` (their settings, with test ports, data
+    /// directories and a proxy on every node-to-node path).
+    pub fn start(name: &str, mode: &str) -> Cluster {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = scratch_dir(name);
+        let n = example_node_count(mode);
         let addrs: Vec<(u32, SocketAddr, SocketAddr)> = (1..=n).map(|i| (i, free_port(), free_port())).collect();
         let mut proxies = HashMap::new();
         for &(i, _, _) in &addrs {
@@ -212,19 +214,18 @@ impl Cluster {
         for &(i, client, peer) in &addrs {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let mut toml = format!(
-                "listen = \"{client}\"\ndata_dir = \"{}\"\nshards = 1\n{extra_toml}\n[runtime]\npin_cores = false\n\n[cluster]\nnode_id = {i}\ncluster_id = \"test-{name}\"\nmode = \"{mode}\"\n",
-                node_dir.join("data").display()
-            );
-            for &(j, c, p) in &addrs {
-                let (c, p) = if i == j {
-                    (c, p)
-                } else {
-                    let (pc, pp) = &proxies[&(i, j)];
-                    (pc.addr, pp.addr)
-                };
-                toml += &format!("\n[[cluster.nodes]]\nid = {j}\nclient = \"{c}\"\npeer = \"{p}\"\n");
-            }
+            let seen_from_i: Vec<_> = addrs
+                .iter()
+                .map(|&(j, c, p)| {
+                    if i == j {
+                        (j, c, p)
+                    } else {
+                        let (pc, pp) = &proxies[&(i, j)];
+                        (j, pc.addr, pp.addr)
+                    }
+                })
+                .collect();
+            let toml = example_config(mode, i, &node_dir.join("data"), &format!("test-{name}"), &seen_from_i);
             std::fs::write(node_dir.join("node.toml"), toml).unwrap();
             nodes.push(Node { id: i, client, peer, dir: node_dir, child: None, paused: Default::default() });
         }
@@ -322,6 +323,48 @@ impl Cluster {
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, n.log())).collect()
     }
+}
+
+/// How many nodes `examples/<mode>/` configures.
+pub fn example_node_count(mode: &str) -> u32 {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode);
+    let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    files.flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".toml")).count() as u32
+}
+
+/// `examples/<mode>/node<id>.toml` with the test's addresses (`nodes`: id, client, peer as
+/// node `id` reaches them), data directory and cluster id; every other setting as shipped.
+pub fn example_config(
+    mode: &str,
+    id: u32,
+    data_dir: &Path,
+    cluster_id: &str,
+    nodes: &[(u32, SocketAddr, SocketAddr)],
+) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode).join(format!("node{id}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut config: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let me = nodes.iter().find(|n| n.0 == id).expect("the node is listed");
+    config.insert("listen".into(), me.1.to_string().into());
+    config.insert("data_dir".into(), data_dir.display().to_string().into());
+    let cluster = config.get_mut("cluster").and_then(toml::Value::as_table_mut).expect("a [cluster] section");
+    assert_eq!(cluster.get("mode").and_then(toml::Value::as_str), Some(mode), "{}", path.display());
+    assert_eq!(cluster.get("node_id").and_then(toml::Value::as_integer), Some(i64::from(id)), "{}", path.display());
+    let listed = cluster.get("nodes").and_then(toml::Value::as_array).map_or(0, Vec::len);
+    assert_eq!(listed, nodes.len(), "{}: node count", path.display());
+    cluster.insert("cluster_id".into(), cluster_id.into());
+    let nodes: Vec<toml::Value> = nodes
+        .iter()
+        .map(|&(j, c, p)| {
+            let mut t = toml::Table::new();
+            t.insert("id".into(), i64::from(j).into());
+            t.insert("client".into(), c.to_string().into());
+            t.insert("peer".into(), p.to_string().into());
+            toml::Value::Table(t)
+        })
+        .collect();
+    cluster.insert("nodes".into(), nodes.into());
+    toml::to_string(&config).unwrap()
 }
 
 /// What a load run acknowledged: (partition, offset) -> message number.
@@ -537,7 +580,7 @@ pub fn final_log(bootstrap: &str, topic: &str) -> HashMap<(u32, u64), Vec<u8>> {
 
 /// Reads every partition of `topic` from the start until five polls in a row bring nothing
 /// and the consumer is caught up: (partition, offset, value) in the order received.
-fn read_all(bootstrap: &str, topic: &str, read_from: ReadFrom, follow_leaders: bool) -> Seen {
+pub fn read_all(bootstrap: &str, topic: &str, read_from: ReadFrom, follow_leaders: bool) -> Seen {
     let (b, t) = (bootstrap.to_string(), topic.to_string());
     run(move || async move {
         let c = Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&b) }).await.unwrap();
