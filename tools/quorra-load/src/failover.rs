@@ -1,6 +1,10 @@
 //! Failover probe: writes one message at a time to partition 0 of a replicated topic,
 //! kills its leader's process with SIGKILL, and reports the time from the kill to the first
 //! write acknowledged afterwards (necessarily by a new leader: the old one is dead).
+//!
+//! With brokers that are not a replicated cluster (a `shared-storage` pair) the victim is
+//! the broker that answers, and the time is the takeover: kill to the first write the
+//! standby acknowledged.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +19,9 @@ pub struct FailoverArgs {
     pub bootstrap: String,
     #[arg(long)]
     pub topic: String,
-    /// The broker processes: node id = pid, comma-separated (e.g. 1=4242,2=4243,3=4244)
+    /// The broker processes: node id = pid, comma-separated (e.g. 1=4242,2=4243,3=4244);
+    /// for brokers that are not a replicated cluster, the node id is the position of its
+    /// address in --bootstrap (from 1)
     #[arg(long)]
     pub pids: String,
     /// Write for this long before the kill
@@ -68,13 +74,16 @@ async fn probe(args: FailoverArgs, pids: Vec<(u32, i32)>) -> Result<(u32, Durati
         acked += 1;
     }
     let md = client.metadata(vec![args.topic.clone()]).await?;
-    let leader = md
-        .topics
-        .first()
-        .and_then(|t| t.partitions.first())
-        .map(|p| p.leader)
-        .filter(|&l| l != 0)
-        .context("partition 0 has no leader")?;
+    let leader = if md.node_id == 0 {
+        serving_broker(&client, &args.bootstrap).await?
+    } else {
+        md.topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map(|p| p.leader)
+            .filter(|&l| l != 0)
+            .context("partition 0 has no leader")?
+    };
     let Some(&(_, pid)) = pids.iter().find(|(n, _)| *n == leader) else { bail!("no pid for node {leader}") };
     let killed_at = Instant::now();
     // SAFETY: sending a signal to a process the caller named; no memory is involved.
@@ -90,4 +99,12 @@ async fn probe(args: FailoverArgs, pids: Vec<(u32, i32)>) -> Result<(u32, Durati
             bail!("no write acknowledged within {:?} of the kill", args.give_up);
         }
     }
+}
+
+/// Not a replicated cluster: the position (from 1) in `bootstrap` of the broker that serves.
+async fn serving_broker(client: &Client, bootstrap: &str) -> Result<u32> {
+    let addr = client.connection().await?.addr();
+    let listed: Vec<std::net::SocketAddr> = bootstrap.split(',').filter_map(|a| a.trim().parse().ok()).collect();
+    let at = listed.iter().position(|a| *a == addr).context("the serving broker is not in --bootstrap")?;
+    Ok(at as u32 + 1)
 }

@@ -50,6 +50,10 @@ pub struct Common {
     /// Where acknowledged messages are recorded for --verify [default: ./.quorra-load/<topic>.ledger]
     #[arg(long)]
     pub ledger: Option<PathBuf>,
+    /// Send every request to the first reachable bootstrap node instead of each
+    /// partition's leader (multi-master and forwarding nodes forward what they do not serve)
+    #[arg(long)]
+    pub no_follow_leaders: bool,
 }
 
 impl Common {
@@ -129,7 +133,15 @@ pub struct E2eArgs {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,glommio=off")).init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    let common = match &command {
+        Command::Produce(a) => Some(&a.common),
+        Command::Consume(a) => Some(&a.common),
+        Command::E2e(a) => Some(&a.produce.common),
+        Command::Failover(_) => None,
+    };
+    run::set_follow_leaders(!common.is_some_and(|c| c.no_follow_leaders));
+    let result = match command {
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
         Command::E2e(args) => e2e(args),

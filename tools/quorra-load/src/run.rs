@@ -61,8 +61,16 @@ fn block_on<T: Send + 'static>(
     Ok(on_shards(1, move |_| fut.clone()())?.pop().expect("one shard"))
 }
 
+/// `--no-follow-leaders`, for every client of the run (set once, before any connects).
+static FOLLOW_LEADERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_follow_leaders(follow: bool) {
+    FOLLOW_LEADERS.store(follow, std::sync::atomic::Ordering::Relaxed);
+}
+
 async fn connect(bootstrap: &str) -> Result<Rc<Client>, ClientError> {
-    Client::connect(ClientConfig::with_bootstrap(bootstrap)).await
+    let follow_leaders = FOLLOW_LEADERS.load(std::sync::atomic::Ordering::Relaxed);
+    Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(bootstrap) }).await
 }
 
 /// Checks the broker is reachable and the topic exists (creating it when asked).
