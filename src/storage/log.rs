@@ -154,7 +154,9 @@ pub struct StampedBatch {
     pub len: usize,
 }
 
-/// Bytes zeroed ahead of the write position at a time, when the log is idle.
+/// How far ahead of the write position an idle log zeroes. It zeroes again only once half
+/// of that margin was written over: each zeroing costs a write and a flush, and one per
+/// small append (as at low load) would double the flushes the device has to serialize.
 const ZERO_AHEAD_BYTES: u64 = 256 * 1024;
 
 /// A disk operation handed out by the log.
@@ -787,7 +789,7 @@ impl<D: Disk> PartitionLog<D> {
         let data_end = align_up(active.size);
         let target = (data_end + ZERO_AHEAD_BYTES).min(self.config.segment_bytes);
         let pos = active.zeroed_end.max(data_end);
-        if pos >= target {
+        if pos >= target || pos - data_end >= ZERO_AHEAD_BYTES / 2 {
             return None;
         }
         let file = active.file.clone();
