@@ -92,8 +92,9 @@ enum TopicCommand {
         /// Number of partitions
         #[arg(long, default_value_t = 1)]
         partitions: u32,
-        /// Copies of each partition (1 on a single node)
-        #[arg(long, default_value_t = 1)]
+        /// Copies of each partition; default: the mode's (1 on a single node and in
+        /// forwarding, every node in master-slave and multi-master, up to 3 in hybrid)
+        #[arg(long, default_value_t = 0)]
         replication_factor: u16,
         #[command(flatten)]
         client: ClientArgs,

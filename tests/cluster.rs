@@ -20,7 +20,11 @@ fn assert_nothing_lost(v: &Verdict, what: &str, c: &Cluster) {
 #[test]
 fn leader_killed_under_load_fails_over_and_loses_nothing() {
     let mut c = Cluster::start("failover", "master-slave");
-    c.create_topic("t", TOPIC_PARTITIONS, 3);
+    c.create_topic("t", TOPIC_PARTITIONS, 0); // the mode's default: a copy on every node
+                                              // master-slave: the master (examples/master-slave: node 1) leads every partition.
+    c.wait_for("the master leading every partition", Duration::from_secs(30), |s| {
+        s.partitions.iter().all(|p| p.leader == Some(1) && p.replicas.len() == 3)
+    });
     let leader = c.leaders("t")[0];
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
     load.wait_acked(2000, Duration::from_secs(30));
@@ -75,7 +79,13 @@ fn follower_restarted_catches_up_and_serves_reads() {
 #[test]
 fn all_nodes_killed_at_once_keep_every_quorum_acknowledgement() {
     let mut c = Cluster::start("allkill", "hybrid");
-    c.create_topic("t", TOPIC_PARTITIONS, 3);
+    c.create_topic("t", TOPIC_PARTITIONS, 0); // the mode's default: three copies
+                                              // hybrid: leadership spread, one partition led by each node.
+    c.wait_for("leaders on every node", Duration::from_secs(30), |s| {
+        let mut leaders: Vec<_> = s.partitions.iter().filter_map(|p| p.leader).collect();
+        leaders.sort_unstable();
+        leaders == [1, 2, 3] && s.partitions.iter().all(|p| p.replicas.len() == 3)
+    });
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
     load.wait_acked(3000, Duration::from_secs(30));
     for id in 1..=3 {
@@ -157,6 +167,32 @@ fn paused_leader_is_replaced_and_acknowledges_nothing_when_resumed() {
     let acked = load.stop();
     let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Any);
     assert_nothing_lost(&v, "after the paused leader resumed", &c);
+}
+
+/// Two of three replicas down: no majority, so nothing more is acknowledged (and nothing
+/// is lost); writes resume once one of them is back.
+#[test]
+fn two_nodes_down_stop_writes_and_lose_nothing() {
+    let mut c = Cluster::start("twodown", "master-slave");
+    c.create_topic("t", TOPIC_PARTITIONS, 3);
+    let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
+    load.wait_acked(2000, Duration::from_secs(30));
+    c.node(2).kill();
+    c.node(3).kill();
+    // In-flight batches may still complete with the copies they already had; then nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    let stalled_at = load.acked_count.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(!load.try_wait_acked(1, Duration::from_secs(3)), "a write was acknowledged without a majority");
+    c.node(2).restart();
+    load.wait_acked(2000, Duration::from_secs(40));
+    let acked = load.stop();
+    assert!(acked.at.len() as u64 > stalled_at);
+    c.node(3).restart();
+    c.wait_for("every replica in sync", Duration::from_secs(40), |s| {
+        s.partitions.iter().all(|p| p.leader.is_some() && p.in_sync.len() == 3)
+    });
+    let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Any);
+    assert_nothing_lost(&v, "after two of three nodes were down", &c);
 }
 
 #[test]

@@ -97,10 +97,9 @@ pub async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     validate_partition_count(req.partitions).map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
     let c = cluster(shard);
     let settings = &c.control.settings;
-    let rf = match (req.replication_factor, settings.mode) {
-        (0, crate::config::ClusterMode::MultiMaster) => settings.nodes.len() as u16,
-        (0, _) => 1,
-        (rf, _) => rf,
+    let rf = match req.replication_factor {
+        0 => settings.mode.default_replication_factor(settings.nodes.len()),
+        rf => rf,
     };
     let replicas = place_replicas(settings.mode, &settings.node_ids(), settings.master_node(), req.partitions, rf)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;

@@ -125,8 +125,15 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
 
 /// One broker per data directory: an exclusive `flock` held for the life of the process.
 fn lock_data_dir(config: &Config) -> Result<std::fs::File, BrokerError> {
+    try_lock_data_dir(&config.data_dir)?.ok_or_else(|| BrokerError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: "another broker is using it (LOCK is held)".into(),
+    })
+}
+
+/// The data directory's lock (`LOCK`, flock'ed), or `None` while another process holds it.
+pub(super) fn try_lock_data_dir(dir: &std::path::Path) -> Result<Option<std::fs::File>, BrokerError> {
     use std::os::fd::AsRawFd;
-    let dir = &config.data_dir;
     let err = |message: String| BrokerError::DataDir { path: dir.display().to_string(), message };
     std::fs::create_dir_all(dir.join("meta")).map_err(|e| err(e.to_string()))?;
     let file = std::fs::OpenOptions::new()
@@ -136,10 +143,11 @@ fn lock_data_dir(config: &Config) -> Result<std::fs::File, BrokerError> {
         .open(dir.join("LOCK"))
         .map_err(|e| err(e.to_string()))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(err("another broker is using it (LOCK is held)".into()));
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(Some(file))
+    } else {
+        Ok(None)
     }
-    Ok(file)
 }
 
 /// A crash between a topic's deletion from the catalog and the removal of its files leaves

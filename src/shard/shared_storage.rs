@@ -23,14 +23,13 @@
 //! line) and never writes again in the old process.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::runtime::BrokerError;
+use super::runtime::{try_lock_data_dir, BrokerError};
 use crate::config::Config;
 use crate::storage::fence;
 
@@ -97,24 +96,6 @@ impl Leases {
     }
 }
 
-/// The directory's lock, when this process holds it.
-fn try_lock(dir: &Path) -> Result<Option<File>, BrokerError> {
-    let err = |message: String| BrokerError::DataDir { path: dir.display().to_string(), message };
-    std::fs::create_dir_all(dir.join("meta")).map_err(|e| err(e.to_string()))?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))
-        .map_err(|e| err(e.to_string()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        Ok(Some(file))
-    } else {
-        Ok(None)
-    }
-}
-
 /// Settings of the lease, from `[cluster]`.
 #[derive(Clone, Copy)]
 struct Timing {
@@ -169,7 +150,7 @@ pub fn become_active(config: &Config, stop: &AtomicBool) -> Result<Option<File>,
         // otherwise: a holder without the lock must be able to take it.
         let holder_locked = matches!(&top, Some((_, Some(l))) if l.locked);
         if lock.is_none() && (first || holder_locked || top.is_none() || quiet > timing.renew_every() * 3 / 2) {
-            lock = try_lock(dir)?;
+            lock = try_lock_data_dir(dir)?;
             lock_taken_at = top.clone();
         }
         first = false;
@@ -247,7 +228,7 @@ fn spawn_renewals(leases: Leases, epoch: u32, mut lease: Lease, mut locked: bool
                 }
                 if !locked {
                     // Took over by the lease: hold the lock once its old holder lets go.
-                    if let Ok(Some(f)) = try_lock(&dir) {
+                    if let Ok(Some(f)) = try_lock_data_dir(&dir) {
                         lock_file = Some(f);
                         locked = true;
                     }
