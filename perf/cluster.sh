@@ -12,24 +12,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DURATION=${DURATION:-5s}
 KILLS=${KILLS:-20}
-STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-cluster
-OUT=$ROOT/perf/results/$STAMP
-rm -rf "$OUT"; mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/quorra-cluster-perf.XXXXXX)
-declare -A PID
-cleanup() { for p in "${PID[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
-log "building"
-cargo build --release --workspace -q
-QUORRA=$ROOT/target/release/quorra
-LOAD=$ROOT/target/release/quorra-load
-{
-  echo "host=$(hostname -s)"; echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  echo "cores=$(nproc)"; echo "kernel=$(uname -r)"
-  echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"; echo "duration=$DURATION"
-} > "$OUT/machine.txt"
+STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-cluster${TAG:+-$TAG}
+WORK_PREFIX=quorra-cluster-perf
+source "$ROOT/perf/cluster-common.sh"
 
 ports=($(python3 -c 'import socket
 ss=[socket.socket() for _ in range(6)]
@@ -92,10 +77,14 @@ for k in $(seq "$KILLS"); do
   node=$(python3 -c "import json,sys;print(json.loads(sys.argv[1]).get('killed_node',0))" "$line")
   log "kill $k: $line"
   if [ "$node" != 0 ]; then wait "${PID[$node]}" 2>/dev/null || true; start_node "$node"; fi
-  # Back to the preferred leader (node 1) with three in-sync replicas before the next kill.
-  for _ in $(seq 150); do
-    "$QUORRA" cluster status --bootstrap "$B" 2>/dev/null \
-        | awk '$1=="failover/0" && $2=="1" && split($5,a,",")==3 {found=1} END {exit !found}' && break
+  # The next kill hits a settled cluster: every partition (the earlier runs' topics too, which
+  # the restarted node must catch up on) led by its preferred replica, every replica in sync
+  # with lag 0. Killing a node that is still catching up measures a double fault instead.
+  for _ in $(seq 300); do
+    "$QUORRA" cluster status --bootstrap "$B" 2>/dev/null | awk '
+        $1 ~ /\// { n++; nr = split($4, r, ","); if ($2 != r[1] || split($5, a, ",") != nr) bad++
+                    for (i = 8; i <= NF; i++) if ($i !~ /:0$/) bad++ }
+        END { exit !(n > 0 && bad == 0) }' && break
     sleep 0.2
   done
   sleep 0.5

@@ -9,6 +9,8 @@
 #   - the failover time (kill -9 of partition 0's leader to the first write acknowledged
 #     afterwards) over KILLS kills, or for shared-storage the takeover time (kill -9 of the
 #     active node to the first write the standby acknowledged) over TAKEOVERS kills;
+#   - shared-storage also: the takeover of a paused (SIGSTOP) active node, by its lease, over
+#     PAUSES pauses (the resumed node fences itself and stands by);
 #   - forwarding only: latency through a node that forwards to the owner vs straight to it.
 # Writes perf/results/<date>-<host>-modes.md and the raw JSON next to it.
 #
@@ -20,25 +22,11 @@ ROOT=$(pwd)
 DURATION=${DURATION:-5s}
 KILLS=${KILLS:-5}
 TAKEOVERS=${TAKEOVERS:-20}
+PAUSES=${PAUSES:-5}
 MODES=${MODES:-master-slave hybrid multi-master forwarding shared-storage}
 STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-modes
-OUT=$ROOT/perf/results/$STAMP
-rm -rf "$OUT"; mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/quorra-modes-perf.XXXXXX)
-declare -A PID
-cleanup() { for p in "${PID[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
-log "building"
-cargo build --release --workspace -q
-QUORRA=$ROOT/target/release/quorra
-LOAD=$ROOT/target/release/quorra-load
-{
-  echo "host=$(hostname -s)"; echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  echo "cores=$(nproc)"; echo "kernel=$(uname -r)"
-  echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"; echo "duration=$DURATION"
-} > "$OUT/machine.txt"
+WORK_PREFIX=quorra-modes-perf
+source "$ROOT/perf/cluster-common.sh"
 
 rf_of() { case $1 in master-slave|multi-master) echo 3;; hybrid) echo 2;; *) echo 1;; esac; }
 
@@ -127,6 +115,32 @@ failovers() { # MODE BOOTSTRAP NODES COUNT
   done
 }
 
+pauses() { # MODE BOOTSTRAP NODES COUNT (shared-storage)
+  local mode=$1 b=$2 nodes=$3 count=$4
+  : > "$OUT/$mode-pause.jsonl"
+  for k in $(seq "$count"); do
+    local pids="" i line node
+    local -A stood=()
+    for i in $(seq "$nodes"); do
+      pids="$pids${pids:+,}$i=${PID[$i]}"
+      stood[$i]=$(grep -c "standby" "$OUT/$mode-node$i.log" || true)
+    done
+    if ! line=$("$LOAD" failover --signal stop --bootstrap "$b" --topic failover --pids "$pids" 2>>"$OUT/$mode-pause.err"); then
+      log "$mode pause $k: probe failed"; line='{"failed":true}'
+    fi
+    echo "$line" >> "$OUT/$mode-pause.jsonl"
+    log "$mode pause $k: $line"
+    node=$(python3 -c "import json,sys;print(json.loads(sys.argv[1]).get('killed_node',0))" "$line")
+    [ "$node" = 0 ] && continue
+    # Resumed, it fences itself and re-executes as a standby (same process id).
+    for _ in $(seq 600); do
+      [ "$(grep -c "standby" "$OUT/$mode-node$node.log" || true)" -gt "${stood[$node]}" ] && break
+      sleep 0.05
+    done
+    sleep 0.5
+  done
+}
+
 for mode in $MODES; do
   B=$(configure "$mode")
   nodes=$(ls "$WORK/$mode"/node*.toml | wc -l)
@@ -159,7 +173,7 @@ for mode in $MODES; do
     done
   fi
   case $mode in
-    shared-storage) failovers "$mode" "$B" "$nodes" "$TAKEOVERS" ;;
+    shared-storage) failovers "$mode" "$B" "$nodes" "$TAKEOVERS"; pauses "$mode" "$B" "$nodes" "$PAUSES" ;;
     forwarding) ;;  # one copy: no failover (a dead owner's partitions are unavailable)
     *) failovers "$mode" "$B" "$nodes" "$KILLS" ;;
   esac
@@ -181,18 +195,18 @@ def verdict(name):
     except FileNotFoundError:
         return "-"
     return next((l for l in text.splitlines() if l.startswith("acked")), "VERIFY FAILED")
-def failover(mode):
+def failover(mode, kind="failover", what="kills"):
     try:
-        fo = [json.loads(l) for l in open(os.path.join(out, mode + "-failover.jsonl")) if l.strip()]
+        fo = [json.loads(l) for l in open(os.path.join(out, f"{mode}-{kind}.jsonl")) if l.strip()]
     except FileNotFoundError:
-        return "none (one copy)"
+        return None
     ms = sorted(x["failover_ms"] for x in fo if "failover_ms" in x)
     failed = len(fo) - len(ms)
     if not ms:
         return f"all {failed} probes failed"
     q = lambda p: ms[min(len(ms) - 1, int(p * len(ms)))]
     return (f"median {statistics.median(ms):.0f} ms (min {ms[0]:.0f}, p90 {q(0.9):.0f}, max {ms[-1]:.0f}; "
-            f"{len(ms)} kills{f', {failed} failed' if failed else ''})")
+            f"{len(ms)} {what}{f', {failed} failed' if failed else ''})")
 lines = ["# Cluster modes benchmark", "", "```", open(os.path.join(out, "machine.txt")).read().strip(), "```", "",
          "Each mode from `examples/<mode>/` on this machine (all nodes on the same cores), 1 KiB messages,",
          "acks=quorum, flush=always, 4 partitions. Throughput: 4 producers x window 256. Latency: 1 producer,",
@@ -208,7 +222,10 @@ for m in modes:
         continue
     lat = l["latency_us"]
     lines.append(f"| {m} | {rf[m]} | {t['msgs_per_sec']:.0f} | {t['mb_per_sec']:.1f} | {lat['p50']} | {lat['p99']} | "
-                 f"{lat['p999']} | {failover(m)} | {verdict(m + '-throughput')}; {verdict(m + '-latency')} |")
+                 f"{lat['p999']} | {failover(m) or 'none (one copy)'} | {verdict(m + '-throughput')}; {verdict(m + '-latency')} |")
+paused = failover("shared-storage", "pause", "pauses")
+if paused:
+    lines += ["", f"shared-storage, active node paused (SIGSTOP) instead of killed, taken over by its lease: {paused}."]
 direct = [load(f"forwarding-fwd-direct-{r}") for r in (1, 2)]
 fwd = [load(f"forwarding-fwd-forwarded-{r}") for r in (1, 2)]
 if all(direct) and all(fwd):

@@ -30,6 +30,10 @@ pub struct FailoverArgs {
     /// Give up when no write is acknowledged for this long after the kill
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub give_up: Duration,
+    /// How to take the leader out: `kill` (SIGKILL) or `stop` (SIGSTOP, then SIGCONT once
+    /// a new leader acknowledged a write: the resumed node must step down or fence itself)
+    #[arg(long, default_value = "kill", value_parser = ["kill", "stop"])]
+    pub signal: String,
 }
 
 fn parse_pids(s: &str) -> Result<Vec<(u32, i32)>> {
@@ -85,15 +89,17 @@ async fn probe(args: FailoverArgs, pids: Vec<(u32, i32)>) -> Result<(u32, Durati
             .context("partition 0 has no leader")?
     };
     let Some(&(_, pid)) = pids.iter().find(|(n, _)| *n == leader) else { bail!("no pid for node {leader}") };
+    let signal = if args.signal == "stop" { libc::SIGSTOP } else { libc::SIGKILL };
     let killed_at = Instant::now();
-    // SAFETY: sending a signal to a process the caller named; no memory is involved.
-    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-        bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
-    }
+    send_signal(pid, signal)?;
     loop {
         let d = producer.send_to(&args.topic, 0, None, b"after").await?;
         if d.wait().await.is_ok() {
-            return Ok((leader, killed_at.elapsed(), acked));
+            let failover = killed_at.elapsed();
+            if signal == libc::SIGSTOP {
+                send_signal(pid, libc::SIGCONT)?;
+            }
+            return Ok((leader, failover, acked));
         }
         if killed_at.elapsed() > args.give_up {
             bail!("no write acknowledged within {:?} of the kill", args.give_up);
@@ -107,4 +113,12 @@ async fn serving_broker(client: &Client, bootstrap: &str) -> Result<u32> {
     let listed: Vec<std::net::SocketAddr> = bootstrap.split(',').filter_map(|a| a.trim().parse().ok()).collect();
     let at = listed.iter().position(|a| *a == addr).context("the serving broker is not in --bootstrap")?;
     Ok(at as u32 + 1)
+}
+
+fn send_signal(pid: i32, signal: i32) -> Result<()> {
+    // SAFETY: sending a signal to a process the caller named; no memory is involved.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        bail!("signal {signal} to {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -1,0 +1,21 @@
+# Shared by perf/cluster.sh and perf/modes.sh (sourced): output and work directories,
+# process clean-up, logging, the build, and the machine description.
+# In: ROOT, STAMP, WORK_PREFIX. Out: OUT, WORK, PID, QUORRA, LOAD, log.
+OUT=$ROOT/perf/results/$STAMP
+rm -rf "$OUT"; mkdir -p "$OUT"
+WORK=$(mktemp -d "/tmp/$WORK_PREFIX.XXXXXX")
+declare -A PID
+cleanup() { for p in "${PID[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+log "building"
+cargo build --release --workspace -q
+QUORRA=${QUORRA_BIN:-$ROOT/target/release/quorra}  # QUORRA_BIN: another build, for A/B runs
+LOAD=$ROOT/target/release/quorra-load
+{
+  echo "host=$(hostname -s)"; echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "cores=$(nproc)"; echo "kernel=$(uname -r)"
+  echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"; echo "duration=$DURATION"
+  if [ -n "${QUORRA_BIN:-}" ]; then echo "broker=$QUORRA"; fi
+} > "$OUT/machine.txt"
