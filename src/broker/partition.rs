@@ -208,6 +208,11 @@ impl<D: Disk> Partition<D> {
         let mut replication = self.replication.borrow_mut();
         let epoch = match replication.as_ref() {
             Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader())),
+            // A new leader's epoch-start batch is decided but not yet in the log (its epoch is
+            // being persisted first): a batch appended now would take its offset.
+            Some(r) if r.replica.log_end() != self.log.borrow().next_offset() => {
+                return Err(StorageError::LeaderStarting)
+            }
             Some(r) => r.replica.epoch(),
             // shared-storage: the fencing epoch, so that a replaced node's late batches are
             // told apart from its successor's (0 on a single node).

@@ -108,6 +108,10 @@ pub enum StorageError {
     /// Replication: this replica does not lead the partition (it may know who does).
     #[error("this node does not lead the partition{}", .0.map(|l| format!(" (node {l} does)")).unwrap_or_default())]
     NotLeader(Option<u32>),
+    /// Replication: this replica was just made leader and has not yet written the start of
+    /// its epoch; a retry in a moment succeeds.
+    #[error("the partition's leader is starting its epoch; retry")]
+    LeaderStarting,
 }
 
 impl From<DiskError> for StorageError {

@@ -377,3 +377,67 @@ impl<D: Disk> Partition<D> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::{Outbound, Partition};
+    use crate::config::FlushPolicy;
+    use crate::protocol::batch::BatchBuilder;
+    use crate::replication::replica::ReplicaConfig;
+    use crate::replication::{ControlMessage, NodeId, PeerMessage};
+    use crate::storage::glommio_disk::{prime_device_probe, GlommioDisk};
+    use crate::storage::{LogConfig, StorageError};
+
+    struct Nowhere;
+    impl Outbound for Nowhere {
+        fn send(&self, _: &Rc<str>, _: u32, _: NodeId, _: PeerMessage) {}
+        fn control(&self, _: &Rc<str>, _: u32, _: ControlMessage) {}
+    }
+
+    fn producer_batch() -> Vec<u8> {
+        let mut b = BatchBuilder::with_capacity(64);
+        b.push(None, b"value", 1);
+        b.finish(0, 0, 0).to_vec()
+    }
+
+    /// A replica made leader persists its epoch (an await) before its epoch-start batch
+    /// enters the log; a producer's batch arriving meanwhile must not take that offset.
+    #[test]
+    fn a_produce_during_the_epoch_start_neither_takes_its_offset_nor_is_lost() {
+        let dir = tempfile::Builder::new().prefix("quorra-epoch-start").tempdir_in("/tmp").unwrap();
+        let root = dir.path().to_path_buf();
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap();
+        ex.run(async move {
+            prime_device_probe(&root).await.unwrap();
+            let disk = GlommioDisk { dsync: true };
+            let p = Partition::open(disk, "t".into(), 0, root.join("t-0"), LogConfig::default(), FlushPolicy::Always)
+                .await
+                .unwrap();
+            p.enable_replication(1, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            let becoming = {
+                let p = p.clone();
+                glommio::spawn_local(async move {
+                    p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await
+                })
+            };
+            // Let the appointment run up to its first wait (writing replica.json).
+            glommio::yield_if_needed().await;
+            glommio::timer::sleep(Duration::from_micros(1)).await;
+            let during = p.append(producer_batch(), Bytes::from);
+            becoming.await;
+            let after = p.append(producer_batch(), Bytes::from).expect("the leader takes writes once started");
+            if let Err(e) = &during {
+                assert!(matches!(e, StorageError::LeaderStarting), "{e}");
+            }
+            // What was accepted sits after the epoch-start batch; log and replica agree.
+            assert_eq!(after.first_offset, if during.is_ok() { 2 } else { 1 });
+            let replica_end = p.replication.borrow().as_ref().unwrap().replica.log_end();
+            assert_eq!(replica_end, p.log.borrow().next_offset(), "the replica and the log disagree");
+        });
+    }
+}
