@@ -1,6 +1,6 @@
 # Shared by perf/cluster.sh and perf/modes.sh (sourced): output and work directories,
 # process clean-up, logging, the build, and the machine description.
-# In: ROOT, STAMP, WORK_PREFIX. Out: OUT, WORK, PID, QUORRA, LOAD, log.
+# In: ROOT, STAMP, WORK_PREFIX. Out: OUT, WORK, PID, QUORRA, LOAD, log, settled.
 OUT=$ROOT/perf/results/$STAMP
 rm -rf "$OUT"; mkdir -p "$OUT"
 WORK=$(mktemp -d "/tmp/$WORK_PREFIX.XXXXXX")
@@ -19,3 +19,13 @@ LOAD=$ROOT/target/release/quorra-load
   echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"; echo "duration=$DURATION"
   if [ -n "${QUORRA_BIN:-}" ]; then echo "broker=$QUORRA"; fi
 } > "$OUT/machine.txt"
+
+# settled BOOTSTRAP: every partition led by its preferred (first) replica, every replica in
+# sync with lag 0. A kill before that (the restarted node still catching up) would measure
+# a double fault instead of a failover.
+settled() {
+  "$QUORRA" cluster status --bootstrap "$1" 2>/dev/null | awk '
+      $1 ~ /\// { n++; nr = split($4, r, ","); if ($2 != r[1] || split($5, a, ",") != nr) bad++
+                  for (i = 8; i <= NF; i++) if ($i !~ /:0$/) bad++ }
+      END { exit !(n > 0 && bad == 0) }'
+}

@@ -77,16 +77,8 @@ for k in $(seq "$KILLS"); do
   node=$(python3 -c "import json,sys;print(json.loads(sys.argv[1]).get('killed_node',0))" "$line")
   log "kill $k: $line"
   if [ "$node" != 0 ]; then wait "${PID[$node]}" 2>/dev/null || true; start_node "$node"; fi
-  # The next kill hits a settled cluster: every partition (the earlier runs' topics too, which
-  # the restarted node must catch up on) led by its preferred replica, every replica in sync
-  # with lag 0. Killing a node that is still catching up measures a double fault instead.
-  for _ in $(seq 300); do
-    "$QUORRA" cluster status --bootstrap "$B" 2>/dev/null | awk '
-        $1 ~ /\// { n++; nr = split($4, r, ","); if ($2 != r[1] || split($5, a, ",") != nr) bad++
-                    for (i = 8; i <= NF; i++) if ($i !~ /:0$/) bad++ }
-        END { exit !(n > 0 && bad == 0) }' && break
-    sleep 0.2
-  done
+  # The next kill hits a settled cluster (see settled in perf/cluster-common.sh).
+  for _ in $(seq 300); do settled "$B" && break; sleep 0.2; done
   sleep 0.5
 done
 

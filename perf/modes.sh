@@ -24,7 +24,7 @@ KILLS=${KILLS:-5}
 TAKEOVERS=${TAKEOVERS:-20}
 PAUSES=${PAUSES:-5}
 MODES=${MODES:-master-slave hybrid multi-master forwarding shared-storage}
-STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-modes
+STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-modes${TAG:+-$TAG}
 WORK_PREFIX=quorra-modes-perf
 source "$ROOT/perf/cluster-common.sh"
 
@@ -80,12 +80,6 @@ run() {
       > "$OUT/$mode-$name.verify" 2>/dev/null || echo "VERIFY FAILED" >> "$OUT/$mode-$name.verify"
 }
 
-# in_sync B TOPIC/P N: the partition has a leader and N in-sync replicas.
-in_sync() {
-  "$QUORRA" cluster status --bootstrap "$1" 2>/dev/null \
-      | awk -v p="$2" -v n="$3" '$1==p && $2!="-" && split($5,a,",")==n {found=1} END {exit !found}'
-}
-
 failovers() { # MODE BOOTSTRAP NODES COUNT
   local mode=$1 b=$2 nodes=$3 count=$4 rf
   # A partition with two copies cannot elect without both: hybrid fails over with three.
@@ -109,7 +103,7 @@ failovers() { # MODE BOOTSTRAP NODES COUNT
       start_node "$mode" "$node" "standby"
     else
       start_node "$mode" "$node" "serving on"
-      for _ in $(seq 150); do in_sync "$b" failover/0 "$rf" && break; sleep 0.2; done
+      for _ in $(seq 300); do settled "$b" && break; sleep 0.2; done
     fi
     sleep 0.5
   done

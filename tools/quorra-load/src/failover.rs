@@ -92,6 +92,11 @@ async fn probe(args: FailoverArgs, pids: Vec<(u32, i32)>) -> Result<(u32, Durati
     let signal = if args.signal == "stop" { libc::SIGSTOP } else { libc::SIGKILL };
     let killed_at = Instant::now();
     send_signal(pid, signal)?;
+    if signal == libc::SIGSTOP {
+        // A stop takes effect when every thread of the process reaches a stop point: an
+        // answer it was already sending must not count as the new leader's.
+        wait_stopped(pid)?;
+    }
     loop {
         let d = producer.send_to(&args.topic, 0, None, b"after").await?;
         if d.wait().await.is_ok() {
@@ -121,4 +126,17 @@ fn send_signal(pid: i32, signal: i32) -> Result<()> {
         bail!("signal {signal} to {pid}: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Waits until /proc says the process is stopped (state T).
+fn wait_stopped(pid: i32) -> Result<()> {
+    for _ in 0..1000 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the process state")?;
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("process {pid} did not stop");
 }
