@@ -168,7 +168,6 @@ pub enum ClusterMode {
 }
 
 impl ClusterMode {
-    /// Whether a node forwards requests for partitions it does not serve.
     /// The replication factor of a topic created without one: master-slave and multi-master
     /// put a copy on every node, hybrid up to three, forwarding (and shared-storage) one.
     pub fn default_replication_factor(self, nodes: usize) -> u16 {
@@ -180,6 +179,7 @@ impl ClusterMode {
         rf.clamp(1, usize::from(u16::MAX)) as u16
     }
 
+    /// Whether a node forwards requests for partitions it does not serve.
     pub fn forwards(self) -> bool {
         matches!(self, ClusterMode::MultiMaster | ClusterMode::Forwarding)
     }

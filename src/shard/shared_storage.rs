@@ -167,6 +167,7 @@ pub fn become_active(config: &Config, stop: &AtomicBool) -> Result<Option<File>,
         let expired = quiet >= timing.lease;
         if holder_dead || expired {
             let lease = Lease { node: timing.node, renewals: 0, locked: lock.is_some() };
+            let claimed_at = Instant::now();
             if leases.claim(next_epoch, &lease).map_err(io_err)? {
                 if !holder_dead {
                     log::warn!(
@@ -175,11 +176,13 @@ pub fn become_active(config: &Config, stop: &AtomicBool) -> Result<Option<File>,
                         timing.lease
                     );
                 }
+                // The claim is this lease's first renewal: the fence is open when the shards
+                // start (recovery writes), not only once the renewal thread has run.
                 fence::install(next_epoch);
-                let started = Instant::now();
+                fence::extend(claimed_at, timing.valid_ms());
                 spawn_renewals(leases, next_epoch, lease, lock.is_some(), dir.clone(), timing);
                 if !holder_dead {
-                    std::thread::sleep(timing.lease.saturating_sub(started.elapsed()));
+                    std::thread::sleep(timing.lease.saturating_sub(claimed_at.elapsed()));
                 }
                 log::info!("active on {} with fencing epoch {next_epoch}; recovering the logs", dir.display());
                 return Ok(lock);
@@ -206,11 +209,13 @@ fn legacy_epoch(dir: &Path) -> u32 {
 /// The active node's renewals: every quarter lease, check that no node took the next epoch,
 /// rewrite the lease, and move the fence. On losing the lease: fence, then restart as a
 /// standby.
-fn spawn_renewals(leases: Leases, epoch: u32, mut lease: Lease, mut locked: bool, dir: PathBuf, timing: Timing) {
-    let mut lock_file: Option<File> = None;
+fn spawn_renewals(leases: Leases, epoch: u32, mut lease: Lease, claimed_locked: bool, dir: PathBuf, timing: Timing) {
     std::thread::Builder::new()
         .name("lease".into())
         .spawn(move || {
+            // Taken over by the lease: the lock, once its old holder lets go (then held for
+            // the life of the process).
+            let mut late_lock: Option<File> = None;
             let mut started = Instant::now();
             loop {
                 if let Err(e) = leases.renew(epoch, &lease) {
@@ -226,16 +231,11 @@ fn spawn_renewals(leases: Leases, epoch: u32, mut lease: Lease, mut locked: bool
                 if leases.exists(epoch + 1) {
                     lose_lease(&format!("another node took over with fencing epoch {}", epoch + 1));
                 }
-                if !locked {
-                    // Took over by the lease: hold the lock once its old holder lets go.
-                    if let Ok(Some(f)) = try_lock_data_dir(&dir) {
-                        lock_file = Some(f);
-                        locked = true;
-                    }
-                    let _ = &lock_file; // held for the life of the process
+                if !claimed_locked && late_lock.is_none() {
+                    late_lock = try_lock_data_dir(&dir).ok().flatten();
                 }
                 lease.renewals += 1;
-                lease.locked = locked;
+                lease.locked = claimed_locked || late_lock.is_some();
             }
         })
         .expect("spawn the lease thread");
