@@ -95,9 +95,7 @@ fn all_nodes_killed_at_once_keep_every_quorum_acknowledgement() {
     for id in 1..=3 {
         c.node(id).restart();
     }
-    c.wait_for("leaders after the restart", Duration::from_secs(30), |s| {
-        s.partitions.iter().all(|p| p.leader.is_some() && p.in_sync.len() == 3)
-    });
+    c.wait_in_sync(3, Duration::from_secs(30));
     let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Any);
     assert_nothing_lost(&v, "after every node was killed", &c);
 }
@@ -188,9 +186,7 @@ fn two_nodes_down_stop_writes_and_lose_nothing() {
     let acked = load.stop();
     assert!(acked.at.len() as u64 > stalled_at);
     c.node(3).restart();
-    c.wait_for("every replica in sync", Duration::from_secs(40), |s| {
-        s.partitions.iter().all(|p| p.leader.is_some() && p.in_sync.len() == 3)
-    });
+    c.wait_in_sync(3, Duration::from_secs(40));
     let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Any);
     assert_nothing_lost(&v, "after two of three nodes were down", &c);
 }
@@ -203,9 +199,7 @@ fn rolling_restart_under_load_loses_nothing() {
     load.wait_acked(1000, Duration::from_secs(30));
     for id in 1..=3 {
         c.node(id).restart();
-        c.wait_for("every replica in sync", Duration::from_secs(40), |s| {
-            s.partitions.iter().all(|p| p.leader.is_some() && p.in_sync.len() == 3)
-        });
+        c.wait_in_sync(3, Duration::from_secs(40));
         load.wait_acked(1000, Duration::from_secs(40));
     }
     let acked = load.stop();

@@ -98,9 +98,7 @@ fn switching_master_slave_to_hybrid_keeps_topics_and_data() {
     for id in 1..=3 {
         c.node(id).restart();
     }
-    c.wait_for("the old topic led again", Duration::from_secs(30), |s| {
-        s.partitions.iter().all(|p| p.leader.is_some() && p.in_sync.len() == 3)
-    });
+    c.wait_in_sync(3, Duration::from_secs(30));
     let v = check_with(&c.bootstrap(), "t", 3, &before, ReadFrom::Leader, true);
     assert_eq!((v.lost, v.duplicated, v.corrupt), (0, 0, 0), "{v:?}\n{}", c.logs());
     // New topics are placed the hybrid way: one partition led by each node.

@@ -30,8 +30,16 @@ fn batch(values: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn append(log: &mut PartitionLog<MemDisk>, values: &[Vec<u8>]) -> Result<(u64, u64), StorageError> {
+    append_in_epoch(log, values, 1)
+}
+
+fn append_in_epoch(
+    log: &mut PartitionLog<MemDisk>,
+    values: &[Vec<u8>],
+    epoch: u32,
+) -> Result<(u64, u64), StorageError> {
     let mut payload = batch(values);
-    let stamped = log.stamp(&mut payload, 1)?;
+    let stamped = log.stamp(&mut payload, epoch)?;
     Ok(log.append_stamped(Bytes::from(payload), &stamped))
 }
 
@@ -384,11 +392,7 @@ fn a_batch_with_an_older_epoch_after_a_newer_one_is_a_late_write_and_not_served(
     let disk = MemDisk::new();
     let (seg, _) = ten_flushed_batches(&disk); // epoch 1
     let mut log = open(&disk, LogConfig::default());
-    let epoch_two = |log: &mut PartitionLog<MemDisk>, i: u64| {
-        let mut payload = batch(&[value(i, 200)]);
-        let stamped = log.stamp(&mut payload, 2).unwrap();
-        log.append_stamped(Bytes::from(payload), &stamped);
-    };
+    let epoch_two = |log: &mut PartitionLog<MemDisk>, i: u64| append_in_epoch(log, &[value(i, 200)], 2).unwrap();
     epoch_two(&mut log, 10);
     drive(&mut log, &disk, true).unwrap();
     let after_epoch_two = log.size_bytes() as usize;

@@ -284,6 +284,13 @@ impl Cluster {
         })
     }
 
+    /// Waits until every partition has a leader and `replicas` in-sync replicas.
+    pub fn wait_in_sync(&self, replicas: usize, timeout: Duration) {
+        self.wait_for("every replica in sync", timeout, |s| {
+            s.partitions.iter().all(|p| p.leader.is_some() && p.in_sync.len() == replicas)
+        });
+    }
+
     /// Waits until `cond` holds for the cluster status (polled every 100 ms).
     pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&ClusterStatusResponse) -> bool) {
         let deadline = Instant::now() + timeout;
@@ -325,9 +332,13 @@ impl Cluster {
     }
 }
 
+fn example_dir(mode: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode)
+}
+
 /// How many nodes `examples/<mode>/` configures.
 pub fn example_node_count(mode: &str) -> u32 {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode);
+    let dir = example_dir(mode);
     let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     files.flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".toml")).count() as u32
 }
@@ -341,7 +352,7 @@ pub fn example_config(
     cluster_id: &str,
     nodes: &[(u32, SocketAddr, SocketAddr)],
 ) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(mode).join(format!("node{id}.toml"));
+    let path = example_dir(mode).join(format!("node{id}.toml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut config: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let me = nodes.iter().find(|n| n.0 == id).expect("the node is listed");
