@@ -46,9 +46,21 @@ struct Progress {
     next: u64,
     /// Durably held by the follower and matching our log.
     matched: u64,
+    /// Where the follower's log is believed to match ours (the log end when this leader took
+    /// over, or the divergence point a mismatch reported). When nothing in flight was
+    /// acknowledged the leader resumes from here, or from `matched` if higher; a wrong belief
+    /// costs a mismatch, whereas resuming from an unknown `matched` (0 for a follower that
+    /// was down when this leader took over) would send it the whole log again.
+    probe: u64,
     last_sent_ms: u64,
     last_progress_ms: u64,
     last_caught_up_ms: u64,
+}
+
+impl Progress {
+    fn resume_point(&self) -> u64 {
+        self.matched.max(self.probe)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -231,9 +243,9 @@ impl Replica {
         let (resend_ms, heartbeat_ms) = (self.config.resend_ms, self.config.heartbeat_ms);
         if let Role::Leader { followers } = &mut self.role {
             for p in followers.values_mut() {
-                if p.next > p.matched && now_ms.saturating_sub(p.last_progress_ms) >= resend_ms {
+                if p.next > p.resume_point() && now_ms.saturating_sub(p.last_progress_ms) >= resend_ms {
                     // Nothing acknowledged for a while: messages were lost; go back.
-                    p.next = p.matched;
+                    p.next = p.resume_point();
                     p.last_progress_ms = now_ms;
                 }
                 if now_ms.saturating_sub(p.last_sent_ms) >= heartbeat_ms {
@@ -260,10 +272,12 @@ impl Replica {
                 sent = true;
             }
             if !sent && p.last_sent_ms == 0 {
-                // Heartbeat: an empty append at what the follower acknowledged.
+                // Heartbeat: an empty append where the follower's log is believed to match;
+                // its answer confirms that (raising `matched`) or reports the divergence.
+                let at = p.resume_point();
                 out.push(Action::Send(
                     f,
-                    append_message(self.id, self.epoch, &self.history, p.matched, p.matched, self.high_watermark),
+                    append_message(self.id, self.epoch, &self.history, at, at, self.high_watermark),
                 ));
                 p.last_sent_ms = self.now_ms.max(1);
             }
@@ -334,6 +348,7 @@ impl Replica {
                     if let Some(p) = followers.get_mut(&from) {
                         p.matched = p.matched.min(diverge);
                         p.next = diverge;
+                        p.probe = diverge;
                         p.last_sent_ms = 0;
                     }
                     self.pump(out);
@@ -460,6 +475,7 @@ impl Replica {
                             Progress {
                                 next: self.log_end,
                                 matched: 0,
+                                probe: self.log_end,
                                 last_sent_ms: 0,
                                 last_progress_ms: now,
                                 last_caught_up_ms: now,
@@ -498,4 +514,118 @@ fn append_message(
     let first = history.starts.partition_point(|&(_, s)| s <= from).saturating_sub(1);
     let epochs = history.starts[first..].iter().copied().filter(|&(_, s)| s < to.max(from + 1)).collect();
     PeerMessage::Append { epoch, leader, prev_offset: from, prev_epoch, end_offset: to, epochs, leader_hw }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(epochs: &[(Epoch, u64)]) -> EpochHistory {
+        let mut h = EpochHistory::default();
+        for &(e, s) in epochs {
+            h.observe(e, s);
+        }
+        h
+    }
+
+    fn sends_to(out: &[Action], to: NodeId) -> Vec<PeerMessage> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send(n, m) if *n == to => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A follower that was down while a new leader took over, and returns with the log it
+    /// had: the leader confirms where the logs match and sends only what is new, instead of
+    /// the whole log again (the cause of a 27 s stall in perf/cluster.sh on 2026-12-01).
+    #[test]
+    fn a_follower_down_across_a_leader_change_is_not_sent_the_whole_log_again() {
+        const LOG: u64 = 100_000;
+        let shared = history(&[(1, 0)]);
+        let config = ReplicaConfig::default();
+        let mut leader = Replica::recover(1, config.clone(), 1, shared.clone(), LOG);
+        let mut returning = Replica::recover(3, config.clone(), 1, shared, LOG);
+        let mut out = Vec::new();
+        leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+        leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2, 3] }, &mut out);
+        leader.on_durable(LOG + 1, &mut out);
+        // Node 3 is down for ten resend periods: everything sent to it is lost.
+        let mut lost = sends_to(&out, 3);
+        for now in (0..10 * config.resend_ms).step_by(10) {
+            out.clear();
+            leader.tick(now, &mut out);
+            lost.extend(sends_to(&out, 3));
+        }
+        assert!(!lost.is_empty(), "the leader kept trying node 3");
+        // Node 3 is back; deliver the leader's next messages to it and its answers back.
+        let mut sent = Vec::new();
+        let mut now = 10 * config.resend_ms;
+        for _ in 0..20 {
+            out.clear();
+            now += config.heartbeat_ms;
+            leader.tick(now, &mut out);
+            for msg in sends_to(&out, 3) {
+                sent.push(msg.clone());
+                let mut replies = Vec::new();
+                returning.on_peer(msg, &mut replies);
+                let appended: Vec<_> = replies
+                    .iter()
+                    .filter_map(|a| match a {
+                        Action::AppendReplicated { to, .. } => Some(*to),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(&to) = appended.last() {
+                    returning.on_durable(to, &mut replies);
+                }
+                for reply in sends_to(&replies, 1) {
+                    leader.on_peer(reply, &mut Vec::new());
+                }
+            }
+        }
+        for msg in lost.iter().chain(&sent) {
+            let PeerMessage::Append { prev_offset, .. } = msg else { panic!("unexpected {msg:?}") };
+            assert!(*prev_offset >= LOG, "the leader went back to offset {prev_offset} of its {LOG}-record log");
+        }
+        assert_eq!(returning.log_end(), LOG + 1, "node 3 got the epoch-start marker");
+        let ControlMessage::Heartbeat { followers, .. } = leader.heartbeat() else { unreachable!() };
+        assert!(followers.contains(&(3, LOG + 1)), "node 3 counts as caught up: {followers:?}");
+    }
+
+    /// A follower whose log is shorter than the leader's: the probe at the leader's log end
+    /// mismatches, and the leader sends from the follower's end, not from offset 0.
+    #[test]
+    fn a_shorter_follower_is_sent_from_where_its_log_ends() {
+        let config = ReplicaConfig::default();
+        let mut leader = Replica::recover(1, config.clone(), 1, history(&[(1, 0)]), 5_000);
+        let mut behind = Replica::recover(2, config.clone(), 1, history(&[(1, 0)]), 3_000);
+        let mut out = Vec::new();
+        leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+        leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+        let mut first_sent = Vec::new();
+        let mut pending = sends_to(&out, 2);
+        for _ in 0..10 {
+            let mut next = Vec::new();
+            for msg in pending.drain(..) {
+                if let PeerMessage::Append { prev_offset, end_offset, .. } = &msg {
+                    if end_offset > prev_offset {
+                        first_sent.push(*prev_offset);
+                    }
+                }
+                let mut replies = Vec::new();
+                behind.on_peer(msg, &mut replies);
+                let mut answers = Vec::new();
+                for reply in sends_to(&replies, 1) {
+                    leader.on_peer(reply, &mut answers);
+                }
+                next.extend(sends_to(&answers, 2));
+            }
+            pending = next;
+        }
+        assert_eq!(behind.log_end(), 5_001, "the follower caught up");
+        assert!(first_sent.contains(&3_000), "sent from the follower's end: {first_sent:?}");
+        assert!(first_sent.iter().all(|&o| o >= 3_000), "nothing from below its end: {first_sent:?}");
+    }
 }

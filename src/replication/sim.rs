@@ -456,6 +456,22 @@ impl Sim {
             let hw = node.hw_seen as usize;
             assert_eq!(&node.log[..hw], &self.committed[..hw], "seed {seed}: n{n} disagrees below its high watermark");
         }
+        // Liveness: after the quiet period one leader holds the committed log and every
+        // replica has caught up with it.
+        let leaders: Vec<&Node> = self.nodes.iter().filter(|x| x.replica.is_leader()).collect();
+        assert_eq!(leaders.len(), 1, "seed {seed}: one leader after the quiet period");
+        let leader = leaders[0];
+        for (n, node) in self.nodes.iter().enumerate() {
+            assert_eq!(
+                node.log, leader.log,
+                "seed {seed}: n{n} has not caught up with the leader after the quiet period"
+            );
+            assert_eq!(
+                node.hw_seen,
+                leader.log.len() as u64,
+                "seed {seed}: n{n}'s high watermark lags after the quiet period"
+            );
+        }
     }
 }
 
