@@ -33,9 +33,11 @@ struct Election {
     epoch: Epoch,
     answers: BTreeMap<NodeId, (Option<Epoch>, u64)>,
     started_ms: u64,
-    /// A hand-over to the preferred replica: wait for its answer (for up to an election
-    /// timeout) rather than settle for the first majority.
-    handover: bool,
+    /// Wait for the preferred replica's answer (for up to an election timeout) rather than
+    /// settle for the first majority: in a hand-over to it, and in the partition's first
+    /// election (all replicas empty; otherwise a new topic would start under another
+    /// replica and be handed over an instant later, an extra epoch for nothing).
+    wait_for_preferred: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -115,10 +117,15 @@ impl Controller {
     }
 
     fn start_election(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
+        let first = self.epoch == 0;
         self.epoch += 1;
         self.leader = None;
-        self.election =
-            Some(Election { epoch: self.epoch, answers: BTreeMap::new(), started_ms: self.now_ms, handover: false });
+        self.election = Some(Election {
+            epoch: self.epoch,
+            answers: BTreeMap::new(),
+            started_ms: self.now_ms,
+            wait_for_preferred: first,
+        });
         self.last_retry_ms = self.now_ms;
         self.last_election_ms = self.now_ms;
         for &r in &self.replicas {
@@ -176,7 +183,7 @@ impl Controller {
     /// preferred replica among equals).
     fn try_appoint(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
         let Some(e) = &self.election else { return };
-        let waiting_for_preferred = e.handover
+        let waiting_for_preferred = e.wait_for_preferred
             && self.preferred.is_some_and(|p| !e.answers.contains_key(&p))
             && self.now_ms.saturating_sub(e.started_ms) < self.config.election_timeout_ms;
         if e.answers.len() <= self.replicas.len() / 2 || waiting_for_preferred {
@@ -202,7 +209,7 @@ impl Controller {
                     self.last_handover_ms = Some(self.now_ms);
                     self.start_election(out);
                     if let Some(e) = &mut self.election {
-                        e.handover = true;
+                        e.wait_for_preferred = true;
                     }
                     return;
                 }
@@ -236,5 +243,65 @@ impl Controller {
         let quiet =
             self.last_handover_ms.is_none_or(|t| self.now_ms.saturating_sub(t) >= 10 * self.config.election_timeout_ms);
         self.leader != Some(p) && caught_up && quiet && self.election.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fenced(epoch: Epoch, from: NodeId) -> ControlMessage {
+        ControlMessage::Fenced { epoch, from, last_epoch: None, durable_end: 0 }
+    }
+
+    fn appointed(out: &[(NodeId, ControlMessage)]) -> Option<NodeId> {
+        out.iter().find_map(|(n, m)| matches!(m, ControlMessage::BecomeLeader { .. }).then_some(*n))
+    }
+
+    /// A new partition starts under its preferred replica when it answers within an
+    /// election timeout, even if the others formed a majority first.
+    #[test]
+    fn the_first_election_waits_for_the_preferred_replica() {
+        let config = ControllerConfig::default();
+        let mut c = Controller::new(config.clone(), vec![1, 2, 3], 0).with_preferred(Some(1));
+        let mut out = Vec::new();
+        c.tick(0, &mut out);
+        assert_eq!(out.iter().filter(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 1 })).count(), 3);
+        out.clear();
+        c.on_message(fenced(1, 3), &mut out);
+        c.on_message(fenced(1, 2), &mut out);
+        c.tick(config.election_timeout_ms / 2, &mut out);
+        assert_eq!(appointed(&out), None, "a majority without the preferred replica waits");
+        c.on_message(fenced(1, 1), &mut out);
+        assert_eq!(appointed(&out), Some(1));
+    }
+
+    /// The wait is bounded: a preferred replica that does not answer is not waited for
+    /// longer than an election timeout.
+    #[test]
+    fn the_first_election_does_not_wait_for_a_dead_preferred_replica() {
+        let config = ControllerConfig::default();
+        let mut c = Controller::new(config.clone(), vec![1, 2, 3], 0).with_preferred(Some(1));
+        let mut out = Vec::new();
+        c.tick(0, &mut out);
+        c.on_message(fenced(1, 3), &mut out);
+        c.on_message(fenced(1, 2), &mut out);
+        out.clear();
+        c.tick(config.election_timeout_ms, &mut out);
+        assert_eq!(appointed(&out), Some(2), "the lowest id among equals");
+    }
+
+    /// A failover does not wait: the preferred replica is usually the one that died.
+    #[test]
+    fn a_failover_election_settles_for_the_first_majority() {
+        let config = ControllerConfig::default();
+        let mut c = Controller::resume(config.clone(), vec![1, 2, 3], 4, Some(1), 0, 0).with_preferred(Some(1));
+        let mut out = Vec::new();
+        c.tick(config.election_timeout_ms + 1, &mut out);
+        assert!(out.iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })));
+        out.clear();
+        c.on_message(ControlMessage::Fenced { epoch: 5, from: 2, last_epoch: Some(4), durable_end: 10 }, &mut out);
+        c.on_message(ControlMessage::Fenced { epoch: 5, from: 3, last_epoch: Some(4), durable_end: 10 }, &mut out);
+        assert_eq!(appointed(&out), Some(2));
     }
 }

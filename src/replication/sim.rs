@@ -122,7 +122,9 @@ impl Sim {
             queue: BinaryHeap::new(),
             events: Vec::new(),
             nodes,
-            controller: Controller::new(ControllerConfig { election_timeout_ms: 150, retry_ms: 30 }, replicas, 0),
+            // Every other schedule prefers replica 0 (hand-overs to it once it caught up).
+            controller: Controller::new(ControllerConfig { election_timeout_ms: 150, retry_ms: 30 }, replicas, 0)
+                .with_preferred((seed % 2 == 1).then_some(0)),
             isolated: None,
             drop_rate,
             dup_rate,
@@ -456,20 +458,17 @@ impl Sim {
             let hw = node.hw_seen as usize;
             assert_eq!(&node.log[..hw], &self.committed[..hw], "seed {seed}: n{n} disagrees below its high watermark");
         }
-        // Liveness: after the quiet period one leader holds the committed log and every
-        // replica has caught up with it.
+        // Liveness: after the quiet period one leader has committed its whole log and every
+        // replica holds that log (followers learn the high watermark with the next message,
+        // which a hand-over just before the end may not have sent yet).
         let leaders: Vec<&Node> = self.nodes.iter().filter(|x| x.replica.is_leader()).collect();
         assert_eq!(leaders.len(), 1, "seed {seed}: one leader after the quiet period");
         let leader = leaders[0];
+        assert_eq!(leader.hw_seen, leader.log.len() as u64, "seed {seed}: the leader's log is not all committed");
         for (n, node) in self.nodes.iter().enumerate() {
             assert_eq!(
                 node.log, leader.log,
                 "seed {seed}: n{n} has not caught up with the leader after the quiet period"
-            );
-            assert_eq!(
-                node.hw_seen,
-                leader.log.len() as u64,
-                "seed {seed}: n{n}'s high watermark lags after the quiet period"
             );
         }
     }
