@@ -410,6 +410,7 @@ impl Config {
             retention_ms: (s.retention_ms > 0).then_some(s.retention_ms),
             truncate_corrupt: s.truncate_corrupt,
             prezero: s.prezero,
+            fresh_segment_on_open: self.cluster.as_ref().is_some_and(|c| c.mode == ClusterMode::SharedStorage),
         }
     }
 }

@@ -67,7 +67,13 @@ impl<D: Disk> OffsetStore<D> {
     }
 
     fn log_config() -> LogConfig {
-        LogConfig { segment_bytes: 1 << 20, cache_bytes: 256 << 10, ..LogConfig::default() }
+        LogConfig {
+            segment_bytes: 1 << 20,
+            cache_bytes: 256 << 10,
+            // Shared-storage mode (the only one with a fence): see `PartitionLog::open`.
+            fresh_segment_on_open: crate::storage::fence::installed(),
+            ..LogConfig::default()
+        }
     }
 
     async fn group(&self, name: &str) -> Result<Rc<GroupStore<D>>, StorageError> {

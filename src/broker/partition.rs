@@ -124,15 +124,12 @@ impl<D: Disk> Partition<D> {
         Ok(p)
     }
 
-    /// Reads the active segment's batch headers into the producer table (see `producers`).
+    /// Reads the recent batches' headers into the producer table (see `producers`).
     async fn rebuild_producer_table(&self) -> Result<(), StorageError> {
         if !matches!(self.health(), LogHealth::Healthy) {
             return Ok(());
         }
-        let from = {
-            let log = self.log.borrow();
-            log.active_segment_base().max(log.log_start_offset())
-        };
+        let from = self.log.borrow().recent_batches_start();
         self.visit_batch_headers(from, |header| self.producers.borrow_mut().observe(header)).await
     }
 

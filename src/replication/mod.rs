@@ -20,6 +20,8 @@
 //! 2. Every replica's log agrees with the committed log up to that replica's high watermark.
 //! 3. A replica's high watermark never decreases while it runs.
 //! 4. At most one leader per epoch.
+//! 5. Liveness: after a quiet period (no faults), one leader has committed its whole log and
+//!    every replica holds that log.
 //!
 //! What need not hold: a follower may hold a divergent, uncommitted tail for a while (it is
 //! never served: readers are bounded by the high watermark); a new leader's high watermark

@@ -104,7 +104,7 @@ pub fn watch_from_env() {
 }
 
 /// Wraps a disk so that every operation that changes it first passes the fence, then the
-/// fault switches.
+/// fault switches; writes and flushes pass the fence again once completed.
 #[derive(Clone, Debug, Default)]
 pub struct GuardedDisk<D>(pub D);
 
@@ -131,7 +131,8 @@ impl<F: DiskFile> DiskFile for GuardedFile<F> {
             // An O_DSYNC write is also the flush: a flush fault fails it.
             FaultSwitches::check(&switches().sync_errno, "write (O_DSYNC)", &self.path)?;
         }
-        self.inner.write_at(buf, pos).await
+        self.inner.write_at(buf, pos).await?;
+        fence::check("write (completed after the fence closed)", &self.path)
     }
     async fn read_at(&self, pos: u64, len: usize) -> DiskResult<Vec<u8>> {
         self.inner.read_at(pos, len).await
@@ -139,7 +140,8 @@ impl<F: DiskFile> DiskFile for GuardedFile<F> {
     async fn sync_data(&self) -> DiskResult<()> {
         fence::check("fdatasync", &self.path)?;
         FaultSwitches::check(&switches().sync_errno, "fdatasync", &self.path)?;
-        self.inner.sync_data().await
+        self.inner.sync_data().await?;
+        fence::check("fdatasync (completed after the fence closed)", &self.path)
     }
     async fn preallocate(&self, len: u64) -> DiskResult<()> {
         fence::check("fallocate", &self.path)?;
@@ -183,6 +185,7 @@ impl<D: Disk> Disk for GuardedDisk<D> {
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
         fence::check("write", path)?;
         FaultSwitches::check(&switches().write_errno, "write", path)?;
-        self.0.write_file_atomic(path, bytes).await
+        self.0.write_file_atomic(path, bytes).await?;
+        fence::check("write (completed after the fence closed)", path)
     }
 }

@@ -7,6 +7,13 @@
 //! cut off from the storage or replaced stops passing the gate at the deadline, before a
 //! standby can take over (which needs a whole lease without renewal, then waits a whole
 //! lease more). Without a fence installed (every other mode) the gate is one atomic load.
+//!
+//! The gate is passed twice: before an operation, and after it completed, so that an
+//! operation that finished after the deadline never counts as done (a process paused
+//! between the first check and the submission would otherwise acknowledge a write the
+//! next active node never saw). Such a late write may still reach the disk; the next
+//! active node writes only to files it created (`LogConfig::fresh_segment_on_open`), so it
+//! lands past the end of a segment the new node sealed.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -62,6 +69,11 @@ pub fn open_at(now: Instant) -> bool {
     }
 }
 
+/// Whether a fence is installed (this process runs in shared-storage mode).
+pub fn installed() -> bool {
+    FENCE.get().is_some()
+}
+
 /// The fencing epoch to stamp into batches (0 without a fence).
 pub fn epoch() -> u32 {
     FENCE.get().map_or(0, |f| f.epoch.load(Ordering::SeqCst))
@@ -69,12 +81,13 @@ pub fn epoch() -> u32 {
 
 /// The gate: an error naming the operation when the lease does not allow writing now.
 pub fn check(op: &'static str, path: &Path) -> DiskResult<()> {
+    check_io().map_err(|e| DiskError::new(op, path, e))
+}
+
+/// [`check`] as a plain I/O error, for code below the disk seam.
+pub fn check_io() -> std::io::Result<()> {
     if FENCE.get().is_none() || open_at(Instant::now()) {
         return Ok(());
     }
-    Err(DiskError::new(
-        op,
-        path,
-        std::io::Error::other("fenced: this node's shared-storage lease expired or another node took over"),
-    ))
+    Err(std::io::Error::other("fenced: this node's shared-storage lease expired or another node took over"))
 }

@@ -136,7 +136,7 @@ impl Disk for GlommioDisk {
     }
 
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
-        on_path("write", path, move |p| write_file_atomic_blocking(p, &bytes)).await
+        on_path("write", path, move |p| write_file_atomic_fenced(p, &bytes)).await
     }
 }
 
@@ -163,6 +163,17 @@ fn absent_as<T>(result: io::Result<T>, absent: T) -> io::Result<T> {
 /// The temporary name is unique per call, so concurrent writers of the same file (every
 /// shard writes the device probe at start) cannot rename each other's file away.
 pub fn write_file_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file_atomic_then(path, bytes, || Ok(()))
+}
+
+/// [`write_file_atomic_blocking`], passing the shared-storage fence again just before the
+/// rename: a node paused after the disk seam's check must not replace, when it resumes, a
+/// file its successor wrote meanwhile.
+fn write_file_atomic_fenced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file_atomic_then(path, bytes, super::fence::check_io)
+}
+
+fn write_file_atomic_then(path: &Path, bytes: &[u8], before_rename: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
     use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -173,6 +184,10 @@ pub fn write_file_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+    }
+    if let Err(e) = before_rename() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {

@@ -54,6 +54,10 @@ pub struct LogConfig {
     pub truncate_corrupt: bool,
     /// When idle, write zeros ahead of the active segment's end (see [`LogJob::Zero`]).
     pub prezero: bool,
+    /// After recovery, write only to a segment file this process created (see
+    /// [`PartitionLog::open`]): set in shared-storage mode, where the node replaced may
+    /// still hold the old files open.
+    pub fresh_segment_on_open: bool,
 }
 
 impl Default for LogConfig {
@@ -67,6 +71,7 @@ impl Default for LogConfig {
             retention_ms: None,
             truncate_corrupt: false,
             prezero: true,
+            fresh_segment_on_open: false,
         }
     }
 }
@@ -439,8 +444,44 @@ impl<D: Disk> PartitionLog<D> {
         log.log_start_offset = bases[0];
         log.written_offset = log.next_offset;
         log.durable_offset = log.next_offset;
+        if log.config.fresh_segment_on_open && log.health == LogHealth::Healthy {
+            log.start_fresh_segment().await?;
+        }
         log.check_invariants();
         Ok(log)
+    }
+
+    /// Moves writes to a segment file this process created: a non-empty active segment is
+    /// sealed (its index records where its data ends) and the next one started; an empty
+    /// one is replaced by a new file of the same name.
+    ///
+    /// Why: in shared-storage mode the node this one replaced may still hold the files
+    /// open, and a write it issued just before its fence closed (its process paused between
+    /// the check and the submission) can reach the disk at any time later. Such a write goes
+    /// to that node's active segment, at or beyond the end recovered here: into a file this
+    /// node never appends to again, past the end its index records, so it can neither
+    /// overwrite nor extend the log.
+    async fn start_fresh_segment(&mut self) -> Result<(), StorageError> {
+        let active = self.active();
+        let (base, empty) = (active.base_offset, active.size == 0);
+        if empty {
+            self.disk.remove_file(&active.log_path).await?;
+        } else {
+            let summary = SegmentSummary {
+                size: active.size,
+                next_offset: active.next_offset,
+                max_timestamp: active.max_timestamp,
+            };
+            self.disk.write_file_atomic(&active.index_path, active.index.encode(summary)).await?;
+        }
+        let new_path = self.dir.join(segment_file_name(self.next_offset, "log"));
+        let file = self.disk.open(&new_path, true).await?;
+        file.preallocate(self.config.segment_bytes).await?;
+        if empty {
+            self.segments.remove(&base);
+        }
+        self.finish_roll(self.next_offset, new_path, file);
+        Ok(())
     }
 
     fn insert_segment(&mut self, base: u64, log_path: PathBuf, file: D::File) {
@@ -594,9 +635,19 @@ impl<D: Disk> PartitionLog<D> {
     pub fn durable_offset(&self) -> u64 {
         self.durable_offset
     }
-    /// Where the active (last) segment starts.
-    pub fn active_segment_base(&self) -> u64 {
-        self.active().base_offset
+    /// Where the recent batches start, from which per-producer state is rebuilt at start-up:
+    /// the active segment, and the one before it too while the active one holds less than
+    /// 1 MiB (a producer's retry refers to a recent batch, which a recent roll, or the fresh
+    /// segment of a shared-storage takeover, may have left in the previous segment).
+    pub fn recent_batches_start(&self) -> u64 {
+        const RECENT_BYTES: u64 = 1 << 20;
+        let mut newest_first = self.segments.values().rev();
+        let active = newest_first.next().expect("a log always has an active segment");
+        let start = match newest_first.next() {
+            Some(previous) if active.size < RECENT_BYTES => previous.base_offset,
+            _ => active.base_offset,
+        };
+        start.max(self.log_start_offset)
     }
 
     pub fn segment_count(&self) -> usize {

@@ -440,3 +440,64 @@ fn an_idle_log_zeroes_ahead_in_large_steps_not_after_every_append() {
     assert!((1..=3).contains(&zeroings), "{zeroings} zeroings");
     assert_eq!(read_all(&log, 200).unwrap().len(), 200);
 }
+
+/// Shared storage: the node that was replaced still holds the files open, and writes it
+/// issued before its fence closed reach the disk after the new active node took over (an
+/// append and the zeroing ahead of it). The new node writes only to a segment file it
+/// created, so the late writes neither overwrite nor extend its log.
+#[test]
+fn late_writes_of_a_replaced_node_land_outside_the_new_active_nodes_log() {
+    let fresh = LogConfig { fresh_segment_on_open: true, ..small_config() };
+    let disk = MemDisk::new();
+    let mut old = open(&disk, small_config());
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        append(&mut old, &[value(i, 500)]).unwrap();
+        expected.push((i, value(i, 500)));
+    }
+    drive(&mut old, &disk, true).unwrap();
+    // Issued by the old node, not yet on the disk when the new node recovers.
+    for i in 0..3 {
+        append(&mut old, &[value(100 + i, 700)]).unwrap();
+    }
+
+    let mut new = open(&disk, fresh.clone());
+    assert_eq!(new.next_offset(), 10);
+    for i in 10..20 {
+        append_in_epoch(&mut new, &[value(i, 500)], 2).unwrap();
+        expected.push((i, value(i, 500)));
+    }
+    drive(&mut new, &disk, true).unwrap();
+
+    // The old node's late writes land.
+    drive(&mut old, &disk, true).unwrap();
+    while let Some(job) = old.next_idle_job() {
+        let outcome = block_on(LogJob::run(job, &disk));
+        old.complete(outcome).unwrap();
+    }
+
+    assert_eq!(read_all(&new, 20).unwrap(), expected, "the running new node's log");
+    drop(new);
+    let reopened = open(&disk, fresh);
+    assert_eq!(reopened.health(), &LogHealth::Healthy);
+    assert_eq!(reopened.next_offset(), 20, "nothing of the late writes joined the log");
+    assert_eq!(read_all(&reopened, 20).unwrap(), expected, "after a restart");
+}
+
+/// The replacement of an empty active segment: the new node's file is a new one, so the
+/// old node's handle writes elsewhere.
+#[test]
+fn an_empty_active_segment_is_replaced_by_a_new_file() {
+    let fresh = LogConfig { fresh_segment_on_open: true, ..small_config() };
+    let disk = MemDisk::new();
+    let mut old = open(&disk, small_config());
+    append(&mut old, &[value(0, 700)]).unwrap();
+    let mut new = open(&disk, fresh.clone());
+    assert_eq!(new.next_offset(), 0);
+    append_in_epoch(&mut new, &[value(1, 300)], 2).unwrap();
+    drive(&mut new, &disk, true).unwrap();
+    drive(&mut old, &disk, true).unwrap();
+    drop(new);
+    let reopened = open(&disk, fresh);
+    assert_eq!(read_all(&reopened, 1).unwrap(), vec![(0, value(1, 300))]);
+}
