@@ -402,3 +402,21 @@ fn wiped_replica_is_rebuilt_from_the_leader() {
     let v = check(&only_follower, "t", 1, &acked, ReadFrom::Follower);
     assert_nothing_lost(&v, "read from the rebuilt replica", &c);
 }
+
+#[test]
+fn node_that_lost_its_raft_vote_but_holds_replicas_refuses_to_start() {
+    let mut c = Cluster::start("lostvote", "master-slave");
+    c.create_topic("t", 1, 3);
+    c.wait_in_sync(3, Duration::from_secs(30));
+    c.node(3).kill();
+    let raft_dir = c.node(3).dir.join("data/meta/raft");
+    assert!(raft_dir.join("vote.json").exists(), "a member persisted its vote");
+    std::fs::remove_dir_all(&raft_dir).unwrap();
+    let (status, stderr) = c.node(3).run_expecting_exit(Duration::from_secs(30));
+    assert!(!status.success(), "refused: {stderr}");
+    assert!(stderr.contains("holds no Raft vote"), "says why: {stderr}");
+    // The others go on serving.
+    let load = Load::start(&c.bootstrap_up(), "t", 1, Acks::Quorum);
+    load.wait_acked(100, Duration::from_secs(30));
+    load.stop();
+}

@@ -97,6 +97,35 @@ pub struct ControlPlane {
     pub thread: std::thread::JoinHandle<()>,
 }
 
+/// Refuses to start a node whose Raft vote is missing while its disk holds replicas of the
+/// cluster: it was a member, its metadata was lost, and on an empty vote it could vote twice
+/// in one term and help elect two metadata leaders. (A disk wiped whole cannot be told from
+/// a new node's; docs/cluster-modes.md, "Losing a disk", says what to do in both cases.)
+fn refuse_lost_vote(data_dir: &std::path::Path, raft_dir: &std::path::Path) -> Result<(), String> {
+    if raft_dir.join("vote.json").exists() {
+        return Ok(());
+    }
+    let replica_state = std::fs::read_dir(data_dir.join("topics"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|topic| std::fs::read_dir(topic.path()).into_iter().flatten().flatten())
+        .map(|partition| partition.path().join("replica.json"))
+        .find(|state| state.exists());
+    match replica_state {
+        None => Ok(()),
+        Some(state) => Err(format!(
+            "{} holds no Raft vote, but {} shows that this node held replicas of the cluster: its \
+             metadata was lost, and started on an empty vote it could help elect two metadata leaders \
+             in one term; restore {} from a backup or rebuild the cluster (docs/cluster-modes.md, \
+             \"Losing a disk\")",
+            raft_dir.display(),
+            state.display(),
+            raft_dir.display()
+        )),
+    }
+}
+
 /// Starts the control plane. `shard_inboxes[i]` receives the controller's messages for the
 /// replicas shard `i` owns.
 pub fn start(
@@ -108,6 +137,7 @@ pub fn start(
     let listener = std::net::TcpListener::bind(me.peer).map_err(|e| format!("cannot listen on {}: {e}", me.peer))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let raft_dir = config.data_dir.join("meta").join("raft");
+    refuse_lost_vote(&config.data_dir, &raft_dir)?;
     let log_store = LogStore::open(&raft_dir).map_err(|e| format!("metadata log {}: {e}", raft_dir.display()))?;
     let (state_machine, meta) =
         StateMachine::open(&raft_dir).map_err(|e| format!("metadata snapshot {}: {e}", raft_dir.display()))?;

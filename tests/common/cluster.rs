@@ -149,6 +149,33 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// Runs the node (which must be down) in the foreground expecting it to refuse to start:
+    /// its exit status and what it printed.
+    pub fn run_expecting_exit(&self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quorra"))
+            .args(["serve", "--config"])
+            .arg(self.dir.join("node.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start quorra serve");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {} kept running; it was expected to refuse to start", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr);
+        (status, stderr)
+    }
+
     /// kill -9.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
