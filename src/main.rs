@@ -14,7 +14,7 @@ use quorra::client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, ReadFrom, StartFrom,
 };
 use quorra::config::{Config, FlushPolicy};
-use quorra::protocol::messages::Acks;
+use quorra::protocol::messages::{Acks, ClusterStatusResponse, NodeStatusInfo};
 
 #[derive(Parser)]
 #[command(
@@ -46,7 +46,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Nodes (alive, metadata leader) and, per partition: leader, epoch, replicas, in-sync
+    /// Nodes (alive; partitions led and followed; metadata leader) and, per partition: leader, epoch, replicas, in-sync
     /// replicas, high watermark and each follower's lag.
     Status {
         #[command(flatten)]
@@ -393,8 +393,13 @@ async fn cluster(cmd: ClusterCommand) -> Result<()> {
     println!("cluster {} (mode {}), metadata leader: node {}", s.cluster_id, s.mode, id(s.metadata_leader));
     println!("{:>6} {:<22} {:<6} role", "node", "address", "alive");
     for n in &s.nodes {
-        let role = if n.metadata_leader { "metadata leader" } else { "" };
-        println!("{:>6} {:<22} {:<6} {role}", n.node_id, n.client_addr, if n.alive { "yes" } else { "NO" });
+        println!(
+            "{:>6} {:<22} {:<6} {}",
+            n.node_id,
+            n.client_addr,
+            if n.alive { "yes" } else { "NO" },
+            node_role(&s, n)
+        );
     }
     println!(
         "{:<24} {:>6} {:>6} {:<10} {:<10} {:>14} {:>12}  lag",
@@ -414,6 +419,19 @@ async fn cluster(cmd: ClusterCommand) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What a node does: how many partitions it leads and follows, and whether it leads the
+/// metadata (in master-slave mode the master is the node that leads them all).
+fn node_role(s: &ClusterStatusResponse, n: &NodeStatusInfo) -> String {
+    let leads = s.partitions.iter().filter(|p| p.leader == Some(n.node_id)).count();
+    let follows =
+        s.partitions.iter().filter(|p| p.leader != Some(n.node_id) && p.replicas.contains(&n.node_id)).count();
+    let mut role = format!("leads {leads}, follows {follows}");
+    if n.metadata_leader {
+        role.push_str(", metadata leader");
+    }
+    role
 }
 
 fn text_or_base64(b: &[u8]) -> String {

@@ -46,6 +46,21 @@ fn leader_killed_under_load_fails_over_and_loses_nothing() {
     });
     let v2 = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Leader);
     assert_nothing_lost(&v2, "after the old leader returned", &c);
+    // The CLI's status shows it: the master leads every partition, the others follow them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorra"))
+        .args(["cluster", "status", "--bootstrap", &c.bootstrap()])
+        .output()
+        .expect("run quorra cluster status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let role = |node: u32| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(&node.to_string()))
+            .unwrap_or_else(|| panic!("no line for node {node} in:\n{text}"))
+            .to_string()
+    };
+    assert!(role(leader).contains(&format!("leads {TOPIC_PARTITIONS}, follows 0")), "{text}");
+    let other = leader % 3 + 1;
+    assert!(role(other).contains(&format!("leads 0, follows {TOPIC_PARTITIONS}")), "{text}");
 }
 
 #[test]
