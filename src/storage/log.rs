@@ -144,6 +144,16 @@ struct Segment<F> {
     zeroed_end: u64,
 }
 
+impl<F> Segment<F> {
+    /// The index file's contents for this segment as it stands: the sparse index and where
+    /// the segment's data ends (what a sealed segment is trusted by at the next open).
+    fn index_bytes(&self) -> Vec<u8> {
+        let summary =
+            SegmentSummary { size: self.size, next_offset: self.next_offset, max_timestamp: self.max_timestamp };
+        self.index.encode(summary)
+    }
+}
+
 /// A batch held in memory: pending (not yet written) or recently written.
 #[derive(Clone, Debug)]
 pub struct CachedBatch {
@@ -467,12 +477,7 @@ impl<D: Disk> PartitionLog<D> {
         if empty {
             self.disk.remove_file(&active.log_path).await?;
         } else {
-            let summary = SegmentSummary {
-                size: active.size,
-                next_offset: active.next_offset,
-                max_timestamp: active.max_timestamp,
-            };
-            self.disk.write_file_atomic(&active.index_path, active.index.encode(summary)).await?;
+            self.disk.write_file_atomic(&active.index_path, active.index_bytes()).await?;
         }
         let new_path = self.dir.join(segment_file_name(self.next_offset, "log"));
         let file = self.disk.open(&new_path, true).await?;
@@ -777,13 +782,11 @@ impl<D: Disk> PartitionLog<D> {
 
     fn roll_job(&self, sync_old: bool) -> RollJob<D::File> {
         let active = self.active();
-        let summary =
-            SegmentSummary { size: active.size, next_offset: active.next_offset, max_timestamp: active.max_timestamp };
         RollJob {
             old_file: active.file.clone(),
             sync_old,
             index_path: active.index_path.clone(),
-            index_bytes: active.index.encode(summary),
+            index_bytes: active.index_bytes(),
             new_log_path: self.dir.join(segment_file_name(self.written_offset, "log")),
             new_base: self.written_offset,
             preallocate: self.config.segment_bytes,
