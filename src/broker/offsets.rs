@@ -34,6 +34,8 @@ pub struct OffsetStore<D: Disk> {
     disk: D,
     data_dir: PathBuf,
     flush: FlushPolicy,
+    /// Shared-storage mode: see [`LogConfig::fresh_segment_on_open`].
+    fresh_segment_on_open: bool,
     groups: RefCell<HashMap<String, Rc<GroupStore<D>>>>,
     opening: glommio::sync::Semaphore,
 }
@@ -56,22 +58,22 @@ fn decode_record(key: &[u8], value: &[u8]) -> Option<(OffsetKey, (u64, String))>
 }
 
 impl<D: Disk> OffsetStore<D> {
-    pub fn new(disk: D, data_dir: PathBuf, flush: FlushPolicy) -> Self {
+    pub fn new(disk: D, data_dir: PathBuf, flush: FlushPolicy, fresh_segment_on_open: bool) -> Self {
         OffsetStore {
             disk,
             data_dir,
             flush,
+            fresh_segment_on_open,
             groups: RefCell::new(HashMap::new()),
             opening: glommio::sync::Semaphore::new(1),
         }
     }
 
-    fn log_config() -> LogConfig {
+    fn log_config(&self) -> LogConfig {
         LogConfig {
             segment_bytes: 1 << 20,
             cache_bytes: 256 << 10,
-            // Shared-storage mode (the only one with a fence): see `PartitionLog::open`.
-            fresh_segment_on_open: crate::storage::fence::installed(),
+            fresh_segment_on_open: self.fresh_segment_on_open,
             ..LogConfig::default()
         }
     }
@@ -90,7 +92,7 @@ impl<D: Disk> OffsetStore<D> {
             Rc::from(format!("group {name}")),
             0,
             dir,
-            Self::log_config(),
+            self.log_config(),
             self.flush,
         )
         .await?;

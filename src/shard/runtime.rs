@@ -193,7 +193,12 @@ async fn shard_main(
         disk: server_disk(&config),
         catalog: std::cell::RefCell::new(catalog.clone()),
         partitions: Default::default(),
-        offsets: OffsetStore::new(server_disk(&config), config.data_dir.clone(), config.storage.flush),
+        offsets: OffsetStore::new(
+            server_disk(&config),
+            config.data_dir.clone(),
+            config.storage.flush,
+            config.log_config().fresh_segment_on_open,
+        ),
         mesh,
         catalog_lock: glommio::sync::Semaphore::new(1),
         shutting_down: std::cell::Cell::new(false),

@@ -69,11 +69,6 @@ pub fn open_at(now: Instant) -> bool {
     }
 }
 
-/// Whether a fence is installed (this process runs in shared-storage mode).
-pub fn installed() -> bool {
-    FENCE.get().is_some()
-}
-
 /// The fencing epoch to stamp into batches (0 without a fence).
 pub fn epoch() -> u32 {
     FENCE.get().map_or(0, |f| f.epoch.load(Ordering::SeqCst))
