@@ -116,7 +116,10 @@ impl Controller {
         self.leader
     }
 
-    fn start_election(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
+    /// Opens the next epoch and fences the replicas with it. `handover`: an election to hand
+    /// leadership to the preferred replica (which then waits for its answer, as the
+    /// partition's first election does).
+    fn start_election(&mut self, handover: bool, out: &mut Vec<(NodeId, ControlMessage)>) {
         let first = self.epoch == 0;
         self.epoch += 1;
         self.leader = None;
@@ -124,7 +127,7 @@ impl Controller {
             epoch: self.epoch,
             answers: BTreeMap::new(),
             started_ms: self.now_ms,
-            wait_for_preferred: first,
+            wait_for_preferred: handover || first,
         });
         self.last_retry_ms = self.now_ms;
         self.last_election_ms = self.now_ms;
@@ -156,12 +159,12 @@ impl Controller {
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(NodeId, ControlMessage)>) {
         self.now_ms = self.now_ms.max(now_ms);
         match (self.leader, &self.election) {
-            (None, None) => self.start_election(out),
+            (None, None) => self.start_election(false, out),
             (Some(l), _)
                 if self.now_ms.saturating_sub(self.last_seen_ms.get(&l).copied().unwrap_or(0))
                     > self.config.election_timeout_ms =>
             {
-                self.start_election(out)
+                self.start_election(false, out)
             }
             _ => {}
         }
@@ -207,10 +210,7 @@ impl Controller {
                 self.last_seen_ms.insert(from, self.now_ms);
                 if self.leader == Some(from) && leading == Some(self.epoch) && self.handover_due(&followers, log_end) {
                     self.last_handover_ms = Some(self.now_ms);
-                    self.start_election(out);
-                    if let Some(e) = &mut self.election {
-                        e.wait_for_preferred = true;
-                    }
+                    self.start_election(true, out);
                     return;
                 }
                 // The appointed leader no longer leads this epoch (it restarted): elect anew.
@@ -218,7 +218,7 @@ impl Controller {
                     && leading != Some(self.epoch)
                     && self.now_ms.saturating_sub(self.last_election_ms) >= self.config.retry_ms
                 {
-                    self.start_election(out);
+                    self.start_election(false, out);
                 }
             }
             ControlMessage::Fenced { epoch, from, last_epoch, durable_end } => {
