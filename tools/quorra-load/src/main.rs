@@ -133,15 +133,7 @@ pub struct E2eArgs {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,glommio=off")).init();
-    let command = Cli::parse().command;
-    let common = match &command {
-        Command::Produce(a) => Some(&a.common),
-        Command::Consume(a) => Some(&a.common),
-        Command::E2e(a) => Some(&a.produce.common),
-        Command::Failover(_) => None,
-    };
-    run::set_follow_leaders(!common.is_some_and(|c| c.no_follow_leaders));
-    let result = match command {
+    let result = match Cli::parse().command {
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
         Command::E2e(args) => e2e(args),

@@ -61,38 +61,27 @@ fn block_on<T: Send + 'static>(
     Ok(on_shards(1, move |_| fut.clone()())?.pop().expect("one shard"))
 }
 
-/// `--no-follow-leaders`, for every client of the run (set once, before any connects).
-static FOLLOW_LEADERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-pub fn set_follow_leaders(follow: bool) {
-    FOLLOW_LEADERS.store(follow, std::sync::atomic::Ordering::Relaxed);
-}
-
-async fn connect(bootstrap: &str) -> Result<Rc<Client>, ClientError> {
-    let follow_leaders = FOLLOW_LEADERS.load(std::sync::atomic::Ordering::Relaxed);
-    Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(bootstrap) }).await
+async fn connect(common: &Common) -> Result<Rc<Client>, ClientError> {
+    let follow_leaders = !common.no_follow_leaders;
+    Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&common.bootstrap) }).await
 }
 
 /// Checks the broker is reachable and the topic exists (creating it when asked).
 pub fn prepare_topic(args: &ProduceArgs) -> Result<()> {
-    let (bootstrap, topic, create, ledger_path, rf) = (
-        args.common.bootstrap.clone(),
-        args.common.topic.clone(),
-        args.create_partitions,
-        args.common.ledger_path(),
-        args.replication_factor,
-    );
+    let (common, create, ledger_path, rf) =
+        (args.common.clone(), args.create_partitions, args.common.ledger_path(), args.replication_factor);
     let created: Result<bool, ClientError> = block_on(move || {
-        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        let common = common.clone();
         Box::pin(async move {
-            let c = connect(&bootstrap).await?;
+            let c = connect(&common).await?;
+            let topic = &common.topic;
             match create {
-                Some(n) => match c.create_topic(&topic, n, rf).await {
+                Some(n) => match c.create_topic(topic, n, rf).await {
                     Ok(_) => Ok(true),
                     Err(e) if e.code() == Some(ErrorCode::TopicExists) => Ok(false),
                     Err(e) => Err(e),
                 },
-                None => c.partition_count(&topic).await.map(|_| false),
+                None => c.partition_count(topic).await.map(|_| false),
             }
         })
     })?;
@@ -154,7 +143,7 @@ struct ProducerPlan {
 async fn producer_task(plan: ProducerPlan, id: u32, shared: Arc<Shared>, hist: Rc<ShardHistograms>) -> ProducerResult {
     let mut result = ProducerResult { id, acked: Vec::new(), errors: 0, first_error: None };
     let a = &plan.args;
-    let client = match connect(&a.common.bootstrap).await {
+    let client = match connect(&a.common).await {
         Ok(c) => c,
         Err(e) => {
             result.errors += 1;
@@ -363,7 +352,7 @@ async fn consumer_task(
 ) -> ConsumerResult {
     let mut r = ConsumerResult::default();
     let setup = async {
-        let c = connect(&common.bootstrap).await?;
+        let c = connect(&common).await?;
         let config =
             ConsumerConfig { start, max_bytes: 4 << 20, max_wait: Duration::from_millis(200), ..Default::default() };
         Consumer::new(c, &common.topic, Some(partitions), config).await
@@ -419,11 +408,11 @@ async fn consumer_task(
     }
 }
 
-fn partitions_of(bootstrap: &str, topic: &str) -> Result<u32> {
-    let (b, t) = (bootstrap.to_string(), topic.to_string());
+fn partitions_of(common: &Common) -> Result<u32> {
+    let common = common.clone();
     let n: Result<u32, ClientError> = block_on(move || {
-        let (b, t) = (b.clone(), t.clone());
-        Box::pin(async move { connect(&b).await?.partition_count(&t).await })
+        let common = common.clone();
+        Box::pin(async move { connect(&common).await?.partition_count(&common.topic).await })
     })?;
     Ok(n?)
 }
@@ -436,7 +425,7 @@ fn run_consumers(
     ready: Arc<AtomicUsize>,
     shared: Arc<Shared>,
 ) -> Result<Vec<(Histogram<u64>, Vec<ConsumerResult>)>> {
-    let partitions = partitions_of(&common.bootstrap, &common.topic)?;
+    let partitions = partitions_of(common)?;
     let consumers = consumers.clamp(1, partitions as usize);
     let cores = common.cores().min(consumers);
     let common = common.clone();
@@ -524,7 +513,7 @@ pub fn consume(common: &Common, consumers: usize, start: Option<StartFrom>) -> R
 
 pub fn e2e(args: &E2eArgs) -> Result<(ProduceOutcome, ConsumeOutcome)> {
     let common = args.produce.common.clone();
-    let partitions = partitions_of(&common.bootstrap, &common.topic)?;
+    let partitions = partitions_of(&common)?;
     let consumers = args.consumers.clamp(1, partitions as usize);
     let running = Arc::new(AtomicUsize::new(1));
     let ready = Arc::new(AtomicUsize::new(0));
