@@ -122,12 +122,17 @@ impl Node {
         self.child.is_some()
     }
 
-    fn launch(&mut self) {
+    /// `quorra serve` with this node's configuration, its stderr piped.
+    fn serve_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorra"));
         cmd.args(["serve", "--config"]).arg(self.dir.join("node.toml"));
         cmd.env("RUST_LOG", "info,glommio=off");
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start quorra serve");
+        cmd
+    }
+
+    fn launch(&mut self) {
+        let mut child = self.serve_command().spawn().expect("start quorra serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let log_path = self.log_path();
@@ -153,13 +158,7 @@ impl Node {
     /// its exit status and what it printed.
     pub fn run_expecting_exit(&self, timeout: Duration) -> (std::process::ExitStatus, String) {
         assert!(self.child.is_none(), "node {} is running", self.id);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quorra"))
-            .args(["serve", "--config"])
-            .arg(self.dir.join("node.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start quorra serve");
+        let mut child = self.serve_command().spawn().expect("start quorra serve");
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
