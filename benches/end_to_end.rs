@@ -28,7 +28,7 @@ async fn produce(bootstrap: String, window: usize, duration: Duration) -> Run {
     let linger = if window == 1 { Duration::ZERO } else { Duration::from_millis(1) };
     let config =
         ProducerConfig { acks: Acks::Leader, linger, partitioner: Partitioner::RoundRobin, ..Default::default() };
-    let producer = Producer::new(client, config);
+    let producer = Producer::new(client, config).await.unwrap();
     let value = vec![42u8; 1024];
     let mut latency_us = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut in_flight = VecDeque::new();

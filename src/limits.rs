@@ -73,3 +73,18 @@ pub const DEFAULT_LEASE_MS: u64 = 1000;
 
 /// Largest control-plane message (metadata log entries, snapshots, status).
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Batches of one producer whose offsets a partition remembers, to answer a retry with the
+/// offsets it already has. Producers keep at most this many batches of one partition
+/// unacknowledged, so that every retry they send falls within what the partition remembers.
+pub const PRODUCER_BATCHES_REMEMBERED: usize = 32;
+
+/// Idempotent producers one partition tracks; beyond it the one that wrote least recently
+/// is forgotten (its next batch gets `unknown_producer`, never a silent accept).
+pub const MAX_PRODUCERS_PER_PARTITION: usize = 4096;
+
+/// Producer ids a broker reserves at a time (one durable write, or one metadata command in a
+/// cluster, per block).
+pub const PRODUCER_ID_BLOCK: u64 = 1024;
+
+const _: () = assert!(PRODUCER_BATCHES_REMEMBERED <= MAX_IN_FLIGHT_PER_CONNECTION);

@@ -280,7 +280,7 @@ async fn topic(cmd: TopicCommand) -> Result<()> {
 async fn produce(args: ProduceArgs) -> Result<()> {
     let client = connect(&args.client).await?;
     let config = ProducerConfig { acks: args.acks, partitioner: Partitioner::KeyHash, ..ProducerConfig::default() };
-    let producer = Producer::new(client, config);
+    let producer = Producer::new(client, config).await?;
     let partitions = producer.partitions(&args.topic).await?;
     if let Some(p) = args.partition.filter(|&p| p >= partitions) {
         bail!("topic {} has {partitions} partitions; partition {p} does not exist", args.topic);

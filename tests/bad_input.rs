@@ -93,7 +93,9 @@ fn hostile_input_gets_errors_and_does_not_disturb_other_clients() {
             let producer = Producer::new(
                 c.clone(),
                 ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..Default::default() },
-            );
+            )
+            .await
+            .unwrap();
             let (mut rounds, mut errors, mut offset) = (0u64, Vec::new(), 0u64);
             while !stop2.load(Ordering::SeqCst) {
                 let d = producer.send_to("ok", 0, None, format!("m{rounds}").as_bytes()).await.unwrap();

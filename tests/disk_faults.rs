@@ -17,7 +17,8 @@ use quorra::protocol::ErrorCode;
 /// Sends one record and waits for its acknowledgement.
 async fn produce_one(c: &Rc<Client>, seq: u64, size: usize) -> Result<u64, ClientError> {
     let producer =
-        Producer::new(c.clone(), ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..Default::default() });
+        Producer::new(c.clone(), ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..Default::default() })
+            .await?;
     let d = producer.send_to("f", 0, None, &payload(0, seq, size)).await?;
     producer.flush().await;
     d.wait().await.map(|md| md.offset)

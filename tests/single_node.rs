@@ -57,7 +57,7 @@ fn bulk_round_trip_of_mixed_sizes_in_order_per_partition() {
         let c = client(&b).await;
         c.create_topic("bulk", PARTITIONS, 1).await.unwrap();
         let config = ProducerConfig { acks: Acks::Leader, batch_bytes: 512 * 1024, ..Default::default() };
-        let producer = Producer::new(c, config);
+        let producer = Producer::new(c, config).await.unwrap();
         let mut deliveries = Vec::new();
         for i in 0..total {
             let (p, v) = message(i);
@@ -109,7 +109,9 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
         let producer = Producer::new(
             c,
             ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, max_in_flight: 8, ..Default::default() },
-        );
+        )
+        .await
+        .unwrap();
         let mut acked = Vec::new();
         let mut seq = [0u64; 4];
         'outer: loop {
@@ -164,7 +166,8 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
     run(move || async move {
         let c = client(&b).await;
         for p in 0..4u32 {
-            let producer = Producer::new(c.clone(), ProducerConfig { acks: Acks::Leader, ..Default::default() });
+            let producer =
+                Producer::new(c.clone(), ProducerConfig { acks: Acks::Leader, ..Default::default() }).await.unwrap();
             let d = producer.send_to("k9", p, None, b"after restart").await.unwrap();
             producer.flush().await;
             let md = d.wait().await.unwrap();
@@ -177,7 +180,9 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
 async fn produce_one_by_one(bootstrap: &str, topic: &str, partition: u32, n: u64) {
     let c = client(bootstrap).await;
     let producer =
-        Producer::new(c, ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..Default::default() });
+        Producer::new(c, ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..Default::default() })
+            .await
+            .unwrap();
     for i in 0..n {
         let d = producer.send_to(topic, partition, None, &payload(partition, i, 300)).await.unwrap();
         producer.flush().await;

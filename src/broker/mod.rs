@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod offsets;
 pub mod partition;
+pub mod producer_ids;
 
 pub use catalog::{Catalog, TopicConfig};
 pub use partition::{Partition, ServerDisk};

@@ -117,7 +117,11 @@ impl<D: Disk> OffsetStore<D> {
         let mut batch = BatchBuilder::with_capacity(value.len() + topic.len() + 32);
         batch.push(Some(&encode_key(topic, partition)), &value, rt::now_ms());
         let payload = batch.finish(0, 0, 0).to_vec();
-        let appended = g.log.append(payload, Bytes::from)?;
+        let appended = g.log.append(payload, Bytes::from).map_err(|e| match e {
+            crate::broker::partition::AppendError::Storage(e) => e,
+            // An offset record has no producer id: no sequence rule applies to it.
+            other => StorageError::Io(other.to_string()),
+        })?;
         g.log.wait_committed(appended.last_offset, crate::broker::partition::AckLevel::Local, COMMIT_TIMEOUT).await?;
         g.offsets.borrow_mut().insert((topic.to_string(), partition), (offset, metadata.to_string()));
         Ok(())

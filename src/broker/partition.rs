@@ -21,8 +21,10 @@ use crate::rt::{self, Notify, WaitList};
 use crate::storage::log::ReadPlan;
 use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
 
-mod producers;
+pub(crate) mod producers;
 mod replication;
+pub use producers::SequenceError;
+use producers::{Admission, ProducerTable};
 pub use replication::{Outbound, Replication};
 
 /// The disk the broker runs on: glommio DMA files behind the fault-injection switches.
@@ -56,6 +58,21 @@ pub struct Appended {
     pub last_offset: u64,
 }
 
+/// Why a produce was not appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The batch breaks its producer's sequence rules (see `producers`).
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// File name suffix of the producer-table snapshots (`<offset, 20 digits>.producers`).
+const PRODUCER_SNAPSHOT_SUFFIX: &str = ".producers";
+
 pub struct Partition<D: Disk = ServerDisk> {
     pub topic: Rc<str>,
     pub id: u32,
@@ -81,8 +98,8 @@ pub struct Partition<D: Disk = ServerDisk> {
     /// Serializes a follower's handling of its leader's appends (they may await a
     /// truncation or an epoch write, and must apply in order).
     follower_lock: glommio::sync::Semaphore,
-    /// Recent batches per idempotent producer.
-    producers: RefCell<producers::ProducerTable>,
+    /// Recent batches per idempotent producer: agrees with the log (module `producers`).
+    producers: RefCell<ProducerTable>,
 }
 
 impl<D: Disk> Partition<D> {
@@ -99,6 +116,8 @@ impl<D: Disk> Partition<D> {
         if let LogHealth::Corrupt(why) = log.health() {
             log::error!("partition {topic}/{id} is corrupt and will not serve: {why}");
         }
+        let log = RefCell::new(log);
+        let producers = load_producer_table(&disk, &dir, &log).await?;
         let p = Rc::new(Partition {
             topic,
             id,
@@ -106,7 +125,7 @@ impl<D: Disk> Partition<D> {
             dir,
             log_config,
             flush,
-            log: RefCell::new(log),
+            log,
             acks: RefCell::new(VecDeque::new()),
             data_arrived: WaitList::default(),
             wake_writer: Notify::new(),
@@ -117,51 +136,28 @@ impl<D: Disk> Partition<D> {
             visible_hw: Cell::new(0),
             paused: Cell::new(false),
             follower_lock: glommio::sync::Semaphore::new(1),
-            producers: RefCell::new(producers::ProducerTable::default()),
+            producers: RefCell::new(producers),
         });
-        p.rebuild_producer_table().await?;
         rt::spawn(p.clone().writer());
         Ok(p)
     }
 
-    /// Reads the recent batches' headers into the producer table (see `producers`).
-    async fn rebuild_producer_table(&self) -> Result<(), StorageError> {
-        if !matches!(self.health(), LogHealth::Healthy) {
-            return Ok(());
-        }
-        let from = self.log.borrow().recent_batches_start();
-        self.visit_batch_headers(from, |header| self.producers.borrow_mut().observe(header)).await
-    }
-
-    /// Reads the header of every batch from the one at `from` to the log end (written or
-    /// not, committed or not), in order. For rebuilding state at start-up.
-    async fn visit_batch_headers(
-        &self,
-        mut offset: u64,
-        mut visit: impl FnMut(&BatchHeader),
-    ) -> Result<(), StorageError> {
-        let end = self.log.borrow().next_offset();
-        while offset < end {
-            let plan = self.log.borrow().plan_read(offset, 1 << 20, end)?;
-            let chunks = match plan {
-                ReadPlan::Ready(c) => c,
-                ReadPlan::Disk(read) => vec![read.run().await?],
-            };
-            let before = offset;
-            for chunk in &chunks {
-                for item in BatchIter::new(chunk) {
-                    let (header, _) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                    if header.base_offset >= offset {
-                        visit(&header);
-                        offset = header.next_offset();
-                    }
-                }
+    /// Writes the producer table as it stands at the log's written end (where it is exact),
+    /// so that a restart replays only the batches after it.
+    async fn snapshot_producers(&self) {
+        let (at, bytes) = {
+            let log = self.log.borrow();
+            if !matches!(log.health(), LogHealth::Healthy) {
+                return;
             }
-            if offset == before {
-                break;
-            }
+            let at = log.written_offset();
+            (at, self.producers.borrow().encode_snapshot(at))
+        };
+        let path = self.dir.join(format!("{at:020}{PRODUCER_SNAPSHOT_SUFFIX}"));
+        if let Err(e) = self.disk.write_file_atomic(&path, bytes).await {
+            // Not fatal: the next start replays from an older snapshot.
+            log::warn!("{}/{}: producer snapshot {}: {e}", self.topic, self.id, path.display());
         }
-        Ok(())
     }
 
     /// Offsets below it are committed: readable and acknowledged.
@@ -195,37 +191,49 @@ impl<D: Disk> Partition<D> {
     /// tasks spawned in order keep that order.
     /// With replication, only the leader appends (stamping its epoch) and the batches are
     /// then streamed to the followers.
-    pub fn append<B>(&self, mut payload: B, into_bytes: impl FnOnce(B) -> Bytes) -> Result<Appended, StorageError>
+    /// An idempotent batch (a producer id) must come alone and pass its producer's sequence
+    /// rules; an exact repeat of one already stored is answered with its offsets.
+    pub fn append<B>(&self, mut payload: B, into_bytes: impl FnOnce(B) -> Bytes) -> Result<Appended, AppendError>
     where
         B: AsMut<[u8]>,
     {
         if self.closing.get() {
-            return Err(StorageError::Closing);
+            return Err(StorageError::Closing.into());
         }
         let mut replication = self.replication.borrow_mut();
         let epoch = match replication.as_ref() {
-            Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader())),
+            Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader()).into()),
             // A new leader's epoch-start batch is decided but not yet in the log (its epoch is
             // being persisted first): a batch appended now would take its offset.
             Some(r) if r.replica.log_end() != self.log.borrow().next_offset() => {
-                return Err(StorageError::LeaderStarting)
+                return Err(StorageError::LeaderStarting.into())
             }
             Some(r) => r.replica.epoch(),
             // shared-storage: the fencing epoch, so that a replaced node's late batches are
             // told apart from its successor's (0 on a single node).
             None => crate::storage::fence::epoch(),
         };
-        if let Some(stored) = self.already_stored(payload.as_mut()) {
-            return Ok(Appended { first_offset: stored.base_offset, last_offset: stored.last_offset });
-        }
         let mut log = self.log.borrow_mut();
+        // Validates every batch and refuses writes to a log that cannot take them, before
+        // anything is compared with the producer table (which may hold batches that a
+        // failed write is about to drop).
         let stamped = log.stamp(payload.as_mut(), epoch)?;
+        let headers: Vec<BatchHeader> = stamped
+            .iter()
+            .map(|b| crate::protocol::batch::peek_header(&payload.as_mut()[b.start..]).expect("stamp validated it"))
+            .collect();
+        if headers.iter().any(|h| h.producer_id != 0) {
+            if headers.len() != 1 {
+                return Err(AppendError::Invalid("an idempotent produce carries exactly one batch".into()));
+            }
+            if let Admission::Duplicate(stored) = self.producers.borrow().check(&headers[0])? {
+                return Ok(Appended { first_offset: stored.base_offset, last_offset: stored.last_offset() });
+            }
+        }
         {
             let mut producers = self.producers.borrow_mut();
-            for b in &stamped {
-                if let Ok(header) = crate::protocol::batch::peek_header(&payload.as_mut()[b.start..]) {
-                    producers.observe(&header);
-                }
+            for header in &headers {
+                producers.observe(header, log.written_offset());
             }
         }
         let (first_offset, last_offset) = log.append_stamped(into_bytes(payload), &stamped);
@@ -241,17 +249,6 @@ impl<D: Disk> Partition<D> {
         self.wake_writer.notify();
         self.run_sync_actions(actions);
         Ok(Appended { first_offset, last_offset })
-    }
-
-    /// A retry of a batch this partition already holds (same producer id and sequence):
-    /// where it is. Only single-batch payloads are recognised (what the producer sends).
-    fn already_stored(&self, payload: &[u8]) -> Option<producers::StoredBatch> {
-        let header = crate::protocol::batch::peek_header(payload).ok()?;
-        if header.batch_len as usize != payload.len() {
-            return None;
-        }
-        let stored = self.producers.borrow().find(header.producer_id, header.base_sequence)?;
-        (stored.last_offset - stored.base_offset + 1 == u64::from(header.record_count)).then_some(stored)
     }
 
     /// Waits until `last_offset` is acknowledged at `level`; returns the high watermark then.
@@ -287,9 +284,16 @@ impl<D: Disk> Partition<D> {
             // Nothing to write: use the idle time to zero the blocks ahead (cheaper flushes).
             let job = job.or_else(|| if self.closing.get() { None } else { self.log.borrow_mut().next_idle_job() });
             if let Some(job) = job {
+                let rolled = matches!(job, crate::storage::log::LogJob::Roll(_));
                 let outcome = job.run(&self.disk).await;
                 let result = self.log.borrow_mut().complete(outcome);
+                let ok = result.is_ok();
                 self.after_io(result);
+                if rolled && ok {
+                    // The new segment starts at the written end: a snapshot there lets a restart
+                    // skip every older segment.
+                    self.snapshot_producers().await;
+                }
                 continue;
             }
             if self.closing.get() {
@@ -312,19 +316,29 @@ impl<D: Disk> Partition<D> {
     /// flush is never retried: whatever the disk holds now is scanned and trusted only as
     /// far as its CRCs go; nothing that was not acknowledged is made to look acknowledged.
     async fn reopen(&self) {
-        match PartitionLog::open(self.disk.clone(), self.dir.clone(), self.log_config.clone()).await {
-            Ok(fresh) => {
+        match self.open_fresh_log().await {
+            Ok(()) => {
                 log::warn!(
                     "partition {}/{}: reopened from disk at offset {}, writes resume",
                     self.topic,
                     self.id,
-                    fresh.next_offset()
+                    self.log.borrow().next_offset()
                 );
-                *self.log.borrow_mut() = fresh;
                 self.data_arrived.notify_all();
             }
             Err(e) => log::warn!("partition {}/{}: still failing: {e}", self.topic, self.id),
         }
+    }
+
+    /// Opens the log again from disk and rebuilds the producer table from it, then puts both
+    /// in place at once: no append sees the new log with the old table.
+    async fn open_fresh_log(&self) -> Result<(), StorageError> {
+        let fresh = PartitionLog::open(self.disk.clone(), self.dir.clone(), self.log_config.clone()).await?;
+        let fresh = RefCell::new(fresh);
+        let producers = load_producer_table(&self.disk, &self.dir, &fresh).await?;
+        *self.log.borrow_mut() = fresh.into_inner();
+        *self.producers.borrow_mut() = producers;
+        Ok(())
     }
 
     /// Runs the periodic fsync of `flush = interval`.
@@ -349,6 +363,12 @@ impl<D: Disk> Partition<D> {
         self.run_sync_actions(actions);
         self.release_waiters();
         if let Err(e) = result {
+            // Every batch above the written end was dropped, from the log and from the
+            // producer table (exactly: it never trims batches that were not written), so a
+            // retry is appended again instead of being answered with offsets that other
+            // batches will take. The reopen rebuilds both from disk.
+            let written = self.log.borrow().written_offset();
+            self.producers.borrow_mut().truncate(written);
             // Every batch above the durable end was dropped: tell its producers.
             for w in self.acks.borrow_mut().drain(..) {
                 let _ = w.tx.send(Err(e.clone()));
@@ -471,11 +491,17 @@ impl<D: Disk> Partition<D> {
     /// Applies retention and deletes the files of dropped segments.
     pub async fn apply_retention(&self) {
         let removed = self.log.borrow_mut().apply_retention(rt::now_ms());
+        if removed.is_empty() {
+            return;
+        }
+        let log_start = self.log.borrow().log_start_offset();
+        self.producers.borrow_mut().forget_before(log_start);
         for path in removed {
             if let Err(e) = self.disk.remove_file(&path).await {
                 log::warn!("retention: {e}");
             }
         }
+        remove_producer_snapshots(&self.disk, &self.dir, |at| at < log_start).await;
     }
 
     pub fn status(&self, leader: u32) -> PartitionStatus {
@@ -498,12 +524,20 @@ impl<D: Disk> Partition<D> {
         }
     }
 
-    /// Stops accepting appends, lets the writer flush what is pending, and waits for it.
+    /// Stops accepting appends, lets the writer flush what is pending, and waits for it;
+    /// then makes everything durable (with `flush = interval`) and snapshots the producer
+    /// table at the log end, so the next start needs no replay.
     pub async fn close(&self) {
         self.closing.set(true);
         self.wake_writer.notify();
         while self.writer_running.get() {
             self.writer_done.notified().await;
+        }
+        if let FlushPolicy::IntervalMs(_) = self.flush {
+            self.sync_now().await;
+        }
+        if !self.log.borrow().has_unsynced() {
+            self.snapshot_producers().await;
         }
         self.data_arrived.notify_all();
     }
@@ -511,4 +545,95 @@ impl<D: Disk> Partition<D> {
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
+}
+
+/// Offsets of the producer snapshots in a partition directory, ascending.
+async fn producer_snapshots<D: Disk>(disk: &D, dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
+    let mut offsets: Vec<u64> = disk
+        .list_dir(dir)
+        .await?
+        .iter()
+        .filter_map(|n| n.strip_suffix(PRODUCER_SNAPSHOT_SUFFIX).and_then(|o| o.parse().ok()))
+        .collect();
+    offsets.sort_unstable();
+    Ok(offsets)
+}
+
+/// Removes the producer snapshots whose offset `doomed` picks (failures are logged: a stale
+/// snapshot is also ignored when the table is loaded).
+async fn remove_producer_snapshots<D: Disk>(disk: &D, dir: &std::path::Path, doomed: impl Fn(u64) -> bool) {
+    let Ok(offsets) = producer_snapshots(disk, dir).await else { return };
+    for at in offsets.into_iter().filter(|&at| doomed(at)) {
+        let path = dir.join(format!("{at:020}{PRODUCER_SNAPSHOT_SUFFIX}"));
+        if let Err(e) = disk.remove_file(&path).await {
+            log::warn!("removing {}: {e}", path.display());
+        }
+    }
+}
+
+/// The producer table of a log just opened: the newest usable snapshot at or below its end,
+/// then every batch header after it. Snapshots beyond the end (the log lost or cut that
+/// data since) are deleted first: they describe batches that are not there.
+async fn load_producer_table<D: Disk>(
+    disk: &D,
+    dir: &std::path::Path,
+    log: &RefCell<PartitionLog<D>>,
+) -> Result<ProducerTable, StorageError> {
+    let (healthy, end, log_start, written) = {
+        let log = log.borrow();
+        (matches!(log.health(), LogHealth::Healthy), log.next_offset(), log.log_start_offset(), log.written_offset())
+    };
+    if !healthy {
+        return Ok(ProducerTable::default());
+    }
+    remove_producer_snapshots(disk, dir, |at| at > end).await;
+    let mut table = ProducerTable::default();
+    let mut replay_from = log_start;
+    for at in producer_snapshots(disk, dir).await?.into_iter().rev().filter(|&at| at <= end) {
+        let path = dir.join(format!("{at:020}{PRODUCER_SNAPSHOT_SUFFIX}"));
+        let Some(bytes) = disk.read_file(&path).await? else { continue };
+        match ProducerTable::decode_snapshot(&bytes) {
+            Ok((offset, t)) if offset == at => {
+                table = t;
+                replay_from = replay_from.max(at);
+                break;
+            }
+            Ok(_) => log::warn!("{}: names another offset; ignored", path.display()),
+            Err(e) => log::warn!("{}: {e}; ignored", path.display()),
+        }
+    }
+    table.forget_before(log_start);
+    visit_batch_headers(log, replay_from, |header| table.observe(header, written)).await?;
+    Ok(table)
+}
+
+/// Reads the header of every batch from the one at `from` to the log end (written or not,
+/// committed or not), in order. For rebuilding state when a log is opened.
+async fn visit_batch_headers<D: Disk>(
+    log: &RefCell<PartitionLog<D>>,
+    mut offset: u64,
+    mut visit: impl FnMut(&BatchHeader),
+) -> Result<(), StorageError> {
+    let end = log.borrow().next_offset();
+    while offset < end {
+        let plan = log.borrow().plan_read(offset, 1 << 20, end)?;
+        let chunks = match plan {
+            ReadPlan::Ready(c) => c,
+            ReadPlan::Disk(read) => vec![read.run().await?],
+        };
+        let before = offset;
+        for chunk in &chunks {
+            for item in BatchIter::new(chunk) {
+                let (header, _) = item.map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                if header.base_offset >= offset {
+                    visit(&header);
+                    offset = header.next_offset();
+                }
+            }
+        }
+        if offset == before {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -357,6 +357,25 @@ impl Client {
         Ok(())
     }
 
+    /// A new producer id from the cluster (retried while the cluster cannot allocate one,
+    /// e.g. during a metadata election, up to the request timeout).
+    pub async fn init_producer(&self) -> Result<u64, ClientError> {
+        let deadline = std::time::Instant::now() + self.config.request_timeout;
+        loop {
+            match self.call::<_, InitProducerResponse>(ApiKind::InitProducer, &InitProducerRequest {}).await {
+                Ok(r) if r.producer_id != 0 => return Ok(r.producer_id),
+                Ok(_) => return Err(ClientError::Protocol("the broker allocated producer id 0".into())),
+                Err(e) if is_retriable(&e) && std::time::Instant::now() < deadline => {
+                    if let Ok(c) = self.connection().await {
+                        self.avoid_for_metadata(c.addr(), e.is_connection_error());
+                    }
+                    crate::rt::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     pub async fn fetch_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, ClientError> {
         let resp: FetchOffsetResponse = self
             .call(ApiKind::FetchOffset, &FetchOffsetRequest { group: group.into(), topic: topic.into(), partition })

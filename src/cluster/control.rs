@@ -52,7 +52,7 @@ pub enum ControlError {
 }
 
 enum ShardRequest {
-    Write(MetaCommand, oneshot::Sender<Result<(), ControlError>>),
+    Write(MetaCommand, oneshot::Sender<Result<Option<u64>, ControlError>>),
     Status(oneshot::Sender<Result<ClusterStatus, ControlError>>),
 }
 
@@ -68,8 +68,8 @@ pub struct ControlHandle {
 
 impl ControlHandle {
     /// Applies a metadata command through Raft; returns once it is committed (and applied
-    /// on the metadata leader).
-    pub async fn write(&self, cmd: MetaCommand) -> Result<(), ControlError> {
+    /// on the metadata leader), with what it allocated (see [`MetaState::apply`]).
+    pub async fn write(&self, cmd: MetaCommand) -> Result<Option<u64>, ControlError> {
         let (tx, rx) = oneshot::channel();
         self.requests.send(ShardRequest::Write(cmd, tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -84,6 +84,13 @@ impl ControlHandle {
     /// A replica's message for its partition's controller.
     pub fn to_controller(&self, envelope: ControlEnvelope) {
         let _ = self.to_controller.send(envelope);
+    }
+}
+
+fn reply_result(reply: MetaReply) -> Result<Option<u64>, ControlError> {
+    match reply.error {
+        Some(e) => Err(ControlError::Refused(e)),
+        None => Ok(reply.value),
     }
 }
 
@@ -254,18 +261,17 @@ impl Ctx {
     }
 
     /// Applies `cmd` through Raft, forwarding it to the metadata leader when that is not us.
-    async fn write(&self, cmd: MetaCommand) -> Result<(), ControlError> {
+    async fn write(&self, cmd: MetaCommand) -> Result<Option<u64>, ControlError> {
         let deadline = Instant::now() + WRITE_DEADLINE;
         loop {
             let leader = match self.raft.client_write(cmd.clone()).await {
-                Ok(resp) => return resp.data.0.map_or(Ok(()), |e| Err(ControlError::Refused(e))),
+                Ok(resp) => return reply_result(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id.map(|l| l as NodeId),
                 Err(e) => return Err(ControlError::Unavailable(e.to_string())),
             };
             if let Some(leader) = leader.filter(|&l| l != self.me) {
                 match self.forward_write(leader, &cmd).await {
-                    Ok(MetaReply(None)) => return Ok(()),
-                    Ok(MetaReply(Some(e))) => return Err(ControlError::Refused(e)),
+                    Ok(reply) => return reply_result(reply),
                     Err(e) => log::debug!("forwarding a metadata write to node {leader}: {e}"),
                 }
             }

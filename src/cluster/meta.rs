@@ -34,6 +34,10 @@ pub struct MetaState {
     /// Consumer-group offsets: group -> topic -> partition -> committed.
     #[serde(default)]
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, CommittedOffset>>>,
+    /// The first producer id not yet handed out (ids are allocated in blocks, cluster-wide;
+    /// 0 is "not idempotent" and never allocated).
+    #[serde(default)]
+    pub next_producer_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,10 @@ pub enum MetaCommand {
         epoch: Epoch,
         leader: NodeId,
     },
+    /// Reserves `count` producer ids for the node that asks; the reply carries the first.
+    AllocateProducerIds {
+        count: u64,
+    },
     /// A consumer group's next offset for a partition.
     CommitOffset {
         group: String,
@@ -92,9 +100,30 @@ pub enum MetaError {
     Invalid(String),
 }
 
+/// Largest block of producer ids one command may reserve.
+const MAX_PRODUCER_ID_BLOCK: u64 = 1 << 20;
+
 impl MetaState {
-    pub fn apply(&mut self, cmd: &MetaCommand) -> Result<(), MetaError> {
+    /// Applies a command; returns what it allocated, if it allocates (the first producer id
+    /// of a block).
+    pub fn apply(&mut self, cmd: &MetaCommand) -> Result<Option<u64>, MetaError> {
+        self.apply_change(cmd)?;
         match cmd {
+            MetaCommand::AllocateProducerIds { count } => {
+                if *count == 0 || *count > MAX_PRODUCER_ID_BLOCK {
+                    return Err(MetaError::Invalid(format!("cannot reserve {count} producer ids")));
+                }
+                let first = self.next_producer_id.max(1);
+                self.next_producer_id = first + count;
+                Ok(Some(first))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn apply_change(&mut self, cmd: &MetaCommand) -> Result<(), MetaError> {
+        match cmd {
+            MetaCommand::AllocateProducerIds { .. } => Ok(()),
             MetaCommand::CreateTopic { name, replication_factor, created_ms, replicas } => {
                 if self.topics.contains_key(name) {
                     return Err(MetaError::TopicExists(name.clone()));
@@ -225,7 +254,19 @@ mod tests {
 
     fn create(state: &mut MetaState, name: &str, replicas: Vec<Vec<NodeId>>) -> Result<(), MetaError> {
         let rf = replicas[0].len() as u16;
-        state.apply(&MetaCommand::CreateTopic { name: name.into(), replication_factor: rf, created_ms: 1, replicas })
+        state
+            .apply(&MetaCommand::CreateTopic { name: name.into(), replication_factor: rf, created_ms: 1, replicas })
+            .map(|_| ())
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap_and_never_start_at_zero() {
+        let mut s = MetaState::default();
+        let first = s.apply(&MetaCommand::AllocateProducerIds { count: 1024 }).unwrap().unwrap();
+        let second = s.apply(&MetaCommand::AllocateProducerIds { count: 10 }).unwrap().unwrap();
+        assert_eq!((first, second), (1, 1025));
+        assert!(s.apply(&MetaCommand::AllocateProducerIds { count: 0 }).is_err());
+        assert_eq!(s.apply(&MetaCommand::AllocateProducerIds { count: 1 }).unwrap(), Some(1035));
     }
 
     #[test]

@@ -29,9 +29,22 @@ use tokio::sync::watch;
 use super::meta::{MetaCommand, MetaError, MetaState};
 use crate::limits::MAX_CONTROL_MESSAGE_BYTES;
 
-/// The result of applying one metadata command.
+/// The result of applying one metadata command: why it was refused, or what it allocated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaReply(pub Option<MetaError>);
+pub struct MetaReply {
+    pub error: Option<MetaError>,
+    #[serde(default)]
+    pub value: Option<u64>,
+}
+
+impl MetaReply {
+    fn of(result: Result<Option<u64>, MetaError>) -> MetaReply {
+        match result {
+            Ok(value) => MetaReply { error: None, value },
+            Err(e) => MetaReply { error: Some(e), value: None },
+        }
+    }
+}
 
 openraft::declare_raft_types!(
     /// openraft's types for the metadata group.
@@ -354,11 +367,11 @@ impl RaftStateMachine<MetaRaft> for StateMachine {
         for e in entries {
             inner.last_applied = Some(e.log_id);
             let reply = match e.payload {
-                EntryPayload::Blank => MetaReply(None),
-                EntryPayload::Normal(cmd) => MetaReply(inner.state.apply(&cmd).err()),
+                EntryPayload::Blank => MetaReply::default(),
+                EntryPayload::Normal(cmd) => MetaReply::of(inner.state.apply(&cmd)),
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(e.log_id), m);
-                    MetaReply(None)
+                    MetaReply::default()
                 }
             };
             replies.push(reply);

@@ -209,6 +209,18 @@ pub fn stamp_batch(bytes: &mut [u8], base_offset: u64, leader_epoch: u32) {
     bytes[at::LEADER_EPOCH..at::LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_le_bytes());
 }
 
+/// Rewrites the producer fields of a finished batch (id, epoch, base sequence) and its CRC,
+/// which covers them. Used by a producer that must renumber batches it has not yet had
+/// acknowledged (a new producer epoch after a sequence it could not recover).
+pub fn restamp_producer(bytes: &mut [u8], producer_id: u64, producer_epoch: u16, base_sequence: u32) {
+    bytes[at::PRODUCER_ID..at::PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
+    bytes[at::PRODUCER_EPOCH..at::PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_le_bytes());
+    bytes[at::BASE_SEQUENCE..at::BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_le_bytes());
+    let len = (u32_at(bytes, at::LENGTH) as usize).min(bytes.len());
+    let crc = crc32c::crc32c(&bytes[CRC_START..len]);
+    bytes[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// One record, borrowed from its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -414,6 +426,15 @@ mod tests {
             b.push(k.as_deref(), v, *ts);
         }
         b.finish(7, 1, 42)
+    }
+
+    #[test]
+    fn restamping_the_producer_fields_keeps_the_batch_valid() {
+        let mut bytes = build(&[(None, b"a".to_vec(), 5), (Some(b"k".to_vec()), b"b".to_vec(), 6)]).to_vec();
+        restamp_producer(&mut bytes, 99, 3, 1000);
+        let h = validate_batch(&bytes).expect("still valid");
+        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (99, 3, 1000));
+        assert_eq!(h.record_count, 2);
     }
 
     #[test]

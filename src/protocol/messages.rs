@@ -20,6 +20,7 @@ pub enum ApiKind {
     CommitOffset = 9,
     FetchOffset = 10,
     ClusterStatus = 11,
+    InitProducer = 12,
 }
 
 impl ApiKind {
@@ -37,6 +38,7 @@ impl ApiKind {
             9 => CommitOffset,
             10 => FetchOffset,
             11 => ClusterStatus,
+            12 => InitProducer,
             _ => return None,
         })
     }
@@ -321,4 +323,14 @@ pub struct ClusterStatusResponse {
     pub metadata_leader: Option<u32>,
     pub nodes: Vec<NodeStatusInfo>,
     pub partitions: Vec<PartitionReplicationStatus>,
+}
+
+/// Asks for a producer id: unique in the cluster, never 0 (see docs/protocol.md,
+/// "Idempotent producers").
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct InitProducerRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InitProducerResponse {
+    pub producer_id: u64,
 }

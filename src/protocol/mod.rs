@@ -43,7 +43,17 @@ pub enum ErrorCode {
     InvalidTopicName = 18,
     ShuttingDown = 19,
     NotEnoughReplicas = 20,
+    /// The batch repeats a sequence this partition stored longer ago than it remembers
+    /// offsets for: it is stored, but where cannot be said.
     DuplicateSequence = 21,
+    /// The batch does not continue its producer's sequence on this partition (an earlier
+    /// batch is missing): resend the earlier batches first.
+    OutOfOrderSequence = 22,
+    /// The partition does not know this producer (it was evicted from the producer table,
+    /// or its batches were removed by retention) and the batch does not start a sequence.
+    UnknownProducer = 23,
+    /// A newer epoch of this producer id has written to the partition: this one is a zombie.
+    ProducerFenced = 24,
 }
 
 impl ErrorCode {
@@ -71,6 +81,9 @@ impl ErrorCode {
             19 => ShuttingDown,
             20 => NotEnoughReplicas,
             21 => DuplicateSequence,
+            22 => OutOfOrderSequence,
+            23 => UnknownProducer,
+            24 => ProducerFenced,
             _ => Unknown,
         }
     }
@@ -85,6 +98,7 @@ impl ErrorCode {
                 | ErrorCode::Backpressure
                 | ErrorCode::ShuttingDown
                 | ErrorCode::NotEnoughReplicas
+                | ErrorCode::OutOfOrderSequence
         )
     }
 
@@ -114,6 +128,9 @@ impl ErrorCode {
             ShuttingDown => "shutting_down",
             NotEnoughReplicas => "not_enough_replicas",
             DuplicateSequence => "duplicate_sequence",
+            OutOfOrderSequence => "out_of_order_sequence",
+            UnknownProducer => "unknown_producer",
+            ProducerFenced => "producer_fenced",
         }
     }
 }
@@ -174,7 +191,7 @@ mod tests {
 
     #[test]
     fn error_codes_round_trip() {
-        for v in 0..=21u16 {
+        for v in 0..=24u16 {
             let code = ErrorCode::from_u16(v);
             assert_eq!(code as u16, v);
         }

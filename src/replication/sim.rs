@@ -2,6 +2,12 @@
 //! virtual-time network that drops, delays, reorders and duplicates messages, with crashes
 //! (unflushed data lost), restarts and network partitions. Seeded and reproducible: a failure
 //! prints its seed; `QUORRA_SIM_SEED=<n> cargo test sim_one_seed -- --nocapture` replays it.
+//!
+//! Besides anonymous appends, two idempotent producers send numbered batches to whichever
+//! replica leads (the production [`ProducerTable`] decides on each replica, as the broker's
+//! leader does) and resend everything unacknowledged, oldest first, when the oldest goes
+//! unanswered. The committed log must then hold each producer's batches in the order it
+//! sent them, each exactly once, and every replica's producer table must agree with its log.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
@@ -12,15 +18,75 @@ use rand::{Rng, SeedableRng};
 use super::controller::{Controller, ControllerConfig};
 use super::replica::{Replica, ReplicaConfig};
 use super::{Action, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
+use crate::broker::partition::producers::{Admission, ProducerTable};
+use crate::protocol::batch::BatchHeader;
 
 const TICK_MS: u64 = 10;
 /// Identifies the epoch-start control records in the simulated logs.
 const CONTROL: u64 = u64::MAX;
 
-/// One record in a simulated log: the epoch that wrote it and a unique id.
-type Rec = (Epoch, u64);
-/// A producer batch waiting for its commit: (leader, epoch, end offset, (offset, id) of each record).
-type Waiting = (NodeId, Epoch, u64, Vec<(u64, u64)>);
+/// One record in a simulated log: the epoch that wrote it, a unique id, and for a record of
+/// an idempotent producer its producer and sequence (its batches hold one record each: the
+/// simulated replicas split appends anywhere, the real ones only at batch boundaries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rec {
+    epoch: Epoch,
+    id: u64,
+    producer: Option<(u64, u32)>,
+}
+
+/// A batch waiting for its commit.
+struct Waiting {
+    leader: NodeId,
+    epoch: Epoch,
+    end: u64,
+    /// (offset, id) of each record.
+    records: Vec<(u64, u64)>,
+    /// The producer batch it answers: (producer index, sequence).
+    from: Option<(usize, u32)>,
+}
+
+/// An idempotent producer's view: its batches not yet acknowledged, oldest first.
+struct SimProducer {
+    id: u64,
+    next_sequence: u32,
+    /// (sequence, record id, when last sent, acknowledged), oldest first; acknowledged ones
+    /// leave from the front, in order, as the real producer resolves them.
+    unacked: std::collections::VecDeque<(u32, u64, u64, bool)>,
+    acked_through: Option<u32>,
+}
+
+/// Batches a simulated producer keeps unacknowledged at most.
+const PRODUCER_WINDOW: usize = 8;
+/// The oldest batch unanswered for this long: resend everything unacknowledged.
+const PRODUCER_RETRY_MS: u64 = 60;
+
+fn producer_header(producer: u64, sequence: u32, base_offset: u64) -> BatchHeader {
+    BatchHeader {
+        base_offset,
+        leader_epoch: 0,
+        batch_len: 0,
+        crc: 0,
+        producer_epoch: 0,
+        record_count: 1,
+        first_timestamp: 0,
+        max_timestamp: 0,
+        producer_id: producer,
+        base_sequence: sequence,
+        attributes: 0,
+    }
+}
+
+/// The producer table a replica rebuilds from its log (at start, after a truncation).
+fn table_of(log: &[Rec]) -> ProducerTable {
+    let mut t = ProducerTable::default();
+    for (offset, r) in log.iter().enumerate() {
+        if let Some((producer, sequence)) = r.producer {
+            t.observe(&producer_header(producer, sequence, offset as u64), log.len() as u64);
+        }
+    }
+    t
+}
 
 #[derive(Debug, Clone)]
 enum Dest {
@@ -54,12 +120,13 @@ struct Node {
     generation: u64,
     flush_pending: bool,
     hw_seen: u64,
+    producers: ProducerTable,
 }
 
 fn history_of(log: &[Rec]) -> EpochHistory {
     let mut h = EpochHistory::default();
-    for (i, &(e, _)) in log.iter().enumerate() {
-        h.observe(e, i as u64);
+    for (i, r) in log.iter().enumerate() {
+        h.observe(r.epoch, i as u64);
     }
     h
 }
@@ -86,6 +153,11 @@ struct Sim {
     /// Varies by seed: small windows and messages split appends across epoch boundaries.
     replica_config: ReplicaConfig,
     trace: bool,
+    producers: Vec<SimProducer>,
+    /// The records the next `AppendLocal` writes (a producer's batch), else new anonymous ones.
+    next_local: Option<Vec<Rec>>,
+    /// Per producer, how many of its batches the committed log holds.
+    committed_sequences: BTreeMap<u64, u32>,
 }
 
 impl Sim {
@@ -111,6 +183,7 @@ impl Sim {
                 generation: 0,
                 flush_pending: false,
                 hw_seen: 0,
+                producers: ProducerTable::default(),
             })
             .collect();
         let drop_rate = rng.gen_range(0.0..0.15);
@@ -135,6 +208,11 @@ impl Sim {
             leaders: BTreeMap::new(),
             replica_config,
             trace: std::env::var("QUORRA_SIM_TRACE").is_ok(),
+            producers: (1..=2)
+                .map(|id| SimProducer { id, next_sequence: 0, unacked: Default::default(), acked_through: None })
+                .collect(),
+            next_local: None,
+            committed_sequences: BTreeMap::new(),
         }
     }
 
@@ -175,14 +253,22 @@ impl Sim {
             match a {
                 Action::AppendLocal(meta) => {
                     assert_eq!(node.log.len() as u64, meta.base_offset, "append at the log end");
-                    for _ in 0..meta.record_count {
-                        let id = if meta.control {
-                            CONTROL
-                        } else {
-                            self.next_id += 1;
-                            self.next_id
-                        };
-                        node.log.push((meta.epoch, id));
+                    match self.next_local.take().filter(|_| !meta.control) {
+                        Some(records) => {
+                            assert_eq!(records.len() as u32, meta.record_count);
+                            node.log.extend(records.into_iter().map(|r| Rec { epoch: meta.epoch, ..r }));
+                        }
+                        None => {
+                            for _ in 0..meta.record_count {
+                                let id = if meta.control {
+                                    CONTROL
+                                } else {
+                                    self.next_id += 1;
+                                    self.next_id
+                                };
+                                node.log.push(Rec { epoch: meta.epoch, id, producer: None });
+                            }
+                        }
                     }
                     self.request_flush(n);
                 }
@@ -198,6 +284,7 @@ impl Sim {
                     node.log.truncate(o as usize);
                     node.durable_len = node.durable_len.min(o as usize);
                     node.generation += 1;
+                    node.producers = table_of(&node.log);
                 }
                 Action::PersistEpoch(e) => node.durable_epoch = e,
                 Action::Send(to, msg) => {
@@ -236,17 +323,35 @@ impl Sim {
         }
         if hw > self.committed.len() {
             let extra = node.log[self.committed.len()..hw].to_vec();
+            for r in &extra {
+                // Each producer's batches enter the committed log in the order it sent them,
+                // each once, with no gap.
+                if let Some((producer, sequence)) = r.producer {
+                    let next = self.committed_sequences.entry(producer).or_insert(0);
+                    assert_eq!(sequence, *next, "producer {producer}: batch {sequence} committed after {}", *next);
+                    *next += 1;
+                }
+            }
             self.committed.extend(extra);
         }
-        let committed_len = self.committed.len() as u64;
+        self.release_waiting(n);
+    }
+
+    /// Acknowledges the batches waiting on leader `n` that it has committed.
+    fn release_waiting(&mut self, n: NodeId) {
+        let committed_len = self.committed.len().min(self.nodes[n as usize].hw_seen as usize) as u64;
         let mut still = Vec::new();
         for w in std::mem::take(&mut self.waiting) {
-            if w.0 == n
-                && w.2 <= committed_len
-                && self.nodes[n as usize].replica.epoch() == w.1
-                && self.nodes[n as usize].replica.is_leader()
-            {
-                self.acked.extend(w.3);
+            let leader = &self.nodes[w.leader as usize];
+            if !(leader.up && leader.replica.is_leader() && leader.replica.epoch() == w.epoch) {
+                // Its leader no longer leads that epoch: it will never be answered.
+                continue;
+            }
+            if w.leader == n && w.end <= committed_len {
+                self.acked.extend(w.records);
+                if let Some((k, sequence)) = w.from {
+                    self.producer_acked(k, sequence);
+                }
             } else {
                 still.push(w);
             }
@@ -282,6 +387,12 @@ impl Sim {
                                 let node = &mut self.nodes[n as usize];
                                 assert_eq!(node.log.len() as u64, f, "n{n}: replicated append not at the log end");
                                 node.log.extend_from_slice(&payload[(f - prev) as usize..(t - prev) as usize]);
+                                let written = node.durable_len as u64;
+                                for offset in f..t {
+                                    if let Some((producer, sequence)) = node.log[offset as usize].producer {
+                                        node.producers.observe(&producer_header(producer, sequence, offset), written);
+                                    }
+                                }
                                 self.request_flush(n);
                             } else {
                                 self.run_actions(n, vec![a]);
@@ -320,7 +431,8 @@ impl Sim {
         }
     }
 
-    fn client_append(&mut self) {
+    /// A replica that believes it leads, chosen at random (a client may reach a stale one).
+    fn some_leader(&mut self) -> Option<NodeId> {
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
@@ -328,15 +440,86 @@ impl Sim {
             .filter(|(_, x)| x.up && x.replica.is_leader())
             .map(|(i, _)| i as NodeId)
             .collect();
-        let Some(&n) = leaders.get(self.rng.gen_range(0..leaders.len().max(1))) else { return };
+        leaders.get(self.rng.gen_range(0..leaders.len().max(1))).copied()
+    }
+
+    fn client_append(&mut self) {
+        let Some(n) = self.some_leader() else { return };
         let count = self.rng.gen_range(1..4u32);
         let mut out = Vec::new();
         let Ok(base) = self.nodes[n as usize].replica.append(count, &mut out) else { return };
         let first_id = self.next_id + 1;
         let epoch = self.nodes[n as usize].replica.epoch();
         self.run_actions(n, out);
-        let recs = (0..u64::from(count)).map(|i| (base + i, first_id + i)).collect();
-        self.waiting.push((n, epoch, base + u64::from(count), recs));
+        let records = (0..u64::from(count)).map(|i| (base + i, first_id + i)).collect();
+        self.waiting.push(Waiting { leader: n, epoch, end: base + u64::from(count), records, from: None });
+    }
+
+    /// Producer `k` sends its batch `sequence` (record `id`) to a leader, which applies the
+    /// sequence rules as the broker does.
+    fn producer_send(&mut self, k: usize, sequence: u32, id: u64) {
+        let Some(n) = self.some_leader() else { return };
+        let producer = self.producers[k].id;
+        let node = &mut self.nodes[n as usize];
+        let epoch = node.replica.epoch();
+        let header = producer_header(producer, sequence, node.log.len() as u64);
+        let records = match node.producers.check(&header) {
+            // Refused (a gap, from a leader that lacks an earlier batch): resent later.
+            Err(_) => return,
+            Ok(Admission::Duplicate(stored)) => vec![(stored.base_offset, id)],
+            Ok(Admission::Append) => {
+                let mut out = Vec::new();
+                let Ok(base) = node.replica.append(1, &mut out) else { return };
+                node.producers.observe(&producer_header(producer, sequence, base), node.durable_len as u64);
+                self.next_local = Some(vec![Rec { epoch, id, producer: Some((producer, sequence)) }]);
+                self.run_actions(n, out);
+                vec![(base, id)]
+            }
+        };
+        let end = records[0].0 + 1;
+        self.waiting.push(Waiting { leader: n, epoch, end, records, from: Some((k, sequence)) });
+        // A repeat of a batch already committed is answered at once (the broker's wait for
+        // the commit returns immediately).
+        self.release_waiting(n);
+    }
+
+    fn producer_acked(&mut self, k: usize, sequence: u32) {
+        let id = self.producers[k].id;
+        let committed = self.committed_sequences.get(&id).copied().unwrap_or(0);
+        assert!(sequence < committed, "producer {id}: batch {sequence} acknowledged, {committed} committed");
+        let p = &mut self.producers[k];
+        if let Some(u) = p.unacked.iter_mut().find(|u| u.0 == sequence) {
+            u.3 = true;
+        }
+        while p.unacked.front().is_some_and(|u| u.3) {
+            p.acked_through = p.unacked.pop_front().map(|u| u.0);
+        }
+    }
+
+    /// Each producer: resend everything unacknowledged, oldest first, once the oldest waited
+    /// too long; and (while faults run) maybe send a new batch.
+    fn producers_step(&mut self, new_batches: bool) {
+        for k in 0..self.producers.len() {
+            let now = self.now;
+            if self.producers[k].unacked.front().is_some_and(|u| now - u.2 >= PRODUCER_RETRY_MS) {
+                let resend: Vec<(u32, u64)> =
+                    self.producers[k].unacked.iter().filter(|u| !u.3).map(|u| (u.0, u.1)).collect();
+                for u in self.producers[k].unacked.iter_mut() {
+                    u.2 = now;
+                }
+                for (sequence, id) in resend {
+                    self.producer_send(k, sequence, id);
+                }
+            }
+            if new_batches && self.producers[k].unacked.len() < PRODUCER_WINDOW && self.rng.gen_bool(0.5) {
+                self.next_id += 1;
+                let (id, p) = (self.next_id, &mut self.producers[k]);
+                let sequence = p.next_sequence;
+                p.next_sequence += 1;
+                p.unacked.push_back((sequence, id, now, false));
+                self.producer_send(k, sequence, id);
+            }
+        }
     }
 
     fn step(&mut self, e: Event, faults: bool) {
@@ -377,6 +560,7 @@ impl Sim {
                         self.client_append();
                     }
                 }
+                self.producers_step(faults);
                 self.schedule(self.now + TICK_MS, Event::Tick);
             }
             Event::Crash(n) => {
@@ -386,6 +570,7 @@ impl Sim {
                     node.log.truncate(node.durable_len);
                     node.generation += 1;
                     node.flush_pending = false;
+                    node.producers = ProducerTable::default();
                 }
             }
             Event::Restart(n) => {
@@ -396,6 +581,7 @@ impl Sim {
                     let config = self.replica_config.clone();
                     node.replica =
                         Replica::recover(n, config, node.durable_epoch, history_of(&node.log), node.log.len() as u64);
+                    node.producers = table_of(&node.log);
                 }
             }
             Event::Isolate(n) => self.isolated = Some(n),
@@ -449,8 +635,7 @@ impl Sim {
     }
 
     fn final_checks(&self, seed: u64) {
-        let committed: HashSet<(u64, u64)> =
-            self.committed.iter().enumerate().map(|(i, &(_, id))| (i as u64, id)).collect();
+        let committed: HashSet<(u64, u64)> = self.committed.iter().enumerate().map(|(i, r)| (i as u64, r.id)).collect();
         for &(o, id) in &self.acked {
             assert!(committed.contains(&(o, id)), "seed {seed}: acknowledged record {id} at offset {o} lost");
         }
@@ -470,6 +655,35 @@ impl Sim {
                 node.log, leader.log,
                 "seed {seed}: n{n} has not caught up with the leader after the quiet period"
             );
+        }
+        self.producer_checks(seed);
+    }
+
+    /// Each producer's batches are in the committed log in the order it sent them, each once,
+    /// with no gap; every one was acknowledged by the end; and every replica's producer table
+    /// agrees with its log.
+    fn producer_checks(&self, seed: u64) {
+        for p in &self.producers {
+            let sequences: Vec<u32> = self
+                .committed
+                .iter()
+                .filter_map(|r| r.producer.filter(|(id, _)| *id == p.id).map(|(_, s)| s))
+                .collect();
+            let expected: Vec<u32> = (0..p.next_sequence).collect();
+            assert_eq!(sequences, expected, "seed {seed}: producer {}'s batches in the committed log", p.id);
+            assert!(p.unacked.is_empty(), "seed {seed}: producer {} still waits for {:?}", p.id, p.unacked);
+            assert_eq!(p.acked_through, p.next_sequence.checked_sub(1), "seed {seed}: producer {}", p.id);
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            let rebuilt = table_of(&node.log);
+            for p in &self.producers {
+                assert_eq!(
+                    node.producers.last_batch(p.id),
+                    rebuilt.last_batch(p.id),
+                    "seed {seed}: n{n}'s producer table disagrees with its log for producer {}",
+                    p.id
+                );
+            }
         }
     }
 }

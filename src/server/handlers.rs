@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::broker::catalog::{validate_group_name, validate_partition_count, validate_topic_name};
-use crate::broker::partition::AckLevel;
+use crate::broker::partition::{AckLevel, AppendError, SequenceError};
 use crate::broker::{Catalog, Partition, TopicConfig};
 use crate::limits::{MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS, MAX_OFFSET_METADATA_BYTES};
 use crate::protocol::frame::{FLAG_ERROR, FLAG_RESPONSE};
@@ -119,6 +119,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
         ApiKind::ListOffsets => list_offsets(shard, frame).await,
         ApiKind::CommitOffset => commit_offset(shard, &frame).await,
         ApiKind::FetchOffset => fetch_offset(shard, &frame).await,
+        ApiKind::InitProducer => init_producer(shard, &frame).await,
     };
     match result {
         Ok((archive, payload)) => OutFrame::new(kind, FLAG_RESPONSE, corr, archive, payload),
@@ -292,7 +293,11 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
         return super::cluster_handlers::forward(shard, node, frame).await;
     }
     let part = partition_for(shard, &topic, partition)?;
-    let appended = part.append(ProducePayload(frame), |p| p.0.into_payload()).map_err(|e| with_hint(shard, e))?;
+    let appended = part.append(ProducePayload(frame), |p| p.0.into_payload()).map_err(|e| match e {
+        AppendError::Storage(e) => with_hint(shard, e),
+        AppendError::Sequence(e) => sequence_error(e),
+        AppendError::Invalid(m) => ApiError::new(ErrorCode::InvalidRequest, m),
+    })?;
     let level = match acks {
         Acks::None => None,
         Acks::Leader => Some(AckLevel::Local),
@@ -391,6 +396,40 @@ async fn fetch_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
         None => (None, String::new()),
     };
     reply(&FetchOffsetResponse { offset, metadata })
+}
+
+/// A new producer id (shard 0 hands them out; see `broker::producer_ids`).
+async fn init_producer(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
+    let _ = decode::<InitProducerRequest>(frame.archive())?;
+    let producer_id = shard
+        .producer_ids
+        .allocate(|| async {
+            match shard.cluster.as_ref() {
+                Some(c) => c
+                    .control
+                    .write(crate::cluster::meta::MetaCommand::AllocateProducerIds {
+                        count: crate::limits::PRODUCER_ID_BLOCK,
+                    })
+                    .await?
+                    .ok_or_else(|| ApiError::new(ErrorCode::Unknown, "the metadata allocated no producer ids")),
+                None => crate::broker::producer_ids::reserve_block_on_disk(&shard.disk, &shard.config.data_dir)
+                    .await
+                    .map_err(ApiError::from),
+            }
+        })
+        .await?;
+    reply(&InitProducerResponse { producer_id })
+}
+
+/// A broken sequence rule as a client sees it.
+fn sequence_error(e: SequenceError) -> ApiError {
+    let code = match e {
+        SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
+        SequenceError::UnknownProducer { .. } => ErrorCode::UnknownProducer,
+        SequenceError::Fenced { .. } => ErrorCode::ProducerFenced,
+        SequenceError::DuplicateTooOld { .. } => ErrorCode::DuplicateSequence,
+    };
+    ApiError::new(code, e.to_string())
 }
 
 /// A storage error as a client sees it; a not-leader error names the leader to retry at.

@@ -241,7 +241,7 @@ fn owner_of(shard: &Shard, frame: &Frame) -> usize {
         }
         Some(ApiKind::CommitOffset) => access::<CommitOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::FetchOffset) => access::<FetchOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
-        Some(ApiKind::CreateTopic | ApiKind::DeleteTopic) => Some(0),
+        Some(ApiKind::CreateTopic | ApiKind::DeleteTopic | ApiKind::InitProducer) => Some(0),
         None if frame.header.kind == crate::protocol::peer::PeerKind::Append as u16 => {
             access::<crate::protocol::peer::AppendRequest>(a)
                 .ok()

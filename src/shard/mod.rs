@@ -50,6 +50,8 @@ pub struct Shard {
     pub shutting_down: Cell<bool>,
     /// Cluster membership of this node (None: a single node).
     pub cluster: Option<cluster::ShardCluster>,
+    /// Producer ids (handed out by shard 0).
+    pub producer_ids: crate::broker::producer_ids::ProducerIds,
 }
 
 impl Shard {

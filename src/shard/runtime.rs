@@ -203,6 +203,7 @@ async fn shard_main(
         catalog_lock: glommio::sync::Semaphore::new(1),
         shutting_down: std::cell::Cell::new(false),
         cluster: cluster_part.as_ref().map(|(handle, _)| super::cluster::ShardCluster::new(handle.clone())),
+        producer_ids: Default::default(),
         config,
     });
     if let Some((_, inbox)) = cluster_part {
@@ -306,9 +307,6 @@ async fn shutdown(shard: &Rc<Shard>) {
     let parts: Vec<_> = shard.partitions.borrow().values().cloned().collect();
     for p in parts {
         p.close().await;
-        if let FlushPolicy::IntervalMs(_) = shard.config.storage.flush {
-            p.sync_now().await;
-        }
     }
     shard.offsets.close().await;
     log::debug!("shard {} closed {} partitions", shard.id, shard.partitions.borrow().len());

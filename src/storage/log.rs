@@ -640,21 +640,6 @@ impl<D: Disk> PartitionLog<D> {
     pub fn durable_offset(&self) -> u64 {
         self.durable_offset
     }
-    /// Where the recent batches start, from which per-producer state is rebuilt at start-up:
-    /// the active segment, and the one before it too while the active one holds less than
-    /// 1 MiB (a producer's retry refers to a recent batch, which a recent roll, or the fresh
-    /// segment of a shared-storage takeover, may have left in the previous segment).
-    pub fn recent_batches_start(&self) -> u64 {
-        const RECENT_BYTES: u64 = 1 << 20;
-        let mut newest_first = self.segments.values().rev();
-        let active = newest_first.next().expect("a log always has an active segment");
-        let start = match newest_first.next() {
-            Some(previous) if active.size < RECENT_BYTES => previous.base_offset,
-            _ => active.base_offset,
-        };
-        start.max(self.log_start_offset)
-    }
-
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }

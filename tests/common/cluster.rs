@@ -186,7 +186,7 @@ impl Node {
     pub fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpListener::bind(self.client).is_err() && Instant::now() < deadline {
+        while !super::can_bind_as_a_broker(self.client) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.launch();
@@ -424,6 +424,94 @@ pub struct Load {
 
 pub const MESSAGE_BYTES: usize = 256;
 
+/// How a [`Load`] sends.
+#[derive(Clone)]
+pub struct LoadShape {
+    pub acks: Acks,
+    pub producers: u32,
+    /// Messages each producer keeps unacknowledged at most.
+    pub window: usize,
+    /// Open loop: messages per second per producer (the window still bounds what is
+    /// outstanding).
+    pub rate: Option<f64>,
+    pub follow_leaders: bool,
+    /// The first message number.
+    pub first: u64,
+}
+
+impl Default for LoadShape {
+    fn default() -> Self {
+        LoadShape { acks: Acks::Quorum, producers: 1, window: 32, rate: None, follow_leaders: true, first: 0 }
+    }
+}
+
+/// What the producers of a load share with the test.
+#[derive(Clone)]
+struct LoadCounters {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+/// One producer of a [`Load`]: sends numbered messages round-robin over the partitions until
+/// stopped, awaiting their acknowledgements in order.
+#[allow(clippy::too_many_arguments)]
+async fn produce_numbered(
+    bootstrap: &str,
+    topic: &str,
+    partitions: u32,
+    shape: &LoadShape,
+    first: u64,
+    counters: &LoadCounters,
+    acked: &std::rc::Rc<std::cell::RefCell<Acked>>,
+    started: Instant,
+) {
+    let config = ClientConfig { follow_leaders: shape.follow_leaders, ..ClientConfig::with_bootstrap(bootstrap) };
+    let c = Client::connect(config).await.unwrap();
+    let producer_config = ProducerConfig {
+        acks: shape.acks,
+        linger: Duration::ZERO,
+        max_in_flight: 8,
+        attempt_timeout: Duration::from_secs(2),
+        delivery_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let producer = Producer::new(c, producer_config).await.unwrap();
+    let window = std::rc::Rc::new(glommio::sync::Semaphore::new(shape.window.max(1) as u64));
+    let mut i = 0u64;
+    while !counters.stop.load(Ordering::SeqCst) {
+        if let Some(rate) = shape.rate {
+            let at = started + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                quorra::rt::sleep(wait).await;
+            }
+        }
+        let permit = window.clone().acquire_static_permit(1).await.unwrap();
+        let n = first + i;
+        let p = (i % u64::from(partitions)) as u32;
+        let d = producer.send_to(topic, p, None, &payload(p, n, MESSAGE_BYTES)).await.unwrap();
+        counters.sent.fetch_add(1, Ordering::SeqCst);
+        let (counters, acked) = (counters.clone(), acked.clone());
+        quorra::rt::spawn(async move {
+            match d.wait().await {
+                Ok(md) => {
+                    let mut acked = acked.borrow_mut();
+                    acked.at.insert((md.partition, md.offset), n);
+                    acked.times_ms.push((n, started.elapsed().as_millis() as u64));
+                    counters.acked.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => *counters.last_error.lock().unwrap() = Some(e.to_string()),
+            }
+            drop(permit);
+        });
+        i += 1;
+    }
+    producer.flush().await;
+    // Every acknowledgement recorded: all permits are back.
+    let _all = window.acquire_permit(shape.window.max(1) as u64).await;
+}
+
 impl Load {
     /// Sends numbered messages round-robin over the partitions of `topic` with `acks`.
     pub fn start(bootstrap: &str, topic: &str, partitions: u32, acks: Acks) -> Load {
@@ -433,52 +521,49 @@ impl Load {
     /// [`Self::start`]; with `follow_leaders` false every request goes to the bootstrap
     /// node (which forwards, in the modes that do).
     pub fn start_with(bootstrap: &str, topic: &str, partitions: u32, acks: Acks, follow_leaders: bool) -> Load {
+        Self::start_shaped(bootstrap, topic, partitions, LoadShape { acks, follow_leaders, ..Default::default() })
+    }
+
+    /// [`Self::start`], numbering the messages from `first` (a second load on a topic that
+    /// holds a first one's messages).
+    pub fn start_numbered_from(bootstrap: &str, topic: &str, partitions: u32, acks: Acks, first: u64) -> Load {
+        Self::start_shaped(bootstrap, topic, partitions, LoadShape { acks, first, ..Default::default() })
+    }
+
+    /// `shape.producers` producers (each its own client) on one thread, each keeping up to
+    /// `shape.window` messages unacknowledged (closed loop) or sending at `shape.rate`.
+    /// Producer `k` numbers its messages `first + (k << 40) + i`, so the checker can tell
+    /// each producer's order apart.
+    pub fn start_shaped(bootstrap: &str, topic: &str, partitions: u32, shape: LoadShape) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let acked_count = Arc::new(AtomicU64::new(0));
-        let (b, t, s, n, a) =
-            (bootstrap.to_string(), topic.to_string(), stop.clone(), sent.clone(), acked_count.clone());
         let last_error: Arc<Mutex<Option<String>>> = Arc::default();
-        let le = last_error.clone();
+        let counters = LoadCounters {
+            stop: stop.clone(),
+            sent: sent.clone(),
+            acked: acked_count.clone(),
+            last_error: last_error.clone(),
+        };
+        let (b, t) = (bootstrap.to_string(), topic.to_string());
         let handle = std::thread::spawn(move || {
             run(move || async move {
                 let started = Instant::now();
-                let c =
-                    Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&b) }).await.unwrap();
-                let producer = Producer::new(
-                    c,
-                    ProducerConfig {
-                        acks,
-                        linger: Duration::ZERO,
-                        max_in_flight: 8,
-                        attempt_timeout: Duration::from_secs(2),
-                        delivery_timeout: Duration::from_secs(60),
-                        ..Default::default()
-                    },
-                );
-                let mut acked = Acked::default();
-                let mut i = 0u64;
-                while !s.load(Ordering::SeqCst) {
-                    let mut round = Vec::new();
-                    for _ in 0..32 {
-                        let p = (i % u64::from(partitions)) as u32;
-                        let d = producer.send_to(&t, p, None, &payload(p, i, MESSAGE_BYTES)).await.unwrap();
-                        round.push((i, d));
-                        i += 1;
-                    }
-                    n.store(i, Ordering::SeqCst);
-                    for (i, d) in round {
-                        match d.wait().await {
-                            Ok(md) => {
-                                acked.at.insert((md.partition, md.offset), i);
-                                acked.times_ms.push((i, started.elapsed().as_millis() as u64));
-                                a.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Err(e) => *le.lock().unwrap() = Some(e.to_string()),
-                        }
-                    }
+                let acked = std::rc::Rc::new(std::cell::RefCell::new(Acked::default()));
+                let tasks: Vec<_> = (0..shape.producers)
+                    .map(|k| {
+                        let (b, t, shape, counters, acked) =
+                            (b.clone(), t.clone(), shape.clone(), counters.clone(), acked.clone());
+                        quorra::rt::spawn_joinable(async move {
+                            let first = shape.first + (u64::from(k) << 40);
+                            produce_numbered(&b, &t, partitions, &shape, first, &counters, &acked, started).await
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await;
                 }
-                acked
+                std::rc::Rc::try_unwrap(acked).ok().expect("the producers are done").into_inner()
             })
         });
         Load { stop, sent, acked_count, last_error, handle: Some(handle) }
@@ -521,6 +606,16 @@ pub struct Verdict {
     pub lost: u64,
     pub duplicated: u64,
     pub corrupt: u64,
+    /// Records stored before a record the producer sent earlier (in offset order within a
+    /// partition, a message number below one seen before it).
+    pub reordered: u64,
+}
+
+impl Verdict {
+    /// Nothing acknowledged lost, nothing twice, nothing corrupt, nothing out of order.
+    pub fn is_clean(&self) -> bool {
+        (self.lost, self.duplicated, self.corrupt, self.reordered) == (0, 0, 0, 0)
+    }
 }
 
 /// Reads every partition of `topic` from `read_from` replicas through `bootstrap` and checks
@@ -539,10 +634,15 @@ pub fn check_with(
     read_from: ReadFrom,
     follow_leaders: bool,
 ) -> Verdict {
-    let records = read_all(bootstrap, topic, read_from, follow_leaders);
+    let mut records = read_all(bootstrap, topic, read_from, follow_leaders);
+    records.sort_by_key(|(p, offset, _)| (*p, *offset));
     let mut v = Verdict { acked: acked.at.len() as u64, read: records.len() as u64, ..Default::default() };
     let mut seen = HashSet::new();
     let mut found = HashSet::new();
+    // The highest message number stored so far in each partition, per producer (the number's
+    // high bits): a producer sends its messages of a partition in increasing numbers, so
+    // they must be stored that way.
+    let mut highest: HashMap<(u32, u64), u64> = HashMap::new();
     for (p, offset, value) in &records {
         if value.len() < 12 {
             v.corrupt += 1;
@@ -555,6 +655,12 @@ pub fn check_with(
         }
         if !seen.insert(n) {
             v.duplicated += 1;
+        }
+        match highest.get(&(*p, n >> 40)) {
+            Some(&h) if n < h => v.reordered += 1,
+            _ => {
+                highest.insert((*p, n >> 40), n);
+            }
         }
         if acked.at.get(&(*p, *offset)) == Some(&n) {
             found.insert((*p, *offset));

@@ -124,7 +124,7 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // The port may take a moment to be free again.
-            if std::net::TcpListener::bind(self.addr).is_ok() || Instant::now() > deadline {
+            if can_bind_as_a_broker(self.addr) || Instant::now() > deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -144,6 +144,43 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Whether a broker could bind `addr` now. Brokers bind with SO_REUSEPORT (every shard binds
+/// the port), so the sockets a killed broker leaves in TIME_WAIT keep a plain bind failing
+/// for a minute while a broker's bind succeeds at once: probe the way a broker binds.
+pub fn can_bind_as_a_broker(addr: SocketAddr) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let SocketAddr::V4(v4) = addr else { return std::net::TcpListener::bind(addr).is_ok() };
+    // SAFETY: plain socket calls on a descriptor this function owns (closed by OwnedFd).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return false;
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        libc::bind(
+            fd.as_raw_fd(),
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) == 0
     }
 }
 

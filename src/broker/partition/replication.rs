@@ -18,7 +18,7 @@ use crate::protocol::batch::{stamp_batch, BatchBuilder, BatchIter};
 use crate::replication::replica::{Replica, ReplicaConfig};
 use crate::replication::{Action, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
 use crate::rt;
-use crate::storage::{Disk, PartitionLog, StorageError};
+use crate::storage::{Disk, StorageError};
 
 const REPLICA_STATE_FILE: &str = "replica.json";
 
@@ -81,7 +81,7 @@ impl<D: Disk> Partition<D> {
     async fn scan_epoch_history(&self) -> Result<EpochHistory, StorageError> {
         let mut history = EpochHistory::default();
         let start = self.log.borrow().log_start_offset();
-        self.visit_batch_headers(start, |header| {
+        super::visit_batch_headers(&self.log, start, |header| {
             if history.last_epoch().is_none_or(|l| l < header.leader_epoch) {
                 history.observe(header.leader_epoch, header.base_offset);
             }
@@ -296,7 +296,7 @@ impl<D: Disk> Partition<D> {
                 let len = bytes.len();
                 if header.base_offset >= from && header.next_offset() <= to {
                     log.append_batch(chunk.slice(at..at + len))?;
-                    self.producers.borrow_mut().observe(&header);
+                    self.producers.borrow_mut().observe(&header, log.written_offset());
                 }
                 at += len;
             }
@@ -363,17 +363,21 @@ impl<D: Disk> Partition<D> {
 
     async fn truncate_paused(&self, offset: u64) -> Result<(), StorageError> {
         let written = self.log.borrow().written_offset();
-        self.producers.borrow_mut().truncate(offset);
         if offset >= written {
+            // Only unwritten batches go: the producer table forgets them exactly.
+            self.producers.borrow_mut().truncate(offset);
             return self.log.borrow_mut().drop_unwritten_from(offset);
         }
         let plan = self.log.borrow().plan_truncation(offset)?;
         plan.run().await?;
-        let fresh = PartitionLog::open(self.disk.clone(), self.dir.clone(), self.log_config.clone()).await?;
-        if fresh.next_offset() != offset {
-            return Err(StorageError::Io(format!("after truncation the log ends at {}", fresh.next_offset())));
+        // Written batches go: the table is rebuilt from what the files hold now (and from a
+        // snapshot at or below the cut, never one above it).
+        super::remove_producer_snapshots(&self.disk, &self.dir, |at| at > offset).await;
+        self.open_fresh_log().await?;
+        let end = self.log.borrow().next_offset();
+        if end != offset {
+            return Err(StorageError::Io(format!("after truncation the log ends at {end}")));
         }
-        *self.log.borrow_mut() = fresh;
         Ok(())
     }
 }
@@ -432,7 +436,10 @@ mod tests {
             becoming.await;
             let after = p.append(producer_batch(), Bytes::from).expect("the leader takes writes once started");
             if let Err(e) = &during {
-                assert!(matches!(e, StorageError::LeaderStarting), "{e}");
+                assert!(
+                    matches!(e, crate::broker::partition::AppendError::Storage(StorageError::LeaderStarting)),
+                    "{e}"
+                );
             }
             // What was accepted sits after the epoch-start batch; log and replica agree.
             assert_eq!(after.first_offset, if during.is_ok() { 2 } else { 1 });

@@ -70,7 +70,7 @@ async fn probe(args: FailoverArgs, pids: Vec<(u32, i32)>) -> Result<(u32, Durati
         delivery_timeout: args.give_up,
         ..Default::default()
     };
-    let producer = Producer::new(client.clone(), config);
+    let producer = Producer::new(client.clone(), config).await?;
     let started = Instant::now();
     let mut acked = 0u64;
     while started.elapsed() < args.warmup {

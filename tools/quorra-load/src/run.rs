@@ -143,14 +143,6 @@ struct ProducerPlan {
 async fn producer_task(plan: ProducerPlan, id: u32, shared: Arc<Shared>, hist: Rc<ShardHistograms>) -> ProducerResult {
     let mut result = ProducerResult { id, acked: Vec::new(), errors: 0, first_error: None };
     let a = &plan.args;
-    let client = match connect(&a.common).await {
-        Ok(c) => c,
-        Err(e) => {
-            result.errors += 1;
-            result.first_error = Some(e.to_string());
-            return result;
-        }
-    };
     let config = ProducerConfig {
         acks: a.acks,
         linger: Duration::from_micros(a.linger_us),
@@ -159,7 +151,18 @@ async fn producer_task(plan: ProducerPlan, id: u32, shared: Arc<Shared>, hist: R
         partitioner: Partitioner::RoundRobin,
         ..Default::default()
     };
-    let producer = Producer::new(client, config);
+    let producer = match connect(&a.common).await {
+        Ok(client) => Producer::new(client, config).await,
+        Err(e) => Err(e),
+    };
+    let producer = match producer {
+        Ok(p) => p,
+        Err(e) => {
+            result.errors += 1;
+            result.first_error = Some(e.to_string());
+            return result;
+        }
+    };
     let mut in_flight = VecDeque::new();
     let mut buf = vec![0u8; a.size];
     let start = Instant::now();
