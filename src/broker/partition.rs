@@ -23,6 +23,8 @@ use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
 
 pub(crate) mod producers;
 mod replication;
+#[cfg(test)]
+mod tests;
 pub use producers::SequenceError;
 use producers::{Admission, ProducerTable};
 pub use replication::{Outbound, Replication};
