@@ -149,7 +149,7 @@ pub struct Config {
 }
 
 /// How the nodes of a cluster share the partitions (see docs/cluster-modes.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClusterMode {
     /// One master node leads every partition; the others hold synchronous copies.

@@ -450,3 +450,59 @@ fn node_that_lost_its_raft_vote_but_holds_replicas_refuses_to_start() {
     load.wait_acked(100, Duration::from_secs(30));
     load.stop();
 }
+
+/// The files below `dir`, with their sizes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Defect 11a: a cluster node's data directory started as a single broker (the `[cluster]`
+/// section forgotten), or with another cluster id, refuses to start with one line naming
+/// both identities, and deletes nothing; the node then starts as itself and serves its data.
+#[test]
+fn a_data_directory_refuses_a_start_as_another_broker_and_keeps_its_data() {
+    let mut c = Cluster::start("identity", "master-slave");
+    c.create_topic("orders", 2, 3);
+    let load = Load::start(&c.bootstrap(), "orders", 2, Acks::Quorum);
+    load.wait_acked(1000, Duration::from_secs(30));
+    let acked = load.stop();
+    c.wait_in_sync(3, Duration::from_secs(30));
+    c.node(1).kill();
+    let data = c.node(1).dir.join("data");
+    let before = files_under(&data.join("topics"));
+    assert!(!before.is_empty());
+    let data_arg = data.display().to_string();
+    let (status, stderr) = c
+        .node(1)
+        .run_serve_expecting_exit(&["--data-dir", &data_arg, "--listen", "127.0.0.1:0"], Duration::from_secs(30));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("belongs to node 1 of cluster") && stderr.contains("starts a single broker"),
+        "the error names both identities: {stderr}"
+    );
+    assert_eq!(files_under(&data.join("topics")), before, "nothing was deleted");
+    // Another cluster id in the node's own configuration file.
+    let config = c.node(1).dir.join("node.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("cluster_id = \"test-identity\"", "cluster_id = \"another\"")).unwrap();
+    let (status, stderr) = c.node(1).run_expecting_exit(Duration::from_secs(30));
+    assert!(!status.success() && stderr.contains("cluster \"another\""), "{stderr}");
+    std::fs::write(&config, original).unwrap();
+    c.node(1).restart();
+    c.wait_in_sync(3, Duration::from_secs(30));
+    let v = check(&c.node(1).client.to_string(), "orders", 2, &acked, ReadFrom::Leader);
+    assert_nothing_lost(&v, "after the refused starts", &c);
+}

@@ -17,6 +17,10 @@ pub struct TopicConfig {
     pub created_ms: i64,
 }
 
+/// Written into a topic's directory before its deletion is recorded in the catalog: a start
+/// after a crash removes only directories that carry it.
+pub const DELETED_MARKER: &str = "DELETED";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub topics: BTreeMap<String, TopicConfig>,

@@ -216,12 +216,16 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     if !shard.catalog.borrow().topics.contains_key(&req.name) {
         return Err(ApiError::new(ErrorCode::UnknownTopic, format!("no such topic: {}", req.name)));
     }
+    // The marker first: a start after a crash removes a directory only if it carries one.
+    let dir = shard.config.data_dir.join("topics").join(&req.name);
+    crate::storage::Disk::write_file_atomic(&shard.disk, &dir.join(crate::broker::catalog::DELETED_MARKER), Vec::new())
+        .await
+        .map_err(|e| ApiError::from(StorageError::from(e)))?;
     let mut next = shard.catalog.borrow().clone();
     next.topics.remove(&req.name);
     persist_catalog(shard, &next).await?;
     let results = broadcast(shard, || MeshRequest::TopicDeleted { name: req.name.clone() }).await;
     check_all(results)?;
-    let dir = shard.config.data_dir.join("topics").join(&req.name);
     crate::storage::Disk::remove_dir_all(&shard.disk, &dir)
         .await
         .map_err(|e| ApiError::new(ErrorCode::StorageError, e.to_string()))?;

@@ -59,6 +59,8 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
     } else {
         Some(lock_data_dir(&config)?)
     };
+    super::identity::check_or_record(&config)
+        .map_err(|message| BrokerError::DataDir { path: config.data_dir.display().to_string(), message })?;
     let shards = config.shard_count();
     // A cluster node learns its topics from the replicated metadata, not a local catalog.
     let (catalog, cluster_parts, control) = if config.cluster.as_ref().is_some_and(|c| c.replicates()) {
@@ -69,7 +71,7 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
         (Catalog::default(), parts, Some(plane))
     } else {
         let catalog = Catalog::load(&config.data_dir).map_err(BrokerError::Catalog)?;
-        remove_deleted_topic_dirs(&config, &catalog);
+        finish_topic_deletions(&config, &catalog);
         (catalog, (0..shards).map(|_| None).collect(), None)
     };
     let startup = Arc::new(Startup {
@@ -150,17 +152,33 @@ pub(super) fn try_lock_data_dir(dir: &std::path::Path) -> Result<Option<std::fs:
     }
 }
 
-/// A crash between a topic's deletion from the catalog and the removal of its files leaves
-/// the files: remove them at the next start.
-fn remove_deleted_topic_dirs(config: &Config, catalog: &Catalog) {
+/// A crash in the middle of `topic delete` leaves the topic's directory with its
+/// [`DELETED_MARKER`]: remove such directories, once the catalog no longer lists them (the
+/// deletion was recorded); a marker in a listed topic's directory is a deletion that never
+/// completed (the topic stays: its delete was not acknowledged). A directory the catalog does
+/// not list and that carries no marker is never removed: data is deleted only by `topic
+/// delete`, never because a catalog does not mention it.
+fn finish_topic_deletions(config: &Config, catalog: &Catalog) {
     let Ok(entries) = std::fs::read_dir(config.data_dir.join("topics")) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !catalog.topics.contains_key(&name) {
-            log::info!("removing files of deleted topic {name}");
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                log::warn!("could not remove {}: {err}", e.path().display());
+        let marked = e.path().join(crate::broker::catalog::DELETED_MARKER).exists();
+        match (catalog.topics.contains_key(&name), marked) {
+            (false, true) => {
+                log::info!("removing the files of topic {name}, whose deletion a crash interrupted");
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    log::warn!("could not remove {}: {err}", e.path().display());
+                }
             }
+            (true, true) => {
+                log::warn!("topic {name}: its deletion did not complete and was not acknowledged; it stays");
+                let _ = std::fs::remove_file(e.path().join(crate::broker::catalog::DELETED_MARKER));
+            }
+            (false, false) => log::warn!(
+                "{} is not a topic of the catalog; left as it is (remove it by hand if it is not needed)",
+                e.path().display()
+            ),
+            (true, false) => {}
         }
     }
 }

@@ -157,8 +157,26 @@ impl Node {
     /// Runs the node (which must be down) in the foreground expecting it to refuse to start:
     /// its exit status and what it printed.
     pub fn run_expecting_exit(&self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        self.run_command_expecting_exit(self.serve_command(), timeout)
+    }
+
+    /// `quorra serve` with `args` instead of this node's configuration (a misconfigured start
+    /// on its data directory), expected to refuse to start.
+    pub fn run_serve_expecting_exit(&self, args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorra"));
+        cmd.arg("serve").args(args);
+        cmd.env("RUST_LOG", "info,glommio=off");
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        self.run_command_expecting_exit(cmd, timeout)
+    }
+
+    fn run_command_expecting_exit(
+        &self,
+        mut command: Command,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, String) {
         assert!(self.child.is_none(), "node {} is running", self.id);
-        let mut child = self.serve_command().spawn().expect("start quorra serve");
+        let mut child = command.spawn().expect("start quorra serve");
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
