@@ -9,7 +9,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
-use crate::limits::{DEFAULT_FRAME_TIMEOUT_MS, DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES};
+use crate::limits::{
+    DEFAULT_FRAME_TIMEOUT_MS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_SHUTDOWN_TIMEOUT_MS, MIN_MAX_FRAME_BYTES,
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -142,6 +144,10 @@ pub struct Config {
     /// Once a frame started to arrive, the rest must follow within this many ms, or the
     /// connection is closed (slow or stalled clients cannot hold resources forever).
     pub frame_timeout_ms: u64,
+    /// On SIGTERM/SIGINT the broker stops within this long: a cluster node first moves the
+    /// leadership of its partitions to in-sync followers (for at most about half of it),
+    /// then flushes and closes everything.
+    pub shutdown_timeout_ms: u64,
     pub storage: StorageSettings,
     pub runtime: RuntimeSettings,
     /// `[cluster]`: absent for a single node.
@@ -319,6 +325,7 @@ impl Default for Config {
             shards: 0,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             frame_timeout_ms: DEFAULT_FRAME_TIMEOUT_MS,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
             cluster: None,
@@ -366,6 +373,9 @@ impl Config {
                 key: "storage.index_interval_bytes",
                 message: "must be positive".into(),
             });
+        }
+        if self.shutdown_timeout_ms < 1000 {
+            return Err(ConfigError::Invalid { key: "shutdown_timeout_ms", message: "must be at least 1000".into() });
         }
         if self.frame_timeout_ms < 100 {
             return Err(ConfigError::Invalid { key: "frame_timeout_ms", message: "must be at least 100".into() });

@@ -88,3 +88,6 @@ pub const MAX_PRODUCERS_PER_PARTITION: usize = 4096;
 pub const PRODUCER_ID_BLOCK: u64 = 1024;
 
 const _: () = assert!(PRODUCER_BATCHES_REMEMBERED <= MAX_IN_FLIGHT_PER_CONNECTION);
+
+/// Default bound on a clean shutdown (SIGTERM/SIGINT), controlled hand-over included.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;

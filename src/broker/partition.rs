@@ -102,6 +102,9 @@ pub struct Partition<D: Disk = ServerDisk> {
     follower_lock: glommio::sync::Semaphore,
     /// Recent batches per idempotent producer: agrees with the log (module `producers`).
     producers: RefCell<ProducerTable>,
+    /// A controlled shutdown: as leader, take no new batches, so that a follower catches up
+    /// and the partition can be handed over without waiting for an election timeout.
+    draining: Cell<bool>,
 }
 
 impl<D: Disk> Partition<D> {
@@ -139,6 +142,7 @@ impl<D: Disk> Partition<D> {
             paused: Cell::new(false),
             follower_lock: glommio::sync::Semaphore::new(1),
             producers: RefCell::new(producers),
+            draining: Cell::new(false),
         });
         rt::spawn(p.clone().writer());
         Ok(p)
@@ -205,6 +209,7 @@ impl<D: Disk> Partition<D> {
         let mut replication = self.replication.borrow_mut();
         let epoch = match replication.as_ref() {
             Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader()).into()),
+            Some(_) if self.draining.get() => return Err(StorageError::LeaderMoving.into()),
             // A new leader's epoch-start batch is decided but not yet in the log (its epoch is
             // being persisted first): a batch appended now would take its offset.
             Some(r) if r.replica.log_end() != self.log.borrow().next_offset() => {
@@ -542,6 +547,11 @@ impl<D: Disk> Partition<D> {
             self.snapshot_producers().await;
         }
         self.data_arrived.notify_all();
+    }
+
+    /// Starts a controlled shutdown of this replica (see `draining`).
+    pub fn start_draining(&self) {
+        self.draining.set(true);
     }
 
     pub fn dir(&self) -> &std::path::Path {

@@ -102,6 +102,8 @@ fn stopped() -> ControlError {
 pub struct ControlPlane {
     pub handle: ControlHandle,
     pub thread: std::thread::JoinHandle<()>,
+    /// Ends the control plane (Raft shut down, links closed), whoever still holds a handle.
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 /// Refuses to start a node whose Raft vote is missing while its disk holds replicas of the
@@ -149,6 +151,8 @@ pub fn start(
     let (state_machine, meta) =
         StateMachine::open(&raft_dir).map_err(|e| format!("metadata snapshot {}: {e}", raft_dir.display()))?;
     let (requests, requests_rx) = mpsc::unbounded_channel();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop_rx = stop.clone();
     let (to_controller, to_controller_rx) = mpsc::unbounded_channel();
     let handle = ControlHandle { requests, to_controller, meta: meta.clone(), settings: settings.clone() };
     let shards = config.shard_count();
@@ -172,12 +176,12 @@ pub fn start(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                run(ctx, listener, requests_rx, to_controller_rx).await;
+                run(ctx, listener, requests_rx, to_controller_rx, stop_rx).await;
             });
         })
         .map_err(|e| format!("cannot start the control thread: {e}"))?;
     ready_rx.recv().map_err(|_| "the control thread died while starting".to_string())??;
-    Ok(ControlPlane { handle, thread })
+    Ok(ControlPlane { handle, thread, stop })
 }
 
 /// State shared by the control plane's tasks.
@@ -427,6 +431,7 @@ async fn run(
     listener: std::net::TcpListener,
     mut requests: mpsc::UnboundedReceiver<ShardRequest>,
     to_controller: mpsc::UnboundedReceiver<ControlEnvelope>,
+    stop: Arc<tokio::sync::Notify>,
 ) {
     match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => {
@@ -436,7 +441,12 @@ async fn run(
     }
     tokio::spawn(forward_to_controller(ctx.clone(), to_controller));
     tokio::spawn(controller_loop(ctx.clone()));
-    while let Some(req) = requests.recv().await {
+    loop {
+        let req = tokio::select! {
+            req = requests.recv() => req,
+            _ = stop.notified() => None,
+        };
+        let Some(req) = req else { break };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match req {
@@ -611,6 +621,10 @@ async fn controller_loop(ctx: Arc<Ctx>) {
                     continue;
                 }
                 sync_controllers(&ctx, &mut controllers, &config, now_ms());
+                let draining: Vec<NodeId> = ctx.meta.borrow().draining.iter().copied().collect();
+                for c in controllers.values_mut() {
+                    c.set_draining(&draining);
+                }
                 let keys: Vec<_> = controllers.keys().cloned().collect();
                 for key in keys {
                     let mut out = Vec::new();

@@ -38,6 +38,10 @@ pub struct MetaState {
     /// 0 is "not idempotent" and never allocated).
     #[serde(default)]
     pub next_producer_id: u64,
+    /// Nodes stopping (SIGTERM): controllers move their partitions' leadership to in-sync
+    /// followers and never give it back to them until they start again.
+    #[serde(default)]
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +78,11 @@ pub enum MetaCommand {
     /// Reserves `count` producer ids for the node that asks; the reply carries the first.
     AllocateProducerIds {
         count: u64,
+    },
+    /// A node begins a controlled shutdown (`draining: true`) or has started again.
+    SetDraining {
+        node: NodeId,
+        draining: bool,
     },
     /// A consumer group's next offset for a partition.
     CommitOffset {
@@ -124,6 +133,14 @@ impl MetaState {
     fn apply_change(&mut self, cmd: &MetaCommand) -> Result<(), MetaError> {
         match cmd {
             MetaCommand::AllocateProducerIds { .. } => Ok(()),
+            MetaCommand::SetDraining { node, draining } => {
+                if *draining {
+                    self.draining.insert(*node);
+                } else {
+                    self.draining.remove(node);
+                }
+                Ok(())
+            }
             MetaCommand::CreateTopic { name, replication_factor, created_ms, replicas } => {
                 if self.topics.contains_key(name) {
                     return Err(MetaError::TopicExists(name.clone()));

@@ -33,11 +33,12 @@ struct Election {
     epoch: Epoch,
     answers: BTreeMap<NodeId, (Option<Epoch>, u64)>,
     started_ms: u64,
-    /// Wait for the preferred replica's answer (for up to an election timeout) rather than
-    /// settle for the first majority: in a hand-over to it, and in the partition's first
-    /// election (all replicas empty; otherwise a new topic would start under another
-    /// replica and be handed over an instant later, an extra epoch for nothing).
-    wait_for_preferred: bool,
+    /// Wait for this replica's answer (for up to an election timeout) rather than settle for
+    /// the first majority: the preferred replica in a hand-over to it and in the partition's
+    /// first election (all replicas empty; otherwise a new topic would start under another
+    /// replica and be handed over an instant later, an extra epoch for nothing); the
+    /// caught-up follower a stopping leader hands over to.
+    wait_for: Option<NodeId>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +58,9 @@ pub struct Controller {
     /// replica); None: no preference.
     preferred: Option<NodeId>,
     last_handover_ms: Option<u64>,
+    /// Replicas in a controlled shutdown: leadership moves away from them to a caught-up
+    /// follower, and is not given to them while another candidate is as up to date.
+    draining: Vec<NodeId>,
 }
 
 impl Controller {
@@ -74,6 +78,7 @@ impl Controller {
             now_ms: 0,
             preferred: None,
             last_handover_ms: None,
+            draining: Vec::new(),
         }
     }
 
@@ -105,6 +110,20 @@ impl Controller {
         self
     }
 
+    /// The replicas now in a controlled shutdown (from the metadata).
+    pub fn set_draining(&mut self, draining: &[NodeId]) {
+        self.draining = draining.to_vec();
+    }
+
+    fn is_draining(&self, node: NodeId) -> bool {
+        self.draining.contains(&node)
+    }
+
+    /// The preferred replica, unless it is stopping.
+    fn preferred(&self) -> Option<NodeId> {
+        self.preferred.filter(|&p| !self.is_draining(p))
+    }
+
     pub fn replicas(&self) -> &[NodeId] {
         &self.replicas
     }
@@ -116,19 +135,16 @@ impl Controller {
         self.leader
     }
 
-    /// Opens the next epoch and fences the replicas with it. `handover`: an election to hand
-    /// leadership to the preferred replica (which then waits for its answer, as the
-    /// partition's first election does).
-    fn start_election(&mut self, handover: bool, out: &mut Vec<(NodeId, ControlMessage)>) {
+    /// Opens the next epoch and fences the replicas with it. `handover_to`: an election to
+    /// hand leadership to that replica, which then waits for its answer (as the partition's
+    /// first election waits for the preferred replica's).
+    fn start_election(&mut self, handover_to: Option<NodeId>, out: &mut Vec<(NodeId, ControlMessage)>) {
         let first = self.epoch == 0;
         self.epoch += 1;
         self.leader = None;
-        self.election = Some(Election {
-            epoch: self.epoch,
-            answers: BTreeMap::new(),
-            started_ms: self.now_ms,
-            wait_for_preferred: handover || first,
-        });
+        let wait_for = handover_to.or(if first { self.preferred() } else { None });
+        self.election =
+            Some(Election { epoch: self.epoch, answers: BTreeMap::new(), started_ms: self.now_ms, wait_for });
         self.last_retry_ms = self.now_ms;
         self.last_election_ms = self.now_ms;
         for &r in &self.replicas {
@@ -159,12 +175,12 @@ impl Controller {
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(NodeId, ControlMessage)>) {
         self.now_ms = self.now_ms.max(now_ms);
         match (self.leader, &self.election) {
-            (None, None) => self.start_election(false, out),
+            (None, None) => self.start_election(None, out),
             (Some(l), _)
                 if self.now_ms.saturating_sub(self.last_seen_ms.get(&l).copied().unwrap_or(0))
                     > self.config.election_timeout_ms =>
             {
-                self.start_election(false, out)
+                self.start_election(None, out)
             }
             _ => {}
         }
@@ -186,17 +202,20 @@ impl Controller {
     /// preferred replica among equals).
     fn try_appoint(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
         let Some(e) = &self.election else { return };
-        let waiting_for_preferred = e.wait_for_preferred
-            && self.preferred.is_some_and(|p| !e.answers.contains_key(&p))
+        let preferred = self.preferred();
+        let waiting = e.wait_for.is_some_and(|p| !e.answers.contains_key(&p))
             && self.now_ms.saturating_sub(e.started_ms) < self.config.election_timeout_ms;
-        if e.answers.len() <= self.replicas.len() / 2 || waiting_for_preferred {
+        if e.answers.len() <= self.replicas.len() / 2 || waiting {
             return;
         }
-        let preferred = self.preferred;
+        // The most up to date (it holds every committed batch); among equals the preferred
+        // replica, and never a stopping one when another is as up to date.
         let best = e
             .answers
             .iter()
-            .max_by_key(|(&id, &(last, end))| (last, end, Some(id) == preferred, std::cmp::Reverse(id)))
+            .max_by_key(|(&id, &(last, end))| {
+                (last, end, !self.is_draining(id), Some(id) == preferred, std::cmp::Reverse(id))
+            })
             .map(|(&id, _)| id);
         if let Some(leader) = best {
             self.appoint(leader, out);
@@ -208,17 +227,19 @@ impl Controller {
         match msg {
             ControlMessage::Heartbeat { from, leading, log_end, followers, .. } => {
                 self.last_seen_ms.insert(from, self.now_ms);
-                if self.leader == Some(from) && leading == Some(self.epoch) && self.handover_due(&followers, log_end) {
-                    self.last_handover_ms = Some(self.now_ms);
-                    self.start_election(true, out);
-                    return;
+                if self.leader == Some(from) && leading == Some(self.epoch) {
+                    if let Some(to) = self.handover_target(&followers, log_end) {
+                        self.last_handover_ms = Some(self.now_ms);
+                        self.start_election(Some(to), out);
+                        return;
+                    }
                 }
                 // The appointed leader no longer leads this epoch (it restarted): elect anew.
                 if self.leader == Some(from)
                     && leading != Some(self.epoch)
                     && self.now_ms.saturating_sub(self.last_election_ms) >= self.config.retry_ms
                 {
-                    self.start_election(false, out);
+                    self.start_election(None, out);
                 }
             }
             ControlMessage::Fenced { epoch, from, last_epoch, durable_end } => {
@@ -237,12 +258,28 @@ impl Controller {
     /// The preferred replica is not the leader, is alive and durably holds the leader's
     /// whole log: fence and re-elect so that it takes over (at most once per 10 election
     /// timeouts, so a flapping replica cannot keep the partition electing).
-    fn handover_due(&self, followers: &[(NodeId, u64)], log_end: u64) -> bool {
-        let Some(p) = self.preferred else { return false };
-        let caught_up = followers.iter().any(|&(f, matched)| f == p && matched >= log_end);
+    /// Whom to hand leadership to now, if anyone: a stopping leader hands over to a follower
+    /// that durably holds its whole log, at once (a controlled shutdown, retried every retry
+    /// interval); otherwise the preferred replica takes it back once it holds the leader's
+    /// whole log (at most once per 10 election timeouts, so that a flapping replica cannot
+    /// keep the partition electing).
+    fn handover_target(&self, followers: &[(NodeId, u64)], log_end: u64) -> Option<NodeId> {
+        if self.election.is_some() {
+            return None;
+        }
+        let caught_up = |p: NodeId| followers.iter().any(|&(f, matched)| f == p && matched >= log_end);
+        if self.leader.is_some_and(|l| self.is_draining(l)) {
+            let recent = self.last_handover_ms.is_some_and(|t| self.now_ms.saturating_sub(t) < self.config.retry_ms);
+            let target = self
+                .preferred()
+                .filter(|&p| caught_up(p))
+                .or_else(|| followers.iter().map(|&(f, _)| f).find(|&f| !self.is_draining(f) && caught_up(f)));
+            return target.filter(|_| !recent);
+        }
+        let p = self.preferred()?;
         let quiet =
             self.last_handover_ms.is_none_or(|t| self.now_ms.saturating_sub(t) >= 10 * self.config.election_timeout_ms);
-        self.leader != Some(p) && caught_up && quiet && self.election.is_none()
+        (self.leader != Some(p) && caught_up(p) && quiet).then_some(p)
     }
 }
 
@@ -289,6 +326,58 @@ mod tests {
         out.clear();
         c.tick(config.election_timeout_ms, &mut out);
         assert_eq!(appointed(&out), Some(2), "the lowest id among equals");
+    }
+
+    /// A controlled shutdown: the stopping leader's partition moves to a caught-up follower
+    /// at once, is not handed back to the stopping node (though preferred), and the stopping
+    /// node is appointed only if nobody else is as up to date.
+    #[test]
+    fn a_stopping_leader_hands_over_to_a_caught_up_follower() {
+        let config = ControllerConfig::default();
+        let mut c = Controller::resume(config.clone(), vec![1, 2, 3], 4, Some(1), 0, 0).with_preferred(Some(1));
+        c.set_draining(&[1]);
+        let mut out = Vec::new();
+        let heartbeat = |followers: Vec<(NodeId, u64)>| ControlMessage::Heartbeat {
+            from: 1,
+            leading: Some(4),
+            high_watermark: 10,
+            log_end: 10,
+            in_sync: vec![1, 2, 3],
+            followers,
+        };
+        c.on_message(heartbeat(vec![(2, 7), (3, 9)]), &mut out);
+        assert!(out.is_empty(), "nobody has the whole log yet");
+        c.on_message(heartbeat(vec![(2, 7), (3, 10)]), &mut out);
+        assert!(out.iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })), "{out:?}");
+        out.clear();
+        let answer = |from, durable_end| ControlMessage::Fenced { epoch: 5, from, last_epoch: Some(4), durable_end };
+        c.on_message(answer(1, 10), &mut out);
+        c.on_message(answer(2, 7), &mut out);
+        assert_eq!(appointed(&out), None, "a majority, but the caught-up follower has not answered yet");
+        c.on_message(answer(3, 10), &mut out);
+        assert_eq!(appointed(&out), Some(3), "not the stopping node, though preferred and first to answer");
+        // Once node 3 leads with node 1 caught up, no hand-back to the stopping master.
+        out.clear();
+        c.on_message(
+            ControlMessage::Heartbeat {
+                from: 3,
+                leading: Some(5),
+                high_watermark: 11,
+                log_end: 11,
+                in_sync: vec![1, 2, 3],
+                followers: vec![(1, 11), (2, 11)],
+            },
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // Node 1 is the only one up to date: it is appointed (nothing committed may be lost).
+        let mut c = Controller::resume(config, vec![1, 2, 3], 4, Some(1), 0, 0);
+        c.set_draining(&[1]);
+        c.tick(10_000, &mut out);
+        out.clear();
+        c.on_message(ControlMessage::Fenced { epoch: 5, from: 1, last_epoch: Some(4), durable_end: 10 }, &mut out);
+        c.on_message(ControlMessage::Fenced { epoch: 5, from: 2, last_epoch: Some(4), durable_end: 8 }, &mut out);
+        assert_eq!(appointed(&out), Some(1));
     }
 
     /// A failover does not wait: the preferred replica is usually the one that died.

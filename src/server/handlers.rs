@@ -57,7 +57,7 @@ impl From<StorageError> for ApiError {
             StorageError::CommitTimeout(_) => ErrorCode::Timeout,
             StorageError::Closing => ErrorCode::ShuttingDown,
             StorageError::NotLeader(_) => ErrorCode::NotLeader,
-            StorageError::LeaderStarting => ErrorCode::Unavailable,
+            StorageError::LeaderStarting | StorageError::LeaderMoving => ErrorCode::Unavailable,
         };
         ApiError::new(code, e.to_string())
     }

@@ -68,6 +68,66 @@ fn cluster(shard: &Shard) -> &ShardCluster {
     shard.cluster.as_ref().expect("cluster tasks run on cluster shards only")
 }
 
+/// A controlled shutdown (SIGTERM): records in the metadata that this node is stopping, so
+/// that the controllers move the leadership of its partitions to in-sync followers, and
+/// waits (at most `budget`) until this shard leads none; requests keep being served
+/// meanwhile (not-leader answers name the new leaders). Shard 0 writes the record.
+pub async fn hand_over_leadership(shard: &Rc<Shard>, budget: Duration) {
+    let c = cluster(shard);
+    let started = std::time::Instant::now();
+    let deadline = started + budget;
+    if shard.id == 0 {
+        let cmd = crate::cluster::meta::MetaCommand::SetDraining { node: c.node_id, draining: true };
+        match rt::timeout(budget, c.control.write(cmd)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => log::warn!("controlled shutdown: cannot record it in the metadata: {e}"),
+            None => log::warn!("controlled shutdown: recording it in the metadata timed out"),
+        }
+    }
+    for p in shard.partitions.borrow().values() {
+        p.start_draining();
+    }
+    let leading = |shard: &Shard| {
+        shard.partitions.borrow().values().filter(|p| p.leadership().is_some_and(|(leads, _, _)| leads)).count()
+    };
+    let at_first = leading(shard);
+    while leading(shard) > 0 && std::time::Instant::now() < deadline {
+        rt::sleep(Duration::from_millis(20)).await;
+    }
+    match leading(shard) {
+        0 if at_first > 0 => log::info!(
+            "shard {}: leadership of {at_first} partitions handed over in {} ms",
+            shard.id,
+            started.elapsed().as_millis()
+        ),
+        0 => {}
+        left => log::warn!(
+            "shard {}: still leads {left} partitions after {} ms; stopping anyway",
+            shard.id,
+            budget.as_millis()
+        ),
+    }
+}
+
+/// A node that stopped with a controlled shutdown is marked as stopping in the metadata;
+/// once started again it clears the mark (retrying until the metadata takes it), so that
+/// controllers give it leadership again.
+pub async fn undrain_on_start(shard: Rc<Shard>) {
+    let Some(c) = shard.cluster.as_ref() else { return };
+    // (Checked for as long as the node runs: the metadata this node replays at start may
+    // bring the mark after a while.)
+    while !shard.shutting_down.get() {
+        let marked = c.control.meta.borrow().draining.contains(&c.node_id);
+        if marked {
+            let cmd = crate::cluster::meta::MetaCommand::SetDraining { node: c.node_id, draining: false };
+            if let Err(e) = c.control.write(cmd).await {
+                log::debug!("clearing this node's stopping mark: {e}");
+            }
+        }
+        rt::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Applies every metadata change: the catalog copy, partitions to open and to drop.
 async fn follow_metadata(shard: Rc<Shard>) {
     let mut rx = cluster(&shard).control.meta.clone();

@@ -53,6 +53,7 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| BrokerError::Shard { shard: 0, message: e.to_string() })?;
     }
+    spawn_shutdown_watchdog(stop.clone(), Duration::from_millis(config.shutdown_timeout_ms));
     let shared_storage = config.cluster.as_ref().is_some_and(|c| !c.replicates());
     let _lock = if shared_storage {
         super::shared_storage::become_active(&config, &stop)?
@@ -112,7 +113,7 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
         }
     }
     if let Some(plane) = control {
-        // The shards dropped their handles; this one goes last, then the thread ends.
+        plane.stop.notify_one();
         drop(plane.handle);
         let _ = plane.thread.join();
     }
@@ -123,6 +124,19 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
             Ok(())
         }
     }
+}
+
+/// Once a stop is asked for, the process ends within `timeout` even if something hangs
+/// (everything acknowledged is durable already; the next start recovers the rest).
+fn spawn_shutdown_watchdog(stop: Arc<AtomicBool>, timeout: Duration) {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(timeout);
+        log::error!("the shutdown did not complete within {} ms; exiting", timeout.as_millis());
+        std::process::exit(1);
+    });
 }
 
 /// One broker per data directory: an exclusive `flock` held for the life of the process.
@@ -256,8 +270,15 @@ async fn shard_main(
         );
     }
     spawn_background(&shard);
+    if shard.id == 0 {
+        rt::spawn(super::cluster::undrain_on_start(shard.clone()));
+    }
     let stop_flag = startup.stop.clone();
     crate::server::accept_loop(shard.clone(), listener, move || stop_flag.load(Ordering::SeqCst)).await;
+    if shard.cluster.is_some() {
+        let budget = Duration::from_millis(shard.config.shutdown_timeout_ms / 2);
+        super::cluster::hand_over_leadership(&shard, budget).await;
+    }
     shutdown(&shard).await;
     Ok(())
 }

@@ -117,6 +117,10 @@ pub enum StorageError {
     /// its epoch; a retry in a moment succeeds.
     #[error("the partition's leader is starting its epoch; retry")]
     LeaderStarting,
+    /// Replication: this leader is stopping and hands the partition over; retry in a moment
+    /// (at the new leader).
+    #[error("the partition's leader is stopping and hands it over; retry")]
+    LeaderMoving,
 }
 
 impl From<DiskError> for StorageError {

@@ -201,6 +201,29 @@ impl Node {
         }
     }
 
+    /// SIGTERM, then waits up to `timeout` for the exit: its status and how long it took
+    /// (None: still running at the deadline; it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let mut c = self.child.take()?;
+        let asked = Instant::now();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        while asked.elapsed() < timeout {
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some((status, asked.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Starts the node (again) after it stopped.
+    pub fn start(&mut self) {
+        self.restart()
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -428,6 +451,8 @@ pub struct Acked {
     pub at: HashMap<(u32, u64), u64>,
     /// When each acknowledgement arrived (ms since the load started), by message number.
     pub times_ms: Vec<(u64, u64)>,
+    /// The longest a message waited for its acknowledgement (from its send).
+    pub max_latency: Duration,
 }
 
 /// A producer running on its own thread until stopped, recording every acknowledgement.
@@ -508,6 +533,7 @@ async fn produce_numbered(
         let permit = window.clone().acquire_static_permit(1).await.unwrap();
         let n = first + i;
         let p = (i % u64::from(partitions)) as u32;
+        let sent_at = Instant::now();
         let d = producer.send_to(topic, p, None, &payload(p, n, MESSAGE_BYTES)).await.unwrap();
         counters.sent.fetch_add(1, Ordering::SeqCst);
         let (counters, acked) = (counters.clone(), acked.clone());
@@ -517,6 +543,7 @@ async fn produce_numbered(
                     let mut acked = acked.borrow_mut();
                     acked.at.insert((md.partition, md.offset), n);
                     acked.times_ms.push((n, started.elapsed().as_millis() as u64));
+                    acked.max_latency = acked.max_latency.max(sent_at.elapsed());
                     counters.acked.fetch_add(1, Ordering::SeqCst);
                 }
                 Err(e) => *counters.last_error.lock().unwrap() = Some(e.to_string()),
