@@ -325,6 +325,11 @@ impl<D: Disk> Partition<D> {
     async fn reopen(&self) {
         match self.open_fresh_log().await {
             Ok(()) => {
+                // The rescan may have found more (or less) than the log had: the replica
+                // restarts from what is there.
+                if self.is_replicated() {
+                    self.reset_to_log_end();
+                }
                 log::warn!(
                     "partition {}/{}: reopened from disk at offset {}, writes resume",
                     self.topic,
@@ -376,6 +381,10 @@ impl<D: Disk> Partition<D> {
             // batches will take. The reopen rebuilds both from disk.
             let written = self.log.borrow().written_offset();
             self.producers.borrow_mut().truncate(written);
+            // The replica counted the dropped batches into its log end: a leader steps down.
+            if self.is_replicated() {
+                self.reset_to_log_end();
+            }
             // Every batch above the durable end was dropped: tell its producers.
             for w in self.acks.borrow_mut().drain(..) {
                 let _ = w.tx.send(Err(e.clone()));

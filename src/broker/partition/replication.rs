@@ -239,7 +239,9 @@ impl<D: Disk> Partition<D> {
                 Action::PersistEpoch(_) => {
                     if let Err(e) = self.persist_replica_state().await {
                         log::error!("{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
-                        return (None, None); // say nothing rather than act on an epoch we may forget
+                        // Say nothing rather than act on an epoch we may forget.
+                        self.reset_to_log_end();
+                        return (None, None);
                     }
                 }
                 Action::Truncate(offset) => {
@@ -261,12 +263,18 @@ impl<D: Disk> Partition<D> {
                 }
                 Action::AppendLocal(meta) if meta.control => {
                     if self.persist_replica_state().await.is_err() {
+                        self.reset_to_log_end();
                         return (None, None);
                     }
                     let mut batch = BatchBuilder::control(meta.epoch, rt::now_ms()).to_vec();
                     stamp_batch(&mut batch, meta.base_offset, meta.epoch);
-                    if let Err(e) = self.log.borrow_mut().append_batch(Bytes::from(batch)) {
+                    let appended = self.log.borrow_mut().append_batch(Bytes::from(batch));
+                    if let Err(e) = appended {
+                        // (A log that cannot take writes now, such as a full disk at election
+                        // time.) Leading without the epoch-start batch would wedge: step down.
                         log::error!("{}/{}: epoch-start batch: {e}", self.topic, self.id);
+                        self.reset_to_log_end();
+                        return (None, None);
                     }
                     self.wake_writer.notify();
                 }
@@ -309,16 +317,23 @@ impl<D: Disk> Partition<D> {
         Ok(())
     }
 
-    /// After a failed replicated append the replica believes in batches the log lacks:
-    /// restart the replica from the log (it asks the leader again).
-    fn reset_to_log_end(&self) {
+    /// The replica believes in a log the partition's log no longer has (a failed write or
+    /// replicated append dropped batches; a failed epoch write or epoch-start append): restart
+    /// it from the log, as a follower that knows no leader, in the epoch last persisted. A
+    /// leader thereby steps down: its heartbeats say it leads nothing, and the controller
+    /// elects anew (possibly this replica again, in a new epoch, once its log works). A
+    /// follower asks its leader again.
+    pub(super) fn reset_to_log_end(&self) {
         let log_end = self.log.borrow().next_offset();
         if let Some(r) = self.replication.borrow_mut().as_mut() {
+            if r.replica.is_leader() {
+                log::warn!("{}/{}: stepping down as leader: its log failed at offset {log_end}", self.topic, self.id);
+            }
             let mut history = r.replica.history().clone();
             history.truncate(log_end);
-            r.replica =
-                Replica::recover(r.replica.id(), r.replica.config().clone(), r.replica.epoch(), history, log_end);
+            r.replica = Replica::recover(r.replica.id(), r.replica.config().clone(), r.persisted.0, history, log_end);
         }
+        self.release_waiters();
     }
 
     /// Writes the epoch and history to `replica.json` if they changed since the last write.

@@ -86,3 +86,111 @@ fn a_retry_of_a_batch_that_a_failed_write_dropped_is_stored_again() {
         assert_eq!(value_at(&p, retry.first_offset).await, b"from producer 5");
     });
 }
+
+struct Nowhere;
+impl super::Outbound for Nowhere {
+    fn send(&self, _: &Rc<str>, _: u32, _: crate::replication::NodeId, _: crate::replication::PeerMessage) {}
+    fn control(&self, _: &Rc<str>, _: u32, _: crate::replication::ControlMessage) {}
+}
+
+/// Makes the one-replica partition lead `epoch` and waits until it takes writes.
+async fn lead(p: &Partition<MemDisk>, epoch: u32) {
+    use crate::replication::ControlMessage;
+    p.on_control(ControlMessage::Fence { epoch }).await;
+    p.on_control(ControlMessage::BecomeLeader { epoch, replicas: vec![1] }).await;
+    for _ in 0..100 {
+        if p.leadership().is_some_and(|(leads, _, e)| leads && e == epoch) {
+            return;
+        }
+        crate::rt::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not leading epoch {epoch}: {:?}", p.leadership());
+}
+
+/// Appends a batch, retrying while the leader starts its epoch; the append's offsets.
+async fn append_as_leader(p: &Partition<MemDisk>, value: &[u8]) -> Result<super::Appended, super::AppendError> {
+    for _ in 0..100 {
+        match p.append(idempotent_batch(0, 0, value), Bytes::from) {
+            Err(super::AppendError::Storage(crate::storage::StorageError::LeaderStarting)) => {
+                crate::rt::sleep(Duration::from_millis(10)).await
+            }
+            other => return other,
+        }
+    }
+    Err(crate::storage::StorageError::LeaderStarting.into())
+}
+
+/// Defect 11d: a leader whose write failed rewinds its log (the pending batches are
+/// dropped), and its replica must follow: before the fix the replica kept the longer log
+/// end, every later append answered "leader starting" while its heartbeats still said it
+/// led, and nobody replaced it. It must step down (so that it is elected again, or another
+/// replica is) or recover.
+#[test]
+fn a_leader_whose_write_failed_steps_down_and_can_lead_again() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let p = open(&disk).await;
+        p.enable_replication(1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        lead(&p, 1).await;
+        let first = append_as_leader(&p, b"before").await.expect("appended");
+        p.wait_committed(first.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("committed");
+        disk.set_faults(MemFaults { write_errno: Some(libc::ENOSPC), ..Default::default() });
+        let lost = append_as_leader(&p, b"lost").await.expect("appended in memory");
+        let failed = p.wait_committed(lost.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await;
+        assert!(failed.is_err(), "{failed:?}");
+        disk.set_faults(MemFaults::default());
+        wait_healthy(&p).await;
+        crate::rt::sleep(Duration::from_millis(50)).await;
+        // Not wedged: either it takes writes, or it says it does not lead (and is elected anew).
+        match append_as_leader(&p, b"after").await {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(
+                    p.leadership().is_some_and(|(leads, _, _)| !leads),
+                    "refuses writes ({e}) while saying it leads: {:?}",
+                    p.leadership()
+                );
+                lead(&p, 2).await;
+            }
+        }
+        let after = append_as_leader(&p, b"after").await.expect("takes writes again");
+        p.wait_committed(after.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("committed");
+        assert_eq!(value_at(&p, first.first_offset).await, b"before");
+        assert_eq!(value_at(&p, after.first_offset).await, b"after");
+    });
+}
+
+/// Defect 11d, second case: a replica appointed while its log cannot take writes (the disk
+/// full at election time) cannot write its epoch-start batch. Before the fix it led anyway
+/// with a log end its log did not have, and answered "leader starting" forever; it must step
+/// down, and lead normally once elected again with a working disk.
+#[test]
+fn a_leader_that_cannot_write_its_epoch_start_steps_down() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let p = open(&disk).await;
+        p.enable_replication(1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        lead(&p, 1).await;
+        let first = append_as_leader(&p, b"before").await.expect("appended");
+        p.wait_committed(first.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("committed");
+        // Flushes fail: the log stops, and its reopen (which flushes what it recovers) keeps
+        // failing, while small files (the replica's epoch) can still be written.
+        disk.set_faults(MemFaults { sync_errno: Some(libc::EIO), ..Default::default() });
+        let lost = append_as_leader(&p, b"lost").await.expect("appended in memory");
+        assert!(p.wait_committed(lost.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.is_err());
+        use crate::replication::ControlMessage;
+        p.on_control(ControlMessage::Fence { epoch: 2 }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1] }).await;
+        assert!(
+            p.leadership().is_some_and(|(leads, _, _)| !leads),
+            "it cannot start its epoch, so it must not lead: {:?}",
+            p.leadership()
+        );
+        disk.set_faults(MemFaults::default());
+        wait_healthy(&p).await;
+        lead(&p, 3).await;
+        let after = append_as_leader(&p, b"after").await.expect("takes writes again");
+        p.wait_committed(after.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("committed");
+        assert_eq!(value_at(&p, after.first_offset).await, b"after");
+    });
+}
