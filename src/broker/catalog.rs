@@ -12,6 +12,9 @@ use crate::limits::{MAX_GROUP_NAME_BYTES, MAX_PARTITIONS_PER_TOPIC, MAX_TOPIC_NA
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicConfig {
+    /// The topic's incarnation in a cluster's metadata (0 on a single node).
+    #[serde(default)]
+    pub id: u64,
     pub partitions: u32,
     pub replication_factor: u16,
     pub created_ms: i64,

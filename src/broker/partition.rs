@@ -27,7 +27,7 @@ mod replication;
 mod tests;
 pub use producers::SequenceError;
 use producers::{Admission, ProducerTable};
-pub use replication::{Outbound, Replication};
+pub use replication::{stored_topic_id, Outbound, Replication};
 
 /// The disk the broker runs on: glommio DMA files behind the fault-injection switches.
 pub type ServerDisk = crate::storage::faults::GuardedDisk<crate::storage::glommio_disk::GlommioDisk>;

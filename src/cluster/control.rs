@@ -602,6 +602,11 @@ async fn controller_loop(ctx: Arc<Ctx>) {
                             ctx.leader_reports.lock().expect("reports lock").insert(key.clone(), e.msg.clone());
                         }
                     }
+                    // A replica of another incarnation of the topic (deleted, created again).
+                    let current_id = ctx.meta.borrow().topics.get(&e.topic).map_or(0, |t| t.id);
+                    if !crate::shard::cluster::same_incarnation(current_id, e.topic_id) {
+                        continue;
+                    }
                     let Some(c) = controllers.get_mut(&key) else { continue };
                     let mut out = Vec::new();
                     c.on_message(e.msg, &mut out);
@@ -688,6 +693,7 @@ async fn carry_out(
     }
     let (topic, partition) = (key.0.clone(), key.1);
     let recorded = ctx.meta.borrow().partition(&topic, partition).cloned();
+    let topic_id = ctx.meta.borrow().topics.get(&topic).map_or(0, |t| t.id);
     let Some(recorded) = recorded else { return };
     let mut cmd = None;
     for (_, msg) in &out {
@@ -723,7 +729,7 @@ async fn carry_out(
     }
     let mut by_node: BTreeMap<NodeId, Vec<ControlEnvelope>> = BTreeMap::new();
     for (node, msg) in out {
-        by_node.entry(node).or_default().push(ControlEnvelope { topic: topic.clone(), partition, msg });
+        by_node.entry(node).or_default().push(ControlEnvelope { topic: topic.clone(), topic_id, partition, msg });
     }
     for (node, messages) in by_node {
         ctx.send_to(node, messages);

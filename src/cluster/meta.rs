@@ -23,6 +23,11 @@ pub struct PartitionMeta {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMeta {
+    /// This incarnation of the topic: a topic deleted and created again gets a new id, so
+    /// that a replica of the old one (on a node that was down meanwhile) is never taken for
+    /// one of the new. 0: created before ids existed.
+    #[serde(default)]
+    pub id: u64,
     pub replication_factor: u16,
     pub created_ms: i64,
     pub partitions: Vec<PartitionMeta>,
@@ -38,6 +43,9 @@ pub struct MetaState {
     /// 0 is "not idempotent" and never allocated).
     #[serde(default)]
     pub next_producer_id: u64,
+    /// The id the next topic created gets (from 1).
+    #[serde(default)]
+    pub next_topic_id: u64,
     /// Nodes stopping (SIGTERM): controllers move their partitions' leadership to in-sync
     /// followers and never give it back to them until they start again.
     #[serde(default)]
@@ -150,9 +158,11 @@ impl MetaState {
                 }
                 let partitions =
                     replicas.iter().map(|r| PartitionMeta { replicas: r.clone(), epoch: 0, leader: None }).collect();
+                let id = self.next_topic_id.max(1);
+                self.next_topic_id = id + 1;
                 self.topics.insert(
                     name.clone(),
-                    TopicMeta { replication_factor: *replication_factor, created_ms: *created_ms, partitions },
+                    TopicMeta { id, replication_factor: *replication_factor, created_ms: *created_ms, partitions },
                 );
                 Ok(())
             }

@@ -28,6 +28,9 @@ use crate::replication::{ControlMessage, NodeId};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlEnvelope {
     pub topic: String,
+    /// The topic's incarnation (see `TopicMeta::id`); a message for another one is ignored.
+    #[serde(default)]
+    pub topic_id: u64,
     pub partition: u32,
     pub msg: ControlMessage,
 }

@@ -46,6 +46,8 @@ pub struct EpochStart {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct AppendRequest {
     pub topic: String,
+    /// The topic's incarnation (a topic deleted and created again has another id).
+    pub topic_id: u64,
     pub partition: u32,
     pub epoch: u32,
     pub leader: u32,
@@ -65,6 +67,7 @@ pub const REPLY_STALE_EPOCH: u8 = 2;
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct AppendReply {
     pub topic: String,
+    pub topic_id: u64,
     pub partition: u32,
     pub kind: u8,
     pub epoch: u32,
@@ -116,12 +119,13 @@ pub enum WirePeer {
     Reply(AppendReply),
 }
 
-pub fn encode_peer(topic: &str, partition: u32, msg: &PeerMessage) -> WirePeer {
+pub fn encode_peer(topic: &str, topic_id: u64, partition: u32, msg: &PeerMessage) -> WirePeer {
     let (topic, partition) = (topic.to_string(), partition);
     match msg {
         PeerMessage::Append { epoch, leader, prev_offset, prev_epoch, end_offset, epochs, leader_hw } => {
             WirePeer::Append(AppendRequest {
                 topic,
+                topic_id,
                 partition,
                 epoch: *epoch,
                 leader: *leader,
@@ -134,6 +138,7 @@ pub fn encode_peer(topic: &str, partition: u32, msg: &PeerMessage) -> WirePeer {
         }
         PeerMessage::Ack { epoch, from, durable_match } => WirePeer::Reply(AppendReply {
             topic,
+            topic_id,
             partition,
             kind: REPLY_ACK,
             epoch: *epoch,
@@ -144,6 +149,7 @@ pub fn encode_peer(topic: &str, partition: u32, msg: &PeerMessage) -> WirePeer {
         }),
         PeerMessage::Mismatch { epoch, from, log_end, history } => WirePeer::Reply(AppendReply {
             topic,
+            topic_id,
             partition,
             kind: REPLY_MISMATCH,
             epoch: *epoch,
@@ -154,6 +160,7 @@ pub fn encode_peer(topic: &str, partition: u32, msg: &PeerMessage) -> WirePeer {
         }),
         PeerMessage::StaleEpoch { epoch, from } => WirePeer::Reply(AppendReply {
             topic,
+            topic_id,
             partition,
             kind: REPLY_STALE_EPOCH,
             epoch: *epoch,
@@ -236,7 +243,7 @@ mod tests {
             PeerMessage::StaleEpoch { epoch: 4, from: 1 },
         ];
         for m in messages {
-            let back = match encode_peer("t", 0, &m) {
+            let back = match encode_peer("t", 9, 0, &m) {
                 WirePeer::Append(req) => {
                     let bytes = encode(&req);
                     let req: AppendRequest = decode(&bytes).unwrap();
@@ -260,6 +267,7 @@ mod tests {
     fn malformed_appends_are_refused() {
         let ok = AppendRequest {
             topic: "t".into(),
+            topic_id: 1,
             partition: 0,
             epoch: 3,
             leader: 1,

@@ -151,10 +151,24 @@ pub async fn follower_append(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
     let Some(part) = shard.partition(&req.topic, req.partition).filter(|p| p.is_replicated()) else {
         return fail(ErrorCode::Unavailable, format!("no replica of {}/{} here (yet)", req.topic, req.partition));
     };
+    if !crate::shard::cluster::same_incarnation(part.topic_id(), req.topic_id) {
+        log::warn!(
+            "refused an append for {}/{} from node {}: incarnation {} of the topic, this replica is of {}",
+            req.topic,
+            req.partition,
+            req.leader,
+            req.topic_id,
+            part.topic_id()
+        );
+        return fail(
+            ErrorCode::Unavailable,
+            format!("{}/{}: another incarnation of the topic", req.topic, req.partition),
+        );
+    }
     let batches = frame.into_payload();
     let batches = as_chunks(batches);
     match part.on_leader_append(msg, &batches).await {
-        Some(answer) => match encode_peer(&req.topic, req.partition, &answer) {
+        Some(answer) => match encode_peer(&req.topic, part.topic_id(), req.partition, &answer) {
             WirePeer::Reply(r) => OutFrame::new(kind, FLAG_RESPONSE, corr, encode(&r), Vec::new()),
             WirePeer::Append(_) => fail(ErrorCode::Unknown, "a follower does not answer with an append".into()),
         },

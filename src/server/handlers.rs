@@ -199,7 +199,7 @@ async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     if shard.catalog.borrow().topics.contains_key(&req.name) {
         return Err(ApiError::new(ErrorCode::TopicExists, format!("topic {} already exists", req.name)));
     }
-    let config = TopicConfig { partitions: req.partitions, replication_factor: rf, created_ms: rt::now_ms() };
+    let config = TopicConfig { id: 0, partitions: req.partitions, replication_factor: rf, created_ms: rt::now_ms() };
     let mut next = shard.catalog.borrow().clone();
     next.topics.insert(req.name.clone(), config.clone());
     persist_catalog(shard, &next).await?;

@@ -153,6 +153,7 @@ async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
     }
     for (name, t) in &meta.topics {
         let config = TopicConfig {
+            id: t.id,
             partitions: t.partitions.len() as u32,
             replication_factor: t.replication_factor,
             created_ms: t.created_ms,
@@ -163,18 +164,33 @@ async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
             if !p.replicas.contains(&c.node_id) || owner_of_partition(name, i, shard.shards) != shard.id {
                 continue;
             }
-            if shard.partition(name, i).is_some() {
-                continue;
+            if let Some(open) = shard.partition(name, i) {
+                if same_incarnation(open.topic_id(), t.id) {
+                    continue;
+                }
+                // The topic was deleted and created again in one step of the metadata.
+                shard.partitions.borrow_mut().remove(&(name.clone(), i));
+                open.close().await;
             }
-            if let Err(e) = open_replica(shard, name, i).await {
+            if let Err(e) = open_replica(shard, name, i, t.id).await {
                 log::error!("cannot open replica {name}/{i}: {e}");
             }
         }
     }
 }
 
-async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32) -> Result<(), String> {
+async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: u64) -> Result<(), String> {
     let dir = crate::broker::catalog::partition_dir(&shard.config.data_dir, topic, partition);
+    let stored = crate::broker::partition::stored_topic_id(&shard.disk, &dir).await.map_err(|e| e.to_string())?;
+    if !same_incarnation(stored, topic_id) {
+        // This node was down while the topic was deleted (a committed `topic delete`) and
+        // created again: what it holds is the old topic's, never to be served or counted.
+        log::warn!(
+            "{topic}/{partition}: removing the replica of incarnation {stored} of the topic (it was deleted); \
+             the replica of incarnation {topic_id} starts empty"
+        );
+        crate::storage::Disk::remove_dir_all(&shard.disk, &dir).await.map_err(|e| e.to_string())?;
+    }
     let open = |log_config| {
         Partition::open(
             shard.disk.clone(),
@@ -204,7 +220,7 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32) -> Result<
         isr_lag_ms: 10 * cluster(shard).control.settings.election_timeout_ms,
         ..ReplicaConfig::default()
     };
-    part.enable_replication(cluster(shard).node_id, config, outbound).await.map_err(|e| e.to_string())?;
+    part.enable_replication(cluster(shard).node_id, topic_id, config, outbound).await.map_err(|e| e.to_string())?;
     shard.partitions.borrow_mut().insert((topic.to_string(), partition), part);
     Ok(())
 }
@@ -213,7 +229,8 @@ async fn serve_control_inbox(shard: Weak<Shard>, mut inbox: tokio::sync::mpsc::U
     while let Some(e) = inbox.recv().await {
         let Some(shard) = shard.upgrade() else { return };
         // A partition not open yet (metadata still on its way) ignores it: controllers retry.
-        if let Some(p) = shard.partition(&e.topic, e.partition) {
+        // So does a replica of another incarnation of the topic.
+        if let Some(p) = shard.partition(&e.topic, e.partition).filter(|p| same_incarnation(p.topic_id(), e.topic_id)) {
             p.on_control(e.msg).await;
         }
     }
@@ -240,37 +257,56 @@ struct ShardOutbound {
 }
 
 impl Outbound for ShardOutbound {
-    fn send(&self, topic: &Rc<str>, partition: u32, to: NodeId, msg: PeerMessage) {
+    fn send(&self, topic: &Rc<str>, topic_id: u64, partition: u32, to: NodeId, msg: PeerMessage) {
         let Some(shard) = self.shard.upgrade() else { return };
         let link = link_to(&shard, to);
+        let key = ReplicaKey { topic: topic.clone(), topic_id, partition };
         let item = match msg {
             PeerMessage::Append { epoch, prev_offset, end_offset, .. } if end_offset > prev_offset => {
-                Outgoing::Range { topic: topic.clone(), partition, epoch, from: prev_offset, to: end_offset }
+                Outgoing::Range { key, epoch, from: prev_offset, to: end_offset }
             }
-            msg => Outgoing::Message { topic: topic.clone(), partition, msg },
+            msg => Outgoing::Message { key, msg },
         };
         link.queue.borrow_mut().push_back(item);
         link.wake.notify();
     }
 
-    fn control(&self, topic: &Rc<str>, partition: u32, msg: ControlMessage) {
+    fn control(&self, topic: &Rc<str>, topic_id: u64, partition: u32, msg: ControlMessage) {
         let Some(shard) = self.shard.upgrade() else { return };
-        cluster(&shard).control.to_controller(ControlEnvelope { topic: topic.to_string(), partition, msg });
+        cluster(&shard).control.to_controller(ControlEnvelope { topic: topic.to_string(), topic_id, partition, msg });
     }
+}
+
+/// A replica: its partition and the incarnation of its topic.
+#[derive(Clone)]
+struct ReplicaKey {
+    topic: Rc<str>,
+    topic_id: u64,
+    partition: u32,
+}
+
+impl ReplicaKey {
+    /// This shard's replica of it, if it is still that incarnation.
+    fn replica(&self, shard: &Shard) -> Option<Rc<Partition>> {
+        shard.partition(&self.topic, self.partition).filter(|p| same_incarnation(p.topic_id(), self.topic_id))
+    }
+}
+
+/// Whether two topic ids name the same incarnation (0: not known, written before ids).
+pub fn same_incarnation(a: u64, b: u64) -> bool {
+    a == b || a == 0 || b == 0
 }
 
 enum Outgoing {
     /// Batches `[from, to)` of a partition this shard leads in `epoch`.
     Range {
-        topic: Rc<str>,
-        partition: u32,
+        key: ReplicaKey,
         epoch: Epoch,
         from: u64,
         to: u64,
     },
     Message {
-        topic: Rc<str>,
-        partition: u32,
+        key: ReplicaKey,
         msg: PeerMessage,
     },
 }
@@ -353,18 +389,16 @@ async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> 
 
 async fn send_item(shard: &Rc<Shard>, conn: &Rc<Connection>, window: &Rc<glommio::sync::Semaphore>, item: Outgoing) {
     match item {
-        Outgoing::Message { topic, partition, msg } => {
-            send_frame(shard, conn, window, &topic, partition, &msg, Vec::new()).await
-        }
-        Outgoing::Range { topic, partition, epoch, mut from, to } => {
+        Outgoing::Message { key, msg } => send_frame(shard, conn, window, &key, &msg, Vec::new()).await,
+        Outgoing::Range { key, epoch, mut from, to } => {
             while from < to {
-                let Some(p) = shard.partition(&topic, partition) else { return };
+                let Some(p) = key.replica(shard) else { return };
                 let Some((msg, batches)) = p.read_for_follower(epoch, from, to, APPEND_FRAME_BYTES).await else {
                     return;
                 };
                 let PeerMessage::Append { end_offset, .. } = &msg else { return };
                 from = *end_offset;
-                send_frame(shard, conn, window, &topic, partition, &msg, batches).await;
+                send_frame(shard, conn, window, &key, &msg, batches).await;
             }
         }
     }
@@ -374,15 +408,15 @@ async fn send_frame(
     shard: &Rc<Shard>,
     conn: &Rc<Connection>,
     window: &Rc<glommio::sync::Semaphore>,
-    topic: &Rc<str>,
-    partition: u32,
+    key: &ReplicaKey,
     msg: &PeerMessage,
     batches: Vec<bytes::Bytes>,
 ) {
-    let WirePeer::Append(req) = encode_peer(topic, partition, msg) else { return };
+    let WirePeer::Append(req) = encode_peer(&key.topic, key.topic_id, key.partition, msg) else { return };
     let Ok(permit) = window.clone().acquire_static_permit(1).await else { return };
     let reply = conn.send_kind(PeerKind::Append as u16, encode(&req), batches);
-    let (shard, topic) = (Rc::downgrade(shard), topic.clone());
+    let (shard, key) = (Rc::downgrade(shard), key.clone());
+    let (topic, partition) = (key.topic.clone(), key.partition);
     rt::spawn(async move {
         let answer = reply.await;
         drop(permit);
@@ -393,10 +427,12 @@ async fn send_frame(
                 return;
             }
         };
-        let msg = match decode::<AppendReply>(frame.archive())
-            .map_err(|e| e.to_string())
-            .and_then(|r| crate::protocol::peer::decode_reply(&r).map_err(|e| e.to_string()))
-        {
+        let msg = match decode::<AppendReply>(frame.archive()).map_err(|e| e.to_string()).and_then(|r| {
+            if !same_incarnation(r.topic_id, key.topic_id) {
+                return Err(format!("from incarnation {} of the topic, not {}", r.topic_id, key.topic_id));
+            }
+            crate::protocol::peer::decode_reply(&r).map_err(|e| e.to_string())
+        }) {
             Ok(m) => m,
             Err(e) => {
                 log::warn!("bad append reply for {topic}/{partition}: {e}");
@@ -404,7 +440,7 @@ async fn send_frame(
             }
         };
         let Some(shard) = shard.upgrade() else { return };
-        if let Some(p) = shard.partition(&topic, partition) {
+        if let Some(p) = key.replica(&shard) {
             p.on_follower_reply(msg).await;
         }
     });

@@ -26,13 +26,15 @@ const REPLICA_STATE_FILE: &str = "replica.json";
 pub trait Outbound {
     /// To the replica on node `to`. A non-empty `Append` names a range of this partition's
     /// log; the link reads those batches from the log when it sends them.
-    fn send(&self, topic: &Rc<str>, partition: u32, to: NodeId, msg: PeerMessage);
+    fn send(&self, topic: &Rc<str>, topic_id: u64, partition: u32, to: NodeId, msg: PeerMessage);
     /// To the partition's controller.
-    fn control(&self, topic: &Rc<str>, partition: u32, msg: ControlMessage);
+    fn control(&self, topic: &Rc<str>, topic_id: u64, partition: u32, msg: ControlMessage);
 }
 
 pub struct Replication {
     pub replica: Replica,
+    /// The incarnation of the topic this replica belongs to (`TopicMeta::id`).
+    topic_id: u64,
     outbound: Rc<dyn Outbound>,
     /// The epoch and history last written to `replica.json`.
     persisted: (Epoch, EpochHistory),
@@ -41,8 +43,27 @@ pub struct Replication {
 /// `replica.json`: what a replica must remember across restarts besides its log.
 #[derive(Serialize, Deserialize, Default)]
 struct ReplicaState {
+    /// The topic's incarnation (0: written before topic ids).
+    #[serde(default)]
+    topic_id: u64,
     epoch: Epoch,
     history: Vec<(Epoch, u64)>,
+}
+
+/// The `replica.json` in a partition directory (the default when there is none).
+async fn read_replica_state<D: Disk>(disk: &D, dir: &std::path::Path) -> Result<ReplicaState, StorageError> {
+    let path = dir.join(REPLICA_STATE_FILE);
+    match disk.read_file(&path).await? {
+        Some(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))
+        }
+        None => Ok(ReplicaState::default()),
+    }
+}
+
+/// The incarnation of the topic whose replica a partition directory holds (0: none known).
+pub async fn stored_topic_id<D: Disk>(disk: &D, dir: &std::path::Path) -> Result<u64, StorageError> {
+    Ok(read_replica_state(disk, dir).await?.topic_id)
 }
 
 impl<D: Disk> Partition<D> {
@@ -50,16 +71,18 @@ impl<D: Disk> Partition<D> {
     pub async fn enable_replication(
         &self,
         node: NodeId,
+        topic_id: u64,
         config: ReplicaConfig,
         outbound: Rc<dyn Outbound>,
     ) -> Result<(), StorageError> {
-        let path = self.dir.join(REPLICA_STATE_FILE);
-        let state: ReplicaState = match self.disk.read_file(&path).await? {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?
-            }
-            None => ReplicaState::default(),
-        };
+        let state = read_replica_state(&self.disk, &self.dir).await?;
+        if state.topic_id != 0 && topic_id != 0 && state.topic_id != topic_id {
+            return Err(StorageError::Corrupt(format!(
+                "{} holds a replica of incarnation {} of the topic, not {topic_id}",
+                self.dir.display(),
+                state.topic_id
+            )));
+        }
         let log_end = self.log.borrow().next_offset();
         let mut history = EpochHistory::default();
         for &(e, start) in &state.history {
@@ -72,8 +95,18 @@ impl<D: Disk> Partition<D> {
             history = self.scan_epoch_history().await?;
         }
         let replica = Replica::recover(node, config, state.epoch, history.clone(), log_end);
-        *self.replication.borrow_mut() = Some(Replication { replica, outbound, persisted: (state.epoch, history) });
+        let stored_topic_id = state.topic_id;
+        *self.replication.borrow_mut() =
+            Some(Replication { replica, topic_id, outbound, persisted: (state.epoch, history) });
+        if stored_topic_id != topic_id {
+            self.write_replica_state().await?;
+        }
         Ok(())
+    }
+
+    /// The incarnation of the topic this replica belongs to (0 without replication).
+    pub fn topic_id(&self) -> u64 {
+        self.replication.borrow().as_ref().map_or(0, |r| r.topic_id)
     }
 
     /// Rebuilds the epoch history by reading every batch header (a log without its
@@ -153,14 +186,14 @@ impl<D: Disk> Partition<D> {
         if actions.is_empty() {
             return;
         }
-        let outbound = match &*self.replication.borrow() {
-            Some(r) => r.outbound.clone(),
+        let (outbound, topic_id) = match &*self.replication.borrow() {
+            Some(r) => (r.outbound.clone(), r.topic_id),
             None => return,
         };
         for a in actions {
             match a {
-                Action::Send(to, msg) => outbound.send(&self.topic, self.id, to, msg),
-                Action::Control(msg) => outbound.control(&self.topic, self.id, msg),
+                Action::Send(to, msg) => outbound.send(&self.topic, topic_id, self.id, to, msg),
+                Action::Control(msg) => outbound.control(&self.topic, topic_id, self.id, msg),
                 Action::Commit(hw) => {
                     self.visible_hw.set(self.visible_hw.get().max(hw));
                     self.release_waiters();
@@ -338,15 +371,24 @@ impl<D: Disk> Partition<D> {
 
     /// Writes the epoch and history to `replica.json` if they changed since the last write.
     async fn persist_replica_state(&self) -> Result<(), StorageError> {
-        let (state, current) = {
+        {
             let r = self.replication.borrow();
             let Some(r) = r.as_ref() else { return Ok(()) };
             // Called before every replicated append: compare before copying anything.
             if (r.replica.epoch(), r.replica.history()) == (r.persisted.0, &r.persisted.1) {
                 return Ok(());
             }
+        }
+        self.write_replica_state().await
+    }
+
+    /// Writes `replica.json`: the topic's incarnation, the epoch and the epoch history.
+    async fn write_replica_state(&self) -> Result<(), StorageError> {
+        let (state, current) = {
+            let r = self.replication.borrow();
+            let Some(r) = r.as_ref() else { return Ok(()) };
             let current = (r.replica.epoch(), r.replica.history().clone());
-            (ReplicaState { epoch: current.0, history: current.1.entries().to_vec() }, current)
+            (ReplicaState { topic_id: r.topic_id, epoch: current.0, history: current.1.entries().to_vec() }, current)
         };
         let bytes = serde_json::to_vec(&state).expect("replica state serializes");
         self.disk.write_file_atomic(&self.dir.join(REPLICA_STATE_FILE), bytes).await?;
@@ -414,8 +456,8 @@ mod tests {
 
     struct Nowhere;
     impl Outbound for Nowhere {
-        fn send(&self, _: &Rc<str>, _: u32, _: NodeId, _: PeerMessage) {}
-        fn control(&self, _: &Rc<str>, _: u32, _: ControlMessage) {}
+        fn send(&self, _: &Rc<str>, _: u64, _: u32, _: NodeId, _: PeerMessage) {}
+        fn control(&self, _: &Rc<str>, _: u64, _: u32, _: ControlMessage) {}
     }
 
     fn producer_batch() -> Vec<u8> {
@@ -437,7 +479,7 @@ mod tests {
             let p = Partition::open(disk, "t".into(), 0, root.join("t-0"), LogConfig::default(), FlushPolicy::Always)
                 .await
                 .unwrap();
-            p.enable_replication(1, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.enable_replication(1, 1, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
             let becoming = {
                 let p = p.clone();
                 glommio::spawn_local(async move {

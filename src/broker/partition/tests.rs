@@ -89,8 +89,8 @@ fn a_retry_of_a_batch_that_a_failed_write_dropped_is_stored_again() {
 
 struct Nowhere;
 impl super::Outbound for Nowhere {
-    fn send(&self, _: &Rc<str>, _: u32, _: crate::replication::NodeId, _: crate::replication::PeerMessage) {}
-    fn control(&self, _: &Rc<str>, _: u32, _: crate::replication::ControlMessage) {}
+    fn send(&self, _: &Rc<str>, _: u64, _: u32, _: crate::replication::NodeId, _: crate::replication::PeerMessage) {}
+    fn control(&self, _: &Rc<str>, _: u64, _: u32, _: crate::replication::ControlMessage) {}
 }
 
 /// Makes the one-replica partition lead `epoch` and waits until it takes writes.
@@ -130,7 +130,9 @@ fn a_leader_whose_write_failed_steps_down_and_can_lead_again() {
     run(|| async {
         let disk = MemDisk::new();
         let p = open(&disk).await;
-        p.enable_replication(1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        p.enable_replication(1, 1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere))
+            .await
+            .unwrap();
         lead(&p, 1).await;
         let first = append_as_leader(&p, b"before").await.expect("appended");
         p.wait_committed(first.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("committed");
@@ -169,7 +171,9 @@ fn a_leader_that_cannot_write_its_epoch_start_steps_down() {
     run(|| async {
         let disk = MemDisk::new();
         let p = open(&disk).await;
-        p.enable_replication(1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        p.enable_replication(1, 1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere))
+            .await
+            .unwrap();
         lead(&p, 1).await;
         let first = append_as_leader(&p, b"before").await.expect("appended");
         p.wait_committed(first.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("committed");
