@@ -599,3 +599,33 @@ fn a_topic_deleted_and_recreated_while_a_node_was_down_is_not_served_from_its_ol
     assert_eq!(old, 0, "node 3 serves {old} records of the deleted topic: {v:?}\n{}", c.logs());
     assert_nothing_lost(&v, "read from node 3 after the topic was recreated", &c);
 }
+
+/// Defect 11f: the one surviving copy of quorum-acknowledged data is never outvoted by a
+/// replica that lost its data. Node 3 is down while batches are committed on nodes 1 and 2;
+/// then node 2's replica is wiped and node 1 is down: nodes 2 and 3 form a majority, but
+/// neither holds those batches, and node 2's empty answer must not count. The partition
+/// waits for node 1, which leads again with everything.
+#[test]
+fn a_replica_that_lost_its_data_does_not_outvote_the_surviving_copy() {
+    let mut c = Cluster::start("outvote", "master-slave");
+    c.create_topic("t", 1, 3);
+    c.wait_in_sync(3, Duration::from_secs(30));
+    c.node(3).kill();
+    let load = Load::start(&c.bootstrap_up(), "t", 1, Acks::Quorum);
+    load.wait_acked(3000, Duration::from_secs(30));
+    let acked = load.stop();
+    c.node(1).kill();
+    c.node(2).kill();
+    std::fs::remove_dir_all(c.node(2).dir.join("data/topics/t")).unwrap();
+    c.node(2).restart();
+    c.node(3).restart();
+    // Nodes 2 and 3 elect a metadata leader, but no partition leader: only node 1 has the
+    // acknowledged batches.
+    std::thread::sleep(Duration::from_secs(3));
+    let leaders = c.leaders("t");
+    assert!(leaders.iter().all(|&l| l == 0), "a leader without the surviving copy: {leaders:?}\n{}", c.logs());
+    c.node(1).restart();
+    c.wait_in_sync(3, Duration::from_secs(60));
+    let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Leader);
+    assert_nothing_lost(&v, "after the node with the surviving copy returned", &c);
+}

@@ -93,6 +93,13 @@ pub struct Replica {
     verified_end: u64,
     high_watermark: u64,
     now_ms: u64,
+    /// Whether this replica's answers to a fence count toward an election. A replica that
+    /// lost data it had acknowledged (a wiped directory, a repaired corrupt segment) must not
+    /// count until it holds again everything its leader had committed: otherwise it could
+    /// outvote the one surviving copy of quorum-acknowledged batches.
+    voter: bool,
+    /// Follower: the leader's high watermark in the last append it sent.
+    leader_hw_seen: u64,
 }
 
 impl Replica {
@@ -112,6 +119,33 @@ impl Replica {
             verified_end: 0,
             high_watermark: 0,
             now_ms: 0,
+            voter: true,
+            leader_hw_seen: 0,
+        }
+    }
+
+    /// The same replica, not counted in elections until it has caught up with a leader (see
+    /// `voter`).
+    pub fn without_vote(mut self) -> Replica {
+        self.voter = false;
+        self
+    }
+
+    /// Whether its fence answers count toward elections.
+    pub fn is_voter(&self) -> bool {
+        self.voter
+    }
+
+    /// A replica that was not counted becomes a voter once it durably holds everything its
+    /// leader had committed when it last heard from it. Only a high watermark past the
+    /// leader's epoch-start batch says that: a new leader's starts lower (its earlier epochs'
+    /// batches commit with its epoch-start batch).
+    fn regain_vote(&mut self, out: &mut Vec<Action>) {
+        let epoch_start = self.history.entries().iter().find(|&&(e, _)| e == self.epoch).map(|&(_, s)| s);
+        let leader_committed_its_epoch = epoch_start.is_some_and(|s| self.leader_hw_seen > s);
+        if !self.voter && leader_committed_its_epoch && self.durable_match() >= self.leader_hw_seen {
+            self.voter = true;
+            out.push(Action::PersistEpoch(self.epoch));
         }
     }
 
@@ -223,6 +257,7 @@ impl Replica {
                     l,
                     PeerMessage::Ack { epoch: self.epoch, from: self.id, durable_match: self.durable_match() },
                 ));
+                self.regain_vote(out);
             }
             Role::Follower { leader: None } => {}
         }
@@ -428,6 +463,8 @@ impl Replica {
             self.log_end = end;
         }
         self.verified_end = self.verified_end.max(end);
+        self.leader_hw_seen = leader_hw;
+        self.regain_vote(out);
         let hw = leader_hw.min(self.verified_end);
         if hw > self.high_watermark {
             self.high_watermark = hw;
@@ -448,6 +485,10 @@ impl Replica {
                     self.role = Role::Follower { leader: None };
                 }
                 self.fenced_this_run = true;
+                if !self.voter {
+                    // Fenced, but silent: it must not count toward a majority.
+                    return;
+                }
                 let last_epoch = if self.durable_end == 0 { None } else { self.history.epoch_at(self.durable_end - 1) };
                 out.push(Action::Control(ControlMessage::Fenced {
                     epoch,
@@ -458,8 +499,9 @@ impl Replica {
             }
             ControlMessage::BecomeLeader { epoch, replicas } => {
                 let already = self.is_leader() && self.epoch == epoch;
-                // Never lead an epoch this replica may have written in before a restart.
-                let allowed = epoch > self.epoch || (epoch == self.epoch && self.fenced_this_run);
+                // Never lead an epoch this replica may have written in before a restart, nor
+                // while it may lack committed batches.
+                let allowed = self.voter && (epoch > self.epoch || (epoch == self.epoch && self.fenced_this_run));
                 if already || !allowed {
                     return;
                 }
@@ -592,6 +634,44 @@ mod tests {
         assert_eq!(returning.log_end(), LOG + 1, "node 3 got the epoch-start marker");
         let ControlMessage::Heartbeat { followers, .. } = leader.heartbeat() else { unreachable!() };
         assert!(followers.contains(&(3, LOG + 1)), "node 3 counts as caught up: {followers:?}");
+    }
+
+    /// Defect 11f: a replica that lost its data does not answer fences (so it does not count
+    /// toward an election majority, nor get appointed) until it holds everything its leader
+    /// committed; then it votes again.
+    #[test]
+    fn a_replica_that_lost_its_data_votes_only_once_caught_up() {
+        let config = ReplicaConfig::default();
+        let mut wiped = Replica::recover(3, config.clone(), 4, EpochHistory::default(), 0).without_vote();
+        let mut out = Vec::new();
+        wiped.on_control(ControlMessage::Fence { epoch: 5 }, &mut out);
+        assert!(!out.iter().any(|a| matches!(a, Action::Control(ControlMessage::Fenced { .. }))), "{out:?}");
+        assert_eq!(wiped.epoch(), 5, "it is fenced all the same");
+        out.clear();
+        wiped.on_control(ControlMessage::BecomeLeader { epoch: 6, replicas: vec![1, 2, 3] }, &mut out);
+        assert!(!wiped.is_leader(), "never appointed while it may lack committed batches");
+        // Leader 1 in epoch 6 (started at offset 100) sends it everything; its high watermark
+        // is still that of a leader that has not committed its epoch start.
+        let leader_history = history(&[(4, 0), (6, 100)]);
+        let append = |hw| PeerMessage::Append {
+            epoch: 6,
+            leader: 1,
+            prev_offset: 0,
+            prev_epoch: None,
+            end_offset: 101,
+            epochs: leader_history.entries().to_vec(),
+            leader_hw: hw,
+        };
+        out.clear();
+        wiped.on_peer(append(90), &mut out);
+        wiped.on_durable(101, &mut out);
+        assert!(!wiped.is_voter(), "a high watermark below the epoch start proves nothing");
+        wiped.on_peer(append(101), &mut out);
+        assert!(wiped.is_voter(), "it holds everything the leader committed");
+        assert!(out.iter().any(|a| matches!(a, Action::PersistEpoch(6))), "the vote is persisted");
+        out.clear();
+        wiped.on_control(ControlMessage::Fence { epoch: 7 }, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::Control(ControlMessage::Fenced { durable_end: 101, .. }))));
     }
 
     /// A follower whose log is shorter than the leader's: the probe at the leader's log end

@@ -179,8 +179,23 @@ async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
     }
 }
 
+/// Where a node records that it holds a replica of a partition (outside the partition's
+/// directory, which may be lost: `meta/replicas/<topic id>-<partition>`).
+fn replica_record(shard: &Shard, topic_id: u64, partition: u32) -> std::path::PathBuf {
+    shard.config.data_dir.join("meta").join("replicas").join(format!("{topic_id}-{partition}"))
+}
+
+/// Opens this node's replica of a partition. A replica this node held before (its record in
+/// `meta/replicas`) whose state is gone lost what it had acknowledged: it must not vote until
+/// it caught up. (A replica it never held has acknowledged nothing: its vote is safe.)
 async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: u64) -> Result<(), String> {
     let dir = crate::broker::catalog::partition_dir(&shard.config.data_dir, topic, partition);
+    let disk = &shard.disk;
+    let record = replica_record(shard, topic_id, partition);
+    let held_before = crate::storage::Disk::read_file(disk, &record).await.map_err(|e| e.to_string())?.is_some();
+    let has_state =
+        crate::storage::Disk::read_file(disk, &dir.join("replica.json")).await.map_err(|e| e.to_string())?.is_some();
+    let mut lost_data = held_before && !has_state;
     let stored = crate::broker::partition::stored_topic_id(&shard.disk, &dir).await.map_err(|e| e.to_string())?;
     if !same_incarnation(stored, topic_id) {
         // This node was down while the topic was deleted (a committed `topic delete`) and
@@ -212,6 +227,7 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: 
             .map_err(|e| e.to_string())?;
         let repair = crate::storage::LogConfig { truncate_corrupt: true, ..shard.config.log_config() };
         part = open(repair).await.map_err(|e| e.to_string())?;
+        lost_data = true;
     }
     let outbound: Rc<dyn Outbound> = Rc::new(ShardOutbound { shard: Rc::downgrade(shard) });
     let config = ReplicaConfig {
@@ -220,7 +236,17 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: 
         isr_lag_ms: 10 * cluster(shard).control.settings.election_timeout_ms,
         ..ReplicaConfig::default()
     };
-    part.enable_replication(cluster(shard).node_id, topic_id, config, outbound).await.map_err(|e| e.to_string())?;
+    part.enable_replication(cluster(shard).node_id, topic_id, lost_data, config, outbound)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !held_before {
+        crate::storage::Disk::create_dir_all(disk, record.parent().expect("a parent"))
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::storage::Disk::write_file_atomic(disk, &record, topic.as_bytes().to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     shard.partitions.borrow_mut().insert((topic.to_string(), partition), part);
     Ok(())
 }

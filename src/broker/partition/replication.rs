@@ -36,18 +36,33 @@ pub struct Replication {
     /// The incarnation of the topic this replica belongs to (`TopicMeta::id`).
     topic_id: u64,
     outbound: Rc<dyn Outbound>,
-    /// The epoch and history last written to `replica.json`.
-    persisted: (Epoch, EpochHistory),
+    /// The epoch and history last written to `replica.json`, and whether it votes.
+    persisted: (Epoch, EpochHistory, bool),
 }
 
 /// `replica.json`: what a replica must remember across restarts besides its log.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize)]
 struct ReplicaState {
     /// The topic's incarnation (0: written before topic ids).
     #[serde(default)]
     topic_id: u64,
     epoch: Epoch,
     history: Vec<(Epoch, u64)>,
+    /// Whether its answers count in elections (false from when it lost data until it caught
+    /// up again; absent in files written before: true).
+    #[serde(default = "counts_in_elections")]
+    voter: bool,
+}
+
+fn counts_in_elections() -> bool {
+    true
+}
+
+impl Default for ReplicaState {
+    /// A replica without a file yet: a new one, which votes.
+    fn default() -> Self {
+        ReplicaState { topic_id: 0, epoch: 0, history: Vec::new(), voter: true }
+    }
 }
 
 /// The `replica.json` in a partition directory (the default when there is none).
@@ -68,10 +83,13 @@ pub async fn stored_topic_id<D: Disk>(disk: &D, dir: &std::path::Path) -> Result
 
 impl<D: Disk> Partition<D> {
     /// Turns replication on: recovers the replica from `replica.json` and the log.
+    /// `lost_data`: the replica had data it no longer has (its directory was rebuilt or
+    /// repaired): it does not count in elections until it caught up (`Replica::without_vote`).
     pub async fn enable_replication(
         &self,
         node: NodeId,
         topic_id: u64,
+        lost_data: bool,
         config: ReplicaConfig,
         outbound: Rc<dyn Outbound>,
     ) -> Result<(), StorageError> {
@@ -94,11 +112,20 @@ impl<D: Disk> Partition<D> {
         if history.entries().is_empty() && log_end > self.log.borrow().log_start_offset() {
             history = self.scan_epoch_history().await?;
         }
-        let replica = Replica::recover(node, config, state.epoch, history.clone(), log_end);
+        let mut replica = Replica::recover(node, config, state.epoch, history.clone(), log_end);
+        let voter = state.voter && !lost_data;
+        if !voter {
+            log::warn!(
+                "{}/{}: this replica lost data; it does not count in elections until it has caught up",
+                self.topic,
+                self.id
+            );
+            replica = replica.without_vote();
+        }
         let stored_topic_id = state.topic_id;
         *self.replication.borrow_mut() =
-            Some(Replication { replica, topic_id, outbound, persisted: (state.epoch, history) });
-        if stored_topic_id != topic_id {
+            Some(Replication { replica, topic_id, outbound, persisted: (state.epoch, history, voter) });
+        if stored_topic_id != topic_id || voter != state.voter {
             self.write_replica_state().await?;
         }
         Ok(())
@@ -364,7 +391,12 @@ impl<D: Disk> Partition<D> {
             }
             let mut history = r.replica.history().clone();
             history.truncate(log_end);
-            r.replica = Replica::recover(r.replica.id(), r.replica.config().clone(), r.persisted.0, history, log_end);
+            let mut replica =
+                Replica::recover(r.replica.id(), r.replica.config().clone(), r.persisted.0, history, log_end);
+            if !r.persisted.2 {
+                replica = replica.without_vote();
+            }
+            r.replica = replica;
         }
         self.release_waiters();
     }
@@ -375,7 +407,9 @@ impl<D: Disk> Partition<D> {
             let r = self.replication.borrow();
             let Some(r) = r.as_ref() else { return Ok(()) };
             // Called before every replicated append: compare before copying anything.
-            if (r.replica.epoch(), r.replica.history()) == (r.persisted.0, &r.persisted.1) {
+            if (r.replica.epoch(), r.replica.history(), r.replica.is_voter())
+                == (r.persisted.0, &r.persisted.1, r.persisted.2)
+            {
                 return Ok(());
             }
         }
@@ -387,8 +421,14 @@ impl<D: Disk> Partition<D> {
         let (state, current) = {
             let r = self.replication.borrow();
             let Some(r) = r.as_ref() else { return Ok(()) };
-            let current = (r.replica.epoch(), r.replica.history().clone());
-            (ReplicaState { topic_id: r.topic_id, epoch: current.0, history: current.1.entries().to_vec() }, current)
+            let current = (r.replica.epoch(), r.replica.history().clone(), r.replica.is_voter());
+            let state = ReplicaState {
+                topic_id: r.topic_id,
+                epoch: current.0,
+                history: current.1.entries().to_vec(),
+                voter: current.2,
+            };
+            (state, current)
         };
         let bytes = serde_json::to_vec(&state).expect("replica state serializes");
         self.disk.write_file_atomic(&self.dir.join(REPLICA_STATE_FILE), bytes).await?;
@@ -479,7 +519,7 @@ mod tests {
             let p = Partition::open(disk, "t".into(), 0, root.join("t-0"), LogConfig::default(), FlushPolicy::Always)
                 .await
                 .unwrap();
-            p.enable_replication(1, 1, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
             let becoming = {
                 let p = p.clone();
                 glommio::spawn_local(async move {

@@ -130,7 +130,7 @@ fn a_leader_whose_write_failed_steps_down_and_can_lead_again() {
     run(|| async {
         let disk = MemDisk::new();
         let p = open(&disk).await;
-        p.enable_replication(1, 1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere))
+        p.enable_replication(1, 1, false, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere))
             .await
             .unwrap();
         lead(&p, 1).await;
@@ -171,7 +171,7 @@ fn a_leader_that_cannot_write_its_epoch_start_steps_down() {
     run(|| async {
         let disk = MemDisk::new();
         let p = open(&disk).await;
-        p.enable_replication(1, 1, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere))
+        p.enable_replication(1, 1, false, crate::replication::replica::ReplicaConfig::default(), Rc::new(Nowhere))
             .await
             .unwrap();
         lead(&p, 1).await;
