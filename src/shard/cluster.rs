@@ -146,7 +146,16 @@ async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
     let gone: Vec<String> =
         shard.catalog.borrow().topics.keys().filter(|t| !meta.topics.contains_key(*t)).cloned().collect();
     for topic in gone {
-        shard.catalog.borrow_mut().topics.remove(&topic);
+        let removed = shard.catalog.borrow_mut().topics.remove(&topic);
+        if let Some(config) = removed {
+            // The records of this node's replicas of the deleted topic go with it.
+            for p in (0..config.partitions).filter(|&p| owner_of_partition(&topic, p, shard.shards) == shard.id) {
+                let record = replica_record(shard, config.id, p);
+                if let Ok(Some(_)) = crate::storage::Disk::read_file(&shard.disk, &record).await {
+                    let _ = crate::storage::Disk::remove_file(&shard.disk, &record).await;
+                }
+            }
+        }
         if let Err(e) = shard.drop_topic_partitions(&topic).await {
             log::warn!("removing topic {topic}: {e}");
         }
