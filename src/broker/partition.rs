@@ -97,6 +97,9 @@ pub struct Partition<D: Disk = ServerDisk> {
     visible_hw: Cell<u64>,
     /// The writer starts no new job (a follower truncating its log).
     paused: Cell<bool>,
+    /// Counts the times `log` was replaced by a fresh open (a truncation, a reopen after a
+    /// failed write): an I/O job started on an older log must not complete on the new one.
+    log_generation: Cell<u64>,
     /// Serializes a follower's handling of its leader's appends (they may await a
     /// truncation or an epoch write, and must apply in order).
     follower_lock: glommio::sync::Semaphore,
@@ -140,6 +143,7 @@ impl<D: Disk> Partition<D> {
             replication: RefCell::new(None),
             visible_hw: Cell::new(0),
             paused: Cell::new(false),
+            log_generation: Cell::new(0),
             follower_lock: glommio::sync::Semaphore::new(1),
             producers: RefCell::new(producers),
             draining: Cell::new(false),
@@ -182,6 +186,11 @@ impl<D: Disk> Partition<D> {
             FlushPolicy::Always => log.durable_offset(),
             FlushPolicy::IntervalMs(_) => log.written_offset(),
         }
+    }
+
+    /// The next offset the log assigns.
+    pub fn log_end_offset(&self) -> u64 {
+        self.log.borrow().next_offset()
     }
 
     pub fn log_start_offset(&self) -> u64 {
@@ -350,14 +359,25 @@ impl<D: Disk> Partition<D> {
         let producers = load_producer_table(&self.disk, &self.dir, &fresh).await?;
         *self.log.borrow_mut() = fresh.into_inner();
         *self.producers.borrow_mut() = producers;
+        self.log_generation.set(self.log_generation.get() + 1);
         Ok(())
     }
 
-    /// Runs the periodic fsync of `flush = interval`.
+    /// Runs the periodic fsync of `flush = interval`. Not while a truncation holds the log;
+    /// and a sync that was overtaken by one (or by a reopen) reports nothing: it made durable
+    /// a log that is gone, and the fresh log knows what its files hold.
     pub async fn sync_now(&self) {
+        if self.paused.get() {
+            return;
+        }
+        let generation = self.log_generation.get();
         let job = self.log.borrow_mut().next_sync_job();
         if let Some(job) = job {
             let outcome = job.run(&self.disk).await;
+            if self.log_generation.get() != generation {
+                log::debug!("{}/{}: a sync outlived the log it started on", self.topic, self.id);
+                return;
+            }
             let result = self.log.borrow_mut().complete(outcome);
             self.after_io(result);
         }

@@ -31,6 +31,9 @@ pub struct MemFaults {
     pub sync_errno: Option<i32>,
     /// Preallocation fails with this errno while set.
     pub preallocate_errno: Option<i32>,
+    /// While it holds `true`, every sync waits (yielding to other tasks): a slow flush, so
+    /// that tests can stage what happens while one is in flight.
+    pub hold_syncs: Option<std::rc::Rc<std::cell::Cell<bool>>>,
 }
 
 #[derive(Default)]
@@ -161,6 +164,10 @@ impl DiskFile for MemFile {
     }
 
     async fn sync_data(&self) -> DiskResult<()> {
+        let gate = self.fs.borrow().faults.hold_syncs.clone();
+        while gate.as_ref().is_some_and(|g| g.get()) {
+            futures_lite::future::yield_now().await;
+        }
         let mut fs = self.fs.borrow_mut();
         if let Some(e) = fs.faults.sync_errno {
             return Err(errno("fdatasync", &self.path, e));

@@ -440,7 +440,7 @@ impl<D: Disk> Partition<D> {
 
     /// Removes every batch at and after `offset`: in memory if none was written yet, else
     /// by cutting the files and reopening the log.
-    async fn truncate(&self, offset: u64) -> Result<(), StorageError> {
+    pub(in crate::broker::partition) async fn truncate(&self, offset: u64) -> Result<(), StorageError> {
         log::warn!(
             "{}/{}: truncating the log from offset {offset} to {} (a divergent, uncommitted tail)",
             self.topic,

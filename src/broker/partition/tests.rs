@@ -198,3 +198,49 @@ fn a_leader_that_cannot_write_its_epoch_start_steps_down() {
         assert_eq!(value_at(&p, after.first_offset).await, b"after");
     });
 }
+
+/// Defect 11g: with `flush = interval`, a periodic sync that started on the log before a
+/// truncation replaced it must not complete on the new one (there it would claim durable an
+/// offset above the new log's written end: the `durable <= written` assertion, a panicked
+/// shard).
+#[test]
+fn a_sync_in_flight_across_a_truncation_does_not_complete_on_the_new_log() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let p = Partition::open(
+            disk.clone(),
+            "t".into(),
+            0,
+            PathBuf::from("/data/t/0"),
+            LogConfig { prezero: false, ..LogConfig::default() },
+            FlushPolicy::IntervalMs(1_000_000),
+        )
+        .await
+        .expect("open");
+        let mut last = 0;
+        for i in 0..3u8 {
+            last = p.append(idempotent_batch(0, 0, &[i]), Bytes::from).expect("appended").last_offset;
+        }
+        p.wait_committed(last, AckLevel::Local, Duration::from_secs(5)).await.expect("written");
+        // Flushes are slow from now on: the truncation's own flush waits, and so does a
+        // periodic sync that starts meanwhile.
+        let gate = Rc::new(std::cell::Cell::new(true));
+        disk.set_faults(MemFaults { hold_syncs: Some(gate.clone()), ..Default::default() });
+        let truncation = {
+            let p = p.clone();
+            glommio::spawn_local(async move { p.truncate(1).await }).detach()
+        };
+        crate::rt::sleep(Duration::from_millis(20)).await;
+        let sync = {
+            let p = p.clone();
+            glommio::spawn_local(async move { p.sync_now().await }).detach()
+        };
+        crate::rt::sleep(Duration::from_millis(20)).await;
+        gate.set(false);
+        truncation.await.expect("ran").expect("truncated");
+        sync.await.expect("the shard did not panic");
+        assert_eq!(p.log_end_offset(), 1);
+        let next = p.append(idempotent_batch(0, 0, b"after"), Bytes::from).expect("appended");
+        assert_eq!(next.first_offset, 1);
+    });
+}
