@@ -295,6 +295,7 @@ fn bad_node_to_node_input_is_refused_logged_and_harmless() {
             end_offset: 1,
             epochs: vec![quorra::protocol::peer::EpochStart { epoch, start_offset: 0 }],
             leader_hw: 0,
+            log_start: 0,
         })
     };
     // 1. A hello from another cluster: refused, connection closed.
@@ -595,7 +596,6 @@ fn a_topic_deleted_and_recreated_while_a_node_was_down_is_not_served_from_its_ol
     // consumer skips) are on node 3.
     let old =
         records.iter().filter(|(_, _, value)| u64::from_le_bytes(value[4..12].try_into().unwrap()) < 1 << 30).count();
-    eprintln!("DEBUG old {old} {v:?}\n{}", c.node(3).log());
     assert_eq!(old, 0, "node 3 serves {old} records of the deleted topic: {v:?}\n{}", c.logs());
     assert_nothing_lost(&v, "read from node 3 after the topic was recreated", &c);
 }
@@ -628,4 +628,48 @@ fn a_replica_that_lost_its_data_does_not_outvote_the_surviving_copy() {
     c.wait_in_sync(3, Duration::from_secs(60));
     let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Leader);
     assert_nothing_lost(&v, "after the node with the surviving copy returned", &c);
+}
+
+/// Defect 11h: a follower that needs offsets the leader's retention already removed. It was
+/// sent nothing and never caught up; it restarts its log where the leader's starts.
+#[test]
+fn a_follower_behind_the_leaders_log_start_restarts_from_it_and_catches_up() {
+    // Small segments and retention: the leader drops old segments within seconds.
+    let mut c = Cluster::start_tuned("behind-start", "master-slave", |config| {
+        let mut storage = toml::Table::new();
+        storage.insert("segment_bytes".into(), (64 * 1024).into());
+        storage.insert("retention_bytes".into(), (256 * 1024).into());
+        storage.insert("retention_check_ms".into(), 100.into());
+        config.insert("storage".into(), storage.into());
+    });
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(200, Duration::from_secs(30));
+    c.wait_in_sync(3, Duration::from_secs(30));
+    let follower = c.leaders("t")[0] % 3 + 1;
+    c.node(follower).kill();
+    let before_kill = load.acked_count.load(std::sync::atomic::Ordering::SeqCst);
+    // Far more than retention keeps: the leader's log start passes the follower's end.
+    load.wait_acked(before_kill + 6000, Duration::from_secs(60));
+    let acked = load.stop();
+    let leader_records = common::cluster::read_all(&c.bootstrap_up(), "t", ReadFrom::Leader, true);
+    let leader_start = leader_records.iter().map(|r| r.1).min().unwrap();
+    // (The follower holds about `before_kill` records, at most a window more.)
+    assert!(
+        leader_start > before_kill + 1000,
+        "retention did not pass the follower's end (about {before_kill}): the leader starts at {leader_start}"
+    );
+    c.node(follower).restart();
+    c.wait_for("the follower back in sync", Duration::from_secs(30), |s| {
+        s.partitions.iter().all(|p| p.in_sync.contains(&follower) && p.lag.iter().all(|l| l.records == 0))
+    });
+    // Everything acknowledged from the follower's new log start on is there, in place.
+    let only_follower = c.node(follower).client.to_string();
+    let records = common::cluster::read_all(&only_follower, "t", ReadFrom::Follower, false);
+    let follower_start = records.iter().map(|r| r.1).min().unwrap();
+    assert!(follower_start >= leader_start, "the follower serves {follower_start}, below the leader's start");
+    let mut kept = acked.clone();
+    kept.at.retain(|&(_, offset), _| offset >= follower_start);
+    let v = common::cluster::check_with(&only_follower, "t", 1, &kept, ReadFrom::Follower, false);
+    assert_nothing_lost(&v, "read from the follower restarted at the leader's log start", &c);
 }

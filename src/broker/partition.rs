@@ -532,6 +532,10 @@ impl<D: Disk> Partition<D> {
         }
         let log_start = self.log.borrow().log_start_offset();
         self.producers.borrow_mut().forget_before(log_start);
+        if let Some(r) = self.replication.borrow_mut().as_mut() {
+            // A leader sends followers nothing older from now on.
+            r.replica.set_log_start(log_start);
+        }
         for path in removed {
             if let Err(e) = self.disk.remove_file(&path).await {
                 log::warn!("retention: {e}");

@@ -56,6 +56,9 @@ pub struct AppendRequest {
     pub end_offset: u64,
     pub epochs: Vec<EpochStart>,
     pub leader_hw: u64,
+    /// The first offset the leader's log holds (a follower that does not reach it restarts
+    /// its log there).
+    pub log_start: u64,
 }
 
 /// `AppendReply::kind` values.
@@ -122,7 +125,7 @@ pub enum WirePeer {
 pub fn encode_peer(topic: &str, topic_id: u64, partition: u32, msg: &PeerMessage) -> WirePeer {
     let (topic, partition) = (topic.to_string(), partition);
     match msg {
-        PeerMessage::Append { epoch, leader, prev_offset, prev_epoch, end_offset, epochs, leader_hw } => {
+        PeerMessage::Append { epoch, leader, prev_offset, prev_epoch, end_offset, epochs, leader_hw, log_start } => {
             WirePeer::Append(AppendRequest {
                 topic,
                 topic_id,
@@ -134,6 +137,7 @@ pub fn encode_peer(topic: &str, topic_id: u64, partition: u32, msg: &PeerMessage
                 end_offset: *end_offset,
                 epochs: to_wire(epochs),
                 leader_hw: *leader_hw,
+                log_start: *log_start,
             })
         }
         PeerMessage::Ack { epoch, from, durable_match } => WirePeer::Reply(AppendReply {
@@ -187,6 +191,12 @@ pub fn decode_append(req: &AppendRequest, payload_len: usize) -> Result<PeerMess
     if epochs.iter().any(|&(e, _)| e > req.epoch) {
         return Err(PeerError::Invalid("batches from an epoch after the sender's".into()));
     }
+    if req.log_start > req.prev_offset {
+        return Err(PeerError::Invalid(format!(
+            "append from {} below the leader's log start {}",
+            req.prev_offset, req.log_start
+        )));
+    }
     Ok(PeerMessage::Append {
         epoch: req.epoch,
         leader: req.leader,
@@ -195,6 +205,7 @@ pub fn decode_append(req: &AppendRequest, payload_len: usize) -> Result<PeerMess
         end_offset: req.end_offset,
         epochs,
         leader_hw: req.leader_hw,
+        log_start: req.log_start,
     })
 }
 
@@ -237,6 +248,7 @@ mod tests {
                 end_offset: 14,
                 epochs: vec![(1, 0), (3, 10)],
                 leader_hw: 9,
+                log_start: 4,
             },
             PeerMessage::Ack { epoch: 3, from: 1, durable_match: 12 },
             PeerMessage::Mismatch { epoch: 3, from: 1, log_end: 12, history },
@@ -276,8 +288,11 @@ mod tests {
             end_offset: 9,
             epochs: vec![EpochStart { epoch: 2, start_offset: 0 }, EpochStart { epoch: 3, start_offset: 7 }],
             leader_hw: 5,
+            log_start: 5,
         };
         assert!(decode_append(&ok, 10).is_ok());
+        let below_log_start = AppendRequest { log_start: 6, ..ok.clone() };
+        assert!(decode_append(&below_log_start, 10).is_err());
         let reversed = AppendRequest { end_offset: 4, ..ok.clone() };
         assert!(decode_append(&reversed, 10).is_err());
         let future_epoch = AppendRequest { epochs: vec![EpochStart { epoch: 9, start_offset: 0 }], ..ok.clone() };

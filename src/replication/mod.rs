@@ -117,6 +117,8 @@ pub enum PeerMessage {
         end_offset: u64,
         epochs: Vec<(Epoch, u64)>,
         leader_hw: u64,
+        /// The first offset the leader's log holds: it can send nothing older.
+        log_start: u64,
     },
     /// Follower -> leader: durably holds everything below `durable_match` that matches the
     /// leader's log.
@@ -162,6 +164,9 @@ pub enum Action {
     AppendReplicated { from: u64, to: u64 },
     /// Remove every batch at and after this offset (before any later append).
     Truncate(u64),
+    /// Remove every batch and start the log, empty, at this offset: the leader's log starts
+    /// there (retention removed what is older) and this log holds nothing of use below it.
+    RestartLogAt(u64),
     /// Make the epoch durable before any later `Send` (a fenced replica must stay fenced
     /// across a crash).
     PersistEpoch(Epoch),

@@ -100,6 +100,10 @@ pub struct Replica {
     voter: bool,
     /// Follower: the leader's high watermark in the last append it sent.
     leader_hw_seen: u64,
+    /// The first offset this replica's log holds (retention removed what is below). A leader
+    /// cannot send a follower anything older: it sends from here, and a follower whose log
+    /// does not reach this point restarts its log here.
+    log_start: u64,
 }
 
 impl Replica {
@@ -121,7 +125,17 @@ impl Replica {
             now_ms: 0,
             voter: true,
             leader_hw_seen: 0,
+            log_start: 0,
         }
+    }
+
+    /// Retention removed the log below `offset` (or the log starts there).
+    pub fn set_log_start(&mut self, offset: u64) {
+        self.log_start = offset.min(self.log_end);
+    }
+
+    pub fn log_start(&self) -> u64 {
+        self.log_start
     }
 
     /// The same replica, not counted in elections until it has caught up with a leader (see
@@ -183,7 +197,7 @@ impl Replica {
     /// Leader: the append message for `[from, to)` of its log (a link sends the batches
     /// of exactly that range with it).
     pub fn append_message(&self, from: u64, to: u64) -> PeerMessage {
-        append_message(self.id, self.epoch, &self.history, from, to, self.high_watermark)
+        append_message(self.id, self.epoch, &self.history, from, to, self.high_watermark, self.log_start)
     }
 
     /// The in-sync replicas (the leader and followers caught up within `isr_lag_ms`).
@@ -294,13 +308,16 @@ impl Replica {
     /// Leader: sends every follower what it is missing, within the window.
     fn pump(&mut self, out: &mut Vec<Action>) {
         let Role::Leader { followers } = &mut self.role else { return };
+        let log_start = self.log_start;
         for (&f, p) in followers.iter_mut() {
             let mut sent = false;
-            while p.next < self.log_end && p.next - p.matched < self.config.window_records {
+            // Nothing below the log start can be sent: a follower that lacks it restarts there.
+            p.next = p.next.max(log_start);
+            while p.next < self.log_end && p.next - p.matched.max(log_start) < self.config.window_records {
                 let end = self.log_end.min(p.next + self.config.max_records_per_message);
                 out.push(Action::Send(
                     f,
-                    append_message(self.id, self.epoch, &self.history, p.next, end, self.high_watermark),
+                    append_message(self.id, self.epoch, &self.history, p.next, end, self.high_watermark, log_start),
                 ));
                 p.next = end;
                 p.last_sent_ms = self.now_ms.max(1);
@@ -309,10 +326,10 @@ impl Replica {
             if !sent && p.last_sent_ms == 0 {
                 // Heartbeat: an empty append where the follower's log is believed to match;
                 // its answer confirms that (raising `matched`) or reports the divergence.
-                let at = p.resume_point();
+                let at = p.resume_point().max(log_start);
                 out.push(Action::Send(
                     f,
-                    append_message(self.id, self.epoch, &self.history, at, at, self.high_watermark),
+                    append_message(self.id, self.epoch, &self.history, at, at, self.high_watermark, log_start),
                 ));
                 p.last_sent_ms = self.now_ms.max(1);
             }
@@ -351,13 +368,24 @@ impl Replica {
             PeerMessage::Append { epoch, leader, .. } if epoch < self.epoch => {
                 out.push(Action::Send(leader, PeerMessage::StaleEpoch { epoch: self.epoch, from: self.id }));
             }
-            PeerMessage::Append { epoch, leader, prev_offset, prev_epoch, end_offset, epochs, leader_hw } => {
+            PeerMessage::Append {
+                epoch,
+                leader,
+                prev_offset,
+                prev_epoch,
+                end_offset,
+                epochs,
+                leader_hw,
+                log_start,
+            } => {
                 if epoch > self.epoch || !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
                     debug_assert!(!(self.is_leader() && epoch == self.epoch), "two leaders in epoch {epoch}");
                     self.adopt_epoch(epoch, out);
                     self.role = Role::Follower { leader: Some(leader) };
                 }
-                self.follow(leader, prev_offset, prev_epoch, end_offset, &epochs, leader_hw, out);
+                let append =
+                    LeaderAppend { prev: prev_offset, prev_epoch, end: end_offset, epochs, leader_hw, log_start };
+                self.follow(leader, append, out);
             }
             PeerMessage::Ack { epoch, from, durable_match } if epoch == self.epoch => {
                 let now = self.now_ms;
@@ -400,18 +428,17 @@ impl Replica {
 
     /// Follower side of an append: check the previous batch, cut a divergent tail, append
     /// what is new, acknowledge.
-    #[allow(clippy::too_many_arguments)]
-    fn follow(
-        &mut self,
-        leader: NodeId,
-        prev: u64,
-        prev_epoch: Option<Epoch>,
-        end: u64,
-        epochs: &[(Epoch, u64)],
-        leader_hw: u64,
-        out: &mut Vec<Action>,
-    ) {
-        let prev_matches = prev <= self.log_end && (prev == 0 || self.history.epoch_at(prev - 1) == prev_epoch);
+    fn follow(&mut self, leader: NodeId, append: LeaderAppend, out: &mut Vec<Action>) {
+        let LeaderAppend { prev, prev_epoch, end, epochs, leader_hw, log_start } = append;
+        let mut prev_matches = prev <= self.log_end && (prev == 0 || self.history.epoch_at(prev - 1) == prev_epoch);
+        if !prev_matches && prev > 0 && prev == log_start {
+            // The leader holds nothing older, and what this log holds there is missing or
+            // divergent (log matching: a batch that differs at `prev - 1` means every later
+            // one differs too), so none of it is of use: start over where the leader's log
+            // starts.
+            self.restart_log_at(prev, prev_epoch, out);
+            prev_matches = true;
+        }
         if !prev_matches {
             out.push(Action::Send(
                 leader,
@@ -425,7 +452,7 @@ impl Replica {
             return;
         }
         // Where the leader's range and ours first disagree: truncate there.
-        let theirs = EpochHistory { starts: epochs.to_vec() };
+        let theirs = EpochHistory { starts: epochs };
         let overlap_end = end.min(self.log_end);
         let mut keep = overlap_end;
         let mut o = prev;
@@ -474,6 +501,20 @@ impl Replica {
             leader,
             PeerMessage::Ack { epoch: self.epoch, from: self.id, durable_match: self.durable_match() },
         ));
+    }
+
+    /// Follower: empties the log and starts it at `offset`, after a batch of `prev_epoch`.
+    fn restart_log_at(&mut self, offset: u64, prev_epoch: Option<Epoch>, out: &mut Vec<Action>) {
+        out.push(Action::RestartLogAt(offset));
+        self.history = EpochHistory::default();
+        if let Some(e) = prev_epoch {
+            // What the next append's previous-batch check needs: the epoch at `offset - 1`.
+            self.history.observe(e, offset - 1);
+        }
+        self.log_start = offset;
+        self.log_end = offset;
+        self.durable_end = offset;
+        self.verified_end = offset;
     }
 
     /// A message from the controller.
@@ -543,6 +584,16 @@ impl Replica {
     }
 }
 
+/// What a leader's append says, for the follower.
+struct LeaderAppend {
+    prev: u64,
+    prev_epoch: Option<Epoch>,
+    end: u64,
+    epochs: Vec<(Epoch, u64)>,
+    leader_hw: u64,
+    log_start: u64,
+}
+
 fn append_message(
     leader: NodeId,
     epoch: Epoch,
@@ -550,12 +601,13 @@ fn append_message(
     from: u64,
     to: u64,
     leader_hw: u64,
+    log_start: u64,
 ) -> PeerMessage {
     let prev_epoch = if from == 0 { None } else { history.epoch_at(from - 1) };
     // The history entries that cover [from, to): the one in force at `from` and later ones.
     let first = history.starts.partition_point(|&(_, s)| s <= from).saturating_sub(1);
     let epochs = history.starts[first..].iter().copied().filter(|&(_, s)| s < to.max(from + 1)).collect();
-    PeerMessage::Append { epoch, leader, prev_offset: from, prev_epoch, end_offset: to, epochs, leader_hw }
+    PeerMessage::Append { epoch, leader, prev_offset: from, prev_epoch, end_offset: to, epochs, leader_hw, log_start }
 }
 
 #[cfg(test)]
@@ -636,6 +688,52 @@ mod tests {
         assert!(followers.contains(&(3, LOG + 1)), "node 3 counts as caught up: {followers:?}");
     }
 
+    /// Defect 11h: a follower whose log ends below the leader's log start (retention removed
+    /// what it lacks) restarts its log there and catches up, instead of being sent nothing.
+    #[test]
+    fn a_follower_behind_the_leaders_log_start_restarts_there() {
+        let config = ReplicaConfig::default();
+        let leader_history = history(&[(1, 0), (2, 50)]);
+        let mut leader = Replica::recover(1, config.clone(), 1, leader_history, 200);
+        leader.set_log_start(120);
+        let mut out = Vec::new();
+        leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+        leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+        assert!(leader.is_leader());
+        leader.on_durable(leader.log_end(), &mut out);
+        let mut follower = Replica::recover(2, config.clone(), 1, history(&[(1, 0)]), 10);
+        let mut restarted = Vec::new();
+        let mut now = 0;
+        for _ in 0..50 {
+            now += config.heartbeat_ms;
+            out.clear();
+            leader.tick(now, &mut out);
+            for msg in sends_to(&out, 2) {
+                if let PeerMessage::Append { prev_offset, .. } = msg {
+                    assert!(prev_offset >= 120, "the leader cannot send from {prev_offset}, below its log start");
+                }
+                let mut replies = Vec::new();
+                follower.on_peer(msg, &mut replies);
+                for a in &replies {
+                    match a {
+                        Action::RestartLogAt(at) => restarted.push(*at),
+                        Action::AppendReplicated { to, .. } => follower.on_durable(*to, &mut Vec::new()),
+                        _ => {}
+                    }
+                }
+                for reply in sends_to(&replies, 1) {
+                    leader.on_peer(reply, &mut Vec::new());
+                }
+            }
+        }
+        assert_eq!(restarted, vec![120], "restarted once, at the leader's log start");
+        assert_eq!(follower.log_start(), 120);
+        assert_eq!(follower.log_end(), leader.log_end(), "caught up");
+        assert_eq!(follower.history().epoch_at(119), Some(2), "knows the epoch before its first offset");
+        let ControlMessage::Heartbeat { followers, .. } = leader.heartbeat() else { unreachable!() };
+        assert!(followers.contains(&(2, leader.log_end())), "the follower counts as caught up: {followers:?}");
+    }
+
     /// Defect 11f: a replica that lost its data does not answer fences (so it does not count
     /// toward an election majority, nor get appointed) until it holds everything its leader
     /// committed; then it votes again.
@@ -661,6 +759,7 @@ mod tests {
             end_offset: 101,
             epochs: leader_history.entries().to_vec(),
             leader_hw: hw,
+            log_start: 0,
         };
         out.clear();
         wiped.on_peer(append(90), &mut out);

@@ -286,6 +286,7 @@ impl Sim {
                     node.generation += 1;
                     node.producers = table_of(&node.log);
                 }
+                Action::RestartLogAt(_) => unreachable!("the simulated logs have no retention: every log starts at 0"),
                 Action::PersistEpoch(e) => node.durable_epoch = e,
                 Action::Send(to, msg) => {
                     let payload = match &msg {

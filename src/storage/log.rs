@@ -991,6 +991,24 @@ impl<D: Disk> PartitionLog<D> {
         })
     }
 
+    /// Plans emptying the log and starting it at `offset` (a follower whose leader's log starts
+    /// there and that holds nothing of use below). Run the plan, then open the log again. No
+    /// I/O may be in flight.
+    pub fn plan_restart(&self, offset: u64) -> Result<Restart<D>, StorageError> {
+        if self.io_in_flight() {
+            return Err(StorageError::Io("restart while I/O is in flight".into()));
+        }
+        // Newest first: a crash midway leaves a shorter log, never one with a hole.
+        let remove =
+            self.segments.values().rev().flat_map(|seg| [seg.index_path.clone(), seg.log_path.clone()]).collect();
+        Ok(Restart {
+            disk: self.disk.clone(),
+            remove,
+            new_segment: self.dir.join(segment_file_name(offset, "log")),
+            segment_bytes: self.config.segment_bytes,
+        })
+    }
+
     /// Plans a read of whole batches from the one containing `offset`, none at or above `upto`.
     pub fn plan_read(&self, offset: u64, max_bytes: usize, upto: u64) -> Result<ReadPlan<D::File>, StorageError> {
         if let LogHealth::Corrupt(why) = &self.health {
@@ -1099,6 +1117,27 @@ async fn zero_range<F: DiskFile>(file: &F, tail_start: u64, tail: &[u8], end: u6
         pos += len;
     }
     file.sync_data().await
+}
+
+/// File work that empties a log and starts it at an offset (see [`PartitionLog::plan_restart`]).
+pub struct Restart<D: Disk> {
+    disk: D,
+    remove: Vec<PathBuf>,
+    new_segment: PathBuf,
+    segment_bytes: u64,
+}
+
+impl<D: Disk> Restart<D> {
+    pub async fn run(self) -> Result<(), StorageError> {
+        for path in &self.remove {
+            self.disk.remove_file(path).await?;
+        }
+        // (A crash before this leaves an empty directory: a log at 0, which restarts again.)
+        let file = self.disk.open(&self.new_segment, true).await?;
+        file.preallocate(self.segment_bytes).await?;
+        file.sync_data().await?;
+        Ok(())
+    }
 }
 
 /// File work that truncates a log (see [`PartitionLog::plan_truncation`]).

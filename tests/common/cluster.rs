@@ -265,6 +265,11 @@ impl Cluster {
     /// Starts the nodes of `examples/<mode>/` (their settings, with test ports, data
     /// directories and a proxy on every node-to-node path).
     pub fn start(name: &str, mode: &str) -> Cluster {
+        Cluster::start_tuned(name, mode, |_| {})
+    }
+
+    /// [`Cluster::start`], with `tune` applied to every node's configuration.
+    pub fn start_tuned(name: &str, mode: &str, tune: impl Fn(&mut toml::Table)) -> Cluster {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = scratch_dir(name);
         let n = example_node_count(mode);
@@ -293,7 +298,9 @@ impl Cluster {
                 })
                 .collect();
             let toml = example_config(mode, i, &node_dir.join("data"), &format!("test-{name}"), &seen_from_i);
-            std::fs::write(node_dir.join("node.toml"), toml).unwrap();
+            let mut config: toml::Table = toml.parse().unwrap();
+            tune(&mut config);
+            std::fs::write(node_dir.join("node.toml"), toml::to_string(&config).unwrap()).unwrap();
             nodes.push(Node { id: i, client, peer, dir: node_dir, child: None, paused: Default::default() });
         }
         // Start them together: the metadata group needs a majority.

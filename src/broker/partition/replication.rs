@@ -113,6 +113,7 @@ impl<D: Disk> Partition<D> {
             history = self.scan_epoch_history().await?;
         }
         let mut replica = Replica::recover(node, config, state.epoch, history.clone(), log_end);
+        replica.set_log_start(self.log.borrow().log_start_offset());
         let voter = state.voter && !lost_data;
         if !voter {
             log::warn!(
@@ -310,6 +311,13 @@ impl<D: Disk> Partition<D> {
                         return (None, None);
                     }
                 }
+                Action::RestartLogAt(offset) => {
+                    if let Err(e) = self.restart_log_at(offset).await {
+                        log::error!("{}/{}: restarting the log at {offset} failed: {e}", self.topic, self.id);
+                        self.reset_to_log_end();
+                        return (None, None);
+                    }
+                }
                 Action::AppendReplicated { from, to } => {
                     if self.persist_replica_state().await.is_err() {
                         return (None, None);
@@ -393,6 +401,7 @@ impl<D: Disk> Partition<D> {
             history.truncate(log_end);
             let mut replica =
                 Replica::recover(r.replica.id(), r.replica.config().clone(), r.persisted.0, history, log_end);
+            replica.set_log_start(self.log.borrow().log_start_offset());
             if !r.persisted.2 {
                 replica = replica.without_vote();
             }
@@ -456,6 +465,39 @@ impl<D: Disk> Partition<D> {
         self.wake_writer.notify();
         result?;
         self.persist_replica_state().await
+    }
+
+    /// Empties the log and starts it at `offset`: the leader's log starts there, and this
+    /// one holds nothing of use below it (it ends before, or diverges).
+    pub(in crate::broker::partition) async fn restart_log_at(&self, offset: u64) -> Result<(), StorageError> {
+        log::warn!(
+            "{}/{}: the leader's log starts at {offset} and this one holds nothing of use before it (it ends \
+             at {}): restarting it there",
+            self.topic,
+            self.id,
+            self.log.borrow().next_offset()
+        );
+        self.paused.set(true);
+        while self.log.borrow().io_in_flight() {
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        let result = self.restart_log_paused(offset).await;
+        self.paused.set(false);
+        self.wake_writer.notify();
+        result?;
+        self.persist_replica_state().await
+    }
+
+    async fn restart_log_paused(&self, offset: u64) -> Result<(), StorageError> {
+        let plan = self.log.borrow().plan_restart(offset)?;
+        plan.run().await?;
+        super::remove_producer_snapshots(&self.disk, &self.dir, |_| true).await;
+        self.open_fresh_log().await?;
+        let (start, end) = (self.log.borrow().log_start_offset(), self.log.borrow().next_offset());
+        if (start, end) != (offset, offset) {
+            return Err(StorageError::Io(format!("after the restart the log holds {start}..{end}")));
+        }
+        Ok(())
     }
 
     async fn truncate_paused(&self, offset: u64) -> Result<(), StorageError> {
