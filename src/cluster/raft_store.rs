@@ -105,15 +105,7 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 
 /// Writes `bytes` to `path` through a temporary file, fsync'ed, then renamed.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::storage::durable_fs::write_atomic(path, bytes, || Ok(()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
@@ -165,9 +157,14 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(dir: &Path) -> std::io::Result<LogStore> {
-        std::fs::create_dir_all(dir)?;
+        crate::storage::durable_fs::create_dir_all(dir)?;
         let path = dir.join("log");
+        let existed = path.exists();
         let mut file = OpenOptions::new().create(true).truncate(false).read(true).append(true).open(&path)?;
+        if !existed {
+            // The new log's name must be durable before any record in it counts.
+            crate::storage::durable_fs::fsync_dir(dir)?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let (records, valid) = decode_records(&bytes);

@@ -97,17 +97,9 @@ fn write(dir: &Path, identity: &Identity) -> Result<(), String> {
     let file = path(dir);
     let meta = file.parent().expect("meta/identity has a parent");
     let fail = |e: std::io::Error| format!("recording the data directory's identity in {}: {e}", file.display());
-    std::fs::create_dir_all(meta).map_err(fail)?;
-    let tmp = meta.join("identity.tmp");
+    crate::storage::durable_fs::create_dir_all(meta).map_err(fail)?;
     let json = serde_json::to_vec_pretty(identity).expect("identities serialize");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-        f.write_all(&json).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-    }
-    std::fs::rename(&tmp, &file).map_err(fail)?;
-    std::fs::File::open(meta).and_then(|d| d.sync_all()).map_err(fail)
+    crate::storage::durable_fs::write_atomic(&file, &json, || Ok(())).map_err(fail)
 }
 
 #[cfg(test)]

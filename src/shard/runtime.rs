@@ -151,7 +151,7 @@ fn lock_data_dir(config: &Config) -> Result<std::fs::File, BrokerError> {
 pub(super) fn try_lock_data_dir(dir: &std::path::Path) -> Result<Option<std::fs::File>, BrokerError> {
     use std::os::fd::AsRawFd;
     let err = |message: String| BrokerError::DataDir { path: dir.display().to_string(), message };
-    std::fs::create_dir_all(dir.join("meta")).map_err(|e| err(e.to_string()))?;
+    crate::storage::durable_fs::create_dir_all(&dir.join("meta")).map_err(|e| err(e.to_string()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -180,13 +180,13 @@ fn finish_topic_deletions(config: &Config, catalog: &Catalog) {
         match (catalog.topics.contains_key(&name), marked) {
             (false, true) => {
                 log::info!("removing the files of topic {name}, whose deletion a crash interrupted");
-                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                if let Err(err) = crate::storage::durable_fs::remove_dir_all(&e.path()) {
                     log::warn!("could not remove {}: {err}", e.path().display());
                 }
             }
             (true, true) => {
                 log::warn!("topic {name}: its deletion did not complete and was not acknowledged; it stays");
-                let _ = std::fs::remove_file(e.path().join(crate::broker::catalog::DELETED_MARKER));
+                let _ = crate::storage::durable_fs::remove_file(&e.path().join(crate::broker::catalog::DELETED_MARKER));
             }
             (false, false) => log::warn!(
                 "{} is not a topic of the catalog; left as it is (remove it by hand if it is not needed)",

@@ -67,7 +67,7 @@ impl Leases {
     /// Creates the lease of `epoch`; false when another node created it first.
     fn claim(&self, epoch: u32, lease: &Lease) -> std::io::Result<bool> {
         use std::io::Write;
-        std::fs::create_dir_all(&self.dir)?;
+        crate::storage::durable_fs::create_dir_all(&self.dir)?;
         let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).open(self.path(epoch)) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
@@ -77,8 +77,12 @@ impl Leases {
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         // Older leases are history: keep a few for the operator.
+        let mut removed = false;
         for old in epoch.saturating_sub(64)..epoch.saturating_sub(8) {
-            let _ = std::fs::remove_file(self.path(old));
+            removed |= std::fs::remove_file(self.path(old)).is_ok();
+        }
+        if removed {
+            crate::storage::durable_fs::fsync_dir(&self.dir)?;
         }
         Ok(true)
     }

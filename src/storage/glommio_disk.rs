@@ -84,9 +84,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     glommio::executor().spawn_blocking(f).await
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+use super::durable_fs::{self, fsync_dir};
 
 impl Disk for GlommioDisk {
     type File = GlommioFile;
@@ -110,11 +108,7 @@ impl Disk for GlommioDisk {
     }
 
     async fn create_dir_all(&self, path: &Path) -> DiskResult<()> {
-        on_path("mkdir", path, |p| {
-            std::fs::create_dir_all(p)?;
-            p.parent().map_or(Ok(()), fsync_dir)
-        })
-        .await
+        on_path("mkdir", path, durable_fs::create_dir_all).await
     }
 
     async fn list_dir(&self, path: &Path) -> DiskResult<Vec<String>> {
@@ -124,11 +118,11 @@ impl Disk for GlommioDisk {
     }
 
     async fn remove_file(&self, path: &Path) -> DiskResult<()> {
-        on_path("remove", path, |p| absent_as(std::fs::remove_file(p), ())).await
+        on_path("remove", path, durable_fs::remove_file).await
     }
 
     async fn remove_dir_all(&self, path: &Path) -> DiskResult<()> {
-        on_path("remove dir", path, |p| absent_as(std::fs::remove_dir_all(p), ())).await
+        on_path("remove dir", path, durable_fs::remove_dir_all).await
     }
 
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>> {
@@ -163,37 +157,14 @@ fn absent_as<T>(result: io::Result<T>, absent: T) -> io::Result<T> {
 /// The temporary name is unique per call, so concurrent writers of the same file (every
 /// shard writes the device probe at start) cannot rename each other's file away.
 pub fn write_file_atomic_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_file_atomic_then(path, bytes, || Ok(()))
+    durable_fs::write_atomic(path, bytes, || Ok(()))
 }
 
 /// [`write_file_atomic_blocking`], passing the shared-storage fence again just before the
 /// rename: a node paused after the disk seam's check must not replace, when it resumes, a
 /// file its successor wrote meanwhile.
 fn write_file_atomic_fenced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_file_atomic_then(path, bytes, super::fence::check_io)
-}
-
-fn write_file_atomic_then(path: &Path, bytes: &[u8], before_rename: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!("{name}.{}.{unique}.tmp", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    if let Err(e) = before_rename() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(())
+    durable_fs::write_atomic(path, bytes, super::fence::check_io)
 }
 
 /// Makes glommio probe the data directory's device with a file that has data in it.

@@ -4,6 +4,7 @@
 //! its state is borrowed: see [`log`] for the job protocol.
 
 pub mod disk;
+pub mod durable_fs;
 pub mod faults;
 pub mod fence;
 pub mod glommio_disk;
