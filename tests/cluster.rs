@@ -673,3 +673,26 @@ fn a_follower_behind_the_leaders_log_start_restarts_from_it_and_catches_up() {
     let v = common::cluster::check_with(&only_follower, "t", 1, &kept, ReadFrom::Follower, false);
     assert_nothing_lost(&v, "read from the follower restarted at the leader's log start", &c);
 }
+
+/// Defect 11k: a node whose metadata Raft log is damaged in the middle (not a torn tail)
+/// refuses to start and says why, instead of silently dropping the committed entries after
+/// the damage; the file is left as it was for the operator.
+#[test]
+fn a_node_whose_metadata_log_is_damaged_in_the_middle_refuses_to_start() {
+    let mut c = Cluster::start("metalog", "master-slave");
+    for topic in ["a", "b", "c", "d"] {
+        c.create_topic(topic, 1, 3);
+    }
+    c.wait_in_sync(3, Duration::from_secs(30));
+    c.node(3).kill();
+    let log = c.node(3).dir.join("data/meta/raft/log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    assert!(bytes.len() > 1000, "a metadata log with records: {} bytes", bytes.len());
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&log, &bytes).unwrap();
+    let (status, stderr) = c.node(3).run_expecting_exit(Duration::from_secs(30));
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to start") && stderr.contains("intact records follow"), "{stderr}");
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "the damaged log is left as it was");
+}

@@ -75,28 +75,55 @@ fn encode_record(out: &mut Vec<u8>, record: &LogRecord) {
     out.extend_from_slice(&json);
 }
 
-/// Reads framed records until the end or the first torn/corrupt one; returns them and the
-/// length of the valid prefix.
-fn decode_records(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
+/// What reading the metadata log found.
+struct Decoded {
+    records: Vec<LogRecord>,
+    /// Length of the valid prefix.
+    valid: usize,
+    /// Intact records after the first damaged one: more than 0 means damage in the middle
+    /// of the log (a torn write only ever damages its end), and the entries after it are
+    /// committed ones that must not be dropped.
+    intact_after_damage: usize,
+}
+
+/// One framed record at `at`: it and the position after it, if it is whole and intact.
+fn decode_record_at(bytes: &[u8], at: usize) -> Option<(LogRecord, usize)> {
+    let header = bytes.get(at..at + 8)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_CONTROL_MESSAGE_BYTES || bytes.len() - at - 8 < len {
+        return None;
+    }
+    let body = &bytes[at + 8..at + 8 + len];
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    serde_json::from_slice(body).ok().map(|r| (r, at + 8 + len))
+}
+
+/// Reads framed records until the end or the first torn/corrupt one, then looks past that
+/// one for intact records (which tell damage in the middle from a torn tail).
+fn decode_records(bytes: &[u8]) -> Decoded {
     let mut records = Vec::new();
     let mut at = 0;
-    while bytes.len() - at >= 8 {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        if len > MAX_CONTROL_MESSAGE_BYTES || bytes.len() - at - 8 < len {
-            break;
-        }
-        let body = &bytes[at + 8..at + 8 + len];
-        if crc32c::crc32c(body) != crc {
-            break;
-        }
-        match serde_json::from_slice(body) {
-            Ok(r) => records.push(r),
-            Err(_) => break,
-        }
-        at += 8 + len;
+    while let Some((r, next)) = decode_record_at(bytes, at) {
+        records.push(r);
+        at = next;
     }
-    (records, at)
+    let valid = at;
+    let mut intact_after_damage = 0;
+    // (Only when something follows the damage: nothing to scan in a clean log.)
+    let mut scan = valid + 1;
+    while scan + 8 <= bytes.len() {
+        match decode_record_at(bytes, scan) {
+            Some((_, next)) => {
+                intact_after_damage += 1;
+                scan = next;
+            }
+            None => scan += 1,
+        }
+    }
+    Decoded { records, valid, intact_after_damage }
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -167,7 +194,17 @@ impl LogStore {
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (records, valid) = decode_records(&bytes);
+        let Decoded { records, valid, intact_after_damage } = decode_records(&bytes);
+        if intact_after_damage > 0 {
+            // Dropping the damaged record would drop every committed entry after it too.
+            return Err(std::io::Error::other(format!(
+                "{}: the record at byte {valid} is damaged and {intact_after_damage} intact records follow it: \
+                 this is not a torn tail but corruption in the middle of the log, and committed metadata \
+                 would be lost; refusing to start. Restore this node's data directory from a backup, or \
+                 replace the node (remove it from the cluster and add a fresh one)",
+                path.display()
+            )));
+        }
         if valid < bytes.len() {
             log::warn!("metadata log {}: dropping {} bytes of torn tail", path.display(), bytes.len() - valid);
             file.set_len(valid as u64)?;
@@ -423,16 +460,54 @@ mod tests {
         encode_record(&mut buf, &LogRecord::Truncate(5));
         encode_record(&mut buf, &LogRecord::Truncate(7));
         let whole = buf.len();
-        let (r, n) = decode_records(&buf);
-        assert_eq!((r.len(), n), (2, whole));
-        let (r, n) = decode_records(&buf[..whole - 1]);
-        assert_eq!(r.len(), 1, "a torn record ends the log");
-        assert!(n < whole);
+        let d = decode_records(&buf);
+        assert_eq!((d.records.len(), d.valid, d.intact_after_damage), (2, whole, 0));
+        let d = decode_records(&buf[..whole - 1]);
+        assert_eq!(d.records.len(), 1, "a torn record ends the log");
+        assert!(d.valid < whole);
+        assert_eq!(d.intact_after_damage, 0, "a torn tail");
         let mut flipped = buf.clone();
         flipped[whole - 2] ^= 1;
-        assert_eq!(decode_records(&flipped).0.len(), 1, "a corrupt record ends the log");
+        let d = decode_records(&flipped);
+        assert_eq!((d.records.len(), d.intact_after_damage), (1, 0), "a corrupt last record ends the log");
         let mut huge = buf.clone();
         huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_records(&huge).0.len(), 0, "an absurd length is not trusted");
+        let d = decode_records(&huge);
+        assert_eq!(d.records.len(), 0, "an absurd length is not trusted");
+        assert_eq!(d.intact_after_damage, 1, "and the record after it is seen");
+    }
+
+    fn blank_entry(index: u64) -> LogRecord {
+        LogRecord::Entry(Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        })
+    }
+
+    /// Defect 11k: a damaged record in the middle of the metadata log must not silently drop
+    /// the committed entries after it: the node refuses to start and says why, and the log
+    /// file is left as it was. Damage to the last record alone is a torn tail, cut as before.
+    #[test]
+    fn a_damaged_record_in_the_middle_of_the_metadata_log_refuses_the_start() {
+        let dir = tempfile::Builder::new().prefix("quorra-metalog").tempdir_in("/tmp").unwrap();
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for index in 1..=5 {
+            encode_record(&mut buf, &blank_entry(index));
+            ends.push(buf.len());
+        }
+        let path = dir.path().join("log");
+        let mut damaged = buf.clone();
+        damaged[ends[1] + 12] ^= 0x40; // inside entry 3
+        std::fs::write(&path, &damaged).unwrap();
+        let e = LogStore::open(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("2 intact records follow"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing cut");
+        // The same damage in the last record: a torn tail, cut; the four before it stay.
+        let mut torn = buf.clone();
+        torn[ends[3] + 12] ^= 0x40;
+        std::fs::write(&path, &torn).unwrap();
+        let store = LogStore::open(dir.path()).expect("a torn tail is not corruption");
+        assert_eq!(store.lock().entries.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
     }
 }
