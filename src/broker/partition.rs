@@ -524,6 +524,35 @@ impl<D: Disk> Partition<D> {
         Ok(found.unwrap_or_else(|| self.high_watermark()))
     }
 
+    /// Records the durable end as the log's recovery point, if it moved (see
+    /// [`crate::storage::log::RECOVERY_POINT_FILE`]): periodically and at a clean close.
+    pub async fn checkpoint_recovery_point(&self) {
+        let (durable, recorded, healthy) = {
+            let log = self.log.borrow();
+            (log.durable_offset(), log.recovery_point(), matches!(log.health(), LogHealth::Healthy))
+        };
+        if !healthy || durable == recorded {
+            return;
+        }
+        let generation = self.log_generation.get();
+        match crate::storage::log::write_recovery_point(&self.disk, &self.dir, durable).await {
+            // (A truncation that ran meanwhile lowered it itself, and replaced the log.)
+            Ok(()) if self.log_generation.get() == generation => self.log.borrow_mut().note_recovery_point(durable),
+            Ok(()) => {}
+            Err(e) => log::warn!("{}/{}: cannot record the recovery point: {e}", self.topic, self.id),
+        }
+    }
+
+    /// Before cutting the log at `offset`: a recovery point above the cut would make the cut
+    /// look like damage to durable batches at the next start.
+    async fn lower_recovery_point(&self, offset: u64) -> Result<(), StorageError> {
+        if self.log.borrow().recovery_point() > offset {
+            crate::storage::log::write_recovery_point(&self.disk, &self.dir, offset).await?;
+            self.log.borrow_mut().note_recovery_point(offset);
+        }
+        Ok(())
+    }
+
     /// Applies retention and deletes the files of dropped segments.
     pub async fn apply_retention(&self) {
         let removed = self.log.borrow_mut().apply_retention(rt::now_ms());
@@ -579,6 +608,7 @@ impl<D: Disk> Partition<D> {
         if !self.log.borrow().has_unsynced() {
             self.snapshot_producers().await;
         }
+        self.checkpoint_recovery_point().await;
         self.data_arrived.notify_all();
     }
 

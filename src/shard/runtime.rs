@@ -336,6 +336,7 @@ fn spawn_background(shard: &Rc<Shard>) {
             let parts: Vec<_> = s.partitions.borrow().values().cloned().collect();
             for p in parts {
                 p.apply_retention().await;
+                p.checkpoint_recovery_point().await;
             }
         }
     });

@@ -19,7 +19,7 @@
 //! refuses to serve above the bound it is given.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -34,6 +34,30 @@ use super::scan::{scan_segment, ScanOutcome};
 
 /// Name of the marker file that keeps a partition refusing service after corruption was found.
 pub const CORRUPT_MARKER: &str = "CORRUPT";
+/// The recovery point: an offset below which the log was known durable (written now and
+/// then and at a clean close, as Kafka's recovery-point checkpoint). Damage at the end of
+/// the active segment below it is corruption, not a torn tail: those batches were durable,
+/// and a torn write can only damage what was being written.
+pub const RECOVERY_POINT_FILE: &str = "recovery-point";
+
+/// Records `offset` as the recovery point of the log in `dir` (durably, atomically).
+pub async fn write_recovery_point<D: Disk>(disk: &D, dir: &Path, offset: u64) -> Result<(), StorageError> {
+    disk.write_file_atomic(&dir.join(RECOVERY_POINT_FILE), format!("{offset}\n").into_bytes()).await?;
+    Ok(())
+}
+
+/// The recovery point recorded in `dir` (0 when none, or when the file is unreadable: then
+/// damage at the end is a torn tail, as before there was a recovery point).
+async fn read_recovery_point<D: Disk>(disk: &D, dir: &Path) -> Result<u64, StorageError> {
+    let Some(bytes) = disk.read_file(&dir.join(RECOVERY_POINT_FILE)).await? else { return Ok(0) };
+    match std::str::from_utf8(&bytes).ok().and_then(|t| t.trim().parse().ok()) {
+        Some(offset) => Ok(offset),
+        None => {
+            log::warn!("{}: unreadable recovery point; damage at the log's end counts as a torn tail", dir.display());
+            Ok(0)
+        }
+    }
+}
 
 /// Tunables of one partition log.
 #[derive(Debug, Clone)]
@@ -393,6 +417,8 @@ pub struct PartitionLog<D: Disk> {
     write_in_flight: bool,
     sync_in_flight: bool,
     unsynced: Vec<Rc<D::File>>,
+    /// What [`RECOVERY_POINT_FILE`] says.
+    recovery_point: u64,
 }
 
 fn segment_file_name(base: u64, ext: &str) -> String {
@@ -436,6 +462,7 @@ impl<D: Disk> PartitionLog<D> {
             write_in_flight: false,
             sync_in_flight: false,
             unsynced: Vec::new(),
+            recovery_point: read_recovery_point(&disk, &dir).await?,
         };
         if let Some(marker) = disk.read_file(&dir.join(CORRUPT_MARKER)).await? {
             log.health = LogHealth::Corrupt(String::from_utf8_lossy(&marker).trim().to_string());
@@ -566,7 +593,14 @@ impl<D: Disk> PartitionLog<D> {
         let log_path = self.dir.join(segment_file_name(base, "log"));
         let file = self.disk.open(&log_path, false).await?;
         let file_len = file.size().await?;
-        let scan = scan_segment(&file, base, file_len, self.config.index_interval_bytes).await?;
+        let mut scan = scan_segment(&file, base, file_len, self.config.index_interval_bytes).await?;
+        if let ScanOutcome::TornTail { reason, .. } = &scan.outcome {
+            if scan.next_offset < self.recovery_point {
+                // Batches that were durable are damaged since: no torn write did that.
+                let reason = format!("{reason}, below the recovery point {}", self.recovery_point);
+                scan.outcome = ScanOutcome::Corrupt { position: scan.size, offset: scan.next_offset, reason };
+            }
+        }
         let zero_until = match &scan.outcome {
             ScanOutcome::Clean => None,
             ScanOutcome::TornTail { garbage_end, reason } => {
@@ -643,6 +677,14 @@ impl<D: Disk> PartitionLog<D> {
     }
     pub fn durable_offset(&self) -> u64 {
         self.durable_offset
+    }
+    /// The recovery point on disk (see [`RECOVERY_POINT_FILE`]).
+    pub fn recovery_point(&self) -> u64 {
+        self.recovery_point
+    }
+    /// The caller wrote `offset` as the recovery point.
+    pub fn note_recovery_point(&mut self, offset: u64) {
+        self.recovery_point = offset;
     }
     pub fn segment_count(&self) -> usize {
         self.segments.len()

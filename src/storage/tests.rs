@@ -501,3 +501,30 @@ fn an_empty_active_segment_is_replaced_by_a_new_file() {
     let reopened = open(&disk, fresh);
     assert_eq!(read_all(&reopened, 1).unwrap(), vec![(0, value(1, 300))]);
 }
+
+/// Defect 11i, at the log: damage to the last batch below the recovery point is corruption;
+/// above it, a torn tail as before.
+#[test]
+fn the_recovery_point_tells_damage_to_durable_batches_from_a_torn_tail() {
+    let disk = MemDisk::new();
+    let (seg, end) = ten_flushed_batches(&disk);
+    disk.with_file(&seg, |b| b[end - 10] ^= 0xff);
+    block_on(super::log::write_recovery_point(&disk, &dir(), 9)).unwrap();
+    let log = open(&disk, LogConfig::default());
+    assert_eq!(log.health(), &LogHealth::Healthy, "batch 9 was above the recovery point: a torn tail");
+    assert_eq!(log.next_offset(), 9);
+    drop(log);
+    let disk = MemDisk::new();
+    let (seg, end) = ten_flushed_batches(&disk);
+    disk.with_file(&seg, |b| b[end - 10] ^= 0xff);
+    block_on(super::log::write_recovery_point(&disk, &dir(), 10)).unwrap();
+    let log = open(&disk, LogConfig::default());
+    assert!(matches!(log.health(), LogHealth::Corrupt(_)), "batch 9 was durable: {:?}", log.health());
+    assert!(matches!(log.plan_read(0, 1024, 10), Err(StorageError::Corrupt(_))));
+    drop(log);
+    // Repaired as any corruption (by the operator, or from the leader in a cluster).
+    block_on(super::Disk::remove_file(&disk, &dir().join(super::log::CORRUPT_MARKER))).unwrap();
+    let log = open(&disk, LogConfig { truncate_corrupt: true, ..LogConfig::default() });
+    assert_eq!(log.health(), &LogHealth::Healthy);
+    assert_eq!(log.next_offset(), 9);
+}

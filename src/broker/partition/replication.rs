@@ -489,6 +489,7 @@ impl<D: Disk> Partition<D> {
     }
 
     async fn restart_log_paused(&self, offset: u64) -> Result<(), StorageError> {
+        self.lower_recovery_point(0).await?;
         let plan = self.log.borrow().plan_restart(offset)?;
         plan.run().await?;
         super::remove_producer_snapshots(&self.disk, &self.dir, |_| true).await;
@@ -507,6 +508,7 @@ impl<D: Disk> Partition<D> {
             self.producers.borrow_mut().truncate(offset);
             return self.log.borrow_mut().drop_unwritten_from(offset);
         }
+        self.lower_recovery_point(offset).await?;
         let plan = self.log.borrow().plan_truncation(offset)?;
         plan.run().await?;
         // Written batches go: the table is rebuilt from what the files hold now (and from a

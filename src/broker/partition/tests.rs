@@ -244,3 +244,29 @@ fn a_sync_in_flight_across_a_truncation_does_not_complete_on_the_new_log() {
         assert_eq!(next.first_offset, 1);
     });
 }
+
+/// Defect 11i: a partition closed cleanly records its recovery point; damage found at the
+/// end of its active segment at the next start is below it, so it is corruption (reported,
+/// the partition refuses service; a cluster replica repairs it from its leader), not a torn
+/// tail silently cut with the batches that were acknowledged long ago.
+#[test]
+fn damage_to_durable_batches_at_the_end_of_the_log_is_corruption_not_a_torn_tail() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let p = open(&disk).await;
+        let mut last = 0;
+        for i in 0..5u8 {
+            last = p.append(idempotent_batch(0, 0, &[i; 100]), Bytes::from).expect("appended").last_offset;
+            p.wait_committed(last, AckLevel::Local, Duration::from_secs(5)).await.expect("durable");
+        }
+        p.close().await;
+        drop(p);
+        let segment = PathBuf::from("/data/t/0/00000000000000000000.log");
+        // The last batch's last value byte (batches are written whole, 100 value bytes last).
+        let end = disk.with_file(&segment, |b| b.iter().rposition(|&x| x == 4).expect("the last value")).unwrap();
+        disk.with_file(&segment, |b| b[end] ^= 0xff);
+        let p = open(&disk).await;
+        assert!(matches!(p.health(), LogHealth::Corrupt(_)), "cut as a torn tail: {:?}", p.health());
+        assert_eq!(p.log_end_offset(), last, "nothing is cut");
+    });
+}
