@@ -209,3 +209,55 @@ fn hostile_input_gets_errors_and_does_not_disturb_other_clients() {
     assert!(broker.is_running(), "the broker survived");
     assert!(!broker.log().contains("panicked"), "no panic in the broker log");
 }
+
+/// The broker's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Part 3 of issue 11: a frame header alone, declaring the largest frame, must not make the
+/// broker allocate (and zero) that length before the bytes arrive. 300 connections that each
+/// send such a header and stall would have cost 300 x 16 MiB; the buffer now grows with what
+/// arrives.
+#[test]
+fn headers_declaring_large_frames_cost_no_memory_until_their_bytes_arrive() {
+    let dir = scratch_dir("header-alone");
+    let mut broker = Broker::start(dir.path(), &[]);
+    let addr = broker.bootstrap();
+    let pid = broker.pid().unwrap();
+    let before = rss_bytes(pid);
+    let declared = quorra::limits::DEFAULT_MAX_FRAME_BYTES as u32 - 32;
+    let header = FrameHeader {
+        flags: 0,
+        kind: ApiKind::Produce as u16,
+        correlation_id: 1,
+        archive_len: 0,
+        payload_len: declared,
+        body_crc: 0,
+    }
+    .encode();
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut s = connect(&addr);
+        s.write_all(&header).unwrap();
+        s.write_all(&[7u8; 100]).unwrap();
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_bytes(pid).saturating_sub(before);
+    assert!(grown < 100 << 20, "300 stalled headers cost {} MiB of resident memory", grown >> 20);
+    // And the broker still serves.
+    let b = addr.clone();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("after", 1, 1).await.unwrap();
+    });
+    drop(stalled);
+    assert!(broker.is_running());
+}

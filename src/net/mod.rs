@@ -68,14 +68,28 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: FrameLimits) ->
         Some(Ok(())) => {}
     }
     let header = FrameHeader::decode(&head, limits.max_frame_bytes).map_err(ReadError::BadHeader)?;
-    let mut body = BodyBuf::with_capacity(header.body_len());
-    body.resize(header.body_len(), 0);
-    match rt::timeout(limits.deadline(header.body_len()), r.read_exact(&mut body)).await {
+    let mut body = BodyBuf::new();
+    match rt::timeout(limits.deadline(header.body_len()), read_body(r, &mut body, header.body_len())).await {
         None => return Err(ReadError::Timeout),
         Some(Err(e)) => return Err(ReadError::Io(e)),
         Some(Ok(())) => {}
     }
     Frame::from_parts(header, body).map_err(|error| ReadError::BadBody { header, error })
+}
+
+/// First step of a body's buffer; it then doubles as bytes arrive.
+const BODY_FIRST_STEP_BYTES: usize = 64 * 1024;
+
+/// Reads `len` bytes into `body`, growing it as they arrive (at most twice what arrived,
+/// plus a first step): a header alone, declaring the largest frame, costs no memory.
+async fn read_body<R: AsyncRead + Unpin>(r: &mut R, body: &mut BodyBuf, len: usize) -> io::Result<()> {
+    while body.len() < len {
+        let filled = body.len();
+        let next = len.min(filled.saturating_mul(2).max(BODY_FIRST_STEP_BYTES));
+        body.resize(next, 0);
+        r.read_exact(&mut body[filled..next]).await?;
+    }
+    Ok(())
 }
 
 /// Frames waiting to be written on one connection.
