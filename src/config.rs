@@ -144,6 +144,12 @@ pub struct Config {
     /// Once a frame started to arrive, the rest must follow within this many ms, or the
     /// connection is closed (slow or stalled clients cannot hold resources forever).
     pub frame_timeout_ms: u64,
+    /// A client connection that sends nothing for this long is closed (0: never).
+    pub idle_timeout_ms: u64,
+    /// Client connections the broker holds at once, in all; more are refused.
+    pub max_connections: usize,
+    /// Client connections one address may hold at once.
+    pub max_connections_per_ip: usize,
     /// On SIGTERM/SIGINT the broker stops within this long: a cluster node first moves the
     /// leadership of its partitions to in-sync followers (for at most about half of it),
     /// then flushes and closes everything.
@@ -325,6 +331,9 @@ impl Default for Config {
             shards: 0,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             frame_timeout_ms: DEFAULT_FRAME_TIMEOUT_MS,
+            idle_timeout_ms: crate::limits::DEFAULT_IDLE_TIMEOUT_MS,
+            max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
@@ -380,6 +389,15 @@ impl Config {
         if self.frame_timeout_ms < 100 {
             return Err(ConfigError::Invalid { key: "frame_timeout_ms", message: "must be at least 100".into() });
         }
+        if self.idle_timeout_ms != 0 && self.idle_timeout_ms < 1000 {
+            return Err(ConfigError::Invalid { key: "idle_timeout_ms", message: "must be 0 or at least 1000".into() });
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                message: "max_connections and max_connections_per_ip must be positive".into(),
+            });
+        }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
             if self.listen.port() == 0 {
@@ -405,6 +423,7 @@ impl Config {
         crate::net::FrameLimits {
             max_frame_bytes: self.max_frame_bytes,
             completion_timeout: std::time::Duration::from_millis(self.frame_timeout_ms),
+            idle_timeout: (self.idle_timeout_ms > 0).then(|| std::time::Duration::from_millis(self.idle_timeout_ms)),
         }
     }
 

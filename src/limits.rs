@@ -51,6 +51,16 @@ pub const IO_ALIGNMENT: usize = 4096;
 /// Default for how long the rest of a frame may take once its first byte arrived.
 pub const DEFAULT_FRAME_TIMEOUT_MS: u64 = 10_000;
 
+/// Default for how long a client connection may send nothing before it is closed
+/// (`idle_timeout_ms`; Kafka's `connections.max.idle.ms` is the same 10 minutes).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+/// Default for the client connections a broker holds at once (`max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default for the client connections one address may hold (`max_connections_per_ip`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+
 /// Largest consumer-group offset record's metadata string.
 pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
 

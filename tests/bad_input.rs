@@ -261,3 +261,32 @@ fn headers_declaring_large_frames_cost_no_memory_until_their_bytes_arrive() {
     drop(stalled);
     assert!(broker.is_running());
 }
+
+/// Part 3 of issue 11: connection limits and the idle timeout. One address may hold
+/// `max_connections_per_ip` connections; the next is refused with `too_many_connections`
+/// and closed. Connections that send nothing for `idle_timeout_ms` are closed, which frees
+/// their slots.
+#[test]
+fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
+    let dir = scratch_dir("conn-limits");
+    let cfg = config_file(dir.path(), "max_connections_per_ip = 40\nidle_timeout_ms = 1500\n");
+    let broker = Broker::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let addr = broker.bootstrap();
+    let held: Vec<TcpStream> = (0..40).map(|_| connect(&addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = connect(&addr);
+    expect_error_or_close(read_reply(&mut refused), Some(ErrorCode::TooManyConnections), "the 41st connection");
+    assert!(matches!(read_reply(&mut connect(&addr)), Reply::Error(ErrorCode::TooManyConnections)));
+    // Idle: closed by the broker within the timeout (and a little slack).
+    let started = Instant::now();
+    for mut s in held {
+        assert_closed(&mut s, "an idle connection");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "idle connections closed late: {:?}", started.elapsed());
+    // Their slots are free again: a client works.
+    let b = addr.clone();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("after", 1, 1).await.unwrap();
+    });
+}

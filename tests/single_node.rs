@@ -238,7 +238,9 @@ fn torn_tails_are_truncated_and_mid_log_corruption_is_reported() {
         produce_one_by_one(&b, "torn", 0, 50).await;
         produce_one_by_one(&b, "torn", 1, 10).await;
     });
-    assert!(broker.stop(), "clean shutdown");
+    // Killed: a torn write is one the broker did not see through (a clean stop records the
+    // recovery point, and damage below it is corruption: the last case).
+    broker.kill();
     let segment = broker.data_dir.join("topics/torn/0/00000000000000000000.log");
     let check_intact = |records: &[(u64, Vec<u8>)], n: usize| {
         assert_eq!(records.len(), n);
@@ -259,7 +261,7 @@ fn torn_tails_are_truncated_and_mid_log_corruption_is_reported() {
     assert!(broker.log().contains("torn tail"), "the truncation is logged");
 
     // Flipped bytes in the last batch, nothing valid after it: also a torn tail.
-    assert!(broker.stop());
+    broker.kill();
     let (pos, len) = batch_positions(&segment)[48];
     flip_byte(&segment, pos + len - 5);
     broker.restart();
@@ -280,6 +282,17 @@ fn torn_tails_are_truncated_and_mid_log_corruption_is_reported() {
     let b = broker.bootstrap();
     run(move || async move { produce_one_by_one(&b, "torn", 1, 1).await });
     assert!(broker.log().contains("corruption"), "the corruption is logged");
+
+    // Defect 11i: after a clean stop, the recovery point covers every batch: damage to the
+    // last one is corruption, not a torn tail to cut.
+    assert!(broker.stop(), "clean shutdown");
+    let segment = broker.data_dir.join("topics/torn/1/00000000000000000000.log");
+    let (pos, len) = *batch_positions(&segment).last().unwrap();
+    flip_byte(&segment, pos + len - 5);
+    broker.restart();
+    let states = describe_state(&broker.bootstrap(), "torn");
+    assert!(states[1].1.starts_with("corrupt"), "damage below the recovery point: {:?}", states[1]);
+    assert!(broker.log().contains("below the recovery point"), "the reason is logged");
 }
 
 fn flip_byte(path: &std::path::Path, at: usize) {

@@ -50,6 +50,8 @@ impl Connection {
         let limits = net::FrameLimits {
             max_frame_bytes,
             completion_timeout: Duration::from_millis(crate::limits::DEFAULT_FRAME_TIMEOUT_MS),
+            // A client waits for its answers as long as its requests' own timeouts say.
+            idle_timeout: None,
         };
         rt::spawn(async move {
             let mut writer = writer;
@@ -77,6 +79,7 @@ impl Connection {
                     }
                     Err(ReadError::Io(e)) => break e.to_string(),
                     Err(ReadError::Timeout) => break "a response stalled mid-frame".to_string(),
+                    Err(ReadError::Idle) => break "the connection was idle".to_string(),
                     Err(ReadError::BadHeader(e)) => break format!("corrupt response: {e}"),
                     Err(ReadError::BadBody { error, .. }) => break format!("corrupt response: {error}"),
                 }

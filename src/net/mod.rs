@@ -31,6 +31,8 @@ pub enum ReadError {
     Io(io::Error),
     /// A frame started but did not complete in time (a stalled or very slow peer).
     Timeout,
+    /// Nothing arrived for the idle timeout.
+    Idle,
     /// The header is invalid: framing is lost, the connection must close.
     BadHeader(FrameError),
     /// The header was valid but the body is not: framing is intact, the peer may go on.
@@ -47,6 +49,8 @@ pub struct FrameLimits {
     /// Once a frame's first byte arrived, the rest must follow within this time (plus 1 ms
     /// per KB of body, so slow links still work).
     pub completion_timeout: Duration,
+    /// How long to wait for a frame's first byte (None: without limit).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl FrameLimits {
@@ -55,10 +59,15 @@ impl FrameLimits {
     }
 }
 
-/// Reads one frame. Waits without limit for its first byte (an idle connection is fine).
+/// Reads one frame. Waits for its first byte up to the idle timeout.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: FrameLimits) -> Result<Frame, ReadError> {
     let mut head = [0u8; FRAME_HEADER_BYTES];
-    let n = r.read(&mut head).await.map_err(ReadError::Io)?;
+    let first = r.read(&mut head);
+    let n = match limits.idle_timeout {
+        Some(idle) => rt::timeout(idle, first).await.ok_or(ReadError::Idle)?,
+        None => first.await,
+    }
+    .map_err(ReadError::Io)?;
     if n == 0 {
         return Err(ReadError::Closed);
     }

@@ -54,6 +54,9 @@ pub enum ErrorCode {
     UnknownProducer = 23,
     /// A newer epoch of this producer id has written to the partition: this one is a zombie.
     ProducerFenced = 24,
+    /// The broker, or this client's address, holds its limit of connections; this one is
+    /// closed. Retry later, or with fewer connections.
+    TooManyConnections = 25,
 }
 
 impl ErrorCode {
@@ -84,6 +87,7 @@ impl ErrorCode {
             22 => OutOfOrderSequence,
             23 => UnknownProducer,
             24 => ProducerFenced,
+            25 => TooManyConnections,
             _ => Unknown,
         }
     }
@@ -99,6 +103,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::NotEnoughReplicas
                 | ErrorCode::OutOfOrderSequence
+                | ErrorCode::TooManyConnections
         )
     }
 
@@ -131,6 +136,7 @@ impl ErrorCode {
             OutOfOrderSequence => "out_of_order_sequence",
             UnknownProducer => "unknown_producer",
             ProducerFenced => "producer_fenced",
+            TooManyConnections => "too_many_connections",
         }
     }
 }

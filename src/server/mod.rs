@@ -9,6 +9,7 @@
 //! sent over the mesh in arrival order by the reader itself.
 
 mod cluster_handlers;
+pub mod connections;
 pub mod handlers;
 
 use std::rc::Rc;
@@ -55,7 +56,12 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stopped: impl 
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    let admitted = match peer_addr {
+        Some(addr) => shard.connections.admit(addr.ip()),
+        None => Err(connections::Refused::Broker(0)),
+    };
     let (mut reader, writer) = match net::split(stream) {
         Ok(halves) => halves,
         Err(e) => {
@@ -69,6 +75,16 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         let mut writer = writer;
         net::write_loop(&mut writer, out).await
     });
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err(refused) => {
+            log::warn!("refusing the connection from {peer}: {refused}");
+            outbox.push(error_frame(0, 0, ErrorCode::TooManyConnections, &refused.to_string()));
+            outbox.close();
+            let _ = writer_task.await;
+            return;
+        }
+    };
     let in_flight = Rc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION as u64));
     let limits = shard.config.frame_limits();
     // Set by a valid hello: the node at the other end (node-to-node links only).
@@ -77,6 +93,10 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         let mut frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
             Err(ReadError::Closed) => break,
+            Err(ReadError::Idle) => {
+                log::debug!("closing connection from {peer}: idle for idle_timeout_ms");
+                break;
+            }
             Err(ReadError::Io(e)) => {
                 log::debug!("connection from {peer}: {e}");
                 break;

@@ -53,6 +53,8 @@ pub struct Shard {
     pub cluster: Option<cluster::ShardCluster>,
     /// Producer ids (handed out by shard 0).
     pub producer_ids: crate::broker::producer_ids::ProducerIds,
+    /// The broker's client connections (shared by its shards).
+    pub connections: std::sync::Arc<crate::server::connections::ConnectionRegistry>,
 }
 
 impl Shard {

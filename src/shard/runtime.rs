@@ -42,6 +42,7 @@ struct Startup {
     failed: AtomicBool,
     bound_addr: Mutex<Option<SocketAddr>>,
     stop: Arc<AtomicBool>,
+    connections: Arc<crate::server::connections::ConnectionRegistry>,
 }
 
 /// Runs a broker until SIGINT or SIGTERM; returns after a clean shutdown.
@@ -81,6 +82,10 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
         failed: AtomicBool::new(false),
         bound_addr: Mutex::new(None),
         stop,
+        connections: crate::server::connections::ConnectionRegistry::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ),
     });
     let mesh_builder = MeshBuilder::<MeshMsg, _>::full(shards, MESH_CHANNEL_DEPTH);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -236,6 +241,7 @@ async fn shard_main(
         shutting_down: std::cell::Cell::new(false),
         cluster: cluster_part.as_ref().map(|(handle, _)| super::cluster::ShardCluster::new(handle.clone())),
         producer_ids: Default::default(),
+        connections: startup.connections.clone(),
         config,
     });
     if let Some((_, inbox)) = cluster_part {
