@@ -150,6 +150,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Client connections one address may hold at once.
     pub max_connections_per_ip: usize,
+    /// Bytes of answers one connection may have pending (being prepared or queued, not yet
+    /// written); beyond it the broker reads no more requests from it until the client reads.
+    pub max_answer_bytes_per_connection: usize,
     /// On SIGTERM/SIGINT the broker stops within this long: a cluster node first moves the
     /// leadership of its partitions to in-sync followers (for at most about half of it),
     /// then flushes and closes everything.
@@ -334,6 +337,7 @@ impl Default for Config {
             idle_timeout_ms: crate::limits::DEFAULT_IDLE_TIMEOUT_MS,
             max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_answer_bytes_per_connection: crate::limits::DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
@@ -391,6 +395,15 @@ impl Config {
         }
         if self.idle_timeout_ms != 0 && self.idle_timeout_ms < 1000 {
             return Err(ConfigError::Invalid { key: "idle_timeout_ms", message: "must be 0 or at least 1000".into() });
+        }
+        if self.max_answer_bytes_per_connection < crate::limits::MAX_FETCH_BYTES as usize + 64 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_answer_bytes_per_connection",
+                message: format!(
+                    "must hold the largest fetch answer: at least {}",
+                    crate::limits::MAX_FETCH_BYTES as usize + 64 * 1024
+                ),
+            });
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return Err(ConfigError::Invalid {

@@ -61,6 +61,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default for the client connections one address may hold (`max_connections_per_ip`).
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 
+/// Default for the bytes of answers one connection may have pending, not yet written
+/// (`max_answer_bytes_per_connection`): eight of the largest fetch answers.
+pub const DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
+
 /// Largest consumer-group offset record's metadata string.
 pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
 

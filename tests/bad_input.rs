@@ -290,3 +290,51 @@ fn connections_beyond_the_limit_are_refused_and_idle_ones_closed() {
         c.create_topic("after", 1, 1).await.unwrap();
     });
 }
+
+/// Part 3 of issue 11: a client that pipelines large fetches and never reads its answers.
+/// Each answer counts against its connection's `max_answer_bytes_per_connection` until it is
+/// written (it used to be released once queued), so the broker stops reading that client's
+/// requests instead of holding hundreds of 8 MiB answers; other clients are served.
+#[test]
+fn a_client_that_never_reads_its_fetch_answers_holds_a_bounded_amount_of_memory() {
+    let dir = scratch_dir("never-reads");
+    let broker = Broker::start(dir.path(), &[]);
+    let addr = broker.bootstrap();
+    let pid = broker.pid().unwrap();
+    // 48 MiB: most of it beyond the partition's cache, so each answer is read from disk.
+    let b = addr.clone();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("big", 1, 1).await.unwrap();
+        let producer =
+            Producer::new(c.clone(), ProducerConfig { acks: Acks::Leader, ..Default::default() }).await.unwrap();
+        let value = vec![9u8; 64 * 1024];
+        let mut last = None;
+        for _ in 0..768 {
+            last = Some(producer.send_to("big", 0, None, &value).await.unwrap());
+        }
+        producer.flush().await;
+        last.unwrap().wait().await.unwrap();
+    });
+    let before = rss_bytes(pid);
+    let mut s = connect(&addr);
+    let fetch = FetchRequest { topic: "big".into(), partition: 0, offset: 0, max_bytes: 8 << 20, max_wait_ms: 0 };
+    let request = frame(ApiKind::Fetch as u16, 0, 1, &encode(&fetch), &[]);
+    // Writes until the broker stops reading (the socket buffers fill), at most 400 requests.
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sent = 0;
+    while sent < 400 && s.write_all(&request).is_ok() {
+        sent += 1;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_bytes(pid).saturating_sub(before);
+    assert!(grown < 256 << 20, "{sent} unread fetch answers cost {} MiB of resident memory", grown >> 20);
+    // Another client is served meanwhile.
+    let b = addr.clone();
+    run(move || async move {
+        let c = client(&b).await;
+        let r = c.fetch("big", 0, 0, 1 << 16, Duration::ZERO).await.unwrap();
+        assert!(!r.batches.is_empty());
+    });
+    drop(s);
+}

@@ -101,10 +101,12 @@ async fn read_body<R: AsyncRead + Unpin>(r: &mut R, body: &mut BodyBuf, len: usi
     Ok(())
 }
 
-/// Frames waiting to be written on one connection.
+/// Frames waiting to be written on one connection, each with what it holds until written
+/// (the broker's in-flight and answer-bytes permits: an answer counts against its
+/// connection's limits until it is on the wire, not merely queued).
 #[derive(Default)]
 pub struct Outbox {
-    queue: RefCell<VecDeque<OutFrame>>,
+    queue: RefCell<VecDeque<(OutFrame, Option<Held>)>>,
     ready: Notify,
     closed: Cell<bool>,
 }
@@ -116,8 +118,13 @@ impl Outbox {
 
     /// Queues a frame; dropped if the connection is closed.
     pub fn push(&self, frame: OutFrame) {
+        self.push_holding(frame, None);
+    }
+
+    /// Queues a frame that keeps `held` until it was written (or dropped).
+    pub fn push_holding(&self, frame: OutFrame, held: Option<Held>) {
         if !self.closed.get() {
-            self.queue.borrow_mut().push_back(frame);
+            self.queue.borrow_mut().push_back((frame, held));
             self.ready.notify();
         }
     }
@@ -126,6 +133,12 @@ impl Outbox {
     pub fn close(&self) {
         self.closed.set(true);
         self.ready.notify();
+    }
+
+    /// The connection is gone: drops what is queued (and what it holds), takes nothing more.
+    pub fn abandon(&self) {
+        self.closed.set(true);
+        self.queue.borrow_mut().clear();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -139,7 +152,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, outbox: Rc<Outbox>) ->
     let mut buf = Vec::with_capacity(WRITE_BUFFER_BYTES);
     loop {
         loop {
-            let Some(frame) = outbox.queue.borrow_mut().pop_front() else { break };
+            let Some((frame, _held_until_written)) = outbox.queue.borrow_mut().pop_front() else { break };
             buf.extend_from_slice(&frame.header);
             buf.extend_from_slice(&frame.archive);
             for chunk in &frame.payload {
@@ -167,6 +180,9 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, outbox: Rc<Outbox>) ->
         outbox.ready.notified().await;
     }
 }
+
+/// What an answer holds until it is written: permits of its connection's limits.
+pub type Held = Vec<glommio::sync::StaticPermit>;
 
 /// Splits a TCP stream into a buffered reading half and a writing half (two descriptors of
 /// one socket), so a reader task and a writer task can run at once without a lock.

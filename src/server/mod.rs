@@ -71,9 +71,20 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     };
     let outbox = Outbox::new();
     let out = outbox.clone();
+    // Requests in flight, and bytes of answers not yet written (reserved when a request is
+    // read): at their limits the reader stops reading, and the client's sends back up.
+    let in_flight = Rc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION as u64));
+    let answer_bytes = Rc::new(Semaphore::new(shard.config.max_answer_bytes_per_connection as u64));
+    let (in_flight_w, answer_bytes_w) = (in_flight.clone(), answer_bytes.clone());
     let writer_task = rt::spawn_joinable(async move {
         let mut writer = writer;
-        net::write_loop(&mut writer, out).await
+        let result = net::write_loop(&mut writer, out.clone()).await;
+        // The socket is gone: what is queued will never be written; a reader waiting for
+        // permits must not wait for ever.
+        out.abandon();
+        in_flight_w.close();
+        answer_bytes_w.close();
+        result
     });
     let _slot = match admitted {
         Ok(slot) => slot,
@@ -85,7 +96,6 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             return;
         }
     };
-    let in_flight = Rc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION as u64));
     let limits = shard.config.frame_limits();
     // Set by a valid hello: the node at the other end (node-to-node links only).
     let mut peer_node = None;
@@ -153,8 +163,22 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             }
         }
         frame.from_node = peer_node;
-        let Ok(permit) = in_flight.clone().acquire_static_permit(1).await else { break };
-        dispatch(&shard, frame, &outbox, permit).await;
+        let reserve = answer_reservation(&frame).min(shard.config.max_answer_bytes_per_connection as u64);
+        let permits = async {
+            let request = in_flight.clone().acquire_static_permit(1).await.ok()?;
+            let bytes = answer_bytes.clone().acquire_static_permit(reserve).await.ok()?;
+            Some(vec![request, bytes])
+        };
+        // A client that reads none of its answers for the idle timeout is gone or hostile.
+        let held = match limits.idle_timeout {
+            Some(idle) => rt::timeout(idle, permits).await.flatten(),
+            None => permits.await,
+        };
+        let Some(held) = held else {
+            log::warn!("closing connection from {peer}: its answers have not been read");
+            break;
+        };
+        dispatch(&shard, frame, &outbox, held).await;
     }
     outbox.close();
     let _ = writer_task.await;
@@ -221,7 +245,7 @@ fn describe(out: &crate::protocol::OutFrame) -> String {
 }
 
 /// Routes a request to its owner shard: handled here, or forwarded over the mesh.
-async fn dispatch(shard: &Rc<Shard>, frame: Frame, outbox: &Rc<Outbox>, permit: glommio::sync::StaticPermit) {
+async fn dispatch(shard: &Rc<Shard>, frame: Frame, outbox: &Rc<Outbox>, held: net::Held) {
     let owner = owner_of(shard, &frame);
     let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
     let outbox = outbox.clone();
@@ -229,8 +253,7 @@ async fn dispatch(shard: &Rc<Shard>, frame: Frame, outbox: &Rc<Outbox>, permit: 
         let shard = shard.clone();
         rt::spawn(async move {
             let out = handlers::handle(&shard, frame).await;
-            outbox.push(out);
-            drop(permit);
+            outbox.push_holding(out, Some(held));
         });
     } else {
         let reply = shard.mesh.send(owner, MeshRequest::Client(frame)).await;
@@ -239,9 +262,20 @@ async fn dispatch(shard: &Rc<Shard>, frame: Frame, outbox: &Rc<Outbox>, permit: 
                 Ok(MeshReply::Client(out)) => out,
                 _ => error_frame(kind, corr, ErrorCode::Unavailable, &format!("shard {owner} did not answer")),
             };
-            outbox.push(out);
-            drop(permit);
+            outbox.push_holding(out, Some(held));
         });
+    }
+}
+
+/// Bytes of a request's answer, at most: what it reserves of its connection's answer budget
+/// until the answer is written. A fetch answers up to its `max_bytes`; other answers are small.
+fn answer_reservation(frame: &Frame) -> u64 {
+    const SMALL_ANSWER_BYTES: u64 = 16 * 1024;
+    match ApiKind::from_u16(frame.header.kind) {
+        Some(ApiKind::Fetch) => access::<FetchRequest>(frame.archive()).map_or(SMALL_ANSWER_BYTES, |r| {
+            u64::from(r.max_bytes.to_native().min(crate::limits::MAX_FETCH_BYTES)) + SMALL_ANSWER_BYTES
+        }),
+        _ => SMALL_ANSWER_BYTES,
     }
 }
 
