@@ -78,6 +78,8 @@ pub struct StorageSettings {
     pub index_interval_bytes: u64,
     /// Recent data kept in memory per partition for readers.
     pub cache_bytes: usize,
+    /// Appended bytes waiting for the disk per partition; beyond, produces get `backpressure`.
+    pub max_pending_bytes: usize,
     /// Delete old segments while a partition is larger than this (0: no limit).
     pub retention_bytes: u64,
     /// Delete segments whose newest record is older than this many ms (0: keep forever).
@@ -101,6 +103,7 @@ impl Default for StorageSettings {
             segment_bytes: 64 << 20,
             index_interval_bytes: 4096,
             cache_bytes: 8 << 20,
+            max_pending_bytes: crate::limits::DEFAULT_MAX_PENDING_BYTES,
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_check_ms: 30_000,
@@ -448,6 +451,7 @@ impl Config {
             index_interval_bytes: s.index_interval_bytes,
             cache_bytes: s.cache_bytes,
             max_write_bytes: crate::limits::MAX_WRITE_BYTES,
+            max_pending_bytes: s.max_pending_bytes,
             retention_bytes: (s.retention_bytes > 0).then_some(s.retention_bytes),
             retention_ms: (s.retention_ms > 0).then_some(s.retention_ms),
             truncate_corrupt: s.truncate_corrupt,

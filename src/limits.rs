@@ -65,6 +65,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 /// (`max_answer_bytes_per_connection`): eight of the largest fetch answers.
 pub const DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
 
+/// Default for the appended bytes a partition holds before they are written
+/// (`storage.max_pending_bytes`): beyond, producers get a retriable `backpressure`.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
 /// Largest consumer-group offset record's metadata string.
 pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
 

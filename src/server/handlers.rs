@@ -58,6 +58,7 @@ impl From<StorageError> for ApiError {
             StorageError::Closing => ErrorCode::ShuttingDown,
             StorageError::NotLeader(_) => ErrorCode::NotLeader,
             StorageError::LeaderStarting | StorageError::LeaderMoving => ErrorCode::Unavailable,
+            StorageError::Backpressure(_) => ErrorCode::Backpressure,
         };
         ApiError::new(code, e.to_string())
     }

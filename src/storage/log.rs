@@ -70,6 +70,10 @@ pub struct LogConfig {
     pub cache_bytes: usize,
     /// Largest single write (a group commit larger than this is split).
     pub max_write_bytes: usize,
+    /// Bytes of appended batches not yet written that the log holds; beyond them producers
+    /// are refused with a retriable `backpressure` (the disk is slower than they are, and
+    /// with `acks = none` nothing else slows them down).
+    pub max_pending_bytes: usize,
     /// Delete the oldest segments while the log is larger than this.
     pub retention_bytes: Option<u64>,
     /// Delete segments whose newest record is older than this.
@@ -91,6 +95,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             cache_bytes: 8 << 20,
             max_write_bytes: crate::limits::MAX_WRITE_BYTES,
+            max_pending_bytes: crate::limits::DEFAULT_MAX_PENDING_BYTES,
             retention_bytes: None,
             retention_ms: None,
             truncate_corrupt: false,
@@ -145,6 +150,9 @@ pub enum StorageError {
     /// (at the new leader).
     #[error("the partition's leader is stopping and hands it over; retry")]
     LeaderMoving,
+    /// More appended bytes wait for the disk than the log holds (`max_pending_bytes`).
+    #[error("{0} bytes wait to be written to this partition (max_pending_bytes); retry")]
+    Backpressure(usize),
 }
 
 impl From<DiskError> for StorageError {
@@ -718,6 +726,13 @@ impl<D: Disk> PartitionLog<D> {
         self.writable()?;
         if payload.is_empty() {
             return Err(StorageError::EmptyAppend);
+        }
+        // Written batches are evicted from the cache down to `cache_bytes` after each write,
+        // so beyond it the cache holds (within one write) only batches waiting for the disk:
+        // the partition's memory stays under `cache_bytes + max_pending_bytes` + one request.
+        let pending = self.cache_bytes.saturating_sub(self.config.cache_bytes);
+        if pending >= self.config.max_pending_bytes {
+            return Err(StorageError::Backpressure(pending));
         }
         let mut batches = Vec::new();
         let mut next = self.next_offset;

@@ -528,3 +528,28 @@ fn the_recovery_point_tells_damage_to_durable_batches_from_a_torn_tail() {
     assert_eq!(log.health(), &LogHealth::Healthy);
     assert_eq!(log.next_offset(), 9);
 }
+
+/// Issue 11 part 3: appends that outpace the disk (acks = none) are refused with a
+/// retriable backpressure once `max_pending_bytes` wait to be written; once written, the
+/// log takes appends again. Memory stays under cache + pending + one request.
+#[test]
+fn appends_beyond_the_pending_limit_get_backpressure_until_written() {
+    let disk = MemDisk::new();
+    let config = LogConfig { max_pending_bytes: 64 * 1024, ..small_config() };
+    let mut log = open(&disk, config.clone());
+    let mut refused = None;
+    for i in 0..1000 {
+        match append(&mut log, &[value(i, 1000)]) {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (at, e) = refused.expect("refused before 1 MB waited");
+    assert!(matches!(e, StorageError::Backpressure(_)), "{e}");
+    assert!(at * 1000 < config.cache_bytes as u64 + config.max_pending_bytes as u64 + 2000, "refused only at {at}");
+    drive(&mut log, &disk, true).unwrap();
+    append(&mut log, &[value(at, 1000)]).expect("written: appends are taken again");
+}
