@@ -153,6 +153,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Client connections one address may hold at once.
     pub max_connections_per_ip: usize,
+    /// Partitions this broker holds at most (in a cluster: partitions in the catalog);
+    /// a topic create beyond is refused.
+    pub max_partitions: usize,
     /// Bytes of answers one connection may have pending (being prepared or queued, not yet
     /// written); beyond it the broker reads no more requests from it until the client reads.
     pub max_answer_bytes_per_connection: usize,
@@ -340,6 +343,7 @@ impl Default for Config {
             idle_timeout_ms: crate::limits::DEFAULT_IDLE_TIMEOUT_MS,
             max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_partitions: crate::limits::DEFAULT_MAX_PARTITIONS,
             max_answer_bytes_per_connection: crate::limits::DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             storage: StorageSettings::default(),

@@ -69,6 +69,9 @@ pub const DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
 /// (`storage.max_pending_bytes`): beyond, producers get a retriable `backpressure`.
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default for the partitions a broker holds at most (`max_partitions`).
+pub const DEFAULT_MAX_PARTITIONS: usize = 4096;
+
 /// Largest consumer-group offset record's metadata string.
 pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
 

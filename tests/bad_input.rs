@@ -338,3 +338,36 @@ fn a_client_that_never_reads_its_fetch_answers_holds_a_bounded_amount_of_memory(
     });
     drop(s);
 }
+
+/// Part 3 of issue 11: a topic create is refused, and nothing created, when it would take
+/// the broker past `max_partitions`, or when the segments it preallocates do not fit on
+/// the data directory's file system (a create of 1,024 partitions preallocated 64 GiB).
+#[test]
+fn a_create_beyond_the_partition_limit_or_the_free_disk_is_refused() {
+    let dir = scratch_dir("partition-limits");
+    let cfg = config_file(dir.path(), "max_partitions = 10\n");
+    let broker = Broker::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let b = broker.bootstrap();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("eight", 8, 1).await.unwrap();
+        let e = c.create_topic("three", 3, 1).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidRequest), "{e}");
+        assert!(e.to_string().contains("max_partitions"), "{e}");
+        c.create_topic("two", 2, 1).await.expect("within the limit");
+        let topics = c.list_topics().await.unwrap();
+        assert!(!topics.topics.iter().any(|t| t.name == "three"), "the refused topic was not created");
+    });
+    drop(broker);
+    // Segments of 1 TiB: one partition's preallocation does not fit.
+    let dir = scratch_dir("prealloc-limit");
+    let cfg = config_file(dir.path(), "[storage]\nsegment_bytes = 1099511627776\n");
+    let broker = Broker::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let b = broker.bootstrap();
+    run(move || async move {
+        let c = client(&b).await;
+        let e = c.create_topic("huge", 1, 1).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::DiskFull), "{e}");
+        assert!(c.list_topics().await.unwrap().topics.is_empty());
+    });
+}

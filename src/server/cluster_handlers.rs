@@ -101,6 +101,7 @@ pub async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
         0 => settings.mode.default_replication_factor(settings.nodes.len()),
         rf => rf,
     };
+    super::handlers::check_room_for_partitions(shard, req.partitions)?;
     let replicas = place_replicas(settings.mode, &settings.node_ids(), settings.master_node(), req.partitions, rf)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let cmd =

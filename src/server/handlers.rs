@@ -129,6 +129,47 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
 }
 
 /// Finds a partition this shard owns, with a precise error when it does not exist.
+/// Whether this broker can take `new` more partitions: at most `max_partitions` in all (in a
+/// cluster, every partition of the catalog counts: a node may hold a replica of each), and
+/// room on the data directory's file system for their preallocated first segments.
+pub(super) fn check_room_for_partitions(shard: &Shard, new: u32) -> Result<(), ApiError> {
+    let held: u64 = shard.catalog.borrow().topics.values().map(|t| u64::from(t.partitions)).sum();
+    let max = shard.config.max_partitions as u64;
+    if held + u64::from(new) > max {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{new} more partitions would make {} on this broker; max_partitions is {max}",
+                held + u64::from(new)
+            ),
+        ));
+    }
+    let needed = u64::from(new) * shard.config.storage.segment_bytes;
+    match free_bytes(&shard.config.data_dir) {
+        Some(free) if needed > free => Err(ApiError::new(
+            ErrorCode::DiskFull,
+            format!(
+                "{new} partitions preallocate {} MiB (storage.segment_bytes each); {} MiB are free",
+                needed >> 20,
+                free >> 20
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes an unprivileged user may still write on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
 fn partition_for(shard: &Shard, topic: &str, partition: u32) -> Result<Rc<Partition>, ApiError> {
     let catalog = shard.catalog.borrow();
     let Some(config) = catalog.topics.get(topic) else {
@@ -200,6 +241,7 @@ async fn create_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     if shard.catalog.borrow().topics.contains_key(&req.name) {
         return Err(ApiError::new(ErrorCode::TopicExists, format!("topic {} already exists", req.name)));
     }
+    check_room_for_partitions(shard, req.partitions)?;
     let config = TopicConfig { id: 0, partitions: req.partitions, replication_factor: rf, created_ms: rt::now_ms() };
     let mut next = shard.catalog.borrow().clone();
     next.topics.insert(req.name.clone(), config.clone());
