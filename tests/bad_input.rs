@@ -371,3 +371,39 @@ fn a_create_beyond_the_partition_limit_or_the_free_disk_is_refused() {
         assert!(c.list_topics().await.unwrap().topics.is_empty());
     });
 }
+
+/// Part 3 of issue 11: consumer-group names cost bounded resources. Asking for the offsets
+/// of a group that never committed creates nothing (each name used to open a log: a
+/// descriptor and 1 MiB preallocated); a shard keeps at most 256 group logs open, closing
+/// the least recently used, and a closed group's offsets are still there when asked again.
+#[test]
+fn many_consumer_group_names_hold_bounded_descriptors_and_create_nothing_when_only_read() {
+    let dir = scratch_dir("many-groups");
+    let broker = Broker::start(dir.path(), &["--shards", "1"]);
+    let b = broker.bootstrap();
+    let pid = broker.pid().unwrap();
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let groups_dir = broker.data_dir.join("groups");
+    let before = fds();
+    let b2 = b.clone();
+    run(move || async move {
+        let c = client(&b2).await;
+        c.create_topic("t", 1, 1).await.unwrap();
+        for i in 0..1000 {
+            assert_eq!(c.fetch_offset(&format!("reader-{i}"), "t", 0).await.unwrap(), None);
+        }
+    });
+    let created = std::fs::read_dir(&groups_dir).map_or(0, |d| d.count());
+    assert_eq!(created, 0, "reading unknown groups created {created} group directories");
+    run(move || async move {
+        let c = client(&b).await;
+        for i in 0..600u64 {
+            c.commit_offset(&format!("g-{i}"), "t", 0, i).await.unwrap();
+        }
+        for i in [0u64, 1, 300, 599] {
+            assert_eq!(c.fetch_offset(&format!("g-{i}"), "t", 0).await.unwrap(), Some(i), "group g-{i}");
+        }
+    });
+    let grown = fds().saturating_sub(before);
+    assert!(grown < 400, "600 groups hold {grown} more descriptors");
+}

@@ -20,6 +20,10 @@ use crate::protocol::batch::{BatchBuilder, RecordIter};
 use crate::rt;
 use crate::storage::{Disk, LogConfig, StorageError};
 
+/// Consumer groups whose offset logs a shard keeps open; beyond, the least recently used
+/// idle one is closed (and reopened, replaying its small log, when next used).
+const MAX_OPEN_GROUPS_PER_SHARD: usize = 256;
+
 /// How long a commit may wait for its flush.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,6 +32,9 @@ type OffsetKey = (String, u32);
 struct GroupStore<D: Disk> {
     log: Rc<Partition<D>>,
     offsets: RefCell<HashMap<OffsetKey, (u64, String)>>,
+    /// When it was last used (a counter of the store): the least recent idle group is the
+    /// one closed when too many are open.
+    last_used: std::cell::Cell<u64>,
 }
 
 pub struct OffsetStore<D: Disk> {
@@ -38,6 +45,7 @@ pub struct OffsetStore<D: Disk> {
     fresh_segment_on_open: bool,
     groups: RefCell<HashMap<String, Rc<GroupStore<D>>>>,
     opening: glommio::sync::Semaphore,
+    uses: std::cell::Cell<u64>,
 }
 
 fn encode_key(topic: &str, partition: u32) -> Vec<u8> {
@@ -66,6 +74,7 @@ impl<D: Disk> OffsetStore<D> {
             fresh_segment_on_open,
             groups: RefCell::new(HashMap::new()),
             opening: glommio::sync::Semaphore::new(1),
+            uses: std::cell::Cell::new(0),
         }
     }
 
@@ -78,15 +87,21 @@ impl<D: Disk> OffsetStore<D> {
         }
     }
 
-    async fn group(&self, name: &str) -> Result<Rc<GroupStore<D>>, StorageError> {
-        if let Some(g) = self.groups.borrow().get(name) {
-            return Ok(g.clone());
+    /// The group's store, opened if needed; `create`: also if it has none yet.
+    async fn group(&self, name: &str, create: bool) -> Result<Option<Rc<GroupStore<D>>>, StorageError> {
+        if let Some(g) = self.open_group(name) {
+            return Ok(Some(g));
         }
         let _permit = self.opening.acquire_permit(1).await.map_err(|e| StorageError::Io(e.to_string()))?;
-        if let Some(g) = self.groups.borrow().get(name) {
-            return Ok(g.clone());
+        if let Some(g) = self.open_group(name) {
+            return Ok(Some(g));
         }
         let dir = group_dir(&self.data_dir, name);
+        if !create && self.disk.list_dir(&dir).await?.is_empty() {
+            // A group that never committed: nothing to open, and nothing is created for it.
+            return Ok(None);
+        }
+        self.close_idle_groups_beyond(MAX_OPEN_GROUPS_PER_SHARD - 1).await;
         let log = Partition::open(
             self.disk.clone(),
             Rc::from(format!("group {name}")),
@@ -97,9 +112,41 @@ impl<D: Disk> OffsetStore<D> {
         )
         .await?;
         let offsets = replay(&log).await?;
-        let store = Rc::new(GroupStore { log, offsets: RefCell::new(offsets) });
+        let store = Rc::new(GroupStore { log, offsets: RefCell::new(offsets), last_used: Default::default() });
+        self.touch(&store);
         self.groups.borrow_mut().insert(name.to_string(), store.clone());
-        Ok(store)
+        Ok(Some(store))
+    }
+
+    fn open_group(&self, name: &str) -> Option<Rc<GroupStore<D>>> {
+        let g = self.groups.borrow().get(name).cloned()?;
+        self.touch(&g);
+        Some(g)
+    }
+
+    fn touch(&self, g: &GroupStore<D>) {
+        self.uses.set(self.uses.get() + 1);
+        g.last_used.set(self.uses.get());
+    }
+
+    /// Closes the least recently used groups that no request is using while more than
+    /// `keep` are open (each holds a descriptor and its log's cache).
+    async fn close_idle_groups_beyond(&self, keep: usize) {
+        while self.groups.borrow().len() > keep {
+            let victim = {
+                let groups = self.groups.borrow();
+                let idle = groups.iter().filter(|(_, g)| Rc::strong_count(g) == 1);
+                idle.min_by_key(|(_, g)| g.last_used.get()).map(|(name, _)| name.clone())
+            };
+            let Some(name) = victim else { return };
+            let g = self.groups.borrow_mut().remove(&name).expect("listed");
+            g.log.close().await;
+        }
+    }
+
+    /// Groups whose logs are open now.
+    pub fn open_groups(&self) -> usize {
+        self.groups.borrow().len()
     }
 
     /// Durably records that `group` will next read `offset` of `topic`/`partition`.
@@ -111,7 +158,7 @@ impl<D: Disk> OffsetStore<D> {
         offset: u64,
         metadata: &str,
     ) -> Result<(), StorageError> {
-        let g = self.group(group).await?;
+        let g = self.group(group, true).await?.expect("created");
         let mut value = offset.to_le_bytes().to_vec();
         value.extend_from_slice(metadata.as_bytes());
         let mut batch = BatchBuilder::with_capacity(value.len() + topic.len() + 32);
@@ -129,7 +176,7 @@ impl<D: Disk> OffsetStore<D> {
 
     /// The last committed offset of `group` for `topic`/`partition`.
     pub async fn fetch(&self, group: &str, topic: &str, partition: u32) -> Result<Option<(u64, String)>, StorageError> {
-        let g = self.group(group).await?;
+        let Some(g) = self.group(group, false).await? else { return Ok(None) };
         let found = g.offsets.borrow().get(&(topic.to_string(), partition)).cloned();
         Ok(found)
     }
