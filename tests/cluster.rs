@@ -696,3 +696,42 @@ fn a_node_whose_metadata_log_is_damaged_in_the_middle_refuses_to_start() {
     assert!(stderr.contains("refusing to start") && stderr.contains("intact records follow"), "{stderr}");
     assert_eq!(std::fs::read(&log).unwrap(), bytes, "the damaged log is left as it was");
 }
+
+/// Part 3 of issue 11: the control (peer) port gets the client port's limits. A hello that
+/// declares a large message is refused at once (it used to be allocated at its declared
+/// length, up to 16 MiB, before anything arrived); one that stalls is closed after the
+/// completion timeout; the cluster keeps working.
+#[test]
+fn the_control_port_refuses_large_and_stalled_hellos() {
+    use std::io::{Read, Write};
+    let c = Cluster::start("control-port", "master-slave");
+    let port = c.nodes[0].peer;
+    let closed_within = |s: &mut std::net::TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    };
+    let mut large = std::net::TcpStream::connect(port).unwrap();
+    large.write_all(&(16u32 << 20).to_le_bytes()).unwrap();
+    large.write_all(&[0u8; 4]).unwrap();
+    large.write_all(&[b'{'; 1000]).unwrap();
+    assert!(closed_within(&mut large, Duration::from_secs(3)), "a 16 MiB hello was not refused");
+    let mut stalled = std::net::TcpStream::connect(port).unwrap();
+    stalled.write_all(&100u32.to_le_bytes()).unwrap();
+    stalled.write_all(&[0u8; 4]).unwrap();
+    stalled.write_all(b"{\"Hel").unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut stalled, Duration::from_secs(20)), "a stalled hello was kept open");
+    assert!(started.elapsed() < Duration::from_secs(15), "closed late: {:?}", started.elapsed());
+    c.create_topic("after", 1, 3);
+    c.wait_in_sync(3, Duration::from_secs(30));
+}

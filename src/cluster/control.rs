@@ -497,12 +497,21 @@ async fn forward_to_controller(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Co
     }
 }
 
+/// Control links that have not said hello yet, at most: beyond, new connections are closed
+/// at once (a member connects once per peer; a flood of strangers gets nowhere).
+const MAX_LINKS_BEFORE_HELLO: usize = 64;
+
 async fn accept_loop(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+    let before_hello = Arc::new(tokio::sync::Semaphore::new(MAX_LINKS_BEFORE_HELLO));
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
+                let Ok(permit) = before_hello.clone().try_acquire_owned() else {
+                    log::warn!("control link from {addr} refused: {MAX_LINKS_BEFORE_HELLO} links are saying hello");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_link(ctx.clone(), stream, addr));
+                tokio::spawn(serve_link(ctx.clone(), stream, addr, permit));
             }
             Err(e) => {
                 log::warn!("control listener: {e}");
@@ -512,8 +521,15 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
     }
 }
 
-async fn serve_link(ctx: Arc<Ctx>, mut stream: tokio::net::TcpStream, addr: SocketAddr) {
-    let first = match read_msg::<Request>(&mut stream).await {
+async fn serve_link(
+    ctx: Arc<Ctx>,
+    mut stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    before_hello: tokio::sync::OwnedSemaphorePermit,
+) {
+    let first = super::rpc::read_hello::<Request>(&mut stream).await;
+    drop(before_hello);
+    let first = match first {
         Ok(r) => r,
         Err(e) => {
             log::warn!("control link from {addr} refused: {e}");

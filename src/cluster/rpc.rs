@@ -113,17 +113,42 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(crc: u32, body: &[u8]) -> Resul
 }
 
 pub async fn read_msg<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> Result<T, LinkError> {
+    read_msg_within(stream, MAX_CONTROL_MESSAGE_BYTES).await
+}
+
+/// The first message of a link, before the peer said who it is: small, and whole within
+/// the completion timeout.
+pub async fn read_hello<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> Result<T, LinkError> {
+    tokio::time::timeout(CONTROL_COMPLETION_TIMEOUT, read_msg_within(stream, MAX_CONTROL_HELLO_BYTES))
+        .await
+        .unwrap_or(Err(LinkError::Timeout))
+}
+
+/// A header waits as long as the link is quiet; a body must follow within the completion
+/// timeout (plus 1 ms per KB), and its buffer grows as its bytes arrive.
+async fn read_msg_within<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream, max_len: usize) -> Result<T, LinkError> {
     let mut header = [0u8; 8];
     stream.read_exact(&mut header).await?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > MAX_CONTROL_MESSAGE_BYTES {
+    if len > max_len {
         return Err(LinkError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    let mut body = Vec::new();
+    let deadline = CONTROL_COMPLETION_TIMEOUT + Duration::from_millis(len as u64 / 1000);
+    let mut limited = (&mut *stream).take(len as u64);
+    let read = limited.read_to_end(&mut body);
+    tokio::time::timeout(deadline, read).await.map_err(|_| LinkError::Timeout)??;
+    if body.len() != len {
+        return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     decode_body(crc, &body)
 }
+
+/// Largest hello on a control link (a cluster id and a node id).
+const MAX_CONTROL_HELLO_BYTES: usize = 4096;
+/// How long the rest of a control message may take once its header arrived.
+const CONTROL_COMPLETION_TIMEOUT: Duration = Duration::from_millis(crate::limits::DEFAULT_FRAME_TIMEOUT_MS);
 
 pub async fn write_msg<T: Serialize>(stream: &mut TcpStream, msg: &T) -> Result<(), LinkError> {
     stream.write_all(&encode(msg)).await?;
