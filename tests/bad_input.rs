@@ -407,3 +407,148 @@ fn many_consumer_group_names_hold_bounded_descriptors_and_create_nothing_when_on
     let grown = fds().saturating_sub(before);
     assert!(grown < 400, "600 groups hold {grown} more descriptors");
 }
+
+/// The well-behaved client of the stress test: produce one record (acks = leader), read it
+/// back, for `for_how_long`; the round trips' latencies, sorted.
+fn well_behaved_round_trips(addr: &str, offset: &mut u64, for_how_long: Duration) -> Vec<Duration> {
+    let b = addr.to_string();
+    let start_at = *offset;
+    let (latencies, next) = run(move || async move {
+        let c = client(&b).await;
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig { acks: Acks::Leader, linger: Duration::ZERO, ..Default::default() },
+        )
+        .await
+        .unwrap();
+        let (mut latencies, mut offset) = (Vec::new(), start_at);
+        let until = Instant::now() + for_how_long;
+        while Instant::now() < until {
+            let t = Instant::now();
+            let d = producer.send_to("work", 0, None, b"steady").await.unwrap();
+            producer.flush().await;
+            let md = d.wait().await.expect("the well-behaved producer is served");
+            let r = c.fetch("work", 0, md.offset, 1 << 16, Duration::from_secs(5)).await.unwrap();
+            assert!(!r.batches.is_empty(), "its record is readable");
+            latencies.push(t.elapsed());
+            offset = md.offset + 1;
+        }
+        latencies.sort();
+        (latencies, offset)
+    });
+    *offset = next;
+    latencies
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+/// Issue 11 part 3, all at once: 2,000 connections that each send a header declaring
+/// 16 MiB and stall, a client that pipelines large fetches and never reads, 10,000
+/// consumer-group names, and a create of more partitions than allowed. The broker's resident
+/// memory stays under 1 GiB (documented in README.md, "Limits"), a concurrent well-behaved
+/// producer and consumer keep working, and nothing crashes. The well-behaved client's p99 is
+/// printed against its quiet p99 (the figure for the issue's "within 3x"; a timed assertion
+/// on a shared 2-core machine would be noise).
+#[test]
+fn one_client_cannot_take_the_broker_down() {
+    let dir = scratch_dir("stress");
+    let cfg = config_file(dir.path(), "max_connections_per_ip = 4000\nmax_connections = 5000\nmax_partitions = 64\n");
+    let mut broker = Broker::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let addr = broker.bootstrap();
+    let pid = broker.pid().unwrap();
+    let b = addr.clone();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("work", 1, 1).await.unwrap();
+        c.create_topic("big", 1, 1).await.unwrap();
+        let producer =
+            Producer::new(c.clone(), ProducerConfig { acks: Acks::Leader, ..Default::default() }).await.unwrap();
+        let value = vec![9u8; 64 * 1024];
+        let mut last = None;
+        for _ in 0..512 {
+            last = Some(producer.send_to("big", 0, None, &value).await.unwrap());
+        }
+        producer.flush().await;
+        last.unwrap().wait().await.unwrap();
+    });
+    let mut offset = 0;
+    well_behaved_round_trips(&addr, &mut offset, Duration::from_secs(1)); // warm-up
+    let quiet = well_behaved_round_trips(&addr, &mut offset, Duration::from_secs(3));
+    let baseline_rss = rss_bytes(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                peak.fetch_max(rss_bytes(pid), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // 2,000 stalled headers declaring 16 MiB each.
+    let header = FrameHeader {
+        flags: 0,
+        kind: ApiKind::Produce as u16,
+        correlation_id: 1,
+        archive_len: 0,
+        payload_len: quorra::limits::DEFAULT_MAX_FRAME_BYTES as u32 - 32,
+        body_crc: 0,
+    }
+    .encode();
+    let stalled: Vec<TcpStream> = (0..2000)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(&header).unwrap();
+            s
+        })
+        .collect();
+    // A reader of large fetches that never reads its answers.
+    let mut greedy = connect(&addr);
+    let fetch = FetchRequest { topic: "big".into(), partition: 0, offset: 0, max_bytes: 8 << 20, max_wait_ms: 0 };
+    let request = frame(ApiKind::Fetch as u16, 0, 1, &encode(&fetch), &[]);
+    greedy.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    for _ in 0..400 {
+        if greedy.write_all(&request).is_err() {
+            break;
+        }
+    }
+    // 10,000 group names, and a create beyond the partition limit, from another thread.
+    let b = addr.clone();
+    let names = std::thread::spawn(move || {
+        run(move || async move {
+            let c = client(&b).await;
+            for i in 0..10_000 {
+                c.fetch_offset(&format!("stranger-{i}"), "work", 0).await.unwrap();
+                if i % 10 == 0 {
+                    c.commit_offset(&format!("stranger-{i}"), "work", 0, 1).await.unwrap();
+                }
+            }
+            let e = c.create_topic("too-many", 100, 1).await.unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::InvalidRequest), "{e}");
+        })
+    });
+    let attacked = well_behaved_round_trips(&addr, &mut offset, Duration::from_secs(5));
+    names.join().expect("the group names and the create were answered");
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::SeqCst);
+    eprintln!(
+        "stress: rss {} MiB before, peak {} MiB under attack; well-behaved p99 quiet {:?} ({} round trips), \
+         attacked {:?} ({} round trips), ratio {:.2}",
+        baseline_rss >> 20,
+        peak >> 20,
+        p99(&quiet),
+        quiet.len(),
+        p99(&attacked),
+        attacked.len(),
+        p99(&attacked).as_secs_f64() / p99(&quiet).as_secs_f64()
+    );
+    assert!(peak < 1 << 30, "resident memory reached {} MiB", peak >> 20);
+    assert!(attacked.len() > 10, "the well-behaved client barely got through: {} round trips", attacked.len());
+    assert!(broker.is_running(), "the broker survived");
+    drop((stalled, greedy));
+}
