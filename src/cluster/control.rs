@@ -355,7 +355,7 @@ impl Ctx {
         let meta = self.meta.borrow().clone();
         let reports = self.leader_reports.lock().expect("reports lock").clone();
         let mut partitions = Vec::new();
-        for (topic, t) in &meta.topics {
+        for (topic, t) in meta.topics.iter() {
             for (i, p) in t.partitions.iter().enumerate() {
                 let mut r = PartitionReplicationStatus {
                     topic: topic.clone(),
@@ -668,7 +668,7 @@ fn sync_controllers(
 ) {
     let meta = ctx.meta.borrow().clone();
     controllers.retain(|(t, p), _| meta.partition(t, *p).is_some());
-    for (topic, t) in &meta.topics {
+    for (topic, t) in meta.topics.iter() {
         for (i, p) in t.partitions.iter().enumerate() {
             let key = (topic.clone(), i as u32);
             controllers.entry(key).or_insert_with(|| new_controller(ctx, config, p, now_ms));

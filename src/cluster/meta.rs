@@ -5,6 +5,7 @@
 //! the same error on every node.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,12 +34,19 @@ pub struct TopicMeta {
     pub partitions: Vec<PartitionMeta>,
 }
 
+/// One consumer group's committed offsets: topic -> partition -> committed.
+pub type GroupOffsets = BTreeMap<String, BTreeMap<u32, CommittedOffset>>;
+
+/// The replicated metadata. Every applied entry publishes a copy to the shards, so its big
+/// parts are shared (`Arc`) and copied only where they change: a copy after an offset commit
+/// shares the topics (the shards see `Arc::ptr_eq` and skip their walk of the partitions)
+/// and every other group's offsets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaState {
-    pub topics: BTreeMap<String, TopicMeta>,
+    pub topics: Arc<BTreeMap<String, TopicMeta>>,
     /// Consumer-group offsets: group -> topic -> partition -> committed.
     #[serde(default)]
-    pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, CommittedOffset>>>,
+    pub offsets: Arc<BTreeMap<String, Arc<GroupOffsets>>>,
     /// The first producer id not yet handed out (ids are allocated in blocks, cluster-wide;
     /// 0 is "not idempotent" and never allocated).
     #[serde(default)]
@@ -160,24 +168,31 @@ impl MetaState {
                     replicas.iter().map(|r| PartitionMeta { replicas: r.clone(), epoch: 0, leader: None }).collect();
                 let id = self.next_topic_id.max(1);
                 self.next_topic_id = id + 1;
-                self.topics.insert(
+                Arc::make_mut(&mut self.topics).insert(
                     name.clone(),
                     TopicMeta { id, replication_factor: *replication_factor, created_ms: *created_ms, partitions },
                 );
                 Ok(())
             }
             MetaCommand::DeleteTopic { name } => {
-                self.topics.remove(name).ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
-                for topics in self.offsets.values_mut() {
-                    topics.remove(name);
+                Arc::make_mut(&mut self.topics).remove(name).ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                for group in Arc::make_mut(&mut self.offsets).values_mut() {
+                    if group.contains_key(name) {
+                        Arc::make_mut(group).remove(name);
+                    }
                 }
                 Ok(())
             }
             MetaCommand::CommitOffset { group, topic, partition, offset, metadata } => {
-                self.partition_mut(topic, *partition)?;
-                self.offsets
-                    .entry(group.clone())
-                    .or_default()
+                // (Checked without `partition_mut`: that would copy the shared topics.)
+                if self.partition(topic, *partition).is_none() {
+                    return Err(match self.topics.contains_key(topic) {
+                        true => MetaError::UnknownPartition(topic.clone(), *partition),
+                        false => MetaError::UnknownTopic(topic.clone()),
+                    });
+                }
+                let group = Arc::make_mut(&mut self.offsets).entry(group.clone()).or_default();
+                Arc::make_mut(group)
                     .entry(topic.clone())
                     .or_default()
                     .insert(*partition, CommittedOffset { offset: *offset, metadata: metadata.clone() });
@@ -214,7 +229,8 @@ impl MetaState {
     }
 
     fn partition_mut(&mut self, topic: &str, partition: u32) -> Result<&mut PartitionMeta, MetaError> {
-        let t = self.topics.get_mut(topic).ok_or_else(|| MetaError::UnknownTopic(topic.to_string()))?;
+        let topics = Arc::make_mut(&mut self.topics);
+        let t = topics.get_mut(topic).ok_or_else(|| MetaError::UnknownTopic(topic.to_string()))?;
         t.partitions
             .get_mut(partition as usize)
             .ok_or_else(|| MetaError::UnknownPartition(topic.to_string(), partition))
@@ -284,6 +300,37 @@ mod tests {
         state
             .apply(&MetaCommand::CreateTopic { name: name.into(), replication_factor: rf, created_ms: 1, replicas })
             .map(|_| ())
+    }
+
+    /// Issue 11 part 3: an offset commit's cost is proportional to the change. The copy that
+    /// was published before it (what the shards hold) keeps sharing the topics and every other
+    /// group's offsets with the state after it; only the committing group's map is copied.
+    #[test]
+    fn an_offset_commit_copies_only_its_group() {
+        let mut s = MetaState::default();
+        create(&mut s, "t", vec![vec![1, 2, 3]; 4]).unwrap();
+        let commit = |g: &str, o| MetaCommand::CommitOffset {
+            group: g.into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: o,
+            metadata: String::new(),
+        };
+        for g in 0..100 {
+            s.apply(&commit(&format!("g{g}"), 1)).unwrap();
+        }
+        let published = s.clone();
+        s.apply(&commit("g7", 2)).unwrap();
+        assert!(Arc::ptr_eq(&published.topics, &s.topics), "the topics are shared, not copied");
+        assert!(Arc::ptr_eq(&published.offsets["g8"], &s.offsets["g8"]), "other groups are shared");
+        assert!(!Arc::ptr_eq(&published.offsets["g7"], &s.offsets["g7"]));
+        assert_eq!(published.committed_offset("g7", "t", 0).map(|c| c.offset), Some(1), "the old copy is intact");
+        assert_eq!(s.committed_offset("g7", "t", 0).map(|c| c.offset), Some(2));
+        // A leader change copies the topics (the shards then walk them), not the offsets.
+        let published = s.clone();
+        s.apply(&MetaCommand::OpenEpoch { topic: "t".into(), partition: 0, epoch: 1 }).unwrap();
+        assert!(!Arc::ptr_eq(&published.topics, &s.topics));
+        assert!(Arc::ptr_eq(&published.offsets, &s.offsets));
     }
 
     #[test]

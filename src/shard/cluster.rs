@@ -131,16 +131,26 @@ pub async fn undrain_on_start(shard: Rc<Shard>) {
 /// Applies every metadata change: the catalog copy, partitions to open and to drop.
 async fn follow_metadata(shard: Rc<Shard>) {
     let mut rx = cluster(&shard).control.meta.clone();
+    // The topics last walked, if every replica among them opened: a change that left them
+    // as they were (an offset commit shares them) costs no walk.
+    let mut walked: Option<Arc<std::collections::BTreeMap<String, crate::cluster::meta::TopicMeta>>> = None;
     loop {
         let meta = rx.borrow_and_update().clone();
-        apply_metadata(&shard, &meta).await;
+        if walked.as_ref().is_some_and(|w| Arc::ptr_eq(w, &meta.topics)) {
+            *cluster(&shard).meta.borrow_mut() = meta.clone();
+        } else {
+            let all_open = apply_metadata(&shard, &meta).await;
+            walked = all_open.then(|| meta.topics.clone());
+        }
         if shard.shutting_down.get() || rx.changed().await.is_err() {
             return;
         }
     }
 }
 
-async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
+/// Returns whether every replica this shard should hold is open.
+async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) -> bool {
+    let mut all_open = true;
     let c = cluster(shard);
     *c.meta.borrow_mut() = meta.clone();
     let gone: Vec<String> =
@@ -160,7 +170,7 @@ async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
             log::warn!("removing topic {topic}: {e}");
         }
     }
-    for (name, t) in &meta.topics {
+    for (name, t) in meta.topics.iter() {
         let config = TopicConfig {
             id: t.id,
             partitions: t.partitions.len() as u32,
@@ -183,9 +193,11 @@ async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) {
             }
             if let Err(e) = open_replica(shard, name, i, t.id).await {
                 log::error!("cannot open replica {name}/{i}: {e}");
+                all_open = false;
             }
         }
     }
+    all_open
 }
 
 /// Where a node records that it holds a replica of a partition (outside the partition's
