@@ -519,6 +519,8 @@ fn sigterm_stops_a_cluster_node_after_handing_over_its_partitions() {
     c.create_topic("t", TOPIC_PARTITIONS, 3);
     c.wait_in_sync(3, Duration::from_secs(30));
     let load = Load::start(&c.bootstrap(), "t", TOPIC_PARTITIONS, Acks::Quorum);
+    let load_started = Instant::now();
+    let at = || load_started.elapsed().as_millis();
     load.wait_acked(2000, Duration::from_secs(30));
     for id in [1, 2, 3, 1] {
         c.wait_for("every partition led", Duration::from_secs(30), |s| s.partitions.iter().all(|p| p.leader.is_some()));
@@ -528,13 +530,15 @@ fn sigterm_stops_a_cluster_node_after_handing_over_its_partitions() {
             .terminate(Duration::from_secs(15))
             .unwrap_or_else(|| panic!("node {id} did not stop within 15 s of SIGTERM:\n{}", c.node(id).log()));
         assert!(status.success(), "node {id} exited with {status}:\n{}", c.node(id).log());
-        eprintln!("node {id} (leading {led} partitions) stopped {took:?} after SIGTERM");
+        eprintln!("node {id} (leading {led} partitions) stopped {took:?} after SIGTERM (at {} ms)", at());
         let log = c.node(id).log();
         if led > 0 {
-            assert!(log.contains("handed over"), "node {id} handed its partitions over:\n{log}");
+            let all: String = (1..=3).map(|n| format!("--- node {n}:\n{}", c.node(n).log())).collect();
+            assert!(log.contains("handed over"), "node {id} handed its partitions over:\n{all}");
         }
         load.wait_acked(1000, Duration::from_secs(30));
         c.node(id).start();
+        eprintln!("node {id} started again (at {} ms)", at());
         c.wait_for("the node back in sync", Duration::from_secs(60), |s| {
             s.partitions
                 .iter()
@@ -543,7 +547,10 @@ fn sigterm_stops_a_cluster_node_after_handing_over_its_partitions() {
         load.wait_acked(1000, Duration::from_secs(30));
     }
     let acked = load.stop();
-    eprintln!("the longest produce during the rolling restart: {:?}", acked.max_latency);
+    eprintln!(
+        "the longest produce during the rolling restart: {:?} (acknowledged at about {} ms)",
+        acked.max_latency, acked.max_latency_at_ms
+    );
     let v = check(&c.bootstrap(), "t", TOPIC_PARTITIONS, &acked, ReadFrom::Leader);
     assert_nothing_lost(&v, "after a rolling restart with SIGTERM", &c);
     assert!(

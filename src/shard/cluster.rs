@@ -2,7 +2,7 @@
 //! this node replicates), handing controller messages to replicas, ticking replicas, and
 //! the data links that stream batches from leaders here to followers elsewhere.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -37,6 +37,11 @@ pub struct ShardCluster {
     links: RefCell<HashMap<NodeId, Rc<DataLink>>>,
     /// Connections for forwarded client requests (multi-master, forwarding modes).
     forward_conns: RefCell<HashMap<NodeId, Rc<Connection>>>,
+    /// A controlled shutdown began: the stopping mark must stay in the metadata.
+    stopping: Cell<bool>,
+    /// A write clearing an earlier run's stopping mark is under way (a shutdown waits for
+    /// it, so that the clear cannot land after its own mark).
+    clearing_mark: Cell<bool>,
 }
 
 impl ShardCluster {
@@ -48,6 +53,8 @@ impl ShardCluster {
             meta: RefCell::new(meta),
             links: RefCell::new(HashMap::new()),
             forward_conns: RefCell::new(HashMap::new()),
+            stopping: Cell::new(false),
+            clearing_mark: Cell::new(false),
         }
     }
 
@@ -70,12 +77,19 @@ fn cluster(shard: &Shard) -> &ShardCluster {
 
 /// A controlled shutdown (SIGTERM): records in the metadata that this node is stopping, so
 /// that the controllers move the leadership of its partitions to in-sync followers, and
-/// waits (at most `budget`) until this shard leads none; requests keep being served
-/// meanwhile (not-leader answers name the new leaders). Shard 0 writes the record.
+/// waits (at most `budget`) until another replica leads each partition this shard led;
+/// requests keep being served meanwhile (not-leader answers name the new leaders).
+/// (Waiting only until this shard is fenced is too short: were it the metadata leader and
+/// left before the successor's appointment is recorded, the partition would stay leaderless
+/// for a metadata election.) Shard 0 writes the record.
 pub async fn hand_over_leadership(shard: &Rc<Shard>, budget: Duration) {
     let c = cluster(shard);
     let started = std::time::Instant::now();
     let deadline = started + budget;
+    c.stopping.set(true);
+    while c.clearing_mark.get() && std::time::Instant::now() < deadline {
+        rt::sleep(Duration::from_millis(5)).await;
+    }
     if shard.id == 0 {
         let cmd = crate::cluster::meta::MetaCommand::SetDraining { node: c.node_id, draining: true };
         match rt::timeout(budget, c.control.write(cmd)).await {
@@ -84,26 +98,37 @@ pub async fn hand_over_leadership(shard: &Rc<Shard>, budget: Duration) {
             None => log::warn!("controlled shutdown: recording it in the metadata timed out"),
         }
     }
+    let led: Vec<Rc<Partition>> = shard
+        .partitions
+        .borrow()
+        .values()
+        .filter(|p| p.leadership().is_some_and(|(leads, _, _)| leads))
+        .cloned()
+        .collect();
     for p in shard.partitions.borrow().values() {
         p.start_draining();
     }
-    let leading = |shard: &Shard| {
-        shard.partitions.borrow().values().filter(|p| p.leadership().is_some_and(|(leads, _, _)| leads)).count()
+    let me = c.node_id;
+    let not_yet_moved = || {
+        led.iter()
+            .filter(|p| !p.leadership().is_some_and(|(leads, leader, _)| !leads && leader.is_some_and(|l| l != me)))
+            .count()
     };
-    let at_first = leading(shard);
-    while leading(shard) > 0 && std::time::Instant::now() < deadline {
+    while not_yet_moved() > 0 && std::time::Instant::now() < deadline {
         rt::sleep(Duration::from_millis(20)).await;
     }
-    match leading(shard) {
-        0 if at_first > 0 => log::info!(
-            "shard {}: leadership of {at_first} partitions handed over in {} ms",
+    match not_yet_moved() {
+        0 if !led.is_empty() => log::info!(
+            "shard {}: leadership of {} partitions handed over in {} ms",
             shard.id,
+            led.len(),
             started.elapsed().as_millis()
         ),
         0 => {}
         left => log::warn!(
-            "shard {}: still leads {left} partitions after {} ms; stopping anyway",
+            "shard {}: {left} of its {} partitions have no other leader after {} ms; stopping anyway",
             shard.id,
+            led.len(),
             budget.as_millis()
         ),
     }
@@ -116,11 +141,16 @@ pub async fn undrain_on_start(shard: Rc<Shard>) {
     let Some(c) = shard.cluster.as_ref() else { return };
     // (Checked for as long as the node runs: the metadata this node replays at start may
     // bring the mark after a while.)
-    while !shard.shutting_down.get() {
+    // (A controlled shutdown of this run ends it: its own mark must stay; clearing it would
+    // stop the controllers from moving this node's partitions.)
+    while !shard.shutting_down.get() && !c.stopping.get() {
         let marked = c.control.meta.borrow().draining.contains(&c.node_id);
         if marked {
             let cmd = crate::cluster::meta::MetaCommand::SetDraining { node: c.node_id, draining: false };
-            if let Err(e) = c.control.write(cmd).await {
+            c.clearing_mark.set(true);
+            let cleared = c.control.write(cmd).await;
+            c.clearing_mark.set(false);
+            if let Err(e) = cleared {
                 log::debug!("clearing this node's stopping mark: {e}");
             }
         }

@@ -126,7 +126,7 @@ impl Node {
     fn serve_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorra"));
         cmd.args(["serve", "--config"]).arg(self.dir.join("node.toml"));
-        cmd.env("RUST_LOG", "info,glommio=off");
+        cmd.env("RUST_LOG", node_log_filter());
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         cmd
     }
@@ -165,7 +165,7 @@ impl Node {
     pub fn run_serve_expecting_exit(&self, args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorra"));
         cmd.arg("serve").args(args);
-        cmd.env("RUST_LOG", "info,glommio=off");
+        cmd.env("RUST_LOG", node_log_filter());
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         self.run_command_expecting_exit(cmd, timeout)
     }
@@ -452,6 +452,12 @@ pub fn example_config(
     toml::to_string(&config).unwrap()
 }
 
+/// The nodes' log filter: `QUORRA_TEST_NODE_LOG` when set (to look into a failure, e.g.
+/// `debug,glommio=off`), else info.
+fn node_log_filter() -> String {
+    std::env::var("QUORRA_TEST_NODE_LOG").unwrap_or_else(|_| "info,glommio=off".into())
+}
+
 /// What a load run acknowledged: (partition, offset) -> message number.
 #[derive(Default, Clone)]
 pub struct Acked {
@@ -460,6 +466,8 @@ pub struct Acked {
     pub times_ms: Vec<(u64, u64)>,
     /// The longest a message waited for its acknowledgement (from its send).
     pub max_latency: Duration,
+    /// When the longest-waiting message was acknowledged (ms since the load started).
+    pub max_latency_at_ms: u64,
 }
 
 /// A producer running on its own thread until stopped, recording every acknowledgement.
@@ -550,7 +558,10 @@ async fn produce_numbered(
                     let mut acked = acked.borrow_mut();
                     acked.at.insert((md.partition, md.offset), n);
                     acked.times_ms.push((n, started.elapsed().as_millis() as u64));
-                    acked.max_latency = acked.max_latency.max(sent_at.elapsed());
+                    if sent_at.elapsed() > acked.max_latency {
+                        acked.max_latency = sent_at.elapsed();
+                        acked.max_latency_at_ms = started.elapsed().as_millis() as u64;
+                    }
                     counters.acked.fetch_add(1, Ordering::SeqCst);
                 }
                 Err(e) => *counters.last_error.lock().unwrap() = Some(e.to_string()),
