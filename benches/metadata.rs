@@ -42,8 +42,8 @@ fn offset_commit(c: &mut Criterion) {
         let mut s = state_with(groups);
         let mut offset = 2;
         // The shards hold the last published copy while the next commit applies: its
-        // shared parts must be copied where the commit changes them (the outer group map,
-        // one pointer per group, and the committing group's map).
+        // shared parts must be copied where the commit changes them (the path to the
+        // committing group in the persistent group map, and that group's map).
         let mut published = s.clone();
         g.bench_with_input(BenchmarkId::new("shared copy (now)", groups), &groups, |b, &groups| {
             b.iter(|| {

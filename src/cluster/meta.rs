@@ -37,16 +37,20 @@ pub struct TopicMeta {
 /// One consumer group's committed offsets: topic -> partition -> committed.
 pub type GroupOffsets = BTreeMap<String, BTreeMap<u32, CommittedOffset>>;
 
+/// The groups' offsets: a persistent map, so that a copy shares every node but the path to
+/// the group that changed (an offset commit costs O(log groups), not a copy of the map).
+pub type Groups = rpds::RedBlackTreeMapSync<String, Arc<GroupOffsets>>;
+
 /// The replicated metadata. Every applied entry publishes a copy to the shards, so its big
-/// parts are shared (`Arc`) and copied only where they change: a copy after an offset commit
-/// shares the topics (the shards see `Arc::ptr_eq` and skip their walk of the partitions)
-/// and every other group's offsets.
+/// parts are shared and copied only where they change: a copy after an offset commit shares
+/// the topics (the shards see `Arc::ptr_eq` and skip their walk of the partitions) and every
+/// other group's offsets (see [`Groups`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaState {
     pub topics: Arc<BTreeMap<String, TopicMeta>>,
     /// Consumer-group offsets: group -> topic -> partition -> committed.
     #[serde(default)]
-    pub offsets: Arc<BTreeMap<String, Arc<GroupOffsets>>>,
+    pub offsets: Groups,
     /// The first producer id not yet handed out (ids are allocated in blocks, cluster-wide;
     /// 0 is "not idempotent" and never allocated).
     #[serde(default)]
@@ -176,9 +180,11 @@ impl MetaState {
             }
             MetaCommand::DeleteTopic { name } => {
                 Arc::make_mut(&mut self.topics).remove(name).ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
-                for group in Arc::make_mut(&mut self.offsets).values_mut() {
-                    if group.contains_key(name) {
-                        Arc::make_mut(group).remove(name);
+                let holding: Vec<String> =
+                    self.offsets.iter().filter(|(_, g)| g.contains_key(name)).map(|(k, _)| k.clone()).collect();
+                for group in holding {
+                    if let Some(g) = self.offsets.get_mut(&group) {
+                        Arc::make_mut(g).remove(name);
                     }
                 }
                 Ok(())
@@ -191,7 +197,10 @@ impl MetaState {
                         false => MetaError::UnknownTopic(topic.clone()),
                     });
                 }
-                let group = Arc::make_mut(&mut self.offsets).entry(group.clone()).or_default();
+                if !self.offsets.contains_key(group) {
+                    self.offsets.insert_mut(group.clone(), Arc::default());
+                }
+                let group = self.offsets.get_mut(group).expect("inserted above");
                 Arc::make_mut(group)
                     .entry(topic.clone())
                     .or_default()
@@ -330,7 +339,27 @@ mod tests {
         let published = s.clone();
         s.apply(&MetaCommand::OpenEpoch { topic: "t".into(), partition: 0, epoch: 1 }).unwrap();
         assert!(!Arc::ptr_eq(&published.topics, &s.topics));
-        assert!(Arc::ptr_eq(&published.offsets, &s.offsets));
+        assert!(Arc::ptr_eq(&published.offsets["g8"], &s.offsets["g8"]));
+    }
+
+    /// The persistent group map is stored (Raft snapshots) as the JSON map it replaced, so
+    /// snapshots written before it still load.
+    #[test]
+    fn the_group_offsets_keep_their_stored_form() {
+        let mut s = MetaState::default();
+        create(&mut s, "t", vec![vec![1]]).unwrap();
+        let commit = MetaCommand::CommitOffset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            metadata: "m".into(),
+        };
+        s.apply(&commit).unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["offsets"]["g"]["t"]["0"], serde_json::json!({"offset": 7, "metadata": "m"}));
+        let back: MetaState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]
