@@ -33,6 +33,7 @@ fn commit(group: usize, offset: u64) -> MetaCommand {
         partition: (group % 16) as u32,
         offset,
         metadata: String::new(),
+        max_groups: 0,
     }
 }
 

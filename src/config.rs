@@ -156,6 +156,9 @@ pub struct Config {
     /// Partitions this broker holds at most (in a cluster: partitions in the catalog);
     /// a topic create beyond is refused.
     pub max_partitions: usize,
+    /// Consumer groups this broker (in a cluster: the cluster) holds at most; a commit that
+    /// would create another is refused with `too_many_groups`.
+    pub max_consumer_groups: usize,
     /// Bytes of answers one connection may have pending (being prepared or queued, not yet
     /// written); beyond it the broker reads no more requests from it until the client reads.
     pub max_answer_bytes_per_connection: usize,
@@ -344,6 +347,7 @@ impl Default for Config {
             max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_partitions: crate::limits::DEFAULT_MAX_PARTITIONS,
+            max_consumer_groups: crate::limits::DEFAULT_MAX_CONSUMER_GROUPS,
             max_answer_bytes_per_connection: crate::limits::DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             storage: StorageSettings::default(),

@@ -72,6 +72,9 @@ pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// Default for the partitions a broker holds at most (`max_partitions`).
 pub const DEFAULT_MAX_PARTITIONS: usize = 4096;
 
+/// Default for the consumer groups a broker (a cluster) holds at most (`max_consumer_groups`).
+pub const DEFAULT_MAX_CONSUMER_GROUPS: usize = 10_000;
+
 /// Largest consumer-group offset record's metadata string.
 pub const MAX_OFFSET_METADATA_BYTES: usize = 1024;
 

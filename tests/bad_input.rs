@@ -408,6 +408,43 @@ fn many_consumer_group_names_hold_bounded_descriptors_and_create_nothing_when_on
     assert!(grown < 400, "600 groups hold {grown} more descriptors");
 }
 
+/// Part 3 of issue 11: the consumer groups on disk are bounded. A commit that would create a
+/// group beyond `max_consumer_groups` (counted over all shards, and across a restart) is
+/// refused with `too_many_groups` and creates nothing; groups that committed keep working.
+#[test]
+fn a_commit_that_would_create_a_group_beyond_the_limit_is_refused() {
+    let dir = scratch_dir("group-limit");
+    let cfg = config_file(dir.path(), "max_consumer_groups = 5\n");
+    let args = ["--config", cfg.to_str().unwrap(), "--shards", "2"];
+    let mut broker = Broker::start(dir.path(), &args);
+    let groups_dir = broker.data_dir.join("groups");
+    let refused = |b: String| {
+        run(move || async move {
+            let c = client(&b).await;
+            let e = c.commit_offset("one-too-many", "t", 0, 1).await.unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::TooManyGroups), "{e}");
+            assert!(e.to_string().contains("max_consumer_groups"), "{e}");
+            assert_eq!(c.fetch_offset("one-too-many", "t", 0).await.unwrap(), None);
+            c.commit_offset("g-3", "t", 0, 33).await.expect("a group that committed keeps committing");
+            assert_eq!(c.fetch_offset("g-3", "t", 0).await.unwrap(), Some(33));
+        })
+    };
+    let b = broker.bootstrap();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("t", 1, 1).await.unwrap();
+        for i in 0..5u64 {
+            c.commit_offset(&format!("g-{i}"), "t", 0, i).await.unwrap();
+        }
+    });
+    refused(broker.bootstrap());
+    let on_disk = std::fs::read_dir(&groups_dir).unwrap().count();
+    assert_eq!(on_disk, 5, "group directories");
+    broker.restart();
+    refused(broker.bootstrap());
+    assert_eq!(std::fs::read_dir(&groups_dir).unwrap().count(), 5);
+}
+
 /// The well-behaved client of the stress test: produce one record (acks = leader), read it
 /// back, for `for_how_long`; the round trips' latencies, sorted.
 fn well_behaved_round_trips(addr: &str, offset: &mut u64, for_how_long: Duration) -> Vec<Duration> {

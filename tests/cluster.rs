@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{check, final_log, Cluster, Load, Verdict, Watcher};
 use quorra::client::ReadFrom;
 use quorra::protocol::messages::Acks;
+use quorra::protocol::ErrorCode;
 
 const TOPIC_PARTITIONS: u32 = 3;
 
@@ -389,14 +390,22 @@ fn follower_with_a_corrupted_segment_repairs_it_from_the_leader() {
     assert_nothing_lost(&v, "read from the repaired follower", &c);
 }
 
+/// Offsets are replicated metadata; the groups in it are bounded (`max_consumer_groups`,
+/// here 2): a commit that would create a third is refused on every node.
 #[test]
 fn consumer_group_offsets_are_replicated_metadata() {
-    let mut c = Cluster::start("offsets", "hybrid");
+    let mut c = Cluster::start_tuned("offsets", "hybrid", |config| {
+        config.insert("max_consumer_groups".into(), 2.into());
+    });
     c.create_topic("t", 2, 3);
     let first = c.node(1).client.to_string();
     common::run(move || async move {
         let client = common::client(&first).await;
         client.commit_offset("readers", "t", 1, 1234).await.unwrap();
+        client.commit_offset("writers", "t", 0, 1).await.unwrap();
+        let e = client.commit_offset("third", "t", 0, 1).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::TooManyGroups), "{e}");
+        client.commit_offset("writers", "t", 0, 2).await.expect("a group that committed keeps committing");
     });
     c.node(1).kill();
     let second = c.node(2).client.to_string();
@@ -412,6 +421,12 @@ fn consumer_group_offsets_are_replicated_metadata() {
         }
     });
     assert_eq!(got, Some(1234), "an offset committed on node 1 is known on node 2 after node 1 died");
+    let second = c.node(2).client.to_string();
+    common::run(move || async move {
+        let client = common::client(&second).await;
+        let e = client.commit_offset("third", "t", 0, 1).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::TooManyGroups), "{e}");
+    });
 }
 
 #[test]

@@ -29,6 +29,50 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 type OffsetKey = (String, u32);
 
+/// Why a commit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Committing would create a group beyond `max_consumer_groups`.
+    #[error("this broker holds {0} consumer groups (max_consumer_groups); a new group cannot commit")]
+    TooManyGroups(usize),
+}
+
+/// The consumer groups a broker holds (each has a directory and a small log), shared by its
+/// shards: a new group is admitted only while there are fewer than `max`.
+#[derive(Debug)]
+pub struct GroupBudget {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl GroupBudget {
+    /// `held`: the groups on disk at start.
+    pub fn new(held: usize, max: usize) -> Self {
+        GroupBudget { held: held.into(), max }
+    }
+
+    /// Counts the group directories under `data_dir` (at start, before the shards run).
+    pub fn count_on_disk(data_dir: &std::path::Path) -> usize {
+        std::fs::read_dir(data_dir.join("groups"))
+            .map(|dir| dir.filter_map(Result::ok).filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0)
+    }
+
+    fn admit(&self) -> Result<(), OffsetError> {
+        use std::sync::atomic::Ordering;
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1))
+            .map(|_| ())
+            .map_err(OffsetError::TooManyGroups)
+    }
+
+    fn release(&self) {
+        self.held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 struct GroupStore<D: Disk> {
     log: Rc<Partition<D>>,
     offsets: RefCell<HashMap<OffsetKey, (u64, String)>>,
@@ -44,6 +88,7 @@ pub struct OffsetStore<D: Disk> {
     /// Shared-storage mode: see [`LogConfig::fresh_segment_on_open`].
     fresh_segment_on_open: bool,
     groups: RefCell<HashMap<String, Rc<GroupStore<D>>>>,
+    budget: std::sync::Arc<GroupBudget>,
     opening: glommio::sync::Semaphore,
     uses: std::cell::Cell<u64>,
 }
@@ -66,13 +111,20 @@ fn decode_record(key: &[u8], value: &[u8]) -> Option<(OffsetKey, (u64, String))>
 }
 
 impl<D: Disk> OffsetStore<D> {
-    pub fn new(disk: D, data_dir: PathBuf, flush: FlushPolicy, fresh_segment_on_open: bool) -> Self {
+    pub fn new(
+        disk: D,
+        data_dir: PathBuf,
+        flush: FlushPolicy,
+        fresh_segment_on_open: bool,
+        budget: std::sync::Arc<GroupBudget>,
+    ) -> Self {
         OffsetStore {
             disk,
             data_dir,
             flush,
             fresh_segment_on_open,
             groups: RefCell::new(HashMap::new()),
+            budget,
             opening: glommio::sync::Semaphore::new(1),
             uses: std::cell::Cell::new(0),
         }
@@ -88,7 +140,7 @@ impl<D: Disk> OffsetStore<D> {
     }
 
     /// The group's store, opened if needed; `create`: also if it has none yet.
-    async fn group(&self, name: &str, create: bool) -> Result<Option<Rc<GroupStore<D>>>, StorageError> {
+    async fn group(&self, name: &str, create: bool) -> Result<Option<Rc<GroupStore<D>>>, OffsetError> {
         if let Some(g) = self.open_group(name) {
             return Ok(Some(g));
         }
@@ -97,12 +149,16 @@ impl<D: Disk> OffsetStore<D> {
             return Ok(Some(g));
         }
         let dir = group_dir(&self.data_dir, name);
-        if !create && self.disk.list_dir(&dir).await?.is_empty() {
+        let new = self.disk.list_dir(&dir).await.map_err(StorageError::from)?.is_empty();
+        if new && !create {
             // A group that never committed: nothing to open, and nothing is created for it.
             return Ok(None);
         }
+        if new {
+            self.budget.admit()?;
+        }
         self.close_idle_groups_beyond(MAX_OPEN_GROUPS_PER_SHARD - 1).await;
-        let log = Partition::open(
+        let opened = Partition::open(
             self.disk.clone(),
             Rc::from(format!("group {name}")),
             0,
@@ -110,7 +166,16 @@ impl<D: Disk> OffsetStore<D> {
             self.log_config(),
             self.flush,
         )
-        .await?;
+        .await;
+        let log = match opened {
+            Ok(log) => log,
+            Err(e) => {
+                if new {
+                    self.budget.release();
+                }
+                return Err(e.into());
+            }
+        };
         let offsets = replay(&log).await?;
         let store = Rc::new(GroupStore { log, offsets: RefCell::new(offsets), last_used: Default::default() });
         self.touch(&store);
@@ -157,7 +222,7 @@ impl<D: Disk> OffsetStore<D> {
         partition: u32,
         offset: u64,
         metadata: &str,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), OffsetError> {
         let g = self.group(group, true).await?.expect("created");
         let mut value = offset.to_le_bytes().to_vec();
         value.extend_from_slice(metadata.as_bytes());
@@ -175,7 +240,7 @@ impl<D: Disk> OffsetStore<D> {
     }
 
     /// The last committed offset of `group` for `topic`/`partition`.
-    pub async fn fetch(&self, group: &str, topic: &str, partition: u32) -> Result<Option<(u64, String)>, StorageError> {
+    pub async fn fetch(&self, group: &str, topic: &str, partition: u32) -> Result<Option<(u64, String)>, OffsetError> {
         let Some(g) = self.group(group, false).await? else { return Ok(None) };
         let found = g.offsets.borrow().get(&(topic.to_string(), partition)).cloned();
         Ok(found)

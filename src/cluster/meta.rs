@@ -111,6 +111,10 @@ pub enum MetaCommand {
         partition: u32,
         offset: u64,
         metadata: String,
+        /// The committing node's `max_consumer_groups`: a commit that would create a group
+        /// beyond it is refused (0, in entries written before the limit: no limit).
+        #[serde(default)]
+        max_groups: u64,
     },
 }
 
@@ -125,6 +129,8 @@ pub enum MetaError {
     UnknownPartition(String, u32),
     #[error("epoch {got} is not newer than {current} for {topic}/{partition}")]
     StaleEpoch { topic: String, partition: u32, got: Epoch, current: Epoch },
+    #[error("the cluster holds {0} consumer groups (max_consumer_groups); a new group cannot commit")]
+    TooManyGroups(u64),
     #[error("{0}")]
     Invalid(String),
 }
@@ -189,7 +195,7 @@ impl MetaState {
                 }
                 Ok(())
             }
-            MetaCommand::CommitOffset { group, topic, partition, offset, metadata } => {
+            MetaCommand::CommitOffset { group, topic, partition, offset, metadata, max_groups } => {
                 // (Checked without `partition_mut`: that would copy the shared topics.)
                 if self.partition(topic, *partition).is_none() {
                     return Err(match self.topics.contains_key(topic) {
@@ -198,6 +204,10 @@ impl MetaState {
                     });
                 }
                 if !self.offsets.contains_key(group) {
+                    let held = self.offsets.size() as u64;
+                    if *max_groups > 0 && held >= *max_groups {
+                        return Err(MetaError::TooManyGroups(held));
+                    }
                     self.offsets.insert_mut(group.clone(), Arc::default());
                 }
                 let group = self.offsets.get_mut(group).expect("inserted above");
@@ -324,6 +334,7 @@ mod tests {
             partition: 0,
             offset: o,
             metadata: String::new(),
+            max_groups: 0,
         };
         for g in 0..100 {
             s.apply(&commit(&format!("g{g}"), 1)).unwrap();
@@ -342,6 +353,28 @@ mod tests {
         assert!(Arc::ptr_eq(&published.offsets["g8"], &s.offsets["g8"]));
     }
 
+    /// A commit that would create a group beyond the committing node's limit is refused on
+    /// every node alike; groups that already committed keep committing.
+    #[test]
+    fn a_commit_beyond_the_group_limit_is_refused() {
+        let mut s = MetaState::default();
+        create(&mut s, "t", vec![vec![1]]).unwrap();
+        let commit = |g: &str, o| MetaCommand::CommitOffset {
+            group: g.into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: o,
+            metadata: String::new(),
+            max_groups: 2,
+        };
+        s.apply(&commit("a", 1)).unwrap();
+        s.apply(&commit("b", 1)).unwrap();
+        assert!(matches!(s.apply(&commit("c", 1)), Err(MetaError::TooManyGroups(2))));
+        assert_eq!(s.committed_offset("c", "t", 0), None);
+        s.apply(&commit("a", 2)).unwrap();
+        assert_eq!(s.committed_offset("a", "t", 0).map(|c| c.offset), Some(2));
+    }
+
     /// The persistent group map is stored (Raft snapshots) as the JSON map it replaced, so
     /// snapshots written before it still load.
     #[test]
@@ -354,6 +387,7 @@ mod tests {
             partition: 0,
             offset: 7,
             metadata: "m".into(),
+            max_groups: 0,
         };
         s.apply(&commit).unwrap();
         let json = serde_json::to_value(&s).unwrap();
@@ -394,6 +428,7 @@ mod tests {
             partition: p,
             offset: o,
             metadata: String::new(),
+            max_groups: 0,
         };
         s.apply(&commit(0, 42)).unwrap();
         assert!(s.apply(&commit(1, 1)).is_err(), "no such partition");

@@ -57,6 +57,9 @@ pub enum ErrorCode {
     /// The broker, or this client's address, holds its limit of connections; this one is
     /// closed. Retry later, or with fewer connections.
     TooManyConnections = 25,
+    /// A commit would create a consumer group beyond the broker's (the cluster's)
+    /// `max_consumer_groups`; groups that already committed keep working.
+    TooManyGroups = 26,
 }
 
 impl ErrorCode {
@@ -88,6 +91,7 @@ impl ErrorCode {
             23 => UnknownProducer,
             24 => ProducerFenced,
             25 => TooManyConnections,
+            26 => TooManyGroups,
             _ => Unknown,
         }
     }
@@ -137,6 +141,7 @@ impl ErrorCode {
             UnknownProducer => "unknown_producer",
             ProducerFenced => "producer_fenced",
             TooManyConnections => "too_many_connections",
+            TooManyGroups => "too_many_groups",
         }
     }
 }

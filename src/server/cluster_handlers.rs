@@ -32,6 +32,7 @@ impl From<ControlError> for ApiError {
             ControlError::Refused(MetaError::TopicExists(_)) => ErrorCode::TopicExists,
             ControlError::Refused(MetaError::UnknownTopic(_)) => ErrorCode::UnknownTopic,
             ControlError::Refused(MetaError::UnknownPartition(..)) => ErrorCode::UnknownPartition,
+            ControlError::Refused(MetaError::TooManyGroups(_)) => ErrorCode::TooManyGroups,
             ControlError::Refused(_) => ErrorCode::InvalidRequest,
             ControlError::Unavailable(_) => ErrorCode::Unavailable,
         };

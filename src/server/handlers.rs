@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::broker::catalog::{validate_group_name, validate_partition_count, validate_topic_name};
+use crate::broker::offsets::OffsetError;
 use crate::broker::partition::{AckLevel, AppendError, SequenceError};
 use crate::broker::{Catalog, Partition, TopicConfig};
 use crate::limits::{MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS, MAX_OFFSET_METADATA_BYTES};
@@ -61,6 +62,15 @@ impl From<StorageError> for ApiError {
             StorageError::Backpressure(_) => ErrorCode::Backpressure,
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<OffsetError> for ApiError {
+    fn from(e: OffsetError) -> Self {
+        match e {
+            OffsetError::Storage(e) => e.into(),
+            e @ OffsetError::TooManyGroups(_) => ApiError::new(ErrorCode::TooManyGroups, e.to_string()),
+        }
     }
 }
 
@@ -417,6 +427,7 @@ async fn commit_offset(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
             partition: req.partition,
             offset: req.offset,
             metadata: req.metadata,
+            max_groups: shard.config.max_consumer_groups as u64,
         };
         c.control.write(cmd).await?;
         return reply(&CommitOffsetResponse {});

@@ -43,6 +43,8 @@ struct Startup {
     bound_addr: Mutex<Option<SocketAddr>>,
     stop: Arc<AtomicBool>,
     connections: Arc<crate::server::connections::ConnectionRegistry>,
+    /// The consumer groups the broker holds (single node, shared storage).
+    groups: Arc<crate::broker::offsets::GroupBudget>,
 }
 
 /// Runs a broker until SIGINT or SIGTERM; returns after a clean shutdown.
@@ -86,6 +88,10 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
             config.max_connections,
             config.max_connections_per_ip,
         ),
+        groups: Arc::new(crate::broker::offsets::GroupBudget::new(
+            crate::broker::offsets::GroupBudget::count_on_disk(&config.data_dir),
+            config.max_consumer_groups,
+        )),
     });
     let mesh_builder = MeshBuilder::<MeshMsg, _>::full(shards, MESH_CHANNEL_DEPTH);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -235,6 +241,7 @@ async fn shard_main(
             config.data_dir.clone(),
             config.storage.flush,
             config.log_config().fresh_segment_on_open,
+            startup.groups.clone(),
         ),
         mesh,
         catalog_lock: glommio::sync::Semaphore::new(1),
