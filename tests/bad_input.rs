@@ -445,6 +445,37 @@ fn a_commit_that_would_create_a_group_beyond_the_limit_is_refused() {
     assert_eq!(std::fs::read_dir(&groups_dir).unwrap().count(), 5);
 }
 
+/// Part 3 of issue 11: a consumer group's log does not grow with its commits. After 4,000
+/// commits of about 1 KiB (4 MB of records) the group's directory holds about a megabyte:
+/// the store writes a checkpoint of the current offsets and deletes the segments before it.
+/// After a restart every partition's last commit is there.
+#[test]
+fn a_consumer_groups_log_is_compacted_as_it_commits() {
+    let dir = scratch_dir("group-compaction");
+    let mut broker = Broker::start(dir.path(), &["--shards", "1"]);
+    let group_dir = broker.data_dir.join("groups").join("busy");
+    let b = broker.bootstrap();
+    run(move || async move {
+        let c = client(&b).await;
+        c.create_topic("t", 4, 1).await.unwrap();
+        for i in 0..4_000u64 {
+            let metadata = format!("{i:01000}");
+            c.commit_offset_with_metadata("busy", "t", (i % 4) as u32, i, &metadata).await.unwrap();
+        }
+    });
+    let bytes: u64 = std::fs::read_dir(&group_dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(bytes < 2 << 20, "4 MB of commits left {bytes} bytes in the group's directory");
+    broker.restart();
+    let b = broker.bootstrap();
+    run(move || async move {
+        let c = client(&b).await;
+        for p in 0..4u32 {
+            let last = 4_000 - 4 + u64::from(p);
+            assert_eq!(c.fetch_offset("busy", "t", p).await.unwrap(), Some(last), "partition {p}");
+        }
+    });
+}
+
 /// The well-behaved client of the stress test: produce one record (acks = leader), read it
 /// back, for `for_how_long`; the round trips' latencies, sorted.
 fn well_behaved_round_trips(addr: &str, offset: &mut u64, for_how_long: Duration) -> Vec<Duration> {

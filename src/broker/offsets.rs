@@ -4,6 +4,10 @@
 //! to the group's own partition log under `<data_dir>/groups/<group>/` and acknowledged once
 //! flushed, like any produce. The in-memory map is rebuilt by replaying that log the first
 //! time a group is used after a start. A group is owned by the shard `hash(group) % shards`.
+//!
+//! The log is compacted: once [`COMPACT_AFTER_BYTES`] of commits followed the last
+//! checkpoint, every current offset is appended again (a checkpoint) and the whole segments
+//! before it are deleted, so a group's log stays about a megabyte however long it commits.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,6 +27,15 @@ use crate::storage::{Disk, LogConfig, StorageError};
 /// Consumer groups whose offset logs a shard keeps open; beyond, the least recently used
 /// idle one is closed (and reopened, replaying its small log, when next used).
 const MAX_OPEN_GROUPS_PER_SHARD: usize = 256;
+
+/// A group log's segment (preallocated: what a group costs on disk at least).
+const GROUP_SEGMENT_BYTES: u64 = 256 << 10;
+
+/// Commit bytes after the last checkpoint that make the next commit write a new one.
+const COMPACT_AFTER_BYTES: u64 = 512 << 10;
+
+/// A checkpoint is written in batches of about this size.
+const CHECKPOINT_BATCH_BYTES: usize = 128 << 10;
 
 /// How long a commit may wait for its flush.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,7 +88,14 @@ impl GroupBudget {
 
 struct GroupStore<D: Disk> {
     log: Rc<Partition<D>>,
+    /// What fetches answer: the offsets whose commits are durable.
     offsets: RefCell<HashMap<OffsetKey, (u64, String)>>,
+    /// The newest offset appended per key, durable or not: what a checkpoint writes (one
+    /// taken from `offsets` could write an older value after a newer commit's record).
+    appended: RefCell<HashMap<OffsetKey, (u64, String)>>,
+    /// Commit bytes appended since the last checkpoint (since the open: the whole log).
+    since_checkpoint: std::cell::Cell<u64>,
+    compacting: std::cell::Cell<bool>,
     /// When it was last used (a counter of the store): the least recent idle group is the
     /// one closed when too many are open.
     last_used: std::cell::Cell<u64>,
@@ -132,7 +152,7 @@ impl<D: Disk> OffsetStore<D> {
 
     fn log_config(&self) -> LogConfig {
         LogConfig {
-            segment_bytes: 1 << 20,
+            segment_bytes: GROUP_SEGMENT_BYTES,
             cache_bytes: 256 << 10,
             fresh_segment_on_open: self.fresh_segment_on_open,
             ..LogConfig::default()
@@ -177,7 +197,15 @@ impl<D: Disk> OffsetStore<D> {
             }
         };
         let offsets = replay(&log).await?;
-        let store = Rc::new(GroupStore { log, offsets: RefCell::new(offsets), last_used: Default::default() });
+        let since_checkpoint = log.status(0).size_bytes;
+        let store = Rc::new(GroupStore {
+            log,
+            appended: RefCell::new(offsets.clone()),
+            offsets: RefCell::new(offsets),
+            since_checkpoint: since_checkpoint.into(),
+            compacting: Default::default(),
+            last_used: Default::default(),
+        });
         self.touch(&store);
         self.groups.borrow_mut().insert(name.to_string(), store.clone());
         Ok(Some(store))
@@ -224,18 +252,20 @@ impl<D: Disk> OffsetStore<D> {
         metadata: &str,
     ) -> Result<(), OffsetError> {
         let g = self.group(group, true).await?.expect("created");
-        let mut value = offset.to_le_bytes().to_vec();
-        value.extend_from_slice(metadata.as_bytes());
-        let mut batch = BatchBuilder::with_capacity(value.len() + topic.len() + 32);
-        batch.push(Some(&encode_key(topic, partition)), &value, rt::now_ms());
-        let payload = batch.finish(0, 0, 0).to_vec();
-        let appended = g.log.append(payload, Bytes::from).map_err(|e| match e {
-            crate::broker::partition::AppendError::Storage(e) => e,
-            // An offset record has no producer id: no sequence rule applies to it.
-            other => StorageError::Io(other.to_string()),
-        })?;
+        let key = (topic.to_string(), partition);
+        let mut batch = BatchBuilder::with_capacity(metadata.len() + topic.len() + 48);
+        push_record(&mut batch, &key, offset, metadata);
+        let payload = batch.finish(0, 0, 0);
+        g.since_checkpoint.set(g.since_checkpoint.get() + payload.len() as u64);
+        let appended = append(&g.log, payload)?;
+        g.appended.borrow_mut().insert(key.clone(), (offset, metadata.to_string()));
         g.log.wait_committed(appended.last_offset, crate::broker::partition::AckLevel::Local, COMMIT_TIMEOUT).await?;
-        g.offsets.borrow_mut().insert((topic.to_string(), partition), (offset, metadata.to_string()));
+        g.offsets.borrow_mut().insert(key, (offset, metadata.to_string()));
+        if g.since_checkpoint.get() >= COMPACT_AFTER_BYTES && !g.compacting.replace(true) {
+            let compacted = compact(&g).await;
+            g.compacting.set(false);
+            compacted?;
+        }
         Ok(())
     }
 
@@ -252,6 +282,44 @@ impl<D: Disk> OffsetStore<D> {
             g.log.close().await;
         }
     }
+}
+
+fn push_record(batch: &mut BatchBuilder, key: &OffsetKey, offset: u64, metadata: &str) {
+    let mut value = offset.to_le_bytes().to_vec();
+    value.extend_from_slice(metadata.as_bytes());
+    batch.push(Some(&encode_key(&key.0, key.1)), &value, rt::now_ms());
+}
+
+fn append<D: Disk>(log: &Partition<D>, payload: Bytes) -> Result<crate::broker::partition::Appended, StorageError> {
+    log.append(payload.to_vec(), Bytes::from).map_err(|e| match e {
+        crate::broker::partition::AppendError::Storage(e) => e,
+        // An offset record has no producer id: no sequence rule applies to it.
+        other => StorageError::Io(other.to_string()),
+    })
+}
+
+/// Writes a checkpoint (every current offset, again) and, once it is durable, deletes the
+/// whole segments before it: what they held is superseded.
+async fn compact<D: Disk>(g: &GroupStore<D>) -> Result<(), StorageError> {
+    let entries: Vec<(OffsetKey, (u64, String))> =
+        g.appended.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    g.since_checkpoint.set(0);
+    let mut first = None;
+    let mut last = None;
+    let mut batch = BatchBuilder::with_capacity(CHECKPOINT_BATCH_BYTES + 2048);
+    for (i, (key, (offset, metadata))) in entries.iter().enumerate() {
+        push_record(&mut batch, key, *offset, metadata);
+        if batch.len_bytes() >= CHECKPOINT_BATCH_BYTES || i + 1 == entries.len() {
+            let full = std::mem::replace(&mut batch, BatchBuilder::with_capacity(CHECKPOINT_BATCH_BYTES + 2048));
+            let appended = append(&g.log, full.finish(0, 0, 0))?;
+            first.get_or_insert(appended.first_offset);
+            last = Some(appended.last_offset);
+        }
+    }
+    let (Some(first), Some(last)) = (first, last) else { return Ok(()) };
+    g.log.wait_committed(last, crate::broker::partition::AckLevel::Local, COMMIT_TIMEOUT).await?;
+    g.log.remove_segments_below(first).await;
+    Ok(())
 }
 
 async fn replay<D: Disk>(log: &Partition<D>) -> Result<HashMap<OffsetKey, (u64, String)>, StorageError> {

@@ -556,6 +556,19 @@ impl<D: Disk> Partition<D> {
     /// Applies retention and deletes the files of dropped segments.
     pub async fn apply_retention(&self) {
         let removed = self.log.borrow_mut().apply_retention(rt::now_ms());
+        self.remove_segment_files(removed).await;
+    }
+
+    /// Drops the whole segments that end at or below `offset` (a compacted log: what they
+    /// hold is superseded) and deletes their files.
+    pub async fn remove_segments_below(&self, offset: u64) {
+        let removed = self.log.borrow_mut().remove_segments_below(offset);
+        self.remove_segment_files(removed).await;
+    }
+
+    /// After segments were dropped from the front of the log: the producer table, the
+    /// followers and the disk learn the new log start.
+    async fn remove_segment_files(&self, removed: Vec<std::path::PathBuf>) {
         if removed.is_empty() {
             return;
         }

@@ -346,12 +346,24 @@ impl Client {
         partition: u32,
         offset: u64,
     ) -> Result<(), ClientError> {
+        self.commit_offset_with_metadata(group, topic, partition, offset, "").await
+    }
+
+    /// [`Self::commit_offset`] with a string stored beside the offset (at most 1 KiB).
+    pub async fn commit_offset_with_metadata(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        metadata: &str,
+    ) -> Result<(), ClientError> {
         let req = CommitOffsetRequest {
             group: group.into(),
             topic: topic.into(),
             partition,
             offset,
-            metadata: String::new(),
+            metadata: metadata.into(),
         };
         let _: CommitOffsetResponse = self.call(ApiKind::CommitOffset, &req).await?;
         Ok(())

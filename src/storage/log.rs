@@ -1113,14 +1113,29 @@ impl<D: Disk> PartitionLog<D> {
 
     /// Removes whole segments past the retention limits; returns their files to delete.
     pub fn apply_retention(&mut self, now_ms: i64) -> Vec<PathBuf> {
+        let (retention_bytes, retention_ms) = (self.config.retention_bytes, self.config.retention_ms);
+        self.remove_first_segments_while(|first, total| {
+            let over_size = retention_bytes.is_some_and(|limit| total > limit);
+            let too_old = retention_ms.is_some_and(|ms| first.max_timestamp < now_ms.saturating_sub(ms as i64));
+            over_size || too_old
+        })
+    }
+
+    /// Removes the whole segments that end at or below `offset` (everything in them is
+    /// superseded, as a compacted log's checkpoint supersedes what came before it); returns
+    /// their files to delete.
+    pub fn remove_segments_below(&mut self, offset: u64) -> Vec<PathBuf> {
+        self.remove_first_segments_while(|first, _| first.next_offset <= offset)
+    }
+
+    /// Removes the oldest segments, never the active one nor one not yet durable, while
+    /// `remove(oldest, bytes held)` says so; returns their files to delete.
+    fn remove_first_segments_while(&mut self, remove: impl Fn(&Segment<D::File>, u64) -> bool) -> Vec<PathBuf> {
         let mut removed = Vec::new();
         let mut total: u64 = self.size_bytes();
         while self.segments.len() > 1 {
             let first = self.segments.values().next().expect("len > 1");
-            let over_size = self.config.retention_bytes.is_some_and(|limit| total > limit);
-            let too_old =
-                self.config.retention_ms.is_some_and(|ms| first.max_timestamp < now_ms.saturating_sub(ms as i64));
-            if !(over_size || too_old) || first.next_offset > self.durable_offset {
+            if !remove(first, total) || first.next_offset > self.durable_offset {
                 break;
             }
             let seg = self.segments.pop_first().expect("len > 1").1;
