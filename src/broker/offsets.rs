@@ -304,19 +304,25 @@ async fn compact<D: Disk>(g: &GroupStore<D>) -> Result<(), StorageError> {
     let entries: Vec<(OffsetKey, (u64, String))> =
         g.appended.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     g.since_checkpoint.set(0);
-    let mut first = None;
-    let mut last = None;
-    let mut batch = BatchBuilder::with_capacity(CHECKPOINT_BATCH_BYTES + 2048);
-    for (i, (key, (offset, metadata))) in entries.iter().enumerate() {
+    let new_batch = || BatchBuilder::with_capacity(CHECKPOINT_BATCH_BYTES + 2048);
+    let mut written: Option<(u64, u64)> = None;
+    let mut write = |batch: BatchBuilder| -> Result<(), StorageError> {
+        let appended = append(&g.log, batch.finish(0, 0, 0))?;
+        let first = written.map_or(appended.first_offset, |(first, _)| first);
+        written = Some((first, appended.last_offset));
+        Ok(())
+    };
+    let mut batch = new_batch();
+    for (key, (offset, metadata)) in &entries {
         push_record(&mut batch, key, *offset, metadata);
-        if batch.len_bytes() >= CHECKPOINT_BATCH_BYTES || i + 1 == entries.len() {
-            let full = std::mem::replace(&mut batch, BatchBuilder::with_capacity(CHECKPOINT_BATCH_BYTES + 2048));
-            let appended = append(&g.log, full.finish(0, 0, 0))?;
-            first.get_or_insert(appended.first_offset);
-            last = Some(appended.last_offset);
+        if batch.len_bytes() >= CHECKPOINT_BATCH_BYTES {
+            write(std::mem::replace(&mut batch, new_batch()))?;
         }
     }
-    let (Some(first), Some(last)) = (first, last) else { return Ok(()) };
+    if batch.record_count() > 0 {
+        write(batch)?;
+    }
+    let Some((first, last)) = written else { return Ok(()) };
     g.log.wait_committed(last, crate::broker::partition::AckLevel::Local, COMMIT_TIMEOUT).await?;
     g.log.remove_segments_below(first).await;
     Ok(())

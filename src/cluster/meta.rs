@@ -321,6 +321,18 @@ mod tests {
             .map(|_| ())
     }
 
+    /// A commit of `group`'s offset for t/0.
+    fn commit_to_t0(group: &str, offset: u64, max_groups: u64) -> MetaCommand {
+        MetaCommand::CommitOffset {
+            group: group.into(),
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            metadata: String::new(),
+            max_groups,
+        }
+    }
+
     /// Issue 11 part 3: an offset commit's cost is proportional to the change. The copy that
     /// was published before it (what the shards hold) keeps sharing the topics and every other
     /// group's offsets with the state after it; only the committing group's map is copied.
@@ -328,14 +340,7 @@ mod tests {
     fn an_offset_commit_copies_only_its_group() {
         let mut s = MetaState::default();
         create(&mut s, "t", vec![vec![1, 2, 3]; 4]).unwrap();
-        let commit = |g: &str, o| MetaCommand::CommitOffset {
-            group: g.into(),
-            topic: "t".into(),
-            partition: 0,
-            offset: o,
-            metadata: String::new(),
-            max_groups: 0,
-        };
+        let commit = |g: &str, o| commit_to_t0(g, o, 0);
         for g in 0..100 {
             s.apply(&commit(&format!("g{g}"), 1)).unwrap();
         }
@@ -359,14 +364,7 @@ mod tests {
     fn a_commit_beyond_the_group_limit_is_refused() {
         let mut s = MetaState::default();
         create(&mut s, "t", vec![vec![1]]).unwrap();
-        let commit = |g: &str, o| MetaCommand::CommitOffset {
-            group: g.into(),
-            topic: "t".into(),
-            partition: 0,
-            offset: o,
-            metadata: String::new(),
-            max_groups: 2,
-        };
+        let commit = |g: &str, o| commit_to_t0(g, o, 2);
         s.apply(&commit("a", 1)).unwrap();
         s.apply(&commit("b", 1)).unwrap();
         assert!(matches!(s.apply(&commit("c", 1)), Err(MetaError::TooManyGroups(2))));
