@@ -72,8 +72,11 @@ impl<'de> Deserialize<'de> for FlushPolicy {
 pub struct StorageSettings {
     /// `"always"` (default) or `"interval:<ms>"`.
     pub flush: FlushPolicy,
-    /// Segment file size; segments are preallocated to it.
+    /// Segment file size: a segment is rolled when the next batch would pass it.
     pub segment_bytes: u64,
+    /// What a new segment file is preallocated to; the preallocation doubles ahead of the
+    /// writes up to `segment_bytes` (so a partition costs disk for what it holds).
+    pub preallocate_bytes: u64,
     /// Bytes between sparse index entries.
     pub index_interval_bytes: u64,
     /// Recent data kept in memory per partition for readers.
@@ -101,6 +104,7 @@ impl Default for StorageSettings {
         StorageSettings {
             flush: FlushPolicy::Always,
             segment_bytes: 64 << 20,
+            preallocate_bytes: crate::limits::DEFAULT_PREALLOCATE_BYTES,
             index_interval_bytes: 4096,
             cache_bytes: 8 << 20,
             max_pending_bytes: crate::limits::DEFAULT_MAX_PENDING_BYTES,
@@ -392,6 +396,12 @@ impl Config {
                 message: "must be at least 65536".into(),
             });
         }
+        if self.storage.preallocate_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "storage.preallocate_bytes",
+                message: "must be at least 4096 (one block)".into(),
+            });
+        }
         if self.storage.index_interval_bytes == 0 {
             return Err(ConfigError::Invalid {
                 key: "storage.index_interval_bytes",
@@ -456,6 +466,7 @@ impl Config {
         let s = &self.storage;
         crate::storage::LogConfig {
             segment_bytes: s.segment_bytes,
+            preallocate_bytes: s.preallocate_bytes,
             index_interval_bytes: s.index_interval_bytes,
             cache_bytes: s.cache_bytes,
             max_write_bytes: crate::limits::MAX_WRITE_BYTES,

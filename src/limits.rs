@@ -69,6 +69,10 @@ pub const DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
 /// (`storage.max_pending_bytes`): beyond, producers get a retriable `backpressure`.
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 
+/// A new segment file's preallocation (`storage.preallocate_bytes`); it doubles as the
+/// segment fills. What one partition costs on disk before it holds data.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 1024 * 1024;
+
 /// Default for the partitions a broker holds at most (`max_partitions`).
 pub const DEFAULT_MAX_PARTITIONS: usize = 4096;
 

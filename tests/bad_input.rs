@@ -359,9 +359,21 @@ fn a_create_beyond_the_partition_limit_or_the_free_disk_is_refused() {
         assert!(!topics.topics.iter().any(|t| t.name == "three"), "the refused topic was not created");
     });
     drop(broker);
-    // Segments of 1 TiB: one partition's preallocation does not fit.
+    // A new partition preallocates its first step (storage.preallocate_bytes, 1 MiB), not a
+    // whole 64 MiB segment: 64 partitions take about 64 MiB of disk, not 4 GiB.
+    let dir = scratch_dir("prealloc-steps");
+    let broker = Broker::start(dir.path(), &[]);
+    let b = broker.bootstrap();
+    run(move || async move {
+        client(&b).await.create_topic("wide", 64, 1).await.unwrap();
+    });
+    let (segments, allocated) = segments_under(&dir.path().join("data/topics/wide"));
+    assert_eq!(segments, 64, "each partition has its segment file");
+    assert!(allocated < 128 << 20, "64 new partitions allocated {} MiB on disk", allocated >> 20);
+    drop(broker);
+    // A first step of 1 TiB: one partition's preallocation does not fit.
     let dir = scratch_dir("prealloc-limit");
-    let cfg = config_file(dir.path(), "[storage]\nsegment_bytes = 1099511627776\n");
+    let cfg = config_file(dir.path(), "[storage]\nsegment_bytes = 1099511627776\npreallocate_bytes = 1099511627776\n");
     let broker = Broker::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
     let b = broker.bootstrap();
     run(move || async move {
@@ -370,6 +382,26 @@ fn a_create_beyond_the_partition_limit_or_the_free_disk_is_refused() {
         assert_eq!(e.code(), Some(ErrorCode::DiskFull), "{e}");
         assert!(c.list_topics().await.unwrap().topics.is_empty());
     });
+}
+
+/// The segment files below `dir`, and the disk blocks allocated to all its files (what
+/// preallocation costs).
+fn segments_under(dir: &std::path::Path) -> (usize, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut segments, mut total) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                segments += usize::from(e.path().extension().is_some_and(|x| x == "log"));
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    (segments, total)
 }
 
 /// Part 3 of issue 11: consumer-group names cost bounded resources. Asking for the offsets

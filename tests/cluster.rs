@@ -545,12 +545,16 @@ fn sigterm_stops_a_cluster_node_after_handing_over_its_partitions() {
     for id in [1, 2, 3, 1] {
         c.wait_for("every partition led", Duration::from_secs(30), |s| s.partitions.iter().all(|p| p.leader.is_some()));
         let led = c.leaders("t").iter().filter(|&&l| l == id).count();
+        let metadata_leader = c.status().and_then(|s| s.metadata_leader);
         let (status, took) = c
             .node(id)
             .terminate(Duration::from_secs(15))
             .unwrap_or_else(|| panic!("node {id} did not stop within 15 s of SIGTERM:\n{}", c.node(id).log()));
         assert!(status.success(), "node {id} exited with {status}:\n{}", c.node(id).log());
-        eprintln!("node {id} (leading {led} partitions) stopped {took:?} after SIGTERM (at {} ms)", at());
+        eprintln!(
+            "node {id} (leading {led} partitions, metadata leader {metadata_leader:?}) stopped {took:?} after SIGTERM (at {} ms)",
+            at()
+        );
         let log = c.node(id).log();
         if led > 0 {
             let all: String = (1..=3).map(|n| format!("--- node {n}:\n{}", c.node(n).log())).collect();

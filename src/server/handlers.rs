@@ -141,7 +141,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
 /// Finds a partition this shard owns, with a precise error when it does not exist.
 /// Whether this broker can take `new` more partitions: at most `max_partitions` in all (in a
 /// cluster, every partition of the catalog counts: a node may hold a replica of each), and
-/// room on the data directory's file system for their preallocated first segments.
+/// room on the data directory's file system for their first segments' preallocation.
 pub(super) fn check_room_for_partitions(shard: &Shard, new: u32) -> Result<(), ApiError> {
     let held: u64 = shard.catalog.borrow().topics.values().map(|t| u64::from(t.partitions)).sum();
     let max = shard.config.max_partitions as u64;
@@ -154,12 +154,12 @@ pub(super) fn check_room_for_partitions(shard: &Shard, new: u32) -> Result<(), A
             ),
         ));
     }
-    let needed = u64::from(new) * shard.config.storage.segment_bytes;
+    let needed = u64::from(new) * shard.config.log_config().first_preallocation();
     match free_bytes(&shard.config.data_dir) {
         Some(free) if needed > free => Err(ApiError::new(
             ErrorCode::DiskFull,
             format!(
-                "{new} partitions preallocate {} MiB (storage.segment_bytes each); {} MiB are free",
+                "{new} partitions preallocate {} MiB (storage.preallocate_bytes each, at most storage.segment_bytes); {} MiB are free",
                 needed >> 20,
                 free >> 20
             ),

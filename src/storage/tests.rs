@@ -553,3 +553,41 @@ fn appends_beyond_the_pending_limit_get_backpressure_until_written() {
     drive(&mut log, &disk, true).unwrap();
     append(&mut log, &[value(at, 1000)]).expect("written: appends are taken again");
 }
+
+/// Issue 11 part 3: a new segment is preallocated to `preallocate_bytes`, not to the whole
+/// segment (a create of 1,024 partitions preallocated 64 GiB), and the preallocation doubles
+/// ahead of the writes up to the segment's size; everything written reads back after a
+/// crash, across the steps and a roll.
+#[test]
+fn a_segment_is_preallocated_in_steps_as_it_fills() {
+    let disk = MemDisk::new();
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        preallocate_bytes: 64 * 1024,
+        prezero: false,
+        cache_bytes: 16 * 1024,
+        ..LogConfig::default()
+    };
+    let first = dir().join(format!("{:020}.log", 0));
+    let len = |path: &PathBuf| disk.with_file(path, |d| d.len() as u64).expect("the segment exists");
+    let mut log = open(&disk, config.clone());
+    assert_eq!(len(&first), 64 * 1024, "a new segment holds only the first step");
+    let mut sizes = vec![len(&first)];
+    let mut expected = Vec::new();
+    for i in 0..300u64 {
+        let v = value(i, 4000);
+        append(&mut log, std::slice::from_ref(&v)).unwrap();
+        drive(&mut log, &disk, true).unwrap();
+        expected.push((i, v));
+        let now = len(&first);
+        if now != *sizes.last().unwrap() {
+            sizes.push(now);
+        }
+    }
+    // 300 records of ~4 KiB fill the first 1 MiB segment and roll into a second one.
+    assert_eq!(sizes, [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20], "doubling steps up to the segment");
+    assert!(log.segment_count() >= 2, "the log rolled");
+    let crashed = disk.crash(CrashMode::LoseUnsynced);
+    let log = open(&crashed, config);
+    assert_eq!(read_all(&log, log.next_offset()).unwrap(), expected, "every record reads back after a crash");
+}
