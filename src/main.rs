@@ -224,11 +224,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + 'static,
 {
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(2 << 20)
-        .make()
-        .map_err(|e| anyhow::anyhow!("cannot start the client runtime: {e}"))?;
-    ex.run(f())
+    quorra::rt::block_on(f()).map_err(|e| anyhow::anyhow!("the client: {e}"))?
 }
 
 async fn connect(args: &ClientArgs) -> Result<Rc<Client>> {

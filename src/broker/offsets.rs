@@ -109,7 +109,7 @@ pub struct OffsetStore<D: Disk> {
     fresh_segment_on_open: bool,
     groups: RefCell<HashMap<String, Rc<GroupStore<D>>>>,
     budget: std::sync::Arc<GroupBudget>,
-    opening: glommio::sync::Semaphore,
+    opening: crate::rt::Semaphore,
     uses: std::cell::Cell<u64>,
 }
 
@@ -145,7 +145,7 @@ impl<D: Disk> OffsetStore<D> {
             fresh_segment_on_open,
             groups: RefCell::new(HashMap::new()),
             budget,
-            opening: glommio::sync::Semaphore::new(1),
+            opening: crate::rt::Semaphore::new(1),
             uses: std::cell::Cell::new(0),
         }
     }

@@ -102,7 +102,7 @@ pub struct Partition<D: Disk = ServerDisk> {
     log_generation: Cell<u64>,
     /// Serializes a follower's handling of its leader's appends (they may await a
     /// truncation or an epoch write, and must apply in order).
-    follower_lock: glommio::sync::Semaphore,
+    follower_lock: crate::rt::Semaphore,
     /// Recent batches per idempotent producer: agrees with the log (module `producers`).
     producers: RefCell<ProducerTable>,
     /// A controlled shutdown: as leader, take no new batches, so that a follower catches up
@@ -144,7 +144,7 @@ impl<D: Disk> Partition<D> {
             visible_hw: Cell::new(0),
             paused: Cell::new(false),
             log_generation: Cell::new(0),
-            follower_lock: glommio::sync::Semaphore::new(1),
+            follower_lock: crate::rt::Semaphore::new(1),
             producers: RefCell::new(producers),
             draining: Cell::new(false),
         });

@@ -17,12 +17,12 @@ pub struct ProducerIds {
     next: Cell<u64>,
     end: Cell<u64>,
     /// One reservation at a time.
-    lock: glommio::sync::Semaphore,
+    lock: crate::rt::Semaphore,
 }
 
 impl Default for ProducerIds {
     fn default() -> Self {
-        ProducerIds { next: Cell::new(0), end: Cell::new(0), lock: glommio::sync::Semaphore::new(1) }
+        ProducerIds { next: Cell::new(0), end: Cell::new(0), lock: crate::rt::Semaphore::new(1) }
     }
 }
 

@@ -33,9 +33,9 @@ impl Connection {
         timeout: Duration,
         max_frame_bytes: usize,
     ) -> Result<Rc<Connection>, ClientError> {
-        let stream = glommio::net::TcpStream::connect_timeout(addr, timeout).await.map_err(|e| {
-            ClientError::Connect { addr: addr.to_string(), message: std::io::Error::from(e).to_string() }
-        })?;
+        let stream = net::connect(addr, timeout)
+            .await
+            .map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
         let (mut reader, writer) =
             net::split(stream).map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
         let outbox = Outbox::new();

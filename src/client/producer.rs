@@ -24,8 +24,8 @@ use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+use crate::rt::{Semaphore, StaticPermit};
 use bytes::Bytes;
-use glommio::sync::{Semaphore, StaticPermit};
 
 use super::{is_retriable, Client, ClientError, ReadFrom};
 use crate::limits::{MAX_BATCH_BYTES, PRODUCER_BATCHES_REMEMBERED};

@@ -23,6 +23,8 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod controllers;
+
 use super::meta::{MetaCommand, MetaError, MetaState};
 use super::raft_store::{LogStore, MetaRaft, MetaReply, RaftNodeId, StateMachine};
 use super::rpc::{check_hello, read_msg, write_msg, ControlEnvelope, LinkError, PeerLink, Reply, Request, WriteError};
@@ -33,6 +35,7 @@ use crate::protocol::messages::{
 use crate::replication::controller::{Controller, ControllerConfig};
 use crate::replication::{ControlMessage, NodeId};
 use crate::shard::owner_of_partition;
+use controllers::controller_loop;
 
 /// How long a metadata write may wait for a leader before it fails.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
@@ -59,8 +62,8 @@ enum ShardRequest {
 /// What a shard holds to reach the control plane. Cheap to clone; `Send`.
 #[derive(Clone)]
 pub struct ControlHandle {
-    requests: mpsc::UnboundedSender<ShardRequest>,
-    to_controller: mpsc::UnboundedSender<ControlEnvelope>,
+    requests: mpsc::Sender<ShardRequest>,
+    to_controller: mpsc::Sender<ControlEnvelope>,
     /// The metadata as this node applied it.
     pub meta: watch::Receiver<Arc<MetaState>>,
     pub settings: Arc<ClusterSettings>,
@@ -71,19 +74,33 @@ impl ControlHandle {
     /// on the metadata leader), with what it allocated (see [`MetaState::apply`]).
     pub async fn write(&self, cmd: MetaCommand) -> Result<Option<u64>, ControlError> {
         let (tx, rx) = oneshot::channel();
-        self.requests.send(ShardRequest::Write(cmd, tx)).map_err(|_| stopped())?;
+        self.requests.send(ShardRequest::Write(cmd, tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
     pub async fn status(&self) -> Result<ClusterStatus, ControlError> {
         let (tx, rx) = oneshot::channel();
-        self.requests.send(ShardRequest::Status(tx)).map_err(|_| stopped())?;
+        self.requests.send(ShardRequest::Status(tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
     /// A replica's message for its partition's controller.
     pub fn to_controller(&self, envelope: ControlEnvelope) {
-        let _ = self.to_controller.send(envelope);
+        offer(&self.to_controller, envelope, "to the controller");
+    }
+}
+
+/// Messages a control-plane queue holds (requests from the shards, messages for the
+/// controller, for each shard's replicas, for each other node): beyond, a shard's request
+/// waits and a control message is dropped.
+pub const CONTROL_QUEUE_DEPTH: usize = 4096;
+
+/// Queues a control message, dropping it when the queue is full: every one is periodic or
+/// retried (replicas report each tick, controllers resend every 100 ms), so a flood costs a
+/// bounded queue, never memory that grows.
+fn offer<T>(tx: &mpsc::Sender<T>, msg: T, queue: &str) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg) {
+        log::debug!("control queue {queue} is full: a message dropped (it is retried)");
     }
 }
 
@@ -137,10 +154,7 @@ fn refuse_lost_vote(data_dir: &std::path::Path, raft_dir: &std::path::Path) -> R
 
 /// Starts the control plane. `shard_inboxes[i]` receives the controller's messages for the
 /// replicas shard `i` owns.
-pub fn start(
-    config: &Config,
-    shard_inboxes: Vec<mpsc::UnboundedSender<ControlEnvelope>>,
-) -> Result<ControlPlane, String> {
+pub fn start(config: &Config, shard_inboxes: Vec<mpsc::Sender<ControlEnvelope>>) -> Result<ControlPlane, String> {
     let settings = Arc::new(config.cluster.clone().ok_or("no [cluster] section")?);
     let me = settings.me().clone();
     let listener = std::net::TcpListener::bind(me.peer).map_err(|e| format!("cannot listen on {}: {e}", me.peer))?;
@@ -150,13 +164,13 @@ pub fn start(
     let log_store = LogStore::open(&raft_dir).map_err(|e| format!("metadata log {}: {e}", raft_dir.display()))?;
     let (state_machine, meta) =
         StateMachine::open(&raft_dir).map_err(|e| format!("metadata snapshot {}: {e}", raft_dir.display()))?;
-    let (requests, requests_rx) = mpsc::unbounded_channel();
+    let (requests, requests_rx) = mpsc::channel(CONTROL_QUEUE_DEPTH);
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop_rx = stop.clone();
-    let (to_controller, to_controller_rx) = mpsc::unbounded_channel();
+    let (to_controller, to_controller_rx) = mpsc::channel(CONTROL_QUEUE_DEPTH);
     let handle = ControlHandle { requests, to_controller, meta: meta.clone(), settings: settings.clone() };
     let shards = config.shard_count();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -191,11 +205,11 @@ struct Ctx {
     raft: Raft<MetaRaft>,
     meta: watch::Receiver<Arc<MetaState>>,
     shards: usize,
-    shard_inboxes: Vec<mpsc::UnboundedSender<ControlEnvelope>>,
+    shard_inboxes: Vec<mpsc::Sender<ControlEnvelope>>,
     /// Controller-bound messages (from local replicas and from other nodes).
-    controller_inbox: mpsc::UnboundedSender<Vec<ControlEnvelope>>,
-    controller_inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<ControlEnvelope>>>>,
-    outboxes: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Vec<ControlEnvelope>>>>,
+    controller_inbox: mpsc::Sender<Vec<ControlEnvelope>>,
+    controller_inbox_rx: Mutex<Option<mpsc::Receiver<Vec<ControlEnvelope>>>>,
+    outboxes: Mutex<HashMap<NodeId, mpsc::Sender<Vec<ControlEnvelope>>>>,
     write_links: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<PeerLink>>>>,
     last_seen: Mutex<HashMap<NodeId, Instant>>,
     /// The last heartbeat of each partition's leader (for status).
@@ -206,7 +220,7 @@ impl Ctx {
     async fn start(
         settings: Arc<ClusterSettings>,
         shards: usize,
-        shard_inboxes: Vec<mpsc::UnboundedSender<ControlEnvelope>>,
+        shard_inboxes: Vec<mpsc::Sender<ControlEnvelope>>,
         log_store: LogStore,
         state_machine: StateMachine,
         meta: watch::Receiver<Arc<MetaState>>,
@@ -234,7 +248,7 @@ impl Ctx {
                 log::debug!("metadata raft initialisation: {e}");
             }
         }
-        let (controller_inbox, rx) = mpsc::unbounded_channel();
+        let (controller_inbox, rx) = mpsc::channel(CONTROL_QUEUE_DEPTH);
         Ok(Arc::new(Ctx {
             me,
             settings,
@@ -316,11 +330,11 @@ impl Ctx {
         let Some(addr) = self.settings.node(node).map(|n| n.peer) else { return };
         let mut outboxes = self.outboxes.lock().expect("outboxes lock");
         let tx = outboxes.entry(node).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(CONTROL_QUEUE_DEPTH);
             tokio::spawn(send_loop(PeerLink::new(node, addr, &self.settings.cluster_id, self.me), rx));
             tx
         });
-        let _ = tx.send(messages);
+        offer(tx, messages, "outbox");
     }
 
     /// Routes messages that arrived for this node: to the controller or to the replicas.
@@ -329,11 +343,11 @@ impl Ctx {
             .into_iter()
             .partition(|e| matches!(e.msg, ControlMessage::Fenced { .. } | ControlMessage::Heartbeat { .. }));
         if !to_controller.is_empty() {
-            let _ = self.controller_inbox.send(to_controller);
+            offer(&self.controller_inbox, to_controller, "controller inbox");
         }
         for e in to_replicas {
             let shard = owner_of_partition(&e.topic, e.partition, self.shards);
-            let _ = self.shard_inboxes[shard].send(e);
+            offer(&self.shard_inboxes[shard], e, "shard inbox");
         }
     }
 
@@ -409,7 +423,7 @@ impl Ctx {
     }
 }
 
-async fn send_loop(mut link: PeerLink, mut rx: mpsc::UnboundedReceiver<Vec<ControlEnvelope>>) {
+async fn send_loop(mut link: PeerLink, mut rx: mpsc::Receiver<Vec<ControlEnvelope>>) {
     while let Some(mut batch) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
@@ -429,8 +443,8 @@ fn link_owner(link: &PeerLink) -> NodeId {
 async fn run(
     ctx: Arc<Ctx>,
     listener: std::net::TcpListener,
-    mut requests: mpsc::UnboundedReceiver<ShardRequest>,
-    to_controller: mpsc::UnboundedReceiver<ControlEnvelope>,
+    mut requests: mpsc::Receiver<ShardRequest>,
+    to_controller: mpsc::Receiver<ControlEnvelope>,
     stop: Arc<tokio::sync::Notify>,
 ) {
     match tokio::net::TcpListener::from_std(listener) {
@@ -465,7 +479,7 @@ async fn run(
 }
 
 /// Sends local replicas' messages (and this node's liveness) to the metadata leader.
-async fn forward_to_controller(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<ControlEnvelope>) {
+async fn forward_to_controller(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<ControlEnvelope>) {
     let mut heartbeat = tokio::time::interval(NODE_HEARTBEAT);
     loop {
         let mut batch = Vec::new();
@@ -591,164 +605,6 @@ async fn handle(ctx: &Arc<Ctx>, peer: NodeId, req: Request) -> Reply {
             Err(WriteError::NotLeader(ctx.metadata_leader()))
         }),
         Request::Hello { .. } => Reply::Refused("hello twice".into()),
-    }
-}
-
-/// Runs the partition controllers while this node is the metadata leader.
-async fn controller_loop(ctx: Arc<Ctx>) {
-    let Some(mut inbox) = ctx.controller_inbox_rx.lock().expect("inbox lock").take() else { return };
-    let started = Instant::now();
-    let now_ms = move || started.elapsed().as_millis() as u64;
-    let config = ControllerConfig { election_timeout_ms: ctx.settings.election_timeout_ms, retry_ms: 100 };
-    let mut controllers: HashMap<(String, u32), Controller> = HashMap::new();
-    let mut leading = false;
-    let mut tick = tokio::time::interval(TICK);
-    loop {
-        tokio::select! {
-            got = inbox.recv() => {
-                let Some(batch) = got else { return };
-                if !leading {
-                    continue;
-                }
-                for e in batch {
-                    let key = (e.topic.clone(), e.partition);
-                    if let ControlMessage::Heartbeat { from, .. } = &e.msg {
-                        ctx.saw(*from);
-                        if controllers.get(&key).is_some_and(|c| c.leader() == Some(*from)) {
-                            ctx.leader_reports.lock().expect("reports lock").insert(key.clone(), e.msg.clone());
-                        }
-                    }
-                    // A replica of another incarnation of the topic (deleted, created again).
-                    let current_id = ctx.meta.borrow().topics.get(&e.topic).map_or(0, |t| t.id);
-                    if !crate::shard::cluster::same_incarnation(current_id, e.topic_id) {
-                        continue;
-                    }
-                    let Some(c) = controllers.get_mut(&key) else { continue };
-                    let mut out = Vec::new();
-                    c.on_message(e.msg, &mut out);
-                    carry_out(&ctx, &key, &mut controllers, out, &config, now_ms()).await;
-                }
-            }
-            _ = tick.tick() => {
-                let now_leading = ctx.is_metadata_leader();
-                if now_leading != leading {
-                    controllers.clear();
-                    leading = now_leading;
-                    if leading {
-                        log::info!("node {} is the metadata leader; partition controllers start", ctx.me);
-                    }
-                }
-                if !leading {
-                    continue;
-                }
-                sync_controllers(&ctx, &mut controllers, &config, now_ms());
-                let draining: Vec<NodeId> = ctx.meta.borrow().draining.iter().copied().collect();
-                for c in controllers.values_mut() {
-                    c.set_draining(&draining);
-                }
-                let keys: Vec<_> = controllers.keys().cloned().collect();
-                for key in keys {
-                    let mut out = Vec::new();
-                    if let Some(c) = controllers.get_mut(&key) {
-                        c.tick(now_ms(), &mut out);
-                    }
-                    carry_out(&ctx, &key, &mut controllers, out, &config, now_ms()).await;
-                }
-            }
-        }
-    }
-}
-
-/// One controller per partition in the metadata; resumed from the epoch and leader there.
-fn sync_controllers(
-    ctx: &Ctx,
-    controllers: &mut HashMap<(String, u32), Controller>,
-    config: &ControllerConfig,
-    now_ms: u64,
-) {
-    let meta = ctx.meta.borrow().clone();
-    controllers.retain(|(t, p), _| meta.partition(t, *p).is_some());
-    for (topic, t) in meta.topics.iter() {
-        for (i, p) in t.partitions.iter().enumerate() {
-            let key = (topic.clone(), i as u32);
-            controllers.entry(key).or_insert_with(|| new_controller(ctx, config, p, now_ms));
-        }
-    }
-}
-
-fn new_controller(ctx: &Ctx, config: &ControllerConfig, p: &super::meta::PartitionMeta, now_ms: u64) -> Controller {
-    let preferred = match ctx.settings.mode {
-        ClusterMode::MasterSlave if ctx.settings.prefer_master => Some(ctx.settings.master_node()),
-        ClusterMode::MasterSlave => None,
-        ClusterMode::Hybrid | ClusterMode::MultiMaster | ClusterMode::Forwarding | ClusterMode::SharedStorage => {
-            p.replicas.first().copied()
-        }
-    };
-    // A leader this node has not heard from for a while (typically the old metadata leader,
-    // dead) needs not be given a fresh election timeout.
-    let seen_ms = p
-        .leader
-        .and_then(|l| ctx.last_seen.lock().expect("last_seen lock").get(&l).map(|t| t.elapsed().as_millis() as u64))
-        .map_or(now_ms, |ago| now_ms.saturating_sub(ago));
-    Controller::resume(config.clone(), p.replicas.clone(), p.epoch, p.leader, seen_ms, now_ms).with_preferred(preferred)
-}
-
-/// Makes a controller's decisions durable in the metadata, then sends its messages. An
-/// epoch is opened in Raft before any replica is fenced with it, and an appointment is
-/// recorded before it is sent; a refused write resets the controller from the metadata.
-async fn carry_out(
-    ctx: &Arc<Ctx>,
-    key: &(String, u32),
-    controllers: &mut HashMap<(String, u32), Controller>,
-    out: Vec<(NodeId, ControlMessage)>,
-    config: &ControllerConfig,
-    now_ms: u64,
-) {
-    if out.is_empty() {
-        return;
-    }
-    let (topic, partition) = (key.0.clone(), key.1);
-    let recorded = ctx.meta.borrow().partition(&topic, partition).cloned();
-    let topic_id = ctx.meta.borrow().topics.get(&topic).map_or(0, |t| t.id);
-    let Some(recorded) = recorded else { return };
-    let mut cmd = None;
-    for (_, msg) in &out {
-        match msg {
-            ControlMessage::Fence { epoch } if *epoch > recorded.epoch => {
-                cmd = Some(MetaCommand::OpenEpoch { topic: topic.clone(), partition, epoch: *epoch });
-            }
-            ControlMessage::BecomeLeader { epoch, .. } if recorded.leader.is_none() || *epoch != recorded.epoch => {
-                if let Some(leader) = controllers.get(key).and_then(|c| c.leader()) {
-                    cmd = Some(MetaCommand::SetLeader { topic: topic.clone(), partition, epoch: *epoch, leader });
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(cmd) = cmd {
-        if let Err(e) = ctx.write(cmd.clone()).await {
-            log::warn!("controller of {topic}/{partition}: recording {cmd:?} failed: {e}");
-            let fresh = ctx.meta.borrow().partition(&topic, partition).cloned();
-            match fresh {
-                Some(p) => {
-                    controllers.insert(key.clone(), new_controller(ctx, config, &p, now_ms));
-                }
-                None => {
-                    controllers.remove(key);
-                }
-            }
-            return;
-        }
-        if let MetaCommand::SetLeader { leader, epoch, .. } = &cmd {
-            log::info!("{topic}/{partition}: node {leader} leads epoch {epoch}");
-        }
-    }
-    let mut by_node: BTreeMap<NodeId, Vec<ControlEnvelope>> = BTreeMap::new();
-    for (node, msg) in out {
-        by_node.entry(node).or_default().push(ControlEnvelope { topic: topic.clone(), topic_id, partition, msg });
-    }
-    for (node, messages) in by_node {
-        ctx.send_to(node, messages);
     }
 }
 

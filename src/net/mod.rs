@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+pub use glommio::net::{TcpListener, TcpStream};
 
 use crate::limits::FRAME_HEADER_BYTES;
 use crate::protocol::{BodyBuf, Frame, FrameError, FrameHeader, OutFrame};
@@ -182,7 +182,12 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, outbox: Rc<Outbox>) ->
 }
 
 /// What an answer holds until it is written: permits of its connection's limits.
-pub type Held = Vec<glommio::sync::StaticPermit>;
+pub type Held = Vec<crate::rt::StaticPermit>;
+
+/// Opens a TCP connection, failing after `timeout`.
+pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)
+}
 
 /// Splits a TCP stream into a buffered reading half and a writing half (two descriptors of
 /// one socket), so a reader task and a writer task can run at once without a lock.

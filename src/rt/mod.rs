@@ -8,6 +8,18 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+/// The shard-local semaphore (async, FIFO, `!Send`): connection windows, one-at-a-time locks.
+pub use glommio::sync::{Semaphore, StaticPermit};
+
+/// Runs `fut` to completion on a single-threaded executor made on this thread: the CLI's
+/// commands and tests (the broker's shards are started by `shard::runtime`).
+pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T, String> {
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    Ok(ex.run(fut))
+}
+
 /// Spawns a task on the current shard and lets it run detached.
 pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) {
     glommio::spawn_local(fut).detach();

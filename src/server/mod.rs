@@ -15,9 +15,9 @@ pub mod handlers;
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::channels::shared_channel::ConnectedReceiver;
-use glommio::net::{TcpListener, TcpStream};
-use glommio::sync::Semaphore;
+use crate::net::{TcpListener, TcpStream};
+use crate::rt::Semaphore;
+use crate::shard::mesh::MeshReceiver;
 
 use crate::limits::MAX_IN_FLIGHT_PER_CONNECTION;
 use crate::net::{self, Outbox, ReadError};
@@ -307,7 +307,7 @@ fn owner_of(shard: &Shard, frame: &Frame) -> usize {
 }
 
 /// Serves the requests and replies that arrive from one peer shard.
-pub async fn serve_peer(shard: Rc<Shard>, _peer: usize, rx: ConnectedReceiver<MeshMsg>) {
+pub async fn serve_peer(shard: Rc<Shard>, _peer: usize, rx: MeshReceiver<MeshMsg>) {
     while let Some(msg) = rx.recv().await {
         match msg {
             MeshMsg::Reply { id, reply } => shard.mesh.deliver(id, reply),

@@ -65,7 +65,7 @@ impl ShardCluster {
 }
 
 /// Starts the shard's cluster tasks.
-pub fn start(shard: &Rc<Shard>, inbox: tokio::sync::mpsc::UnboundedReceiver<ControlEnvelope>) {
+pub fn start(shard: &Rc<Shard>, inbox: tokio::sync::mpsc::Receiver<ControlEnvelope>) {
     rt::spawn(follow_metadata(shard.clone()));
     rt::spawn(serve_control_inbox(Rc::downgrade(shard), inbox));
     rt::spawn(tick_replicas(Rc::downgrade(shard)));
@@ -302,7 +302,7 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: 
     Ok(())
 }
 
-async fn serve_control_inbox(shard: Weak<Shard>, mut inbox: tokio::sync::mpsc::UnboundedReceiver<ControlEnvelope>) {
+async fn serve_control_inbox(shard: Weak<Shard>, mut inbox: tokio::sync::mpsc::Receiver<ControlEnvelope>) {
     while let Some(e) = inbox.recv().await {
         let Some(shard) = shard.upgrade() else { return };
         // A partition not open yet (metadata still on its way) ignores it: controllers retry.
@@ -408,7 +408,7 @@ fn link_to(shard: &Rc<Shard>, node: NodeId) -> Rc<DataLink> {
 /// Connects (again) to the node and sends what is queued; answers go to the partitions.
 /// What was queued while the node was unreachable is dropped: replicas resend.
 async fn run_link(shard: Weak<Shard>, node: NodeId, link: Rc<DataLink>) {
-    let window = Rc::new(glommio::sync::Semaphore::new(LINK_WINDOW));
+    let window = Rc::new(crate::rt::Semaphore::new(LINK_WINDOW));
     loop {
         let Some(s) = shard.upgrade() else { return };
         if s.shutting_down.get() {
@@ -464,7 +464,7 @@ async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> 
     Ok(conn)
 }
 
-async fn send_item(shard: &Rc<Shard>, conn: &Rc<Connection>, window: &Rc<glommio::sync::Semaphore>, item: Outgoing) {
+async fn send_item(shard: &Rc<Shard>, conn: &Rc<Connection>, window: &Rc<crate::rt::Semaphore>, item: Outgoing) {
     match item {
         Outgoing::Message { key, msg } => send_frame(shard, conn, window, &key, &msg, Vec::new()).await,
         Outgoing::Range { key, epoch, mut from, to } => {
@@ -484,7 +484,7 @@ async fn send_item(shard: &Rc<Shard>, conn: &Rc<Connection>, window: &Rc<glommio
 async fn send_frame(
     shard: &Rc<Shard>,
     conn: &Rc<Connection>,
-    window: &Rc<glommio::sync::Semaphore>,
+    window: &Rc<crate::rt::Semaphore>,
     key: &ReplicaKey,
     msg: &PeerMessage,
     batches: Vec<bytes::Bytes>,

@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
+/// The receiving end of one shard's channel from another.
+pub type MeshReceiver<T> = glommio::channels::shared_channel::ConnectedReceiver<T>;
+
 use crate::broker::TopicConfig;
 use crate::protocol::messages::PartitionStatus;
 use crate::protocol::{Frame, OutFrame};

@@ -47,7 +47,7 @@ pub struct Shard {
     pub offsets: OffsetStore<ServerDisk>,
     pub mesh: mesh::Mesh,
     /// Serializes catalog changes (used on shard 0).
-    pub catalog_lock: glommio::sync::Semaphore,
+    pub catalog_lock: crate::rt::Semaphore,
     pub shutting_down: Cell<bool>,
     /// Cluster membership of this node (None: a single node).
     pub cluster: Option<cluster::ShardCluster>,

@@ -69,7 +69,7 @@ pub fn run_broker(config: Config) -> Result<(), BrokerError> {
     // A cluster node learns its topics from the replicated metadata, not a local catalog.
     let (catalog, cluster_parts, control) = if config.cluster.as_ref().is_some_and(|c| c.replicates()) {
         let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..shards).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
+            (0..shards).map(|_| tokio::sync::mpsc::channel(crate::cluster::control::CONTROL_QUEUE_DEPTH)).unzip();
         let plane = crate::cluster::control::start(&config, senders).map_err(BrokerError::Cluster)?;
         let parts: Vec<_> = receivers.into_iter().map(|rx| Some((plane.handle.clone(), rx))).collect();
         (Catalog::default(), parts, Some(plane))
@@ -209,8 +209,7 @@ fn finish_topic_deletions(config: &Config, catalog: &Catalog) {
 }
 
 /// A shard's share of the control plane: its handle and its replicas' inbox.
-type ClusterPart =
-    (crate::cluster::ControlHandle, tokio::sync::mpsc::UnboundedReceiver<crate::cluster::rpc::ControlEnvelope>);
+type ClusterPart = (crate::cluster::ControlHandle, tokio::sync::mpsc::Receiver<crate::cluster::rpc::ControlEnvelope>);
 
 async fn shard_main(
     config: Config,

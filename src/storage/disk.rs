@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// A buffer for direct I/O: aligned to [`DiskFile::alignment`], length a multiple of it.
 pub enum IoBuf {
-    Dma(glommio::io::DmaBuffer),
+    Dma(super::glommio_disk::DmaBuffer),
     Heap(Vec<u8>),
 }
 

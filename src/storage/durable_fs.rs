@@ -125,11 +125,7 @@ mod tests {
     use crate::storage::{Disk, DiskFile};
 
     fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .spawn(|| async move { f().await })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::rt::block_on(f()).unwrap();
     }
 
     fn synced(root: &Path) -> Vec<String> {

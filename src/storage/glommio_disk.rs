@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use glommio::io::{DmaFile, OpenOptions};
 
+/// glommio's aligned buffer, which [`IoBuf::Dma`] holds.
+pub type DmaBuffer = glommio::io::DmaBuffer;
+
 use super::disk::{Disk, DiskError, DiskFile, DiskResult, IoBuf};
 
 /// glommio-backed disk. Must be used from inside a glommio executor.

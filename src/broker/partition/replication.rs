@@ -556,8 +556,7 @@ mod tests {
     fn a_produce_during_the_epoch_start_neither_takes_its_offset_nor_is_lost() {
         let dir = tempfile::Builder::new().prefix("quorra-epoch-start").tempdir_in("/tmp").unwrap();
         let root = dir.path().to_path_buf();
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap();
-        ex.run(async move {
+        crate::rt::block_on(async move {
             prime_device_probe(&root).await.unwrap();
             let disk = GlommioDisk { dsync: true };
             let p = Partition::open(disk, "t".into(), 0, root.join("t-0"), LogConfig::default(), FlushPolicy::Always)
@@ -566,13 +565,13 @@ mod tests {
             p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
             let becoming = {
                 let p = p.clone();
-                glommio::spawn_local(async move {
+                crate::rt::spawn_joinable(async move {
                     p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await
                 })
             };
             // Let the appointment run up to its first wait (writing replica.json).
-            glommio::yield_if_needed().await;
-            glommio::timer::sleep(Duration::from_micros(1)).await;
+            crate::rt::yield_now().await;
+            crate::rt::sleep(Duration::from_micros(1)).await;
             let during = p.append(producer_batch(), Bytes::from);
             becoming.await;
             let after = p.append(producer_batch(), Bytes::from).expect("the leader takes writes once started");
@@ -586,6 +585,7 @@ mod tests {
             assert_eq!(after.first_offset, if during.is_ok() { 2 } else { 1 });
             let replica_end = p.replication.borrow().as_ref().unwrap().replica.log_end();
             assert_eq!(replica_end, p.log.borrow().next_offset(), "the replica and the log disagree");
-        });
+        })
+        .unwrap();
     }
 }

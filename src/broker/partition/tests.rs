@@ -14,11 +14,7 @@ use crate::storage::mem_disk::{MemDisk, MemFaults};
 use crate::storage::{LogConfig, LogHealth};
 
 fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move { f().await })
-        .expect("executor")
-        .join()
-        .expect("test thread");
+    crate::rt::block_on(f()).expect("executor");
 }
 
 fn idempotent_batch(producer_id: u64, sequence: u32, value: &[u8]) -> Vec<u8> {
@@ -228,12 +224,12 @@ fn a_sync_in_flight_across_a_truncation_does_not_complete_on_the_new_log() {
         disk.set_faults(MemFaults { hold_syncs: Some(gate.clone()), ..Default::default() });
         let truncation = {
             let p = p.clone();
-            glommio::spawn_local(async move { p.truncate(1).await }).detach()
+            crate::rt::spawn_joinable(async move { p.truncate(1).await })
         };
         crate::rt::sleep(Duration::from_millis(20)).await;
         let sync = {
             let p = p.clone();
-            glommio::spawn_local(async move { p.sync_now().await }).detach()
+            crate::rt::spawn_joinable(async move { p.sync_now().await })
         };
         crate::rt::sleep(Duration::from_millis(20)).await;
         gate.set(false);

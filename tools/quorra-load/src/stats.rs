@@ -21,12 +21,13 @@ pub struct Shared {
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
     pub stop: AtomicBool,
-    pub intervals: std::sync::Mutex<mpsc::Sender<Histogram<u64>>>,
+    pub intervals: std::sync::Mutex<mpsc::SyncSender<Histogram<u64>>>,
 }
 
 impl Shared {
     pub fn new() -> (Arc<Shared>, mpsc::Receiver<Histogram<u64>>) {
-        let (tx, rx) = mpsc::channel();
+        // One histogram per load shard per second; the progress line drains it every second.
+        let (tx, rx) = mpsc::sync_channel(1024);
         let s = Shared {
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -37,7 +38,7 @@ impl Shared {
         (Arc::new(s), rx)
     }
 
-    pub fn interval_sender(&self) -> mpsc::Sender<Histogram<u64>> {
+    pub fn interval_sender(&self) -> mpsc::SyncSender<Histogram<u64>> {
         self.intervals.lock().expect("sender lock").clone()
     }
 }

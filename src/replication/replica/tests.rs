@@ -1,0 +1,197 @@
+//! Unit tests of the replica state machine.
+
+use super::*;
+
+fn history(epochs: &[(Epoch, u64)]) -> EpochHistory {
+    let mut h = EpochHistory::default();
+    for &(e, s) in epochs {
+        h.observe(e, s);
+    }
+    h
+}
+
+fn sends_to(out: &[Action], to: NodeId) -> Vec<PeerMessage> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send(n, m) if *n == to => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A follower that was down while a new leader took over, and returns with the log it
+/// had: the leader confirms where the logs match and sends only what is new, instead of
+/// the whole log again (the cause of a 27 s stall in perf/cluster.sh on 2026-12-01).
+#[test]
+fn a_follower_down_across_a_leader_change_is_not_sent_the_whole_log_again() {
+    const LOG: u64 = 100_000;
+    let shared = history(&[(1, 0)]);
+    let config = ReplicaConfig::default();
+    let mut leader = Replica::recover(1, config.clone(), 1, shared.clone(), LOG);
+    let mut returning = Replica::recover(3, config.clone(), 1, shared, LOG);
+    let mut out = Vec::new();
+    leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2, 3] }, &mut out);
+    leader.on_durable(LOG + 1, &mut out);
+    // Node 3 is down for ten resend periods: everything sent to it is lost.
+    let mut lost = sends_to(&out, 3);
+    for now in (0..10 * config.resend_ms).step_by(10) {
+        out.clear();
+        leader.tick(now, &mut out);
+        lost.extend(sends_to(&out, 3));
+    }
+    assert!(!lost.is_empty(), "the leader kept trying node 3");
+    // Node 3 is back; deliver the leader's next messages to it and its answers back.
+    let mut sent = Vec::new();
+    let mut now = 10 * config.resend_ms;
+    for _ in 0..20 {
+        out.clear();
+        now += config.heartbeat_ms;
+        leader.tick(now, &mut out);
+        for msg in sends_to(&out, 3) {
+            sent.push(msg.clone());
+            let mut replies = Vec::new();
+            returning.on_peer(msg, &mut replies);
+            let appended: Vec<_> = replies
+                .iter()
+                .filter_map(|a| match a {
+                    Action::AppendReplicated { to, .. } => Some(*to),
+                    _ => None,
+                })
+                .collect();
+            if let Some(&to) = appended.last() {
+                returning.on_durable(to, &mut replies);
+            }
+            for reply in sends_to(&replies, 1) {
+                leader.on_peer(reply, &mut Vec::new());
+            }
+        }
+    }
+    for msg in lost.iter().chain(&sent) {
+        let PeerMessage::Append { prev_offset, .. } = msg else { panic!("unexpected {msg:?}") };
+        assert!(*prev_offset >= LOG, "the leader went back to offset {prev_offset} of its {LOG}-record log");
+    }
+    assert_eq!(returning.log_end(), LOG + 1, "node 3 got the epoch-start marker");
+    let ControlMessage::Heartbeat { followers, .. } = leader.heartbeat() else { unreachable!() };
+    assert!(followers.contains(&(3, LOG + 1)), "node 3 counts as caught up: {followers:?}");
+}
+
+/// Defect 11h: a follower whose log ends below the leader's log start (retention removed
+/// what it lacks) restarts its log there and catches up, instead of being sent nothing.
+#[test]
+fn a_follower_behind_the_leaders_log_start_restarts_there() {
+    let config = ReplicaConfig::default();
+    let leader_history = history(&[(1, 0), (2, 50)]);
+    let mut leader = Replica::recover(1, config.clone(), 1, leader_history, 200);
+    leader.set_log_start(120);
+    let mut out = Vec::new();
+    leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+    assert!(leader.is_leader());
+    leader.on_durable(leader.log_end(), &mut out);
+    let mut follower = Replica::recover(2, config.clone(), 1, history(&[(1, 0)]), 10);
+    let mut restarted = Vec::new();
+    let mut now = 0;
+    for _ in 0..50 {
+        now += config.heartbeat_ms;
+        out.clear();
+        leader.tick(now, &mut out);
+        for msg in sends_to(&out, 2) {
+            if let PeerMessage::Append { prev_offset, .. } = msg {
+                assert!(prev_offset >= 120, "the leader cannot send from {prev_offset}, below its log start");
+            }
+            let mut replies = Vec::new();
+            follower.on_peer(msg, &mut replies);
+            for a in &replies {
+                match a {
+                    Action::RestartLogAt(at) => restarted.push(*at),
+                    Action::AppendReplicated { to, .. } => follower.on_durable(*to, &mut Vec::new()),
+                    _ => {}
+                }
+            }
+            for reply in sends_to(&replies, 1) {
+                leader.on_peer(reply, &mut Vec::new());
+            }
+        }
+    }
+    assert_eq!(restarted, vec![120], "restarted once, at the leader's log start");
+    assert_eq!(follower.log_start(), 120);
+    assert_eq!(follower.log_end(), leader.log_end(), "caught up");
+    assert_eq!(follower.history().epoch_at(119), Some(2), "knows the epoch before its first offset");
+    let ControlMessage::Heartbeat { followers, .. } = leader.heartbeat() else { unreachable!() };
+    assert!(followers.contains(&(2, leader.log_end())), "the follower counts as caught up: {followers:?}");
+}
+
+/// Defect 11f: a replica that lost its data does not answer fences (so it does not count
+/// toward an election majority, nor get appointed) until it holds everything its leader
+/// committed; then it votes again.
+#[test]
+fn a_replica_that_lost_its_data_votes_only_once_caught_up() {
+    let config = ReplicaConfig::default();
+    let mut wiped = Replica::recover(3, config.clone(), 4, EpochHistory::default(), 0).without_vote();
+    let mut out = Vec::new();
+    wiped.on_control(ControlMessage::Fence { epoch: 5 }, &mut out);
+    assert!(!out.iter().any(|a| matches!(a, Action::Control(ControlMessage::Fenced { .. }))), "{out:?}");
+    assert_eq!(wiped.epoch(), 5, "it is fenced all the same");
+    out.clear();
+    wiped.on_control(ControlMessage::BecomeLeader { epoch: 6, replicas: vec![1, 2, 3] }, &mut out);
+    assert!(!wiped.is_leader(), "never appointed while it may lack committed batches");
+    // Leader 1 in epoch 6 (started at offset 100) sends it everything; its high watermark
+    // is still that of a leader that has not committed its epoch start.
+    let leader_history = history(&[(4, 0), (6, 100)]);
+    let append = |hw| PeerMessage::Append {
+        epoch: 6,
+        leader: 1,
+        prev_offset: 0,
+        prev_epoch: None,
+        end_offset: 101,
+        epochs: leader_history.entries().to_vec(),
+        leader_hw: hw,
+        log_start: 0,
+    };
+    out.clear();
+    wiped.on_peer(append(90), &mut out);
+    wiped.on_durable(101, &mut out);
+    assert!(!wiped.is_voter(), "a high watermark below the epoch start proves nothing");
+    wiped.on_peer(append(101), &mut out);
+    assert!(wiped.is_voter(), "it holds everything the leader committed");
+    assert!(out.iter().any(|a| matches!(a, Action::PersistEpoch(6))), "the vote is persisted");
+    out.clear();
+    wiped.on_control(ControlMessage::Fence { epoch: 7 }, &mut out);
+    assert!(out.iter().any(|a| matches!(a, Action::Control(ControlMessage::Fenced { durable_end: 101, .. }))));
+}
+
+/// A follower whose log is shorter than the leader's: the probe at the leader's log end
+/// mismatches, and the leader sends from the follower's end, not from offset 0.
+#[test]
+fn a_shorter_follower_is_sent_from_where_its_log_ends() {
+    let config = ReplicaConfig::default();
+    let mut leader = Replica::recover(1, config.clone(), 1, history(&[(1, 0)]), 5_000);
+    let mut behind = Replica::recover(2, config.clone(), 1, history(&[(1, 0)]), 3_000);
+    let mut out = Vec::new();
+    leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+    let mut first_sent = Vec::new();
+    let mut pending = sends_to(&out, 2);
+    for _ in 0..10 {
+        let mut next = Vec::new();
+        for msg in pending.drain(..) {
+            if let PeerMessage::Append { prev_offset, end_offset, .. } = &msg {
+                if end_offset > prev_offset {
+                    first_sent.push(*prev_offset);
+                }
+            }
+            let mut replies = Vec::new();
+            behind.on_peer(msg, &mut replies);
+            let mut answers = Vec::new();
+            for reply in sends_to(&replies, 1) {
+                leader.on_peer(reply, &mut answers);
+            }
+            next.extend(sends_to(&answers, 2));
+        }
+        pending = next;
+    }
+    assert_eq!(behind.log_end(), 5_001, "the follower caught up");
+    assert!(first_sent.contains(&3_000), "sent from the follower's end: {first_sent:?}");
+    assert!(first_sent.iter().all(|&o| o >= 3_000), "nothing from below its end: {first_sent:?}");
+}
