@@ -389,9 +389,6 @@ impl<D: Disk> Partition<D> {
         if let Some(r) = self.replication.borrow_mut().as_mut() {
             r.replica.on_durable(local_end, &mut actions);
         }
-        // A follower acknowledges its leader when the append handler's wait completes.
-        actions
-            .retain(|a| !matches!(a, crate::replication::Action::Send(_, crate::replication::PeerMessage::Ack { .. })));
         self.run_sync_actions(actions);
         self.release_waiters();
         if let Err(e) = result {

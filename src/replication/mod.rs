@@ -174,6 +174,10 @@ pub enum Action {
     Send(NodeId, PeerMessage),
     /// Send to the controller.
     Control(ControlMessage),
+    /// Follower: answer the leader's append with [`Replica::ack`](replica::Replica::ack)
+    /// once this log is durable through `through` (the append just taken is not yet). The
+    /// only way a follower acknowledges new data: a driver never builds an Ack of its own.
+    AckWhenDurable { leader: NodeId, through: u64 },
     /// The high watermark moved: answer producers waiting for it, wake readers.
     Commit(u64),
 }

@@ -265,20 +265,13 @@ impl Replica {
         self.durable_end = offset;
         match &self.role {
             Role::Leader { .. } => self.advance_high_watermark(out),
-            Role::Follower { leader: Some(l) } => {
-                let l = *l;
-                out.push(Action::Send(
-                    l,
-                    PeerMessage::Ack { epoch: self.epoch, from: self.id, durable_match: self.durable_match() },
-                ));
-                self.regain_vote(out);
-            }
-            Role::Follower { leader: None } => {}
+            // (What became durable is acknowledged by the appends' `AckWhenDurable`.)
+            Role::Follower { .. } => self.regain_vote(out),
         }
     }
 
     /// Follower: what it durably holds that matches the leader's log.
-    pub fn durable_match(&self) -> u64 {
+    fn durable_match(&self) -> u64 {
         self.durable_end.min(self.verified_end)
     }
 
@@ -497,10 +490,16 @@ impl Replica {
             self.high_watermark = hw;
             out.push(Action::Commit(hw));
         }
-        out.push(Action::Send(
-            leader,
-            PeerMessage::Ack { epoch: self.epoch, from: self.id, durable_match: self.durable_match() },
-        ));
+        if end > self.durable_end {
+            out.push(Action::AckWhenDurable { leader, through: end });
+        } else {
+            out.push(Action::Send(leader, self.ack()));
+        }
+    }
+
+    /// Follower: the acknowledgement of what it durably holds that matches the leader's log.
+    pub fn ack(&self) -> PeerMessage {
+        PeerMessage::Ack { epoch: self.epoch, from: self.id, durable_match: self.durable_match() }
     }
 
     /// Follower: empties the log and starts it at `offset`, after a batch of `prev_epoch`.

@@ -21,6 +21,9 @@ use super::{Action, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
 use crate::broker::partition::producers::{Admission, ProducerTable};
 use crate::protocol::batch::BatchHeader;
 
+mod stats;
+use stats::SimStats;
+
 const TICK_MS: u64 = 10;
 /// Identifies the epoch-start control records in the simulated logs.
 const CONTROL: u64 = u64::MAX;
@@ -121,6 +124,8 @@ struct Node {
     flush_pending: bool,
     hw_seen: u64,
     producers: ProducerTable,
+    /// Appends to acknowledge once durable: (leader, through), from `AckWhenDurable`.
+    pending_acks: Vec<(NodeId, u64)>,
 }
 
 fn history_of(log: &[Rec]) -> EpochHistory {
@@ -132,6 +137,7 @@ fn history_of(log: &[Rec]) -> EpochHistory {
 }
 
 struct Sim {
+    stats: SimStats,
     rng: StdRng,
     now: u64,
     seq: u64,
@@ -184,11 +190,15 @@ impl Sim {
                 flush_pending: false,
                 hw_seen: 0,
                 producers: ProducerTable::default(),
+                pending_acks: Vec::new(),
             })
             .collect();
         let drop_rate = rng.gen_range(0.0..0.15);
         let dup_rate = rng.gen_range(0.0..0.05);
+        let stats =
+            SimStats { schedules: 1, five_replica_schedules: u64::from(replicas.len() == 5), ..Default::default() };
         Sim {
+            stats,
             rng,
             now: 0,
             seq: 0,
@@ -234,10 +244,17 @@ impl Sim {
     }
 
     fn send(&mut self, from: Option<NodeId>, to: Dest, msg: Msg) {
-        if !self.reachable(from, &to) || self.rng.gen_bool(self.drop_rate) {
+        self.stats.messages += 1;
+        if !self.reachable(from, &to) {
+            self.stats.cut_by_partition += 1;
+            return;
+        }
+        if self.rng.gen_bool(self.drop_rate) {
+            self.stats.dropped += 1;
             return;
         }
         let copies = if self.rng.gen_bool(self.dup_rate) { 2 } else { 1 };
+        self.stats.duplicated += copies - 1;
         for _ in 0..copies {
             let at = self.now + self.rng.gen_range(1..6);
             self.schedule(at, Event::Deliver { to: to.clone(), from, msg: msg.clone() });
@@ -282,6 +299,7 @@ impl Sim {
                         node.hw_seen
                     );
                     node.log.truncate(o as usize);
+                    self.stats.truncations += 1;
                     node.durable_len = node.durable_len.min(o as usize);
                     node.generation += 1;
                     node.producers = table_of(&node.log);
@@ -298,6 +316,14 @@ impl Sim {
                     self.send(Some(n), Dest::Node(to), Msg::Peer(msg, payload));
                 }
                 Action::Control(msg) => self.send(Some(n), Dest::Controller, Msg::Control(msg)),
+                Action::AckWhenDurable { leader, through } => {
+                    if node.durable_len as u64 >= through {
+                        let ack = node.replica.ack();
+                        self.send(Some(n), Dest::Node(leader), Msg::Peer(ack, Vec::new()));
+                    } else {
+                        node.pending_acks.push((leader, through));
+                    }
+                }
                 Action::Commit(hw) => self.on_commit(n, hw),
             }
         }
@@ -313,7 +339,23 @@ impl Sim {
         }
     }
 
+    /// Acknowledges the appends of `n` that are durable now (what the production driver's
+    /// wait for the flush does).
+    fn send_durable_acks(&mut self, n: NodeId) {
+        let node = &mut self.nodes[n as usize];
+        let durable = node.durable_len as u64;
+        let (ready, waiting): (Vec<_>, Vec<_>) = node.pending_acks.drain(..).partition(|&(_, t)| t <= durable);
+        node.pending_acks = waiting;
+        let mut leaders: Vec<NodeId> = ready.into_iter().map(|(l, _)| l).collect();
+        leaders.dedup();
+        for leader in leaders {
+            let ack = self.nodes[n as usize].replica.ack();
+            self.send(Some(n), Dest::Node(leader), Msg::Peer(ack, Vec::new()));
+        }
+    }
+
     fn on_commit(&mut self, n: NodeId, hw: u64) {
+        self.stats.commit_checks += 1;
         let node = &mut self.nodes[n as usize];
         assert!(hw >= node.hw_seen, "n{n}: high watermark went back from {} to {hw}", node.hw_seen);
         node.hw_seen = hw;
@@ -328,6 +370,7 @@ impl Sim {
                 // Each producer's batches enter the committed log in the order it sent them,
                 // each once, with no gap.
                 if let Some((producer, sequence)) = r.producer {
+                    self.stats.order_checks += 1;
                     let next = self.committed_sequences.entry(producer).or_insert(0);
                     assert_eq!(sequence, *next, "producer {producer}: batch {sequence} committed after {}", *next);
                     *next += 1;
@@ -412,6 +455,7 @@ impl Sim {
     fn check_leaders(&mut self, n: NodeId) {
         let node = &self.nodes[n as usize];
         if node.up && node.replica.is_leader() {
+            self.stats.leader_checks += 1;
             let e = node.replica.epoch();
             match self.leaders.get(&e) {
                 Some(&other) => assert_eq!(other, n, "two leaders in epoch {e}"),
@@ -542,6 +586,7 @@ impl Sim {
                 let mut out = Vec::new();
                 self.nodes[n as usize].replica.on_durable(durable, &mut out);
                 self.run_actions(n, out);
+                self.send_durable_acks(n);
             }
             Event::Tick => {
                 let mut out = Vec::new();
@@ -568,6 +613,9 @@ impl Sim {
                 let node = &mut self.nodes[n as usize];
                 if node.up {
                     node.up = false;
+                    self.stats.crashes += 1;
+                    node.pending_acks.clear();
+                    self.stats.unsynced_lost_records += (node.log.len() - node.durable_len) as u64;
                     node.log.truncate(node.durable_len);
                     node.generation += 1;
                     node.flush_pending = false;
@@ -578,6 +626,7 @@ impl Sim {
                 let node = &mut self.nodes[n as usize];
                 if !node.up {
                     node.up = true;
+                    self.stats.restarts += 1;
                     node.hw_seen = 0;
                     let config = self.replica_config.clone();
                     node.replica =
@@ -585,8 +634,14 @@ impl Sim {
                     node.producers = table_of(&node.log);
                 }
             }
-            Event::Isolate(n) => self.isolated = Some(n),
-            Event::Heal => self.isolated = None,
+            Event::Isolate(n) => {
+                self.stats.isolations += 1;
+                self.isolated = Some(n);
+            }
+            Event::Heal => {
+                self.stats.heals += u64::from(self.isolated.is_some());
+                self.isolated = None;
+            }
         }
     }
 
@@ -635,7 +690,8 @@ impl Sim {
         }
     }
 
-    fn final_checks(&self, seed: u64) {
+    fn final_checks(&mut self, seed: u64) {
+        self.stats.final_checks += 1;
         let committed: HashSet<(u64, u64)> = self.committed.iter().enumerate().map(|(i, r)| (i as u64, r.id)).collect();
         for &(o, id) in &self.acked {
             assert!(committed.contains(&(o, id)), "seed {seed}: acknowledged record {id} at offset {o} lost");
@@ -689,73 +745,5 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64) -> (usize, usize) {
-    let mut sim = Sim::new(seed);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        sim.run(1200, 800);
-        sim.final_checks(seed);
-        (sim.acked.len(), sim.leaders.len())
-    }));
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!("simulation seed {seed} failed: {msg}\nreplay: QUORRA_SIM_SEED={seed} QUORRA_SIM_TRACE=1 cargo test --lib sim_one_seed -- --nocapture");
-        }
-    }
-}
-
-#[test]
-fn ten_thousand_random_fault_schedules() {
-    let schedules: u64 = std::env::var("QUORRA_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let (mut acked, mut elections) = (0, 0);
-    for seed in 0..schedules {
-        let (a, l) = run_seed(seed);
-        acked += a;
-        elections += l;
-    }
-    // The schedules do real work: records get acknowledged and leaders change.
-    assert!(acked as u64 > schedules * 20, "too few acknowledged records: {acked}");
-    assert!(elections as u64 > schedules, "too few elections: {elections}");
-}
-
-#[test]
-fn sim_one_seed() {
-    if let Some(seed) = std::env::var("QUORRA_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        let (acked, leaders) = run_seed(seed);
-        eprintln!("seed {seed}: {acked} records acknowledged, {leaders} epochs led");
-    }
-}
-
-#[test]
-fn divergence_of_histories() {
-    let mut a = EpochHistory::default();
-    a.observe(1, 0);
-    a.observe(2, 2);
-    a.observe(4, 4);
-    let mut b = EpochHistory::default();
-    b.observe(1, 0);
-    b.observe(3, 2);
-    assert_eq!(a.divergence(5, &b, 4), 2);
-    assert_eq!(b.divergence(4, &a, 5), 2);
-    assert_eq!(a.divergence(5, &a.clone(), 5), 5);
-    let mut c = a.clone();
-    c.truncate(3);
-    assert_eq!(a.divergence(5, &c, 3), 3);
-}
-
-/// Seeds that caught broken variants of the algorithm (choosing a less up-to-date replica as
-/// leader; a restarted replica leading an epoch it wrote in before): kept as named tests.
-#[test]
-fn seed_3_the_most_up_to_date_replica_must_lead() {
-    run_seed(3);
-}
-
-#[test]
-fn seed_28_a_restarted_replica_must_not_reuse_its_epoch() {
-    run_seed(28);
-}
+#[cfg(test)]
+mod tests;

@@ -81,6 +81,16 @@ pub async fn stored_topic_id<D: Disk>(disk: &D, dir: &std::path::Path) -> Result
     Ok(read_replica_state(disk, dir).await?.topic_id)
 }
 
+/// What a follower's replica answered an append from the leader with.
+enum Answer {
+    /// Nothing (a failure made it step back; the leader resends).
+    None,
+    /// This, at once (an Ack of data already durable, a mismatch, a newer epoch).
+    Now(PeerMessage),
+    /// Its Ack, once the log is durable through this offset (`Action::AckWhenDurable`).
+    WhenDurable(u64),
+}
+
 impl<D: Disk> Partition<D> {
     /// Turns replication on: recovers the replica from `replica.json` and the log.
     /// `lost_data`: the replica had data it no longer has (its directory was rebuilt or
@@ -270,30 +280,23 @@ impl<D: Disk> Partition<D> {
         if let Some(r) = self.replication.borrow_mut().as_mut() {
             r.replica.on_peer(msg, &mut actions);
         }
-        let (answer, appended_to) = self.run_actions(actions, batches).await;
+        let answer = self.run_actions(actions, batches).await;
         // Later appends go ahead while this one waits for its flush (group commit).
         drop(permit);
-        match (answer, appended_to) {
-            (Some(PeerMessage::Ack { .. }), Some(to)) => {
-                // Acknowledge only what is durable here.
-                let _ = self.wait_committed(to - 1, AckLevel::Local, Duration::from_secs(10)).await;
-                let r = self.replication.borrow();
-                let r = r.as_ref()?;
-                Some(PeerMessage::Ack {
-                    epoch: r.replica.epoch(),
-                    from: r.replica.id(),
-                    durable_match: r.replica.durable_match(),
-                })
+        match answer {
+            Answer::WhenDurable(through) => {
+                // (After 10 s the ack says what is durable by then, which may be less.)
+                let _ = self.wait_committed(through - 1, AckLevel::Local, Duration::from_secs(10)).await;
+                Some(self.replication.borrow().as_ref()?.replica.ack())
             }
-            (answer, _) => answer,
+            Answer::Now(msg) => Some(msg),
+            Answer::None => None,
         }
     }
 
-    /// Carries out actions in order; returns the answer to the leader, if any, and the end
-    /// of what was appended from the leader's batches.
-    async fn run_actions(&self, actions: Vec<Action>, batches: &[Bytes]) -> (Option<PeerMessage>, Option<u64>) {
-        let mut answer = None;
-        let mut appended_to: Option<u64> = None;
+    /// Carries out actions in order; returns the answer the replica gave the leader.
+    async fn run_actions(&self, actions: Vec<Action>, batches: &[Bytes]) -> Answer {
+        let mut answer = Answer::None;
         let mut deferred = Vec::new();
         for a in actions {
             match a {
@@ -302,37 +305,36 @@ impl<D: Disk> Partition<D> {
                         log::error!("{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
                         // Say nothing rather than act on an epoch we may forget.
                         self.reset_to_log_end();
-                        return (None, None);
+                        return Answer::None;
                     }
                 }
                 Action::Truncate(offset) => {
                     if let Err(e) = self.truncate(offset).await {
                         log::error!("{}/{}: truncation to {offset} failed: {e}", self.topic, self.id);
-                        return (None, None);
+                        return Answer::None;
                     }
                 }
                 Action::RestartLogAt(offset) => {
                     if let Err(e) = self.restart_log_at(offset).await {
                         log::error!("{}/{}: restarting the log at {offset} failed: {e}", self.topic, self.id);
                         self.reset_to_log_end();
-                        return (None, None);
+                        return Answer::None;
                     }
                 }
                 Action::AppendReplicated { from, to } => {
                     if self.persist_replica_state().await.is_err() {
-                        return (None, None);
+                        return Answer::None;
                     }
                     if let Err(e) = self.append_replicated(from, to, batches) {
                         log::error!("{}/{}: replicated append {from}..{to} failed: {e}", self.topic, self.id);
                         self.reset_to_log_end();
-                        return (None, None);
+                        return Answer::None;
                     }
-                    appended_to = Some(to);
                 }
                 Action::AppendLocal(meta) if meta.control => {
                     if self.persist_replica_state().await.is_err() {
                         self.reset_to_log_end();
-                        return (None, None);
+                        return Answer::None;
                     }
                     let mut batch = BatchBuilder::control(meta.epoch, rt::now_ms()).to_vec();
                     stamp_batch(&mut batch, meta.base_offset, meta.epoch);
@@ -342,15 +344,18 @@ impl<D: Disk> Partition<D> {
                         // time.) Leading without the epoch-start batch would wedge: step down.
                         log::error!("{}/{}: epoch-start batch: {e}", self.topic, self.id);
                         self.reset_to_log_end();
-                        return (None, None);
+                        return Answer::None;
                     }
                     self.wake_writer.notify();
                 }
                 Action::AppendLocal(_) => {}
-                Action::Send(_, msg @ PeerMessage::Ack { .. }) => answer = Some(msg),
+                Action::AckWhenDurable { through, .. } => answer = Answer::WhenDurable(through),
                 Action::Send(to, msg) => {
-                    if matches!(msg, PeerMessage::Mismatch { .. } | PeerMessage::StaleEpoch { .. }) {
-                        answer = Some(msg);
+                    if matches!(
+                        msg,
+                        PeerMessage::Ack { .. } | PeerMessage::Mismatch { .. } | PeerMessage::StaleEpoch { .. }
+                    ) {
+                        answer = Answer::Now(msg);
                     } else {
                         deferred.push(Action::Send(to, msg));
                     }
@@ -360,7 +365,7 @@ impl<D: Disk> Partition<D> {
         }
         self.run_sync_actions(deferred);
         self.release_waiters();
-        (answer, appended_to)
+        answer
     }
 
     fn append_replicated(&self, from: u64, to: u64, batches: &[Bytes]) -> Result<(), StorageError> {

@@ -19,6 +19,54 @@ fn sends_to(out: &[Action], to: NodeId) -> Vec<PeerMessage> {
         .collect()
 }
 
+/// What a follower's driver sends its leader for `replies`: the messages for it, and for
+/// each `AckWhenDurable` the follower's ack once the flush is done (here at once).
+fn answers_to_leader(follower: &mut Replica, replies: &[Action], leader: NodeId) -> Vec<PeerMessage> {
+    let mut out = sends_to(replies, leader);
+    for a in replies {
+        if let Action::AckWhenDurable { leader: l, through } = a {
+            assert_eq!(*l, leader);
+            follower.on_durable(*through, &mut Vec::new());
+            out.push(follower.ack());
+        }
+    }
+    out
+}
+
+/// The replica decides when a follower acknowledges (issue 12): an append of new data is
+/// answered with `AckWhenDurable` through its end, never with an Ack that a driver would
+/// have to hold back; a flush emits no Ack of its own; an append with nothing new (a
+/// heartbeat) is acknowledged at once.
+#[test]
+fn a_follower_acknowledges_new_data_only_once_it_is_durable() {
+    let config = ReplicaConfig::default();
+    let mut follower = Replica::recover(2, config, 1, history(&[(1, 0)]), 10);
+    let mut out = Vec::new();
+    follower.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+    let append = |prev: u64, prev_epoch: Epoch, end: u64| PeerMessage::Append {
+        epoch: 2,
+        leader: 1,
+        prev_offset: prev,
+        prev_epoch: Some(prev_epoch),
+        end_offset: end,
+        epochs: vec![(1, 0), (2, 10)],
+        leader_hw: 10,
+        log_start: 0,
+    };
+    out.clear();
+    follower.on_peer(append(10, 1, 15), &mut out);
+    assert!(out.contains(&Action::AppendReplicated { from: 10, to: 15 }), "{out:?}");
+    assert!(out.contains(&Action::AckWhenDurable { leader: 1, through: 15 }), "{out:?}");
+    assert!(sends_to(&out, 1).is_empty(), "no Ack before the data is durable: {out:?}");
+    out.clear();
+    follower.on_durable(15, &mut out);
+    assert!(sends_to(&out, 1).is_empty(), "a flush sends nothing itself: {out:?}");
+    assert_eq!(follower.ack(), PeerMessage::Ack { epoch: 2, from: 2, durable_match: 15 });
+    out.clear();
+    follower.on_peer(append(15, 2, 15), &mut out);
+    assert_eq!(sends_to(&out, 1), [PeerMessage::Ack { epoch: 2, from: 2, durable_match: 15 }], "{out:?}");
+}
+
 /// A follower that was down while a new leader took over, and returns with the log it
 /// had: the leader confirms where the logs match and sends only what is new, instead of
 /// the whole log again (the cause of a 27 s stall in perf/cluster.sh on 2026-12-01).
@@ -52,17 +100,7 @@ fn a_follower_down_across_a_leader_change_is_not_sent_the_whole_log_again() {
             sent.push(msg.clone());
             let mut replies = Vec::new();
             returning.on_peer(msg, &mut replies);
-            let appended: Vec<_> = replies
-                .iter()
-                .filter_map(|a| match a {
-                    Action::AppendReplicated { to, .. } => Some(*to),
-                    _ => None,
-                })
-                .collect();
-            if let Some(&to) = appended.last() {
-                returning.on_durable(to, &mut replies);
-            }
-            for reply in sends_to(&replies, 1) {
+            for reply in answers_to_leader(&mut returning, &replies, 1) {
                 leader.on_peer(reply, &mut Vec::new());
             }
         }
@@ -103,13 +141,11 @@ fn a_follower_behind_the_leaders_log_start_restarts_there() {
             let mut replies = Vec::new();
             follower.on_peer(msg, &mut replies);
             for a in &replies {
-                match a {
-                    Action::RestartLogAt(at) => restarted.push(*at),
-                    Action::AppendReplicated { to, .. } => follower.on_durable(*to, &mut Vec::new()),
-                    _ => {}
+                if let Action::RestartLogAt(at) = a {
+                    restarted.push(*at);
                 }
             }
-            for reply in sends_to(&replies, 1) {
+            for reply in answers_to_leader(&mut follower, &replies, 1) {
                 leader.on_peer(reply, &mut Vec::new());
             }
         }
@@ -184,7 +220,7 @@ fn a_shorter_follower_is_sent_from_where_its_log_ends() {
             let mut replies = Vec::new();
             behind.on_peer(msg, &mut replies);
             let mut answers = Vec::new();
-            for reply in sends_to(&replies, 1) {
+            for reply in answers_to_leader(&mut behind, &replies, 1) {
                 leader.on_peer(reply, &mut answers);
             }
             next.extend(sends_to(&answers, 2));
