@@ -438,9 +438,7 @@ fn wiped_replica_is_rebuilt_from_the_leader() {
     // Every replica holds data before one is wiped (at acks=quorum the third may still be
     // creating its replica on a loaded machine), and the follower is named by a known leader.
     c.wait_in_sync(3, Duration::from_secs(30));
-    let leader = c.leaders("t")[0];
-    assert_ne!(leader, 0, "the partition has a leader");
-    let follower = leader % 3 + 1;
+    let follower = c.leader_of("t", 0, Duration::from_secs(30)) % 3 + 1;
     c.node(follower).kill();
     // The replica's whole directory is gone (a replaced disk); the node's metadata is not.
     std::fs::remove_dir_all(c.node(follower).dir.join("data/topics/t")).unwrap();

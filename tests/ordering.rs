@@ -67,9 +67,7 @@ fn leader_killed_twenty_times_under_pipelined_producers_loses_reorders_and_dupli
     for kill in 0..20 {
         load.wait_acked(2000, Duration::from_secs(60));
         // (A hand-over back to the master may be under way: wait for its end.)
-        c.wait_for("a leader", Duration::from_secs(30), |s| s.partitions.iter().all(|p| p.leader.is_some()));
-        let leader = c.leaders("t")[0];
-        assert_ne!(leader, 0, "kill {kill}: no leader");
+        let leader = c.leader_of("t", 0, Duration::from_secs(30));
         c.node(leader).kill();
         let killed = started.elapsed();
         // A new leader acknowledges.

@@ -32,7 +32,7 @@ use crate::config::{ClusterMode, ClusterSettings, Config};
 use crate::protocol::messages::{
     ClusterStatusResponse as ClusterStatus, FollowerLag, NodeStatusInfo, PartitionReplicationStatus,
 };
-use crate::replication::controller::{Controller, ControllerConfig};
+use crate::replication::controller::{Controller, ControllerAction, ControllerConfig};
 use crate::replication::{ControlMessage, NodeId};
 use crate::shard::owner_of_partition;
 use controllers::controller_loop;

@@ -14,6 +14,20 @@ use std::collections::BTreeMap;
 
 use super::{ControlMessage, Epoch, NodeId};
 
+/// What a controller decides, in order. A driver carries them out in that order and makes
+/// each `Record…` durable in the metadata log before anything after it: no replica is fenced
+/// with an epoch, nor appointed, that a new controller (after a metadata leader change)
+/// would not find recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerAction {
+    /// Record that epoch N is open (it is higher than every epoch recorded before).
+    RecordEpoch(Epoch),
+    /// Record that `leader` leads `epoch`.
+    RecordLeader { epoch: Epoch, leader: NodeId },
+    /// Send to a replica.
+    Send(NodeId, ControlMessage),
+}
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     /// A leader silent for this long is replaced.
@@ -138,7 +152,7 @@ impl Controller {
     /// Opens the next epoch and fences the replicas with it. `handover_to`: an election to
     /// hand leadership to that replica, which then waits for its answer (as the partition's
     /// first election waits for the preferred replica's).
-    fn start_election(&mut self, handover_to: Option<NodeId>, out: &mut Vec<(NodeId, ControlMessage)>) {
+    fn start_election(&mut self, handover_to: Option<NodeId>, out: &mut Vec<ControllerAction>) {
         let first = self.epoch == 0;
         self.epoch += 1;
         self.leader = None;
@@ -147,19 +161,21 @@ impl Controller {
             Some(Election { epoch: self.epoch, answers: BTreeMap::new(), started_ms: self.now_ms, wait_for });
         self.last_retry_ms = self.now_ms;
         self.last_election_ms = self.now_ms;
+        out.push(ControllerAction::RecordEpoch(self.epoch));
         for &r in &self.replicas {
-            out.push((r, ControlMessage::Fence { epoch: self.epoch }));
+            out.push(ControllerAction::Send(r, ControlMessage::Fence { epoch: self.epoch }));
         }
     }
 
-    fn appoint(&mut self, leader: NodeId, out: &mut Vec<(NodeId, ControlMessage)>) {
+    fn appoint(&mut self, leader: NodeId, out: &mut Vec<ControllerAction>) {
         self.leader = Some(leader);
         self.election = None;
         self.last_seen_ms.insert(leader, self.now_ms);
+        out.push(ControllerAction::RecordLeader { epoch: self.epoch, leader });
         self.send_appointments(out);
     }
 
-    fn send_appointments(&self, out: &mut Vec<(NodeId, ControlMessage)>) {
+    fn send_appointments(&self, out: &mut Vec<ControllerAction>) {
         let Some(leader) = self.leader else { return };
         for &r in &self.replicas {
             let msg = if r == leader {
@@ -167,12 +183,12 @@ impl Controller {
             } else {
                 ControlMessage::BecomeFollower { epoch: self.epoch, leader, replicas: self.replicas.clone() }
             };
-            out.push((r, msg));
+            out.push(ControllerAction::Send(r, msg));
         }
     }
 
     /// Time passes: detects a silent leader, retries what may have been lost.
-    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(NodeId, ControlMessage)>) {
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<ControllerAction>) {
         self.now_ms = self.now_ms.max(now_ms);
         match (self.leader, &self.election) {
             (None, None) => self.start_election(None, out),
@@ -190,7 +206,7 @@ impl Controller {
             match &self.election {
                 Some(e) => {
                     for &r in self.replicas.iter().filter(|r| !e.answers.contains_key(r)) {
-                        out.push((r, ControlMessage::Fence { epoch: e.epoch }));
+                        out.push(ControllerAction::Send(r, ControlMessage::Fence { epoch: e.epoch }));
                     }
                 }
                 None => self.send_appointments(out),
@@ -200,7 +216,7 @@ impl Controller {
 
     /// Once a majority answered the fence, appoints the most up-to-date of them (the
     /// preferred replica among equals).
-    fn try_appoint(&mut self, out: &mut Vec<(NodeId, ControlMessage)>) {
+    fn try_appoint(&mut self, out: &mut Vec<ControllerAction>) {
         let Some(e) = &self.election else { return };
         let preferred = self.preferred();
         let waiting = e.wait_for.is_some_and(|p| !e.answers.contains_key(&p))
@@ -223,7 +239,7 @@ impl Controller {
     }
 
     /// A message from a replica.
-    pub fn on_message(&mut self, msg: ControlMessage, out: &mut Vec<(NodeId, ControlMessage)>) {
+    pub fn on_message(&mut self, msg: ControlMessage, out: &mut Vec<ControllerAction>) {
         match msg {
             ControlMessage::Heartbeat { from, leading, log_end, followers, .. } => {
                 self.last_seen_ms.insert(from, self.now_ms);
@@ -291,8 +307,17 @@ mod tests {
         ControlMessage::Fenced { epoch, from, last_epoch: None, durable_end: 0 }
     }
 
-    fn appointed(out: &[(NodeId, ControlMessage)]) -> Option<NodeId> {
-        out.iter().find_map(|(n, m)| matches!(m, ControlMessage::BecomeLeader { .. }).then_some(*n))
+    fn sent(out: &[ControllerAction]) -> Vec<(NodeId, ControlMessage)> {
+        out.iter()
+            .filter_map(|a| match a {
+                ControllerAction::Send(n, m) => Some((*n, m.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn appointed(out: &[ControllerAction]) -> Option<NodeId> {
+        sent(out).into_iter().find_map(|(n, m)| matches!(m, ControlMessage::BecomeLeader { .. }).then_some(n))
     }
 
     /// A new partition starts under its preferred replica when it answers within an
@@ -303,14 +328,17 @@ mod tests {
         let mut c = Controller::new(config.clone(), vec![1, 2, 3], 0).with_preferred(Some(1));
         let mut out = Vec::new();
         c.tick(0, &mut out);
-        assert_eq!(out.iter().filter(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 1 })).count(), 3);
+        assert_eq!(sent(&out).iter().filter(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 1 })).count(), 3);
+        assert_eq!(out[0], ControllerAction::RecordEpoch(1), "the epoch is recorded before any fence");
         out.clear();
         c.on_message(fenced(1, 3), &mut out);
         c.on_message(fenced(1, 2), &mut out);
         c.tick(config.election_timeout_ms / 2, &mut out);
         assert_eq!(appointed(&out), None, "a majority without the preferred replica waits");
+        out.clear();
         c.on_message(fenced(1, 1), &mut out);
         assert_eq!(appointed(&out), Some(1));
+        assert_eq!(out[0], ControllerAction::RecordLeader { epoch: 1, leader: 1 }, "recorded before it is sent");
     }
 
     /// The wait is bounded: a preferred replica that does not answer is not waited for
@@ -348,7 +376,7 @@ mod tests {
         c.on_message(heartbeat(vec![(2, 7), (3, 9)]), &mut out);
         assert!(out.is_empty(), "nobody has the whole log yet");
         c.on_message(heartbeat(vec![(2, 7), (3, 10)]), &mut out);
-        assert!(out.iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })), "{out:?}");
+        assert!(sent(&out).iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })), "{out:?}");
         out.clear();
         let answer = |from, durable_end| ControlMessage::Fenced { epoch: 5, from, last_epoch: Some(4), durable_end };
         c.on_message(answer(1, 10), &mut out);
@@ -387,7 +415,7 @@ mod tests {
         let mut c = Controller::resume(config.clone(), vec![1, 2, 3], 4, Some(1), 0, 0).with_preferred(Some(1));
         let mut out = Vec::new();
         c.tick(config.election_timeout_ms + 1, &mut out);
-        assert!(out.iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })));
+        assert!(sent(&out).iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })));
         out.clear();
         c.on_message(ControlMessage::Fenced { epoch: 5, from: 2, last_epoch: Some(4), durable_end: 10 }, &mut out);
         c.on_message(ControlMessage::Fenced { epoch: 5, from: 3, last_epoch: Some(4), durable_end: 10 }, &mut out);

@@ -10,17 +10,19 @@
 //! sent them, each exactly once, and every replica's producer table must agree with its log.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::controller::{Controller, ControllerConfig};
+use super::controller::{Controller, ControllerAction, ControllerConfig};
 use super::replica::{Replica, ReplicaConfig};
 use super::{Action, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
 use crate::broker::partition::producers::{Admission, ProducerTable};
 use crate::protocol::batch::BatchHeader;
 
+mod checks;
+mod metadata;
 mod stats;
 use stats::SimStats;
 
@@ -99,13 +101,26 @@ enum Dest {
 
 #[derive(Debug, Clone)]
 enum Event {
-    Deliver { to: Dest, from: Option<NodeId>, msg: Msg },
-    Flush { node: NodeId, generation: u64, target: usize },
+    Deliver {
+        to: Dest,
+        from: Option<NodeId>,
+        msg: Msg,
+    },
+    Flush {
+        node: NodeId,
+        generation: u64,
+        target: usize,
+    },
     Tick,
     Crash(NodeId),
     Restart(NodeId),
     Isolate(NodeId),
     Heal,
+    /// The metadata log committed (or refused) the controller's record: the rest of its
+    /// decisions go ahead (or the controller restarts from the metadata).
+    MetaCommitted {
+        rest: Vec<ControllerAction>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +160,17 @@ struct Sim {
     events: Vec<Option<Event>>,
     nodes: Vec<Node>,
     controller: Controller,
+    controller_config: ControllerConfig,
+    preferred: Option<NodeId>,
+    /// The simulated metadata log: the highest epoch recorded, and who was recorded as its
+    /// leader. A record takes a random delay to commit and may fail (a metadata leader
+    /// change); meanwhile the controller waits, as the production one awaits its write.
+    meta_epoch: Epoch,
+    meta_leader: Option<(Epoch, NodeId)>,
+    meta_fail_rate: f64,
+    controller_waiting: bool,
+    /// Messages for the controller that arrived while it waited for the metadata.
+    controller_backlog: std::collections::VecDeque<ControlMessage>,
     isolated: Option<NodeId>,
     drop_rate: f64,
     dup_rate: f64,
@@ -194,6 +220,10 @@ impl Sim {
             })
             .collect();
         let drop_rate = rng.gen_range(0.0..0.15);
+        let meta_fail_rate = rng.gen_range(0.0..0.05);
+        let controller_config = ControllerConfig { election_timeout_ms: 150, retry_ms: 30 };
+        // Every other schedule prefers replica 0 (hand-overs to it once it caught up).
+        let preferred = (seed % 2 == 1).then_some(0);
         let dup_rate = rng.gen_range(0.0..0.05);
         let stats =
             SimStats { schedules: 1, five_replica_schedules: u64::from(replicas.len() == 5), ..Default::default() };
@@ -205,9 +235,14 @@ impl Sim {
             queue: BinaryHeap::new(),
             events: Vec::new(),
             nodes,
-            // Every other schedule prefers replica 0 (hand-overs to it once it caught up).
-            controller: Controller::new(ControllerConfig { election_timeout_ms: 150, retry_ms: 30 }, replicas, 0)
-                .with_preferred((seed % 2 == 1).then_some(0)),
+            controller: Controller::new(controller_config.clone(), replicas, 0).with_preferred(preferred),
+            controller_config,
+            preferred,
+            meta_epoch: 0,
+            meta_leader: None,
+            meta_fail_rate,
+            controller_waiting: false,
+            controller_backlog: Default::default(),
             isolated: None,
             drop_rate,
             dup_rate,
@@ -406,11 +441,8 @@ impl Sim {
     fn deliver(&mut self, to: Dest, from: Option<NodeId>, msg: Msg) {
         match (to, msg) {
             (Dest::Controller, Msg::Control(m)) => {
-                let mut out = Vec::new();
-                self.controller.on_message(m, &mut out);
-                for (n, m) in out {
-                    self.send(None, Dest::Node(n), Msg::Control(m));
-                }
+                self.controller_backlog.push_back(m);
+                self.drain_controller_backlog();
             }
             (Dest::Node(n), msg) => {
                 if !self.nodes[n as usize].up {
@@ -418,7 +450,10 @@ impl Sim {
                 }
                 let mut out = Vec::new();
                 match msg {
-                    Msg::Control(m) => self.nodes[n as usize].replica.on_control(m, &mut out),
+                    Msg::Control(m) => {
+                        self.check_recorded(n, &m);
+                        self.nodes[n as usize].replica.on_control(m, &mut out)
+                    }
                     Msg::Peer(m, payload) => {
                         let prev = match &m {
                             PeerMessage::Append { prev_offset, .. } => *prev_offset,
@@ -589,10 +624,10 @@ impl Sim {
                 self.send_durable_acks(n);
             }
             Event::Tick => {
-                let mut out = Vec::new();
-                self.controller.tick(self.now, &mut out);
-                for (n, m) in out {
-                    self.send(None, Dest::Node(n), Msg::Control(m));
+                if !self.controller_waiting {
+                    let mut out = Vec::new();
+                    self.controller.tick(self.now, &mut out);
+                    self.carry_out(out);
                 }
                 for n in 0..self.nodes.len() as NodeId {
                     if self.nodes[n as usize].up {
@@ -642,6 +677,7 @@ impl Sim {
                 self.stats.heals += u64::from(self.isolated.is_some());
                 self.isolated = None;
             }
+            Event::MetaCommitted { rest } => self.meta_committed(rest),
         }
     }
 
@@ -668,7 +704,9 @@ impl Sim {
         }
         let end = active_ms + quiet_ms;
         while let Some(Reverse((at, _, idx))) = self.queue.pop() {
-            if at > end {
+            // Past the quiet period, run on (for at most a second) only to finish what was
+            // under way at its end, such as a hand-over waiting for its metadata records.
+            if at > end && (self.settled() || at > end + 1000) {
                 break;
             }
             self.now = at;
@@ -677,6 +715,7 @@ impl Sim {
                 // Quiet period: everyone up, the network whole, no faults.
                 self.isolated = None;
                 self.drop_rate = 0.0;
+                self.meta_fail_rate = 0.0;
                 for n in 0..self.nodes.len() as NodeId {
                     if !self.nodes[n as usize].up {
                         self.step(Event::Restart(n), false);
@@ -687,60 +726,6 @@ impl Sim {
                 }
             }
             self.step(e, at < active_ms);
-        }
-    }
-
-    fn final_checks(&mut self, seed: u64) {
-        self.stats.final_checks += 1;
-        let committed: HashSet<(u64, u64)> = self.committed.iter().enumerate().map(|(i, r)| (i as u64, r.id)).collect();
-        for &(o, id) in &self.acked {
-            assert!(committed.contains(&(o, id)), "seed {seed}: acknowledged record {id} at offset {o} lost");
-        }
-        for (n, node) in self.nodes.iter().enumerate() {
-            let hw = node.hw_seen as usize;
-            assert_eq!(&node.log[..hw], &self.committed[..hw], "seed {seed}: n{n} disagrees below its high watermark");
-        }
-        // Liveness: after the quiet period one leader has committed its whole log and every
-        // replica holds that log (followers learn the high watermark with the next message,
-        // which a hand-over just before the end may not have sent yet).
-        let leaders: Vec<&Node> = self.nodes.iter().filter(|x| x.replica.is_leader()).collect();
-        assert_eq!(leaders.len(), 1, "seed {seed}: one leader after the quiet period");
-        let leader = leaders[0];
-        assert_eq!(leader.hw_seen, leader.log.len() as u64, "seed {seed}: the leader's log is not all committed");
-        for (n, node) in self.nodes.iter().enumerate() {
-            assert_eq!(
-                node.log, leader.log,
-                "seed {seed}: n{n} has not caught up with the leader after the quiet period"
-            );
-        }
-        self.producer_checks(seed);
-    }
-
-    /// Each producer's batches are in the committed log in the order it sent them, each once,
-    /// with no gap; every one was acknowledged by the end; and every replica's producer table
-    /// agrees with its log.
-    fn producer_checks(&self, seed: u64) {
-        for p in &self.producers {
-            let sequences: Vec<u32> = self
-                .committed
-                .iter()
-                .filter_map(|r| r.producer.filter(|(id, _)| *id == p.id).map(|(_, s)| s))
-                .collect();
-            let expected: Vec<u32> = (0..p.next_sequence).collect();
-            assert_eq!(sequences, expected, "seed {seed}: producer {}'s batches in the committed log", p.id);
-            assert!(p.unacked.is_empty(), "seed {seed}: producer {} still waits for {:?}", p.id, p.unacked);
-            assert_eq!(p.acked_through, p.next_sequence.checked_sub(1), "seed {seed}: producer {}", p.id);
-        }
-        for (n, node) in self.nodes.iter().enumerate() {
-            let rebuilt = table_of(&node.log);
-            for p in &self.producers {
-                assert_eq!(
-                    node.producers.last_batch(p.id),
-                    rebuilt.last_batch(p.id),
-                    "seed {seed}: n{n}'s producer table disagrees with its log for producer {}",
-                    p.id
-                );
-            }
         }
     }
 }

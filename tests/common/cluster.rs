@@ -388,6 +388,22 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The leader of `topic`'s partition, waiting (up to `timeout`) for one: read from one
+    /// status, so that a hand-over starting between two reads cannot yield "no leader".
+    pub fn leader_of(&self, topic: &str, partition: u32, timeout: Duration) -> u32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = self.status().and_then(|s| {
+                s.partitions.iter().find(|p| p.topic == topic && p.partition == partition).and_then(|p| p.leader)
+            });
+            match leader {
+                Some(l) => return l,
+                None if Instant::now() > deadline => panic!("{topic}/{partition} has no leader after {timeout:?}"),
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: u32, rf: u16) {
         let (b, t) = (self.bootstrap(), topic.to_string());
         run(move || async move {

@@ -15,6 +15,8 @@ pub(super) async fn controller_loop(ctx: Arc<Ctx>) {
     let now_ms = move || started.elapsed().as_millis() as u64;
     let config = ControllerConfig { election_timeout_ms: ctx.settings.election_timeout_ms, retry_ms: 100 };
     let mut controllers: HashMap<(String, u32), Controller> = HashMap::new();
+    // The incarnation (topic id) each topic's controllers were made for.
+    let mut incarnations: HashMap<String, u64> = HashMap::new();
     let mut leading = false;
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -47,6 +49,7 @@ pub(super) async fn controller_loop(ctx: Arc<Ctx>) {
                 let now_leading = ctx.is_metadata_leader();
                 if now_leading != leading {
                     controllers.clear();
+                    incarnations.clear();
                     leading = now_leading;
                     if leading {
                         log::info!("node {} is the metadata leader; partition controllers start", ctx.me);
@@ -55,7 +58,7 @@ pub(super) async fn controller_loop(ctx: Arc<Ctx>) {
                 if !leading {
                     continue;
                 }
-                sync_controllers(&ctx, &mut controllers, &config, now_ms());
+                sync_controllers(&ctx, &mut controllers, &mut incarnations, &config, now_ms());
                 let draining: Vec<NodeId> = ctx.meta.borrow().draining.iter().copied().collect();
                 for c in controllers.values_mut() {
                     c.set_draining(&draining);
@@ -74,14 +77,21 @@ pub(super) async fn controller_loop(ctx: Arc<Ctx>) {
 }
 
 /// One controller per partition in the metadata; resumed from the epoch and leader there.
+/// A topic deleted and created again between two syncs gets new controllers: the old
+/// incarnation's would go on appointing its leader without any record for the new one.
 fn sync_controllers(
     ctx: &Ctx,
     controllers: &mut HashMap<(String, u32), Controller>,
+    incarnations: &mut HashMap<String, u64>,
     config: &ControllerConfig,
     now_ms: u64,
 ) {
     let meta = ctx.meta.borrow().clone();
-    controllers.retain(|(t, p), _| meta.partition(t, *p).is_some());
+    controllers.retain(|(t, p), _| {
+        meta.partition(t, *p).is_some() && meta.topics.get(t).map(|t| t.id) == incarnations.get(t).copied()
+    });
+    incarnations.clear();
+    incarnations.extend(meta.topics.iter().map(|(name, t)| (name.clone(), t.id)));
     for (topic, t) in meta.topics.iter() {
         for (i, p) in t.partitions.iter().enumerate() {
             let key = (topic.clone(), i as u32);
@@ -112,14 +122,15 @@ fn new_controller(
     Controller::resume(config.clone(), p.replicas.clone(), p.epoch, p.leader, seen_ms, now_ms).with_preferred(preferred)
 }
 
-/// Makes a controller's decisions durable in the metadata, then sends its messages. An
-/// epoch is opened in Raft before any replica is fenced with it, and an appointment is
-/// recorded before it is sent; a refused write resets the controller from the metadata.
+/// Carries out a controller's decisions in order: each record is written to the metadata
+/// (Raft) before anything after it, so an epoch is open before any replica is fenced with
+/// it and an appointment is recorded before it is sent; a refused write resets the
+/// controller from the metadata and drops what came after it.
 async fn carry_out(
     ctx: &Arc<Ctx>,
     key: &(String, u32),
     controllers: &mut HashMap<(String, u32), Controller>,
-    out: Vec<(NodeId, ControlMessage)>,
+    out: Vec<ControllerAction>,
     config: &ControllerConfig,
     now_ms: u64,
 ) {
@@ -127,24 +138,26 @@ async fn carry_out(
         return;
     }
     let (topic, partition) = (key.0.clone(), key.1);
-    let recorded = ctx.meta.borrow().partition(&topic, partition).cloned();
     let topic_id = ctx.meta.borrow().topics.get(&topic).map_or(0, |t| t.id);
-    let Some(recorded) = recorded else { return };
-    let mut cmd = None;
-    for (_, msg) in &out {
-        match msg {
-            ControlMessage::Fence { epoch } if *epoch > recorded.epoch => {
-                cmd = Some(MetaCommand::OpenEpoch { topic: topic.clone(), partition, epoch: *epoch });
+    let mut by_node: BTreeMap<NodeId, Vec<ControlEnvelope>> = BTreeMap::new();
+    for action in out {
+        let cmd = match action {
+            ControllerAction::Send(node, msg) => {
+                by_node.entry(node).or_default().push(ControlEnvelope {
+                    topic: topic.clone(),
+                    topic_id,
+                    partition,
+                    msg,
+                });
+                continue;
             }
-            ControlMessage::BecomeLeader { epoch, .. } if recorded.leader.is_none() || *epoch != recorded.epoch => {
-                if let Some(leader) = controllers.get(key).and_then(|c| c.leader()) {
-                    cmd = Some(MetaCommand::SetLeader { topic: topic.clone(), partition, epoch: *epoch, leader });
-                }
+            ControllerAction::RecordEpoch(epoch) => MetaCommand::OpenEpoch { topic: topic.clone(), partition, epoch },
+            ControllerAction::RecordLeader { epoch, leader } => {
+                MetaCommand::SetLeader { topic: topic.clone(), partition, epoch, leader }
             }
-            _ => {}
-        }
-    }
-    if let Some(cmd) = cmd {
+        };
+        // Messages decided before this record go first (they needed no record of their own).
+        send_all(ctx, std::mem::take(&mut by_node));
         if let Err(e) = ctx.write(cmd.clone()).await {
             log::warn!("controller of {topic}/{partition}: recording {cmd:?} failed: {e}");
             let fresh = ctx.meta.borrow().partition(&topic, partition).cloned();
@@ -162,10 +175,10 @@ async fn carry_out(
             log::info!("{topic}/{partition}: node {leader} leads epoch {epoch}");
         }
     }
-    let mut by_node: BTreeMap<NodeId, Vec<ControlEnvelope>> = BTreeMap::new();
-    for (node, msg) in out {
-        by_node.entry(node).or_default().push(ControlEnvelope { topic: topic.clone(), topic_id, partition, msg });
-    }
+    send_all(ctx, by_node);
+}
+
+fn send_all(ctx: &Arc<Ctx>, by_node: BTreeMap<NodeId, Vec<ControlEnvelope>>) {
     for (node, messages) in by_node {
         ctx.send_to(node, messages);
     }

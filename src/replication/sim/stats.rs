@@ -22,6 +22,8 @@ pub(super) struct SimStats {
     pub(super) acked: u64,
     pub(super) elections: u64,
     pub(super) five_replica_schedules: u64,
+    pub(super) metadata_write_failures: u64,
+    pub(super) metadata_checks: u64,
 }
 
 impl SimStats {
@@ -44,6 +46,8 @@ impl SimStats {
         self.acked += o.acked;
         self.elections += o.elections;
         self.five_replica_schedules += o.five_replica_schedules;
+        self.metadata_write_failures += o.metadata_write_failures;
+        self.metadata_checks += o.metadata_checks;
     }
 
     /// The report, in markdown.
@@ -61,6 +65,8 @@ impl SimStats {
             ("fault: node isolated", self.isolations),
             ("heals", self.heals),
             ("log truncations (divergent tails cut)", self.truncations),
+            ("fault: metadata write refused (the controller restarts from the metadata)", self.metadata_write_failures),
+            ("check: a replica acts only on a recorded epoch and appointment", self.metadata_checks),
             ("check: high watermark monotonic, within the log, equal to the committed log", self.commit_checks),
             ("check: one leader per epoch, a new leader holds the committed log", self.leader_checks),
             ("check: a producer's batch commits in order, once", self.order_checks),
