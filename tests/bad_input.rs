@@ -388,20 +388,9 @@ fn a_create_beyond_the_partition_limit_or_the_free_disk_is_refused() {
 /// preallocation costs).
 fn segments_under(dir: &std::path::Path) -> (usize, u64) {
     use std::os::unix::fs::MetadataExt;
-    let (mut segments, mut total) = (0, 0);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let meta = e.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else {
-                segments += usize::from(e.path().extension().is_some_and(|x| x == "log"));
-                total += meta.blocks() * 512;
-            }
-        }
-    }
-    (segments, total)
+    let files = common::files_below(dir);
+    let segments = files.iter().filter(|(path, _)| path.extension().is_some_and(|x| x == "log")).count();
+    (segments, files.iter().map(|(_, meta)| meta.blocks() * 512).sum())
 }
 
 /// Part 3 of issue 11: consumer-group names cost bounded resources. Asking for the offsets

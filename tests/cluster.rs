@@ -473,20 +473,7 @@ fn node_that_lost_its_raft_vote_but_holds_replicas_refuses_to_start() {
 
 /// The files below `dir`, with their sizes.
 fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let meta = e.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push((e.path(), meta.len()));
-            }
-        }
-    }
-    out.sort();
-    out
+    common::files_below(dir).into_iter().map(|(path, meta)| (path, meta.len())).collect()
 }
 
 /// Defect 11a: a cluster node's data directory started as a single broker (the `[cluster]`

@@ -24,6 +24,24 @@ pub struct Broker {
 }
 
 /// A scratch directory on the real disk (not tmpfs: O_DIRECT must be exercised).
+/// Every file below `dir` (walked recursively), with its metadata, sorted by path.
+pub fn files_below(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), meta));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 pub fn scratch_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("quorra-test-{name}-")).tempdir_in("/tmp").expect("temp dir")
 }
