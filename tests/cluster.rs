@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{check, final_log, Cluster, Load, Verdict, Watcher};
+use common::cluster::{check, final_log, private_loopback, Cluster, Load, Verdict, Watcher};
 use quorra::client::ReadFrom;
 use quorra::protocol::messages::Acks;
 use quorra::protocol::ErrorCode;
@@ -748,4 +748,44 @@ fn the_control_port_refuses_large_and_stalled_hellos() {
     assert!(started.elapsed() < Duration::from_secs(15), "closed late: {:?}", started.elapsed());
     c.create_topic("after", 1, 3);
     c.wait_in_sync(3, Duration::from_secs(30));
+}
+
+#[test]
+fn a_replica_that_could_not_be_opened_is_opened_once_its_disk_recovers() {
+    let mut c = Cluster::start_addressed("reopen-replica", "master-slave", private_loopback(0), |_| {});
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(3000, Duration::from_secs(30));
+    let acked = load.stop();
+    // A follower's segment damaged while it is down, and its disk full when it comes back:
+    // recovery finds the damage but cannot write the CORRUPT marker, so the replica does
+    // not open (found by the nemesis: a bit flip, then a full disk).
+    let follower = c.leader_of("t", 0, Duration::from_secs(10)) % 3 + 1;
+    c.node(follower).kill();
+    let segment = c.node(follower).dir.join("data/topics/t/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[10_000] ^= 0x5A;
+    std::fs::write(&segment, bytes).unwrap();
+    c.node(follower).set_disk_faults(&["write=enospc", "fallocate=enospc"]);
+    c.node(follower).restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.node(follower).log().contains("cannot open replica t/0") {
+        assert!(Instant::now() < deadline, "the replica opened on a full disk?\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing changes in the metadata from now on; the disk recovers.
+    std::thread::sleep(Duration::from_secs(2));
+    c.node(follower).set_disk_faults(&[]);
+    // Opened again (the leader counts it in sync from before the kill: wait for the repair).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.node(follower).log().contains("repairing this replica") {
+        assert!(Instant::now() < deadline, "the replica was not opened again\n{}", c.node(follower).log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_for("the repaired follower in sync", Duration::from_secs(30), |s| {
+        s.partitions.iter().all(|p| p.in_sync.contains(&follower) && p.lag.iter().all(|l| l.records == 0))
+    });
+    let only_follower = c.node(follower).client.to_string();
+    let v = common::cluster::check_with(&only_follower, "t", 1, &acked, ReadFrom::Follower, false);
+    assert_nothing_lost(&v, "read from the reopened follower", &c);
 }

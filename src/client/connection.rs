@@ -33,7 +33,17 @@ impl Connection {
         timeout: Duration,
         max_frame_bytes: usize,
     ) -> Result<Rc<Connection>, ClientError> {
-        let stream = net::connect(addr, timeout)
+        Self::connect_from(None, addr, timeout, max_frame_bytes).await
+    }
+
+    /// [`Self::connect`] from a local address (a node's links leave from its own address).
+    pub async fn connect_from(
+        source: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        timeout: Duration,
+        max_frame_bytes: usize,
+    ) -> Result<Rc<Connection>, ClientError> {
+        let stream = net::connect_from(source, addr, timeout)
             .await
             .map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
         let (mut reader, writer) =

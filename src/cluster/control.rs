@@ -312,12 +312,13 @@ impl Ctx {
     }
 
     fn write_link(&self, node: NodeId) -> Option<Arc<tokio::sync::Mutex<PeerLink>>> {
-        let addr = self.settings.node(node)?.peer;
         let mut links = self.write_links.lock().expect("links lock");
-        let link = links.entry(node).or_insert_with(|| {
-            Arc::new(tokio::sync::Mutex::new(PeerLink::new(node, addr, &self.settings.cluster_id, self.me)))
-        });
-        Some(link.clone())
+        if let Some(link) = links.get(&node) {
+            return Some(link.clone());
+        }
+        let link = Arc::new(tokio::sync::Mutex::new(PeerLink::new(&self.settings, node)?));
+        links.insert(node, link.clone());
+        Some(link)
     }
 
     /// Queues messages for a node; a task per node sends what queued up, one call at a time.
@@ -327,11 +328,11 @@ impl Ctx {
             self.deliver(messages);
             return;
         }
-        let Some(addr) = self.settings.node(node).map(|n| n.peer) else { return };
+        let Some(link) = PeerLink::new(&self.settings, node) else { return };
         let mut outboxes = self.outboxes.lock().expect("outboxes lock");
         let tx = outboxes.entry(node).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(CONTROL_QUEUE_DEPTH);
-            tokio::spawn(send_loop(PeerLink::new(node, addr, &self.settings.cluster_id, self.me), rx));
+            tokio::spawn(send_loop(link, rx));
             tx
         });
         offer(tx, messages, "outbox");
@@ -617,11 +618,7 @@ impl RaftNetworkFactory<MetaRaft> for Network {
     type Network = RaftLink;
 
     async fn new_client(&mut self, target: RaftNodeId, _node: &BasicNode) -> RaftLink {
-        let addr = self.settings.node(target as NodeId).map(|n| n.peer);
-        RaftLink {
-            target,
-            link: addr.map(|a| PeerLink::new(target as NodeId, a, &self.settings.cluster_id, self.settings.node_id)),
-        }
+        RaftLink { target, link: PeerLink::new(&self.settings, target as NodeId) }
     }
 }
 

@@ -16,10 +16,11 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::meta::MetaCommand;
 use super::raft_store::{MetaRaft, MetaReply, RaftNodeId};
+use crate::config::ClusterSettings;
 use crate::limits::MAX_CONTROL_MESSAGE_BYTES;
 use crate::protocol::messages::ClusterStatusResponse as ClusterStatus;
 use crate::replication::{ControlMessage, NodeId};
@@ -160,13 +161,18 @@ pub async fn write_msg<T: Serialize>(stream: &mut TcpStream, msg: &T) -> Result<
 pub struct PeerLink {
     pub target: NodeId,
     addr: std::net::SocketAddr,
+    /// The local address the link leaves from (the node's own control address).
+    source: Option<std::net::IpAddr>,
     hello: (String, NodeId),
     stream: Option<TcpStream>,
 }
 
 impl PeerLink {
-    pub fn new(target: NodeId, addr: std::net::SocketAddr, cluster_id: &str, me: NodeId) -> PeerLink {
-        PeerLink { target, addr, hello: (cluster_id.to_string(), me), stream: None }
+    /// A link from this node (`settings.me()`) to `target`; `None` when it is no member.
+    pub fn new(settings: &ClusterSettings, target: NodeId) -> Option<PeerLink> {
+        let addr = settings.node(target)?.peer;
+        let source = crate::net::link_source(settings.me().peer);
+        Some(PeerLink { target, addr, source, hello: (settings.cluster_id.clone(), settings.node_id), stream: None })
     }
 
     /// The node this link speaks for.
@@ -184,7 +190,11 @@ impl PeerLink {
 
     async fn call_inner(&mut self, request: &Request) -> Result<Reply, LinkError> {
         if self.stream.is_none() {
-            let mut s = TcpStream::connect(self.addr).await?;
+            let socket = if self.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            if let Some(ip) = self.source {
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+            let mut s = socket.connect(self.addr).await?;
             s.set_nodelay(true)?;
             let hello = Request::Hello { cluster_id: self.hello.0.clone(), node_id: self.hello.1 };
             write_msg(&mut s, &hello).await?;

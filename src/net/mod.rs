@@ -4,13 +4,15 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use futures_lite::{AsyncRead, AsyncWrite};
 pub use glommio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::limits::FRAME_HEADER_BYTES;
 use crate::protocol::{BodyBuf, Frame, FrameError, FrameHeader, OutFrame};
@@ -185,8 +187,53 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, outbox: Rc<Outbox>) ->
 pub type Held = Vec<crate::rt::StaticPermit>;
 
 /// Opens a TCP connection, failing after `timeout`.
-pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)
+}
+
+/// The address a node's outgoing links leave from: the IP it listens on, unless that is the
+/// wildcard (then the kernel chooses). Nodes on one machine with their own loopback
+/// addresses (127.0.0.2, 127.0.0.3, ...) thus send from their own address, so a firewall
+/// rule can cut the link between two of them (the nemesis tests do).
+pub fn link_source(listen: SocketAddr) -> Option<IpAddr> {
+    Some(listen.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+/// [`connect`] from the local address `source` (port chosen by the kernel). The connect is
+/// non-blocking and its completion polled every millisecond, so a peer that drops SYNs never
+/// blocks the shard; it happens once per (re)connection, never per request.
+pub async fn connect_from(source: Option<IpAddr>, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let Some(source) = source else { return connect(addr, timeout).await };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_cloexec(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => wait_connected(&socket, timeout).await?,
+        Err(e) => return Err(e),
+    }
+    socket.set_nonblocking(false)?;
+    // SAFETY: `into_raw_fd` gives up ownership of a connected TCP socket's descriptor,
+    // which the stream then owns.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Waits for a non-blocking connect to finish: the socket has a peer, or an error.
+async fn wait_connected(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(e) = socket.take_error()? {
+            return Err(e);
+        }
+        if socket.peer_addr().is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        }
+        rt::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Splits a TCP stream into a buffered reading half and a writing half (two descriptors of

@@ -172,11 +172,24 @@ async fn follow_metadata(shard: Rc<Shard>) {
             let all_open = apply_metadata(&shard, &meta).await;
             walked = all_open.then(|| meta.topics.clone());
         }
-        if shard.shutting_down.get() || rx.changed().await.is_err() {
+        if shard.shutting_down.get() {
+            return;
+        }
+        let changed = if walked.is_some() {
+            rx.changed().await
+        } else {
+            // A replica did not open (a full disk, an I/O error): try again in a while, also
+            // when the metadata stays as it is, or it would stay closed until some change.
+            rt::timeout(REOPEN_RETRY, rx.changed()).await.unwrap_or(Ok(()))
+        };
+        if changed.is_err() {
             return;
         }
     }
 }
+
+/// How long a shard waits before trying again to open a replica that failed to open.
+const REOPEN_RETRY: Duration = Duration::from_secs(1);
 
 /// Returns whether every replica this shard should hold is open.
 async fn apply_metadata(shard: &Rc<Shard>, meta: &Arc<MetaState>) -> bool {
@@ -453,7 +466,8 @@ pub async fn node_connection(shard: &Shard, node: NodeId) -> Result<Rc<Connectio
 async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
     let c = cluster(shard);
     let addr = c.control.settings.node(node).ok_or("unknown node")?.client;
-    let conn = Connection::connect(addr, Duration::from_millis(500), shard.config.max_frame_bytes)
+    let source = crate::net::link_source(shard.config.listen);
+    let conn = Connection::connect_from(source, addr, Duration::from_millis(500), shard.config.max_frame_bytes)
         .await
         .map_err(|e| e.to_string())?;
     let hello = PeerHello { cluster_id: c.control.settings.cluster_id.clone(), node_id: c.node_id };

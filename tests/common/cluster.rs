@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,6 +80,14 @@ impl Proxy {
 /// handed out twice.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The first of a few loopback addresses (127.a.b.c) no other test process uses: `a` and
+/// `b` from the process id, `c` from `run` (runs in one process take turns), for
+/// [`Cluster::start_addressed`].
+pub fn private_loopback(run: u8) -> Ipv4Addr {
+    let pid = std::process::id();
+    Ipv4Addr::new(127, 1 + ((pid >> 8) % 250) as u8, pid as u8, 10 + 10 * (run % 24))
+}
+
 /// A free port below the kernel's ephemeral range (32768+), so that the outgoing
 /// connections of other processes cannot take it while its node is down.
 pub fn free_port() -> SocketAddr {
@@ -100,6 +108,8 @@ pub struct Node {
     pub client: SocketAddr,
     pub peer: SocketAddr,
     pub dir: PathBuf,
+    /// The node's `QUORRA_FAULT_FILE`, when it was started with one.
+    fault_file: Option<PathBuf>,
     child: Option<Child>,
     /// Stopped with SIGSTOP (it accepts connections but answers nothing).
     paused: std::cell::Cell<bool>,
@@ -127,8 +137,18 @@ impl Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorra"));
         cmd.args(["serve", "--config"]).arg(self.dir.join("node.toml"));
         cmd.env("RUST_LOG", node_log_filter());
+        if let Some(f) = &self.fault_file {
+            cmd.env("QUORRA_FAULT_FILE", f);
+        }
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         cmd
+    }
+
+    /// Switches the node's disk faults (lines of `QUORRA_FAULT_FILE`, e.g. `sync=eio`; empty:
+    /// none). The node must have been started with a fault file.
+    pub fn set_disk_faults(&self, lines: &[&str]) {
+        let f = self.fault_file.as_ref().expect("the node was started with a fault file");
+        std::fs::write(f, lines.join("\n")).unwrap();
     }
 
     fn launch(&mut self) {
@@ -271,7 +291,6 @@ impl Cluster {
     /// [`Cluster::start`], with `tune` applied to every node's configuration.
     pub fn start_tuned(name: &str, mode: &str, tune: impl Fn(&mut toml::Table)) -> Cluster {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = scratch_dir(name);
         let n = example_node_count(mode);
         let addrs: Vec<(u32, SocketAddr, SocketAddr)> = (1..=n).map(|i| (i, free_port(), free_port())).collect();
         let mut proxies = HashMap::new();
@@ -282,11 +301,8 @@ impl Cluster {
                 }
             }
         }
-        let mut nodes = Vec::new();
-        for &(i, client, peer) in &addrs {
-            let node_dir = dir.path().join(format!("node{i}"));
-            std::fs::create_dir_all(&node_dir).unwrap();
-            let seen_from_i: Vec<_> = addrs
+        let seen_from = |i: u32| -> Vec<(u32, SocketAddr, SocketAddr)> {
+            addrs
                 .iter()
                 .map(|&(j, c, p)| {
                     if i == j {
@@ -296,25 +312,27 @@ impl Cluster {
                         (j, pc.addr, pp.addr)
                     }
                 })
-                .collect();
-            let toml = example_config(mode, i, &node_dir.join("data"), &format!("test-{name}"), &seen_from_i);
-            let mut config: toml::Table = toml.parse().unwrap();
-            tune(&mut config);
-            std::fs::write(node_dir.join("node.toml"), toml::to_string(&config).unwrap()).unwrap();
-            nodes.push(Node { id: i, client, peer, dir: node_dir, child: None, paused: Default::default() });
-        }
-        // Start them together: the metadata group needs a majority.
-        let handles: Vec<_> = nodes
-            .into_iter()
-            .map(|mut node| {
-                std::thread::spawn(move || {
-                    node.launch();
-                    node
-                })
+                .collect()
+        };
+        let (nodes, dir) = launch_all(name, mode, &addrs, seen_from, tune, false);
+        Cluster { nodes, _serial: serial, proxies, _dir: dir }
+    }
+
+    /// The nodes of `examples/<mode>/` without proxies, node `i` on its own loopback address
+    /// `first_ip + i - 1` (its links leave from it, so a firewall rule between two addresses
+    /// cuts that link), each with a fault file (`Node::set_disk_faults`).
+    pub fn start_addressed(name: &str, mode: &str, first_ip: Ipv4Addr, tune: impl Fn(&mut toml::Table)) -> Cluster {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let n = example_node_count(mode);
+        let addrs: Vec<(u32, SocketAddr, SocketAddr)> = (1..=n)
+            .map(|i| {
+                let ip = Ipv4Addr::from(u32::from(first_ip) + i - 1);
+                let on_ip = |a: SocketAddr| SocketAddr::new(ip.into(), a.port());
+                (i, on_ip(free_port()), on_ip(free_port()))
             })
             .collect();
-        let nodes = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        Cluster { nodes, _serial: serial, proxies, _dir: dir }
+        let (nodes, dir) = launch_all(name, mode, &addrs, |_| addrs.clone(), tune, true);
+        Cluster { nodes, _serial: serial, proxies: HashMap::new(), _dir: dir }
     }
 
     pub fn node(&mut self, id: u32) -> &mut Node {
@@ -420,6 +438,40 @@ impl Cluster {
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, n.log())).collect()
     }
+}
+
+/// Writes every node's configuration (`seen_from(i)`: the addresses node `i` reaches the
+/// others at) and starts the nodes together: the metadata group needs a majority.
+fn launch_all(
+    name: &str,
+    mode: &str,
+    addrs: &[(u32, SocketAddr, SocketAddr)],
+    seen_from: impl Fn(u32) -> Vec<(u32, SocketAddr, SocketAddr)>,
+    tune: impl Fn(&mut toml::Table),
+    fault_files: bool,
+) -> (Vec<Node>, tempfile::TempDir) {
+    let dir = scratch_dir(name);
+    let mut nodes = Vec::new();
+    for &(i, client, peer) in addrs {
+        let node_dir = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let toml = example_config(mode, i, &node_dir.join("data"), &format!("test-{name}"), &seen_from(i));
+        let mut config: toml::Table = toml.parse().unwrap();
+        tune(&mut config);
+        std::fs::write(node_dir.join("node.toml"), toml::to_string(&config).unwrap()).unwrap();
+        let fault_file = fault_files.then(|| node_dir.join("faults"));
+        nodes.push(Node { id: i, client, peer, dir: node_dir, fault_file, child: None, paused: Default::default() });
+    }
+    let handles: Vec<_> = nodes
+        .into_iter()
+        .map(|mut node| {
+            std::thread::spawn(move || {
+                node.launch();
+                node
+            })
+        })
+        .collect();
+    (handles.into_iter().map(|h| h.join().unwrap()).collect(), dir)
 }
 
 fn example_dir(mode: &str) -> PathBuf {

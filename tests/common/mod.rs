@@ -42,8 +42,18 @@ pub fn files_below(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     out
 }
 
+/// `QUORRA_TEST_KEEP=1` keeps it after the test (to look into a failure).
 pub fn scratch_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("quorra-test-{name}-")).tempdir_in("/tmp").expect("temp dir")
+    let keep = std::env::var_os("QUORRA_TEST_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("quorra-test-{name}-"))
+        .disable_cleanup(keep)
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
 }
 
 impl Broker {

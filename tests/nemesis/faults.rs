@@ -1,0 +1,306 @@
+//! The nemesis: a seeded random schedule of faults applied to a cluster of real processes,
+//! each held for a while, then healed, then waited out until the cluster has recovered
+//! (every partition led, every replica in sync) before the next one.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::common::cluster::Cluster;
+use super::common::files_below;
+use super::firewall::Firewall;
+
+/// What the nemesis can do to the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// kill -9 one node (a minority of three), restart it.
+    Kill,
+    /// kill -9 every node, restart them all.
+    KillAll,
+    /// SIGSTOP one node for longer than the election timeout, then SIGCONT.
+    Pause,
+    /// SIGTERM and restart each node in turn, waiting for recovery after each.
+    RollingRestart,
+    /// One node cut off from the others, both ways (minority / majority).
+    Isolate,
+    /// One node cut off from the metadata leader only; it still sees the third node.
+    CutFromMetadataLeader,
+    /// Two nodes cut from each other; the third sees both (a bridge).
+    Bridge,
+    /// Packets from one node to another dropped; the other direction flows.
+    OneWay,
+    /// Every log write or fdatasync of one node fails with EIO.
+    DiskEio,
+    /// One node's disk is full (writes and preallocation fail with ENOSPC).
+    DiskFull,
+    /// One node killed, bytes flipped in its segment files, restarted.
+    BitFlip,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 11] = [
+        FaultKind::Kill,
+        FaultKind::KillAll,
+        FaultKind::Pause,
+        FaultKind::RollingRestart,
+        FaultKind::Isolate,
+        FaultKind::CutFromMetadataLeader,
+        FaultKind::Bridge,
+        FaultKind::OneWay,
+        FaultKind::DiskEio,
+        FaultKind::DiskFull,
+        FaultKind::BitFlip,
+    ];
+
+    fn needs_firewall(self) -> bool {
+        matches!(self, FaultKind::Isolate | FaultKind::CutFromMetadataLeader | FaultKind::Bridge | FaultKind::OneWay)
+    }
+
+    /// How often the schedule picks it, relative to the others: the cheap single-node
+    /// faults most, the whole-cluster ones (which take longest to recover) least.
+    fn weight(self) -> u32 {
+        match self {
+            FaultKind::KillAll | FaultKind::RollingRestart => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// One fault the nemesis applied, with times in ms since the run started.
+#[derive(Clone, Debug)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    pub detail: String,
+    pub start_ms: u64,
+    pub healed_ms: u64,
+    pub recovered_ms: u64,
+}
+
+pub struct Nemesis<'a> {
+    pub cluster: &'a mut Cluster,
+    firewall: Option<Firewall>,
+    rng: StdRng,
+    started: Instant,
+    /// Longer than the election timeout: pauses and cuts last at least this long.
+    min_hold: Duration,
+    pub records: Vec<FaultRecord>,
+}
+
+/// A follower this close to its leader has caught up (the load keeps writing).
+const MAX_RECOVERED_LAG: u64 = 5_000;
+
+/// How long the cluster may take to recover from a healed fault before the run fails.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl<'a> Nemesis<'a> {
+    /// `started` is the run's time origin (the load's); `firewall` None leaves out the
+    /// network faults.
+    pub fn new(cluster: &'a mut Cluster, firewall: Option<Firewall>, seed: u64, started: Instant) -> Nemesis<'a> {
+        let min_hold = Duration::from_millis(3 * quorra::limits::DEFAULT_ELECTION_TIMEOUT_MS);
+        Nemesis { cluster, firewall, rng: StdRng::seed_from_u64(seed), started, min_hold, records: Vec::new() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Picks a fault, holds it, heals it and waits until the cluster has recovered.
+    pub fn step(&mut self) -> &FaultRecord {
+        let kinds: Vec<FaultKind> =
+            FaultKind::ALL.into_iter().filter(|k| self.firewall.is_some() || !k.needs_firewall()).collect();
+        let kind = *kinds.choose_weighted(&mut self.rng, |k| k.weight()).expect("kinds");
+        let hold = self.min_hold + Duration::from_millis(self.rng.gen_range(0..6_000));
+        let start_ms = self.now_ms();
+        let detail = self.apply(kind, hold);
+        let healed_ms = self.now_ms();
+        self.wait_recovered(&format!("{kind:?} ({detail})"));
+        let record = FaultRecord { kind, detail, start_ms, healed_ms, recovered_ms: self.now_ms() };
+        eprintln!(
+            "nemesis: {:?} {} at {} ms, healed at {} ms, recovered at {} ms",
+            record.kind, record.detail, record.start_ms, record.healed_ms, record.recovered_ms
+        );
+        self.records.push(record);
+        self.records.last().expect("pushed")
+    }
+
+    fn ids(&self) -> Vec<u32> {
+        self.cluster.nodes.iter().map(|n| n.id).collect()
+    }
+
+    fn pick(&mut self) -> u32 {
+        *self.ids().choose(&mut self.rng).expect("nodes")
+    }
+
+    fn ip(&mut self, id: u32) -> IpAddr {
+        self.cluster.node(id).client.ip()
+    }
+
+    fn firewall(&self) -> &Firewall {
+        self.firewall.as_ref().expect("network faults are chosen only with a firewall")
+    }
+
+    /// Starts the fault, waits `hold`, ends it; what it did, for the report.
+    fn apply(&mut self, kind: FaultKind, hold: Duration) -> String {
+        let x = self.pick();
+        match kind {
+            FaultKind::Kill => {
+                self.cluster.node(x).kill();
+                std::thread::sleep(hold);
+                self.cluster.node(x).restart();
+                format!("node {x}")
+            }
+            FaultKind::KillAll => {
+                for n in &mut self.cluster.nodes {
+                    n.kill();
+                }
+                std::thread::sleep(hold.min(Duration::from_secs(3)));
+                // Together: a node's start waits for a metadata majority.
+                std::thread::scope(|s| {
+                    for n in &mut self.cluster.nodes {
+                        s.spawn(|| n.restart());
+                    }
+                });
+                "every node".into()
+            }
+            FaultKind::Pause => {
+                self.cluster.node(x).signal(libc::SIGSTOP);
+                std::thread::sleep(hold);
+                self.cluster.node(x).signal(libc::SIGCONT);
+                format!("node {x}")
+            }
+            FaultKind::RollingRestart => {
+                for id in self.ids() {
+                    let stopped = self.cluster.node(id).terminate(Duration::from_secs(30));
+                    assert!(stopped.is_some(), "node {id} did not stop on SIGTERM within 30 s");
+                    self.cluster.node(id).restart();
+                    self.wait_recovered(&format!("the rolling restart of node {id}"));
+                }
+                "every node in turn".into()
+            }
+            FaultKind::Isolate => {
+                let xip = self.ip(x);
+                for y in self.ids().into_iter().filter(|&y| y != x) {
+                    let yip = self.ip(y);
+                    self.firewall().cut_both(xip, yip);
+                }
+                self.hold_then_heal(hold);
+                format!("node {x}")
+            }
+            FaultKind::CutFromMetadataLeader => {
+                let leader = self.cluster.status().and_then(|s| s.metadata_leader).unwrap_or(1);
+                let others: Vec<u32> = self.ids().into_iter().filter(|&y| y != leader).collect();
+                let y = *others.choose(&mut self.rng).expect("another node");
+                let (lip, yip) = (self.ip(leader), self.ip(y));
+                self.firewall().cut_both(lip, yip);
+                self.hold_then_heal(hold);
+                format!("node {y} from metadata leader {leader}")
+            }
+            FaultKind::Bridge => {
+                let ends: Vec<u32> = self.ids().into_iter().filter(|&y| y != x).collect();
+                let (a, b) = (self.ip(ends[0]), self.ip(ends[1]));
+                self.firewall().cut_both(a, b);
+                self.hold_then_heal(hold);
+                format!("node {x} bridges {} and {}", ends[0], ends[1])
+            }
+            FaultKind::OneWay => {
+                let others: Vec<u32> = self.ids().into_iter().filter(|&y| y != x).collect();
+                let y = *others.choose(&mut self.rng).expect("another node");
+                let (xip, yip) = (self.ip(x), self.ip(y));
+                self.firewall().cut(xip, yip);
+                self.hold_then_heal(hold);
+                format!("node {x} -> node {y} dropped")
+            }
+            FaultKind::DiskEio => {
+                let line = *["sync=eio", "write=eio"].choose(&mut self.rng).expect("lines");
+                self.cluster.node(x).set_disk_faults(&[line]);
+                std::thread::sleep(hold);
+                self.cluster.node(x).set_disk_faults(&[]);
+                format!("node {x}: {line}")
+            }
+            FaultKind::DiskFull => {
+                self.cluster.node(x).set_disk_faults(&["write=enospc", "fallocate=enospc"]);
+                std::thread::sleep(hold);
+                self.cluster.node(x).set_disk_faults(&[]);
+                format!("node {x}")
+            }
+            FaultKind::BitFlip => {
+                self.cluster.node(x).kill();
+                let flipped = self.flip_bits(x);
+                std::thread::sleep(Duration::from_millis(500));
+                self.cluster.node(x).restart();
+                format!("node {x}: {flipped}")
+            }
+        }
+    }
+
+    fn hold_then_heal(&self, hold: Duration) {
+        std::thread::sleep(hold);
+        self.firewall().heal();
+    }
+
+    /// Flips one bit in each of up to three segment files of the (stopped) node, at a random
+    /// place in what was written (below the last non-zero byte: the rest is preallocation).
+    fn flip_bits(&mut self, id: u32) -> String {
+        let data = self.cluster.node(id).dir.join("data");
+        let mut segments: Vec<_> = files_below(&data)
+            .into_iter()
+            .filter(|(p, m)| p.extension().is_some_and(|e| e == "log") && m.len() > 0)
+            .map(|(p, _)| p)
+            .collect();
+        segments.shuffle(&mut self.rng);
+        let mut flipped = Vec::new();
+        for path in segments.into_iter().take(3) {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let Some(end) = bytes.iter().rposition(|&b| b != 0) else { continue };
+            let at = self.rng.gen_range(0..=end);
+            bytes[at] ^= 1 << self.rng.gen_range(0..8);
+            std::fs::write(&path, &bytes).unwrap();
+            flipped.push(format!("{} @ {at}", path.strip_prefix(&data).unwrap_or(&path).display()));
+        }
+        if flipped.is_empty() {
+            "no segment written yet".into()
+        } else {
+            flipped.join(", ")
+        }
+    }
+
+    /// Waits until every node answers and every partition has a leader and all its replicas
+    /// in sync; fails the run (with the nodes' logs) after [`RECOVERY_TIMEOUT`].
+    /// (A leader counts a restarted follower in sync from before its restart for a moment:
+    /// the condition must hold at two polls a second apart, and no follower may lag by more
+    /// than [`MAX_RECOVERED_LAG`] records.)
+    pub fn wait_recovered(&self, after: &str) {
+        let deadline = Instant::now() + RECOVERY_TIMEOUT;
+        let mut held_since: Option<Instant> = None;
+        loop {
+            let status = self.cluster.status();
+            let recovered = status.as_ref().is_some_and(|s| {
+                s.nodes.iter().all(|n| n.alive)
+                    && !s.partitions.is_empty()
+                    && s.partitions.iter().all(|p| {
+                        p.leader.is_some()
+                            && p.in_sync.len() == p.replicas.len()
+                            && p.lag.iter().all(|l| l.records <= MAX_RECOVERED_LAG)
+                    })
+            });
+            match (recovered, held_since) {
+                (true, Some(t)) if t.elapsed() >= Duration::from_secs(1) => return,
+                (true, None) => held_since = Some(Instant::now()),
+                (false, _) => held_since = None,
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                let rules = self.firewall.as_ref().map(Firewall::rules).unwrap_or_default();
+                panic!(
+                    "the cluster did not recover within {RECOVERY_TIMEOUT:?} after {after}\nstatus: {status:#?}\n\
+                     firewall: {rules}\n{}",
+                    self.cluster.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
