@@ -114,7 +114,9 @@ enum Event {
     Tick,
     Crash(NodeId),
     Restart(NodeId),
-    Isolate(NodeId),
+    /// The nodes of the mask (bit n: node n) are cut off from the others and the
+    /// controller (a minority: one node, or two of five).
+    Partition(u32),
     Heal,
     /// The metadata log committed (or refused) the controller's record: the rest of its
     /// decisions go ahead (or the controller restarts from the metadata).
@@ -171,7 +173,8 @@ struct Sim {
     controller_waiting: bool,
     /// Messages for the controller that arrived while it waited for the metadata.
     controller_backlog: std::collections::VecDeque<ControlMessage>,
-    isolated: Option<NodeId>,
+    /// Nodes cut off from the rest and the controller (bit n: node n); 0: the network is whole.
+    cut_off: u32,
     drop_rate: f64,
     dup_rate: f64,
     next_id: u64,
@@ -243,7 +246,7 @@ impl Sim {
             meta_fail_rate,
             controller_waiting: false,
             controller_backlog: Default::default(),
-            isolated: None,
+            cut_off: 0,
             drop_rate,
             dup_rate,
             next_id: 1,
@@ -272,10 +275,8 @@ impl Sim {
             Dest::Node(n) => Some(*n),
             Dest::Controller => None,
         };
-        match self.isolated {
-            Some(iso) => (a == Some(iso)) == (b == Some(iso)),
-            None => true,
-        }
+        let side = |n: Option<NodeId>| n.is_some_and(|n| self.cut_off & (1 << n) != 0);
+        side(a) == side(b)
     }
 
     fn send(&mut self, from: Option<NodeId>, to: Dest, msg: Msg) {
@@ -669,13 +670,13 @@ impl Sim {
                     node.producers = table_of(&node.log);
                 }
             }
-            Event::Isolate(n) => {
+            Event::Partition(mask) => {
                 self.stats.isolations += 1;
-                self.isolated = Some(n);
+                self.cut_off = mask;
             }
             Event::Heal => {
-                self.stats.heals += u64::from(self.isolated.is_some());
-                self.isolated = None;
+                self.stats.heals += u64::from(self.cut_off != 0);
+                self.cut_off = 0;
             }
             Event::MetaCommitted { rest } => self.meta_committed(rest),
         }
@@ -683,7 +684,7 @@ impl Sim {
 
     fn run(&mut self, active_ms: u64, quiet_ms: u64) {
         self.schedule(0, Event::Tick);
-        // A fault schedule: crashes with restarts, isolations with heals.
+        // A fault schedule: crashes with restarts, partitions with heals.
         let mut t = 50;
         while t < active_ms {
             let n = self.rng.gen_range(0..self.nodes.len() as NodeId);
@@ -694,7 +695,13 @@ impl Sim {
                     self.schedule(back, Event::Restart(n));
                 }
                 1 => {
-                    self.schedule(t, Event::Isolate(n));
+                    // Five replicas: half the time two of them cut off together, so that
+                    // majorities differ in more than one member.
+                    let mut mask = 1 << n;
+                    if self.nodes.len() == 5 && self.rng.gen_bool(0.5) {
+                        mask |= 1 << ((n + self.rng.gen_range(1..5)) % 5);
+                    }
+                    self.schedule(t, Event::Partition(mask));
                     let heal = t + self.rng.gen_range(50..400);
                     self.schedule(heal, Event::Heal);
                 }
@@ -713,7 +720,7 @@ impl Sim {
             let e = self.events[idx].take().expect("each event runs once");
             if at >= active_ms {
                 // Quiet period: everyone up, the network whole, no faults.
-                self.isolated = None;
+                self.cut_off = 0;
                 self.drop_rate = 0.0;
                 self.meta_fail_rate = 0.0;
                 for n in 0..self.nodes.len() as NodeId {
@@ -721,7 +728,7 @@ impl Sim {
                         self.step(Event::Restart(n), false);
                     }
                 }
-                if matches!(e, Event::Crash(_) | Event::Isolate(_)) {
+                if matches!(e, Event::Crash(_) | Event::Partition(_)) {
                     continue;
                 }
             }

@@ -9,6 +9,7 @@
 //! sync=eio          every fdatasync fails with EIO
 //! fallocate=enospc  segment preallocation fails with ENOSPC
 //! lease=eio         shared-storage lease renewals fail with EIO (the storage cut off)
+//! slow=50           every log write and fdatasync takes 50 ms longer (a slow disk)
 //! ```
 //!
 //! Without the variable nothing is watched and every check is one relaxed atomic load.
@@ -31,6 +32,7 @@ pub struct FaultSwitches {
     sync_errno: AtomicI32,
     fallocate_errno: AtomicI32,
     lease_errno: AtomicI32,
+    slow_ms: AtomicI32,
 }
 
 impl FaultSwitches {
@@ -43,7 +45,7 @@ impl FaultSwitches {
 
     /// Applies the text of a fault file.
     pub fn apply(&self, text: &str) {
-        let (mut write, mut sync, mut fallocate, mut lease) = (0, 0, 0, 0);
+        let (mut write, mut sync, mut fallocate, mut lease, mut slow) = (0, 0, 0, 0, 0);
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let errno = |v: &str| match v {
                 "enospc" => libc::ENOSPC,
@@ -58,6 +60,12 @@ impl FaultSwitches {
                 Some(("sync", v)) => sync = errno(v),
                 Some(("fallocate", v)) => fallocate = errno(v),
                 Some(("lease", v)) => lease = errno(v),
+                Some(("slow", v)) => {
+                    slow = v.trim_end_matches("ms").parse().unwrap_or_else(|_| {
+                        log::warn!("fault file: {v:?} is not a number of milliseconds");
+                        0
+                    })
+                }
                 _ => log::warn!("fault file: unknown line {line:?}"),
             }
         }
@@ -65,6 +73,15 @@ impl FaultSwitches {
         self.sync_errno.store(sync, Ordering::Relaxed);
         self.fallocate_errno.store(fallocate, Ordering::Relaxed);
         self.lease_errno.store(lease, Ordering::Relaxed);
+        self.slow_ms.store(slow, Ordering::Relaxed);
+    }
+
+    /// The injected latency of a log write or flush, if any.
+    async fn delay(&self) {
+        let ms = self.slow_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            crate::rt::sleep(Duration::from_millis(ms as u64)).await;
+        }
     }
 }
 
@@ -131,6 +148,7 @@ impl<F: DiskFile> DiskFile for GuardedFile<F> {
             // An O_DSYNC write is also the flush: a flush fault fails it.
             FaultSwitches::check(&switches().sync_errno, "write (O_DSYNC)", &self.path)?;
         }
+        switches().delay().await;
         self.inner.write_at(buf, pos).await?;
         fence::check("write (completed after the fence closed)", &self.path)
     }
@@ -140,6 +158,7 @@ impl<F: DiskFile> DiskFile for GuardedFile<F> {
     async fn sync_data(&self) -> DiskResult<()> {
         fence::check("fdatasync", &self.path)?;
         FaultSwitches::check(&switches().sync_errno, "fdatasync", &self.path)?;
+        switches().delay().await;
         self.inner.sync_data().await?;
         fence::check("fdatasync (completed after the fence closed)", &self.path)
     }

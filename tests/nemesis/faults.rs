@@ -36,12 +36,14 @@ pub enum FaultKind {
     DiskEio,
     /// One node's disk is full (writes and preallocation fail with ENOSPC).
     DiskFull,
+    /// One node's log writes and flushes take 20-200 ms longer.
+    DiskSlow,
     /// One node killed, bytes flipped in its segment files, restarted.
     BitFlip,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::KillAll,
         FaultKind::Pause,
@@ -52,8 +54,21 @@ impl FaultKind {
         FaultKind::OneWay,
         FaultKind::DiskEio,
         FaultKind::DiskFull,
+        FaultKind::DiskSlow,
         FaultKind::BitFlip,
     ];
+
+    /// The kinds `QUORRA_NEMESIS_FAULTS` names (comma-separated, as in the report), or all.
+    pub fn chosen() -> Vec<FaultKind> {
+        let Ok(names) = std::env::var("QUORRA_NEMESIS_FAULTS") else { return Self::ALL.to_vec() };
+        names
+            .split(',')
+            .map(|name| {
+                let found = Self::ALL.into_iter().find(|k| format!("{k:?}").eq_ignore_ascii_case(name.trim()));
+                found.unwrap_or_else(|| panic!("QUORRA_NEMESIS_FAULTS: no fault kind {name:?} in {:?}", Self::ALL))
+            })
+            .collect()
+    }
 
     fn needs_firewall(self) -> bool {
         matches!(self, FaultKind::Isolate | FaultKind::CutFromMetadataLeader | FaultKind::Bridge | FaultKind::OneWay)
@@ -110,7 +125,7 @@ impl<'a> Nemesis<'a> {
     /// Picks a fault, holds it, heals it and waits until the cluster has recovered.
     pub fn step(&mut self) -> &FaultRecord {
         let kinds: Vec<FaultKind> =
-            FaultKind::ALL.into_iter().filter(|k| self.firewall.is_some() || !k.needs_firewall()).collect();
+            FaultKind::chosen().into_iter().filter(|k| self.firewall.is_some() || !k.needs_firewall()).collect();
         let kind = *kinds.choose_weighted(&mut self.rng, |k| k.weight()).expect("kinds");
         let hold = self.min_hold + Duration::from_millis(self.rng.gen_range(0..6_000));
         let start_ms = self.now_ms();
@@ -225,6 +240,13 @@ impl<'a> Nemesis<'a> {
                 std::thread::sleep(hold);
                 self.cluster.node(x).set_disk_faults(&[]);
                 format!("node {x}")
+            }
+            FaultKind::DiskSlow => {
+                let line = format!("slow={}", self.rng.gen_range(20..=200));
+                self.cluster.node(x).set_disk_faults(&[&line]);
+                std::thread::sleep(hold);
+                self.cluster.node(x).set_disk_faults(&[]);
+                format!("node {x}: {line}")
             }
             FaultKind::BitFlip => {
                 self.cluster.node(x).kill();

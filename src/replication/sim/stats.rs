@@ -62,7 +62,7 @@ impl SimStats {
             ("fault: crash (unsynced writes lost)", self.crashes),
             ("records lost from crashed logs (unsynced)", self.unsynced_lost_records),
             ("restarts", self.restarts),
-            ("fault: node isolated", self.isolations),
+            ("fault: network partition (one node, or two of five, cut off)", self.isolations),
             ("heals", self.heals),
             ("log truncations (divergent tails cut)", self.truncations),
             ("fault: metadata write refused (the controller restarts from the metadata)", self.metadata_write_failures),
