@@ -143,6 +143,10 @@ struct Node {
     producers: ProducerTable,
     /// Appends to acknowledge once durable: (leader, through), from `AckWhenDurable`.
     pending_acks: Vec<(NodeId, u64)>,
+    /// A flush takes up to this long: most disks are fast, a slow one (a third of the
+    /// nodes) takes longer than a message's round trip, so a replica's own flush can
+    /// complete after its followers' acknowledgements.
+    flush_max_ms: u64,
 }
 
 fn history_of(log: &[Rec]) -> EpochHistory {
@@ -210,6 +214,7 @@ impl Sim {
         let nodes = replicas
             .iter()
             .map(|&id| Node {
+                flush_max_ms: if rng.gen_bool(1.0 / 3.0) { rng.gen_range(10..60) } else { 4 },
                 up: true,
                 replica: Replica::recover(id, replica_config.clone(), 0, EpochHistory::default(), 0),
                 log: Vec::new(),
@@ -370,7 +375,7 @@ impl Sim {
         if !node.flush_pending {
             node.flush_pending = true;
             let (generation, target) = (node.generation, node.log.len());
-            let at = self.now + self.rng.gen_range(0..4);
+            let at = self.now + self.rng.gen_range(0..node.flush_max_ms);
             self.schedule(at, Event::Flush { node: n, generation, target });
         }
     }

@@ -266,3 +266,34 @@ fn damage_to_durable_batches_at_the_end_of_the_log_is_corruption_not_a_torn_tail
         assert_eq!(p.log_end_offset(), last, "nothing is cut");
     });
 }
+
+/// The producer table is rebuilt when a partition opens (its snapshot, then the batches after
+/// it): a producer's retry after the broker restarted is answered with the offsets it was
+/// stored at, and a gap in its sequence is still refused. (Found by the mutation check that
+/// opens every partition with an empty table: no test caught it.)
+#[test]
+fn a_reopened_partition_answers_a_retry_with_its_original_offsets() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let p = open(&disk).await;
+        for (sequence, value) in [(0, b"first"), (1, b"again")] {
+            let a = p.append(idempotent_batch(5, sequence, value), Bytes::from).expect("appended");
+            p.wait_committed(a.last_offset, AckLevel::Local, Duration::from_secs(5)).await.expect("stored");
+        }
+        p.close().await;
+        let mut disk = disk;
+        for crashed in [false, true] {
+            if crashed {
+                // A power loss after the clean reopen: the table comes from what is durable.
+                disk = disk.crash(crate::storage::mem_disk::CrashMode::LoseUnsynced);
+            }
+            let p = open(&disk).await;
+            let retry = p.append(idempotent_batch(5, 1, b"again"), Bytes::from).expect("answered");
+            assert_eq!((retry.first_offset, retry.last_offset), (1, 1), "crashed: {crashed}: a duplicate");
+            assert_eq!(p.high_watermark(), 2, "crashed: {crashed}: nothing appended twice");
+            let gap = p.append(idempotent_batch(5, 3, b"gap"), Bytes::from);
+            assert!(gap.is_err(), "crashed: {crashed}: sequence 3 after 1 is a gap: {gap:?}");
+            p.close().await;
+        }
+    });
+}
