@@ -54,7 +54,11 @@ struct Progress {
     probe: u64,
     last_sent_ms: u64,
     last_progress_ms: u64,
+    /// When the follower last matched the leader's log end, either the end now or the end
+    /// at its previous acknowledgement (one round trip behind under steady load).
     last_caught_up_ms: u64,
+    /// The leader's log end when this follower's previous acknowledgement arrived.
+    end_at_last_ack: u64,
 }
 
 impl Progress {
@@ -390,9 +394,10 @@ impl Replica {
                             p.last_progress_ms = now;
                         }
                         p.next = p.next.max(p.matched);
-                        if p.matched >= log_end {
+                        if p.matched >= log_end.min(p.end_at_last_ack) {
                             p.last_caught_up_ms = now;
                         }
+                        p.end_at_last_ack = log_end;
                     }
                     self.advance_high_watermark(out);
                     self.pump(out);
@@ -561,6 +566,7 @@ impl Replica {
                                 last_sent_ms: 0,
                                 last_progress_ms: now,
                                 last_caught_up_ms: now,
+                                end_at_last_ack: self.log_end,
                             },
                         )
                     })

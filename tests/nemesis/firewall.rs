@@ -16,6 +16,7 @@ pub struct Firewall {
 impl Firewall {
     /// A fresh table, or why nftables cannot be used here (not installed, not root).
     pub fn new(run: &str) -> Result<Firewall, String> {
+        remove_stale_tables();
         let table = format!("quorra_nemesis_{}_{run}", std::process::id());
         nft(&format!(
             "add table inet {table}\nadd chain inet {table} out {{ type filter hook output priority 0 ; policy accept ; }}"
@@ -49,6 +50,18 @@ impl Firewall {
 impl Drop for Firewall {
     fn drop(&mut self) {
         let _ = nft(&format!("delete table inet {}", self.table));
+    }
+}
+
+/// Deletes the tables of runs whose process is gone (killed before it could clean up).
+fn remove_stale_tables() {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.strip_prefix("table inet ") else { continue };
+        let Some(pid) = name.strip_prefix("quorra_nemesis_").and_then(|r| r.split('_').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = nft(&format!("delete table inet {name}"));
+        }
     }
 }
 

@@ -231,3 +231,41 @@ fn a_shorter_follower_is_sent_from_where_its_log_ends() {
     assert!(first_sent.contains(&3_000), "sent from the follower's end: {first_sent:?}");
     assert!(first_sent.iter().all(|&o| o >= 3_000), "nothing from below its end: {first_sent:?}");
 }
+
+/// Under steady load a follower that keeps up one round trip behind the leader stays in
+/// sync (Kafka's rule: it matched the leader's log end as of its previous acknowledgement).
+/// Before, only an ack reaching the leader's current log end counted, so with producers
+/// paced by a faster follower the slower one never was in sync again (seen by the nemesis:
+/// a rejoined node out of the in-sync set for a minute while its lag stayed small).
+#[test]
+fn a_follower_one_round_trip_behind_under_steady_load_stays_in_sync() {
+    let config = ReplicaConfig { isr_lag_ms: 500, ..Default::default() };
+    let mut leader = Replica::recover(1, config, 1, history(&[(1, 0)]), 0);
+    let mut out = Vec::new();
+    leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2, 3] }, &mut out);
+    let ack = |from: NodeId, durable_match: u64| PeerMessage::Ack { epoch: 2, from, durable_match };
+    let mut now = 0;
+    let mut previous_end = 0;
+    let mut step = |leader: &mut Replica, node3_answers: bool| {
+        now += 10;
+        let mut out = Vec::new();
+        leader.tick(now, &mut out);
+        let end = leader.log_end();
+        leader.on_durable(end, &mut out);
+        leader.on_peer(ack(2, end), &mut out);
+        if node3_answers {
+            leader.on_peer(ack(3, previous_end), &mut out);
+        }
+        previous_end = end;
+        leader.append(5, &mut out).expect("leading");
+    };
+    for _ in 0..200 {
+        step(&mut leader, true);
+    }
+    assert_eq!(leader.in_sync(), vec![1, 2, 3], "node 3 keeps up, one round trip behind");
+    for _ in 0..100 {
+        step(&mut leader, false);
+    }
+    assert_eq!(leader.in_sync(), vec![1, 2], "node 3 stopped answering: out after isr_lag_ms");
+}
