@@ -765,7 +765,12 @@ pub fn check_with(
     read_from: ReadFrom,
     follow_leaders: bool,
 ) -> Verdict {
-    let mut records = read_all(bootstrap, topic, read_from, follow_leaders);
+    let _ = partitions;
+    verdict_of(&mut read_all(bootstrap, topic, read_from, follow_leaders), acked)
+}
+
+/// The checker's verdict on records read back (in any order; sorted by the call).
+pub fn verdict_of(records: &mut Seen, acked: &Acked) -> Verdict {
     records.sort_by_key(|(p, offset, _)| (*p, *offset));
     let mut v = Verdict { acked: acked.at.len() as u64, read: records.len() as u64, ..Default::default() };
     let mut seen = HashSet::new();
@@ -774,7 +779,7 @@ pub fn check_with(
     // high bits): a producer sends its messages of a partition in increasing numbers, so
     // they must be stored that way.
     let mut highest: HashMap<(u32, u64), u64> = HashMap::new();
-    for (p, offset, value) in &records {
+    for (p, offset, value) in records.iter() {
         if value.len() < 12 {
             v.corrupt += 1;
             continue;
@@ -797,7 +802,6 @@ pub fn check_with(
             found.insert((*p, *offset));
         }
     }
-    let _ = partitions;
     v.lost = acked.at.len() as u64 - found.len() as u64;
     v
 }

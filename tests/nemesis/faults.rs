@@ -197,7 +197,7 @@ impl<'a> Nemesis<'a> {
             }
             FaultKind::Isolate => {
                 let xip = self.ip(x);
-                for y in self.ids().into_iter().filter(|&y| y != x) {
+                for y in self.others(x) {
                     let yip = self.ip(y);
                     self.firewall().cut_both(xip, yip);
                 }
@@ -206,23 +206,21 @@ impl<'a> Nemesis<'a> {
             }
             FaultKind::CutFromMetadataLeader => {
                 let leader = self.cluster.status().and_then(|s| s.metadata_leader).unwrap_or(1);
-                let others: Vec<u32> = self.ids().into_iter().filter(|&y| y != leader).collect();
-                let y = *others.choose(&mut self.rng).expect("another node");
+                let y = self.pick_other(leader);
                 let (lip, yip) = (self.ip(leader), self.ip(y));
                 self.firewall().cut_both(lip, yip);
                 self.hold_then_heal(hold);
                 format!("node {y} from metadata leader {leader}")
             }
             FaultKind::Bridge => {
-                let ends: Vec<u32> = self.ids().into_iter().filter(|&y| y != x).collect();
+                let ends = self.others(x);
                 let (a, b) = (self.ip(ends[0]), self.ip(ends[1]));
                 self.firewall().cut_both(a, b);
                 self.hold_then_heal(hold);
                 format!("node {x} bridges {} and {}", ends[0], ends[1])
             }
             FaultKind::OneWay => {
-                let others: Vec<u32> = self.ids().into_iter().filter(|&y| y != x).collect();
-                let y = *others.choose(&mut self.rng).expect("another node");
+                let y = self.pick_other(x);
                 let (xip, yip) = (self.ip(x), self.ip(y));
                 self.firewall().cut(xip, yip);
                 self.hold_then_heal(hold);
@@ -230,22 +228,16 @@ impl<'a> Nemesis<'a> {
             }
             FaultKind::DiskEio => {
                 let line = *["sync=eio", "write=eio"].choose(&mut self.rng).expect("lines");
-                self.cluster.node(x).set_disk_faults(&[line]);
-                std::thread::sleep(hold);
-                self.cluster.node(x).set_disk_faults(&[]);
+                self.disk_faults_for(x, &[line], hold);
                 format!("node {x}: {line}")
             }
             FaultKind::DiskFull => {
-                self.cluster.node(x).set_disk_faults(&["write=enospc", "fallocate=enospc"]);
-                std::thread::sleep(hold);
-                self.cluster.node(x).set_disk_faults(&[]);
+                self.disk_faults_for(x, &["write=enospc", "fallocate=enospc"], hold);
                 format!("node {x}")
             }
             FaultKind::DiskSlow => {
                 let line = format!("slow={}", self.rng.gen_range(20..=200));
-                self.cluster.node(x).set_disk_faults(&[&line]);
-                std::thread::sleep(hold);
-                self.cluster.node(x).set_disk_faults(&[]);
+                self.disk_faults_for(x, &[&line], hold);
                 format!("node {x}: {line}")
             }
             FaultKind::BitFlip => {
@@ -256,6 +248,23 @@ impl<'a> Nemesis<'a> {
                 format!("node {x}: {flipped}")
             }
         }
+    }
+
+    /// Every node but `x`.
+    fn others(&self, x: u32) -> Vec<u32> {
+        self.ids().into_iter().filter(|&y| y != x).collect()
+    }
+
+    /// A random node other than `x`.
+    fn pick_other(&mut self, x: u32) -> u32 {
+        *self.others(x).choose(&mut self.rng).expect("another node")
+    }
+
+    /// Node `x`'s disk faults `lines` for `hold`, then none.
+    fn disk_faults_for(&mut self, x: u32, lines: &[&str], hold: Duration) {
+        self.cluster.node(x).set_disk_faults(lines);
+        std::thread::sleep(hold);
+        self.cluster.node(x).set_disk_faults(&[]);
     }
 
     fn hold_then_heal(&self, hold: Duration) {

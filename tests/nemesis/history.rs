@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::common::cluster::{check, final_log, Acked, Seen, Verdict};
+use super::common::cluster::{read_all, verdict_of, Acked, Seen, Verdict};
 use super::faults::{FaultKind, FaultRecord};
 use quorra::client::{Client, ClientConfig, ReadFrom};
 use quorra::protocol::batch::BatchIter;
@@ -37,8 +37,10 @@ impl History {
 
 /// Checks the run: `acked` from the producers, `seen` from the consumers that read during it.
 pub fn check_history(bootstrap: &str, topic: &str, partitions: u32, acked: &Acked, seen: &[&Seen]) -> History {
-    let verdict = check(bootstrap, topic, partitions, acked, ReadFrom::Leader);
-    let log = final_log(bootstrap, topic);
+    // One read of the whole log from the leaders serves the checker and the read checks.
+    let mut records = read_all(bootstrap, topic, ReadFrom::Leader, true);
+    let verdict = verdict_of(&mut records, acked);
+    let log: HashMap<(u32, u64), Vec<u8>> = records.into_iter().map(|(p, o, v)| ((p, o), v)).collect();
     let mut h = History { verdict, ..Default::default() };
     for &(p, offset, ref value) in seen.iter().flat_map(|s| s.iter()) {
         h.reads += 1;
