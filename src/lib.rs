@@ -13,4 +13,6 @@ pub mod replication;
 pub mod rt;
 pub mod server;
 pub mod shard;
+#[cfg(test)]
+mod sim;
 pub mod storage;

@@ -21,13 +21,15 @@ use crate::rt::{self, Notify, WaitList};
 use crate::storage::log::ReadPlan;
 use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
 
+#[cfg(test)]
+mod inspect;
 pub(crate) mod producers;
 mod replication;
 #[cfg(test)]
 mod tests;
 pub use producers::SequenceError;
 use producers::{Admission, ProducerTable};
-pub use replication::{stored_topic_id, Outbound, Replication};
+pub use replication::{stored_topic_id, Outbound, ReplicaSetup, Replication};
 
 /// The disk the broker runs on: glommio DMA files behind the fault-injection switches.
 pub type ServerDisk = crate::storage::faults::GuardedDisk<crate::storage::glommio_disk::GlommioDisk>;

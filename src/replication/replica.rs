@@ -407,6 +407,14 @@ impl Replica {
                 let diverge = self.history.divergence(self.log_end, &history, log_end);
                 if let Role::Leader { followers } = &mut self.role {
                     if let Some(p) = followers.get_mut(&from) {
+                        if diverge == p.probe && p.next > diverge && p.matched <= diverge {
+                            // The answer to another message sent before the follower got the
+                            // resend from this point, which is on its way (or lost: then the
+                            // resend timer goes back here). Rewinding for every such answer
+                            // would send a window per message in flight, each answered the
+                            // same way: a storm.
+                            return;
+                        }
                         p.matched = p.matched.min(diverge);
                         p.next = diverge;
                         p.probe = diverge;

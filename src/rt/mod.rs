@@ -20,18 +20,45 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T, String> {
     Ok(ex.run(fut))
 }
 
+#[cfg(test)]
+pub mod sim;
+
 /// Spawns a task on the current shard and lets it run detached.
 pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) {
+    #[cfg(test)]
+    if let Some(sim) = sim::current() {
+        return sim.spawn(async move {
+            fut.await;
+        });
+    }
     glommio::spawn_local(fut).detach();
 }
 
+/// A spawned task's result: `None` when the task was dropped before it finished.
+pub struct JoinHandle<T>(futures_channel::oneshot::Receiver<T>);
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Option<T>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(Result::ok)
+    }
+}
+
 /// Spawns a task on the current shard and returns a handle to await its result.
-pub fn spawn_joinable<T: 'static>(fut: impl Future<Output = T> + 'static) -> glommio::task::JoinHandle<T> {
-    glommio::spawn_local(fut).detach()
+pub fn spawn_joinable<T: 'static>(fut: impl Future<Output = T> + 'static) -> JoinHandle<T> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    JoinHandle(rx)
 }
 
 /// Sleeps on the shard's timer wheel.
 pub async fn sleep(d: Duration) {
+    #[cfg(test)]
+    if let Some(sim) = sim::current() {
+        return sim.sleep(d).await;
+    }
     glommio::timer::sleep(d).await
 }
 
@@ -47,6 +74,10 @@ pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> 
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
+    #[cfg(test)]
+    if let Some(sim) = sim::current() {
+        return sim.wall_clock_ms();
+    }
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

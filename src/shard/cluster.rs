@@ -8,7 +8,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::partition::Outbound;
+use crate::broker::partition::{Outbound, ReplicaSetup};
 use crate::broker::{Partition, TopicConfig};
 use crate::client::Connection;
 use crate::cluster::meta::MetaState;
@@ -259,7 +259,7 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: 
     let held_before = crate::storage::Disk::read_file(disk, &record).await.map_err(|e| e.to_string())?.is_some();
     let has_state =
         crate::storage::Disk::read_file(disk, &dir.join("replica.json")).await.map_err(|e| e.to_string())?.is_some();
-    let mut lost_data = held_before && !has_state;
+    let lost_data = held_before && !has_state;
     let stored = crate::broker::partition::stored_topic_id(&shard.disk, &dir).await.map_err(|e| e.to_string())?;
     if !same_incarnation(stored, topic_id) {
         // This node was down while the topic was deleted (a committed `topic delete`) and
@@ -270,29 +270,6 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: 
         );
         crate::storage::Disk::remove_dir_all(&shard.disk, &dir).await.map_err(|e| e.to_string())?;
     }
-    let open = |log_config| {
-        Partition::open(
-            shard.disk.clone(),
-            Rc::from(topic),
-            partition,
-            dir.clone(),
-            log_config,
-            shard.config.storage.flush,
-        )
-    };
-    let mut part = open(shard.config.log_config()).await.map_err(|e| e.to_string())?;
-    if let crate::storage::LogHealth::Corrupt(why) = part.health() {
-        // A replica has a better source than the operator: cut the log where it went bad
-        // and fetch the rest from the leader again.
-        log::warn!("{topic}/{partition}: {why}; repairing this replica from the partition's leader");
-        part.close().await;
-        crate::storage::Disk::remove_file(&shard.disk, &dir.join(crate::storage::log::CORRUPT_MARKER))
-            .await
-            .map_err(|e| e.to_string())?;
-        let repair = crate::storage::LogConfig { truncate_corrupt: true, ..shard.config.log_config() };
-        part = open(repair).await.map_err(|e| e.to_string())?;
-        lost_data = true;
-    }
     let outbound: Rc<dyn Outbound> = Rc::new(ShardOutbound { shard: Rc::downgrade(shard) });
     let config = ReplicaConfig {
         window_records: 1 << 16,
@@ -300,9 +277,18 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: 
         isr_lag_ms: 10 * cluster(shard).control.settings.election_timeout_ms,
         ..ReplicaConfig::default()
     };
-    part.enable_replication(cluster(shard).node_id, topic_id, lost_data, config, outbound)
-        .await
-        .map_err(|e| e.to_string())?;
+    let setup = ReplicaSetup { node: cluster(shard).node_id, topic_id, lost_data, config, outbound };
+    let part = Partition::open_replica(
+        shard.disk.clone(),
+        Rc::from(topic),
+        partition,
+        dir.clone(),
+        shard.config.log_config(),
+        shard.config.storage.flush,
+        setup,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if !held_before {
         crate::storage::Disk::create_dir_all(disk, record.parent().expect("a parent"))
             .await

@@ -34,6 +34,28 @@ pub struct MemFaults {
     /// While it holds `true`, every sync waits (yielding to other tasks): a slow flush, so
     /// that tests can stage what happens while one is in flight.
     pub hold_syncs: Option<std::rc::Rc<std::cell::Cell<bool>>>,
+    /// How long each operation takes (through `rt::sleep`: virtual time in the simulator).
+    pub latency: Option<DiskLatency>,
+}
+
+/// The kinds of operation a [`DiskLatency`] is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskOp {
+    Write,
+    Sync,
+    /// `write_file_atomic`: a small file written, synced and renamed into place.
+    ReplaceFile,
+}
+
+/// The time each disk operation takes: a function, so that the simulator draws it from its
+/// seeded random source.
+#[derive(Clone)]
+pub struct DiskLatency(pub Rc<dyn Fn(DiskOp) -> std::time::Duration>);
+
+impl std::fmt::Debug for DiskLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiskLatency")
+    }
 }
 
 #[derive(Default)]
@@ -113,6 +135,14 @@ impl MemDisk {
     }
 }
 
+/// Waits as long as the latency model says `op` takes (not at all without one).
+async fn take_time(fs: &Rc<RefCell<MemFs>>, op: DiskOp) {
+    let latency = fs.borrow().faults.latency.clone();
+    if let Some(DiskLatency(of)) = latency {
+        crate::rt::sleep(of(op)).await;
+    }
+}
+
 fn apply(content: &mut Vec<u8>, pos: u64, bytes: &[u8]) {
     let end = pos as usize + bytes.len();
     if content.len() < end {
@@ -145,6 +175,7 @@ impl DiskFile for MemFile {
     async fn write_at(&self, buf: IoBuf, pos: u64) -> DiskResult<()> {
         assert_eq!(pos as usize % ALIGN, 0, "unaligned write position {pos}");
         assert_eq!(buf.len() % ALIGN, 0, "unaligned write length {}", buf.len());
+        take_time(&self.fs, DiskOp::Write).await;
         let mut fs = self.fs.borrow_mut();
         if let Some(e) = fs.faults.write_errno {
             return Err(errno("write", &self.path, e));
@@ -168,14 +199,27 @@ impl DiskFile for MemFile {
         while gate.as_ref().is_some_and(|g| g.get()) {
             futures_lite::future::yield_now().await;
         }
+        // What a sync makes durable is what was written before it began; writes that
+        // complete while it runs stay unsynced.
+        let (before, writes_before) = {
+            let data = self.data.borrow();
+            (data.current.clone(), data.unsynced.len())
+        };
+        take_time(&self.fs, DiskOp::Sync).await;
         let mut fs = self.fs.borrow_mut();
         if let Some(e) = fs.faults.sync_errno {
             return Err(errno("fdatasync", &self.path, e));
         }
         fs.syncs += 1;
         let mut data = self.data.borrow_mut();
-        data.durable = data.current.clone();
-        data.unsynced.clear();
+        // (A preallocation during the sync made the file longer, durably.)
+        let preallocated = data.durable.len();
+        data.durable = before;
+        if data.durable.len() < preallocated {
+            data.durable.resize(preallocated, 0);
+        }
+        let writes_before = writes_before.min(data.unsynced.len());
+        data.unsynced.drain(..writes_before);
         Ok(())
     }
 
@@ -255,6 +299,7 @@ impl Disk for MemDisk {
     }
 
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()> {
+        take_time(&self.fs, DiskOp::ReplaceFile).await;
         let mut fs = self.fs.borrow_mut();
         if let Some(e) = fs.faults.write_errno {
             return Err(errno("write", path, e));

@@ -91,7 +91,45 @@ enum Answer {
     WhenDurable(u64),
 }
 
+/// What a replica needs besides its log: who it is, which incarnation of the topic, whether
+/// it lost data, its tuning and where its messages go.
+pub struct ReplicaSetup {
+    pub node: NodeId,
+    pub topic_id: u64,
+    /// The replica had data it no longer has (see [`Partition::enable_replication`]).
+    pub lost_data: bool,
+    pub config: ReplicaConfig,
+    pub outbound: Rc<dyn Outbound>,
+}
+
 impl<D: Disk> Partition<D> {
+    /// Opens a cluster replica: the log (recovering it), then replication. A log found
+    /// corrupt is cut where it went bad instead of waiting for an operator (a replica has a
+    /// better source: the rest comes again from the partition's leader), and the replica
+    /// then counts as having lost data. The shards and the simulator open replicas here.
+    pub async fn open_replica(
+        disk: D,
+        topic: Rc<str>,
+        id: u32,
+        dir: std::path::PathBuf,
+        log_config: crate::storage::LogConfig,
+        flush: crate::config::FlushPolicy,
+        setup: ReplicaSetup,
+    ) -> Result<Rc<Self>, StorageError> {
+        let open = |log_config| Partition::open(disk.clone(), topic.clone(), id, dir.clone(), log_config, flush);
+        let mut part = open(log_config.clone()).await?;
+        let mut lost_data = setup.lost_data;
+        if let crate::storage::LogHealth::Corrupt(why) = part.health() {
+            log::warn!("{topic}/{id}: {why}; repairing this replica from the partition's leader");
+            part.close().await;
+            disk.remove_file(&dir.join(crate::storage::log::CORRUPT_MARKER)).await?;
+            part = open(crate::storage::LogConfig { truncate_corrupt: true, ..log_config }).await?;
+            lost_data = true;
+        }
+        part.enable_replication(setup.node, setup.topic_id, lost_data, setup.config, setup.outbound).await?;
+        Ok(part)
+    }
+
     /// Turns replication on: recovers the replica from `replica.json` and the log.
     /// `lost_data`: the replica had data it no longer has (its directory was rebuilt or
     /// repaired): it does not count in elections until it caught up (`Replica::without_vote`).
@@ -170,9 +208,13 @@ impl<D: Disk> Partition<D> {
         self.replication.borrow().as_ref().map(|r| (r.replica.is_leader(), r.replica.leader(), r.replica.epoch()))
     }
 
-    /// For a link sending `[from, to)` to a follower: whole batches from `from`, at most
-    /// about `max_bytes`, and the append message describing exactly them. None when this
-    /// replica no longer leads `epoch` or the range is gone.
+    /// For a link sending `[from, to)` to a follower: the whole batches that cover the
+    /// range's start and, within about `max_bytes`, what follows up to its end, and the
+    /// append message describing exactly them. The replica counts records and knows nothing
+    /// of batches, so its range may begin or end inside one: the message then starts at that
+    /// batch's base and ends with the batch holding `to - 1` (a follower takes the overlap
+    /// with what it holds as a resend). None when this replica no longer leads `epoch` or
+    /// the range is gone.
     pub async fn read_for_follower(
         &self,
         epoch: Epoch,
@@ -186,36 +228,40 @@ impl<D: Disk> Partition<D> {
             if !r.replica.is_leader() || r.replica.epoch() != epoch {
                 return None;
             }
-            self.log.borrow().plan_read(from, max_bytes, to).ok()?
+            let log = self.log.borrow();
+            log.plan_read(from, max_bytes, log.next_offset()).ok()?
         };
         let chunks = match plan {
             crate::storage::log::ReadPlan::Ready(c) => c,
             crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await.ok()?],
         };
-        // Whole batches starting exactly at `from`, ending at or before `to`.
         let mut out = Vec::new();
+        let mut start = None;
         let mut end = from;
         for chunk in chunks {
             let mut at = 0;
             for item in BatchIter::new(&chunk) {
                 let (header, bytes) = item.ok()?;
                 let len = bytes.len();
-                if header.base_offset == end && header.next_offset() <= to {
+                let takes = match start {
+                    None => header.base_offset <= from && from < header.next_offset(),
+                    Some(_) => header.base_offset == end && end < to,
+                };
+                if takes {
+                    start.get_or_insert(header.base_offset);
                     out.push(chunk.slice(at..at + len));
                     end = header.next_offset();
                 }
                 at += len;
             }
         }
-        if end == from {
-            return None;
-        }
+        let start = start?;
         let r = self.replication.borrow();
         let r = r.as_ref()?;
-        if !r.replica.is_leader() || r.replica.epoch() != epoch {
+        if !r.replica.is_leader() || r.replica.epoch() != epoch || end > r.replica.log_end() {
             return None;
         }
-        Some((r.replica.append_message(from, end), out))
+        Some((r.replica.append_message(start, end), out))
     }
 
     /// Carries out actions that need no waiting. Those that do (a truncation, an epoch
@@ -547,6 +593,46 @@ mod tests {
     impl Outbound for Nowhere {
         fn send(&self, _: &Rc<str>, _: u64, _: u32, _: NodeId, _: PeerMessage) {}
         fn control(&self, _: &Rc<str>, _: u64, _: u32, _: ControlMessage) {}
+    }
+
+    fn batch_of(records: usize) -> Vec<u8> {
+        let mut b = BatchBuilder::with_capacity(64);
+        for _ in 0..records {
+            b.push(None, b"value", 1);
+        }
+        b.finish(0, 0, 0).to_vec()
+    }
+
+    /// The replica counts records and may ask a link for a range that begins or ends inside a
+    /// batch. Before, the link sent only batches starting exactly at the range's start and
+    /// ending within it: a range starting inside a batch got nothing, so a follower far
+    /// behind got one message per resend timeout (the simulator's seed 50 ended with an
+    /// uncommitted tail this way).
+    #[test]
+    fn a_range_that_starts_or_ends_inside_a_batch_is_sent_as_the_batches_covering_it() {
+        crate::rt::block_on(async {
+            let disk = crate::storage::mem_disk::MemDisk::new();
+            let dir = std::path::PathBuf::from("/t/0");
+            let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
+            // The epoch-start batch at 0, then batches 1..4 and 4..7.
+            assert_eq!(p.append(batch_of(3), Bytes::from).unwrap().first_offset, 1);
+            let last = p.append(batch_of(3), Bytes::from).unwrap().last_offset;
+            p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
+            let range = |msg: &PeerMessage| match msg {
+                PeerMessage::Append { prev_offset, end_offset, .. } => (*prev_offset, *end_offset),
+                other => panic!("not an append: {other:?}"),
+            };
+            let (msg, batches) = p.read_for_follower(1, 5, 6, 1 << 20).await.expect("the batch holding offset 5");
+            assert_eq!((range(&msg), batches.len()), ((4, 7), 1));
+            let (msg, batches) = p.read_for_follower(1, 2, 5, 1 << 20).await.expect("the batches holding 2..5");
+            assert_eq!((range(&msg), batches.len()), ((1, 7), 2));
+            let (msg, _) = p.read_for_follower(1, 0, 1, 1 << 20).await.expect("the epoch-start batch");
+            assert_eq!(range(&msg), (0, 1));
+            assert!(p.read_for_follower(2, 0, 1, 1 << 20).await.is_none(), "not the leader of epoch 2");
+        })
+        .unwrap();
     }
 
     fn producer_batch() -> Vec<u8> {

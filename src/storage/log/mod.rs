@@ -258,8 +258,14 @@ impl<F: DiskFile> DiskRead<F> {
                 data.extend_from_slice(&more);
                 continue;
             }
-            let header = crate::protocol::batch::peek_header(&data[p..])
-                .map_err(|e| StorageError::Corrupt(format!("batch at position {file_pos}: {e}")))?;
+            // Damage after the batches already taken is not this read's to report: a read
+            // stops below the high watermark, and what lies beyond may be a tail that a
+            // truncation is cutting meanwhile. (A read that starts there reports real damage.)
+            let header = match crate::protocol::batch::peek_header(&data[p..]) {
+                Ok(header) => header,
+                Err(_) if start.is_some() => break,
+                Err(e) => return Err(StorageError::Corrupt(format!("batch at position {file_pos}: {e}"))),
+            };
             let len = header.batch_len as usize;
             if data.len() < p + len {
                 if start.is_some() {
@@ -272,8 +278,11 @@ impl<F: DiskFile> DiskRead<F> {
                 }
                 data.extend_from_slice(&more);
             }
-            check_batch(&data[p..p + len])
-                .map_err(|e| StorageError::Corrupt(format!("batch at position {file_pos}: {e}")))?;
+            match check_batch(&data[p..p + len]) {
+                Ok(_) => {}
+                Err(_) if start.is_some() => break,
+                Err(e) => return Err(StorageError::Corrupt(format!("batch at position {file_pos}: {e}"))),
+            }
             if header.base_offset >= self.upto {
                 break;
             }

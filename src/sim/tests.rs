@@ -1,0 +1,52 @@
+//! The simulator's test entry points: many seeded schedules, one replayed seed.
+
+use super::*;
+
+fn run_seed(seed: u64) -> SimStats {
+    let result = std::panic::catch_unwind(|| run_schedule(seed, 1200, 800));
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("simulation seed {seed} failed: {msg}\nreplay: QUORRA_SIM_SEED={seed} QUORRA_SIM_TRACE=1 cargo test --lib sim_one_seed -- --nocapture");
+        }
+    }
+}
+
+/// `QUORRA_SIM_SCHEDULES` schedules (1,000 by default) from seed `QUORRA_SIM_FIRST_SEED`
+/// (0); with `QUORRA_SIM_REPORT` set, prints the report (`perf/sim.sh` keeps it).
+#[test]
+fn random_fault_schedules() {
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let schedules = env("QUORRA_SIM_SCHEDULES").unwrap_or(1_000);
+    let first = env("QUORRA_SIM_FIRST_SEED").unwrap_or(0);
+    let mut total = SimStats::default();
+    for seed in first..first + schedules {
+        total.add(&run_seed(seed));
+    }
+    if std::env::var("QUORRA_SIM_REPORT").is_ok() {
+        println!("{}", total.report(first));
+    }
+    // The schedules do real work: records get acknowledged, leaders change, and every kind
+    // of fault happens.
+    assert!(total.acked > schedules * 20, "too few acknowledged records: {total:?}");
+    assert!(total.elections > schedules, "too few elections: {total:?}");
+    if schedules >= 100 {
+        let faults = [total.dropped, total.duplicated, total.cut_by_partition, total.crashes, total.truncations];
+        assert!(faults.iter().all(|&n| n > 0), "a kind of fault never happened: {total:?}");
+        assert!(total.unsynced_lost_records > 0, "no crash ever lost an unsynced write: {total:?}");
+        assert!(total.served_checks > 0, "no reader was ever served: {total:?}");
+    }
+}
+
+#[test]
+fn sim_one_seed() {
+    if let Some(seed) = std::env::var("QUORRA_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        let stats = run_seed(seed);
+        eprintln!("seed {seed}: {} records acknowledged, {} epochs led; {stats:?}", stats.acked, stats.elections);
+    }
+}
