@@ -232,6 +232,42 @@ fn a_shorter_follower_is_sent_from_where_its_log_ends() {
     assert!(first_sent.iter().all(|&o| o >= 3_000), "nothing from below its end: {first_sent:?}");
 }
 
+/// After a mismatch the leader resends a window from the divergence point; the other
+/// messages it had in flight are answered with the same mismatch. Before, each of those
+/// rewound the leader again and resent the window, each answered the same way: a storm
+/// (seen in the simulator on the production driver: a follower whose appends failed, with
+/// small messages, grew to hundreds of thousands of messages in a simulated second).
+#[test]
+fn mismatches_for_messages_in_flight_do_not_resend_the_window_again() {
+    let config = ReplicaConfig { window_records: 1000, max_records_per_message: 10, ..ReplicaConfig::default() };
+    let mut leader = Replica::recover(1, config.clone(), 1, history(&[(1, 0)]), 100);
+    let mut follower = Replica::recover(2, config, 1, history(&[(1, 0)]), 40);
+    let mut out = Vec::new();
+    leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+    follower.on_control(ControlMessage::BecomeFollower { epoch: 2, leader: 1, replicas: vec![1, 2] }, &mut out);
+    let heartbeat = sends_to(&out, 2).pop().expect("the new leader's first append");
+    let mut replies = Vec::new();
+    follower.on_peer(heartbeat, &mut replies);
+    let mismatch = sends_to(&replies, 1).pop().expect("the follower's log ends before");
+    assert!(matches!(mismatch, PeerMessage::Mismatch { log_end: 40, .. }), "{mismatch:?}");
+    let mut resent = Vec::new();
+    leader.on_peer(mismatch.clone(), &mut resent);
+    let window = sends_to(&resent, 2);
+    assert!(window.len() > 2, "a window of messages from the divergence point: {window:?}");
+    // The first resent message is lost; every later one meets the same log end.
+    let mut again = Vec::new();
+    for msg in &window[1..] {
+        let mut replies = Vec::new();
+        follower.on_peer(msg.clone(), &mut replies);
+        for answer in sends_to(&replies, 1) {
+            assert!(matches!(answer, PeerMessage::Mismatch { log_end: 40, .. }), "{answer:?}");
+            leader.on_peer(answer, &mut again);
+        }
+    }
+    assert!(sends_to(&again, 2).is_empty(), "resent the window again: {:?}", sends_to(&again, 2));
+}
+
 /// Under steady load a follower that keeps up one round trip behind the leader stays in
 /// sync (Kafka's rule: it matched the leader's log end as of its previous acknowledgement).
 /// Before, only an ack reaching the leader's current log end counted, so with producers
