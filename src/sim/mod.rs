@@ -110,6 +110,9 @@ struct SimNode {
     log_end_seen: u64,
     /// The log end when the node crashed (what its restart may have lost).
     end_at_crash: u64,
+    /// Its partition directory was lost in the crash (a replaced disk): it restarts as a
+    /// replica that lost data (production: the shard's replica record without `replica.json`).
+    wiped: bool,
     /// A flush or small-file write takes up to this long: most disks are fast, a slow one
     /// (a third of the nodes) takes longer than a message's round trip.
     flush_max_us: u64,
@@ -223,6 +226,7 @@ fn new_world(seed: u64, rt: Rc<SimRuntime>) -> WorldRef {
             verified_to: 0,
             log_end_seen: 0,
             end_at_crash: 0,
+            wiped: false,
             flush_max_us: if rng.gen_bool(1.0 / 3.0) { rng.gen_range(10_000..60_000) } else { 4_000 },
             rng: Rc::new(RefCell::new(StdRng::seed_from_u64(rng.gen()))),
         })
@@ -393,22 +397,23 @@ fn deliver(w: &WorldRef, from: Option<NodeId>, to: Dest, msg: Net) {
 /// Starts node `n` from what its disk holds: opens the partition (recovery), turns
 /// replication on, and starts its tick and checkpoint tasks (all owned by the node).
 fn start_node(w: &WorldRef, n: NodeId) {
-    let (rt, disk, log_config, replica_config) = {
+    let (rt, disk, log_config, replica_config, lost_data) = {
         let mut world = w.borrow_mut();
         let node = &mut world.nodes[n as usize];
         assert!(!node.up);
+        let lost_data = node.wiped;
         node.up = true;
         node.hw_seen = 0;
         node.verified_to = 0;
         let latency = latency_of(node);
         node.disk.set_faults(MemFaults { latency: Some(latency), ..Default::default() });
         let disk = node.disk.clone();
-        (world.rt.clone(), disk, world.log_config.clone(), world.replica_config.clone())
+        (world.rt.clone(), disk, world.log_config.clone(), world.replica_config.clone(), lost_data)
     };
     let w = w.clone();
     rt.spawn_as(n, async move {
         let outbound = Rc::new(SimOutbound { world: Rc::downgrade(&w), node: n });
-        let setup = ReplicaSetup { node: n, topic_id: TOPIC_ID, lost_data: false, config: replica_config, outbound };
+        let setup = ReplicaSetup { node: n, topic_id: TOPIC_ID, lost_data, config: replica_config, outbound };
         let opened =
             Partition::open_replica(disk, TOPIC.into(), 0, partition_dir(), log_config, FlushPolicy::Always, setup)
                 .await;
@@ -420,6 +425,8 @@ fn start_node(w: &WorldRef, n: NodeId) {
             world.stats.unsynced_lost_records += node.end_at_crash.saturating_sub(end);
             let node = &mut world.nodes[n as usize];
             node.log_end_seen = end;
+            // (`replica.json` now says it does not vote until caught up.)
+            node.wiped = false;
             node.part = Some(p.clone());
             world.trace(|| format!("n{n} started, log end {end}"));
         }
@@ -453,11 +460,28 @@ fn crash_node(w: &WorldRef, n: NodeId) {
             world.stats.torn_crashes += 1;
             CrashMode::Tear { keep_writes: world.rng.gen_range(0..3), torn_bytes: world.rng.gen_range(0..4096) }
         };
+        // One crash in ten loses the disk too, when every other replica runs and votes:
+        // more lost copies at once than the replicas tolerate is not a fault the cluster
+        // recovers from by itself (no copy is known to hold everything committed).
+        let others_vote = world
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != n as usize)
+            .all(|(_, x)| x.up && x.part.as_ref().is_some_and(|p| p.is_voter_for_checks()));
+        let wiped = others_vote && world.rng.gen_bool(0.1);
+        world.stats.wiped_disks += u64::from(wiped);
         let node = &mut world.nodes[n as usize];
         node.up = false;
         node.end_at_crash = node.part.take().map_or(node.log_end_seen, |p| p.log_end_offset());
         node.disk = node.disk.crash(mode);
-        world.trace(|| format!("n{n} crashed ({mode:?})"));
+        if wiped {
+            node.wiped = true;
+            let dir = partition_dir();
+            let removed = crate::storage::Disk::remove_dir_all(&node.disk, &dir);
+            futures_lite::future::block_on(removed).expect("an in-memory directory removal");
+        }
+        world.trace(|| format!("n{n} crashed ({mode:?}){}", if wiped { ", its disk lost" } else { "" }));
         world.rt.clone()
     };
     rt.kill(n);

@@ -31,6 +31,7 @@ sim_stats! {
     cut_by_partition: "fault: message cut by a partition",
     crashes: "fault: crash (power loss: unsynced writes lost)",
     torn_crashes: "of them tearing unsynced writes (a prefix kept, one write cut short)",
+    wiped_disks: "of them losing the disk (the replica restarts empty, without a vote until caught up)",
     unsynced_lost_records: "records lost from crashed logs (unsynced)",
     restarts: "restarts (recovery from the simulated disk)",
     isolations: "fault: network partition (one node, or two of five, cut off)",

@@ -69,3 +69,10 @@ impl<D: Disk> Partition<D> {
         (log.written_offset(), log.durable_offset(), log.io_in_flight(), self.paused.get(), self.writer_running.get())
     }
 }
+
+impl<D: Disk> Partition<D> {
+    /// Whether the replica counts in elections (false after it lost data, until caught up).
+    pub fn is_voter_for_checks(&self) -> bool {
+        self.replication.borrow().as_ref().is_some_and(|r| r.replica.is_voter())
+    }
+}
