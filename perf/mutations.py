@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-SIM = ["cargo", "test", "--lib", "ten_thousand_random_fault_schedules", "--", "--test-threads", "1"]
+SIM = ["cargo", "test", "--lib", "sim::tests::random_fault_schedules", "--", "--exact", "--test-threads", "1"]
 
 MUTATIONS = [
     dict(
@@ -85,7 +85,7 @@ MUTATIONS = [
                     // Fenced, but silent""",
         new="""                if false {
                     // Fenced, but silent""",
-        test=["cargo", "test", "--test", "cluster", "a_replica_that_lost_its_data_does_not_outvote_the_surviving_copy"],
+        test=SIM,
     ),
     dict(
         name="forget the producer table on reopen",
@@ -95,7 +95,7 @@ MUTATIONS = [
         new="""    visit_batch_headers(log, replay_from, |header| table.observe(header, written)).await?;
     let _ = table;
     Ok(ProducerTable::default())""",
-        test=["cargo", "test", "--lib", "broker::"],
+        test=SIM,
     ),
 ]
 
