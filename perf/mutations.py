@@ -46,7 +46,9 @@ MUTATIONS = [
         file="src/replication/replica.rs",
         old="if quorum > self.high_watermark && self.history.epoch_at(quorum - 1) == Some(self.epoch) {",
         new="if quorum > self.high_watermark {",
-        test=SIM,
+        # Random schedules rarely build the Raft paper's Figure 8 (1,000 did not): the
+        # targeted five-replica schedule does.
+        test=["cargo", "test", "--lib", "figure_eight"],
     ),
     dict(
         name="act on an epoch before it is recorded in the metadata log",
