@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A long run of the replication simulator: N seeded fault schedules (default 1,000,000)
+# A long run of the simulator (the production partition on simulated disks, network and
+# metadata log): N seeded fault schedules (default 1,000,000)
 # from seed FIRST (default 0), and a report of what they did (faults injected by kind,
 # invariant checks, records acknowledged, elections) in perf/results/<date>-sim.md.
 #
@@ -13,7 +14,7 @@ first=${2:-0}
 out=perf/results/$(date +%F)-sim.md
 started=$(date +%s)
 QUORRA_SIM_SCHEDULES=$schedules QUORRA_SIM_FIRST_SEED=$first QUORRA_SIM_REPORT=1 \
-    cargo test --release --lib ten_thousand_random_fault_schedules -- --nocapture --test-threads 1 \
+    cargo test --release --lib sim::tests::random_fault_schedules -- --exact --nocapture --test-threads 1 \
     | sed -n '/# Simulation report/,/end of the simulation report/{s/^.*# Simulation report/# Simulation report/;/end of the simulation report/d;p}' > "$out.tmp"
 took=$(( $(date +%s) - started ))
 {

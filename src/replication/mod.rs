@@ -11,9 +11,10 @@
 //!   holds every committed batch. In a cluster its decisions are replicated with Raft
 //!   (openraft); here it is the pure decision logic.
 //!
-//! Nothing here can block or fail on I/O; the simulator in `sim.rs` (tests) drives both with
-//! a seeded, virtual-time network that drops, delays, reorders and duplicates messages, and
-//! crashes and restarts nodes, and checks the invariants after every step.
+//! Nothing here can block or fail on I/O. The simulator (`src/sim/`, tests) runs them inside
+//! the production partition (`broker::partition`) on simulated disks, a seeded, virtual-time
+//! network that drops, delays, reorders and duplicates messages, and a simulated metadata
+//! log, crashes and restarts nodes, and checks the invariants after every instant.
 //!
 //! Invariants (checked by the simulator):
 //! 1. A committed batch (below some leader's high watermark) is never lost or changed.
@@ -29,8 +30,6 @@
 
 pub mod controller;
 pub mod replica;
-#[cfg(test)]
-mod sim;
 
 /// Identifies a node of the cluster.
 pub type NodeId = u32;

@@ -444,3 +444,20 @@ fn figure_eight_an_older_epochs_record_on_a_majority_is_not_committed_by_countin
     }
     assert!(committed <= 1, "an epoch-2 record committed under epoch 4 by counting copies: hw {committed}");
 }
+
+#[test]
+fn divergence_of_histories() {
+    let mut a = EpochHistory::default();
+    a.observe(1, 0);
+    a.observe(2, 2);
+    a.observe(4, 4);
+    let mut b = EpochHistory::default();
+    b.observe(1, 0);
+    b.observe(3, 2);
+    assert_eq!(a.divergence(5, &b, 4), 2);
+    assert_eq!(b.divergence(4, &a, 5), 2);
+    assert_eq!(a.divergence(5, &a.clone(), 5), 5);
+    let mut c = a.clone();
+    c.truncate(3);
+    assert_eq!(a.divergence(5, &c, 3), 3);
+}
