@@ -23,6 +23,7 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub mod carry_out;
 mod controllers;
 
 use super::meta::{MetaCommand, MetaError, MetaState};

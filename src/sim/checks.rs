@@ -89,7 +89,7 @@ fn check_leadership(world: &mut World, n: NodeId, p: &Part) {
 pub(super) fn settled(w: &WorldRef) -> bool {
     let world = w.borrow();
     let parts: Vec<Rc<Part>> = world.nodes.iter().filter(|n| n.up).filter_map(|n| n.part.clone()).collect();
-    if parts.len() != world.nodes.len() || world.controller_waiting {
+    if parts.len() != world.nodes.len() || world.controller_busy {
         return false;
     }
     let leaders: Vec<&Rc<Part>> = parts.iter().filter(|p| p.leadership().is_some_and(|(leads, _, _)| leads)).collect();

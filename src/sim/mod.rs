@@ -145,8 +145,11 @@ struct World {
     meta_epoch: Epoch,
     meta_leader: Option<(Epoch, NodeId)>,
     meta_fail_rate: f64,
-    controller_waiting: bool,
+    /// The controller is carrying out a decision (waiting for the metadata log).
+    controller_busy: bool,
+    /// Messages for the controller, and the wake-up of its loop.
     controller_backlog: std::collections::VecDeque<ControlMessage>,
+    controller_inbox: crate::rt::Notify,
     /// Nodes cut off from the rest and the controller (bit n: node n); 0: the network is whole.
     cut_off: u32,
     drop_rate: f64,
@@ -251,8 +254,9 @@ fn new_world(seed: u64, rt: Rc<SimRuntime>) -> WorldRef {
         preferred,
         meta_epoch: 0,
         meta_leader: None,
-        controller_waiting: false,
+        controller_busy: false,
         controller_backlog: Default::default(),
+        controller_inbox: crate::rt::Notify::new(),
         cut_off: 0,
         active: true,
         next_id: 0,
@@ -557,8 +561,10 @@ fn quiet_down(w: &WorldRef) {
     }
 }
 
-/// Runs schedule `seed`: faults for `active_ms`, then quiet for `quiet_ms` (and up to a
-/// second more, only to finish what was under way); then the final checks. Panics on a
+/// Runs schedule `seed`: faults for `active_ms`, then quiet for `quiet_ms` (and up to three
+/// seconds more, only to finish what was under way: a replica that lost its disk late in
+/// the schedule fetches the whole log again, in windows of 16-64 records acknowledged once
+/// flushed by disks that take up to 60 ms); then the final checks. Panics on a
 /// broken invariant.
 fn run_schedule(seed: u64, active_ms: u64, quiet_ms: u64) -> SimStats {
     if std::env::var("QUORRA_SIM_TRACE").is_ok() {
@@ -583,7 +589,7 @@ fn run_schedule(seed: u64, active_ms: u64, quiet_ms: u64) -> SimStats {
     let end = (active_ms + quiet_ms) * 1000;
     rt.run_until(end, &mut observe);
     let mut settled = false;
-    rt.run_until(end + 1_000_000, || {
+    rt.run_until(end + 3_000_000, || {
         checks::after_instant(&w);
         settled = checks::settled(&w);
         settled

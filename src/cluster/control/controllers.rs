@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::carry_out::{ControllerEnv, Record, Refused};
 use super::*;
 
 /// Runs the partition controllers while this node is the metadata leader.
@@ -122,10 +123,8 @@ fn new_controller(
     Controller::resume(config.clone(), p.replicas.clone(), p.epoch, p.leader, seen_ms, now_ms).with_preferred(preferred)
 }
 
-/// Carries out a controller's decisions in order: each record is written to the metadata
-/// (Raft) before anything after it, so an epoch is open before any replica is fenced with
-/// it and an appointment is recorded before it is sent; a refused write resets the
-/// controller from the metadata and drops what came after it.
+/// Carries out a controller's decisions (`carry_out::carry_out`, the driver the simulator
+/// runs too); a refused write resets the controller from the metadata.
 async fn carry_out(
     ctx: &Arc<Ctx>,
     key: &(String, u32),
@@ -139,47 +138,54 @@ async fn carry_out(
     }
     let (topic, partition) = (key.0.clone(), key.1);
     let topic_id = ctx.meta.borrow().topics.get(&topic).map_or(0, |t| t.id);
-    let mut by_node: BTreeMap<NodeId, Vec<ControlEnvelope>> = BTreeMap::new();
-    for action in out {
-        let cmd = match action {
-            ControllerAction::Send(node, msg) => {
-                by_node.entry(node).or_default().push(ControlEnvelope {
-                    topic: topic.clone(),
-                    topic_id,
-                    partition,
-                    msg,
-                });
-                continue;
+    let env = PartitionEnv { ctx, topic: &topic, partition, topic_id };
+    if let Err(e) = super::carry_out::carry_out(&env, out).await {
+        log::warn!("controller of {topic}/{partition}: {e}");
+        let fresh = ctx.meta.borrow().partition(&topic, partition).cloned();
+        match fresh {
+            Some(p) => {
+                controllers.insert(key.clone(), new_controller(ctx, config, &p, now_ms));
             }
-            ControllerAction::RecordEpoch(epoch) => MetaCommand::OpenEpoch { topic: topic.clone(), partition, epoch },
-            ControllerAction::RecordLeader { epoch, leader } => {
-                MetaCommand::SetLeader { topic: topic.clone(), partition, epoch, leader }
+            None => {
+                controllers.remove(key);
             }
-        };
-        // Messages decided before this record go first (they needed no record of their own).
-        send_all(ctx, std::mem::take(&mut by_node));
-        if let Err(e) = ctx.write(cmd.clone()).await {
-            log::warn!("controller of {topic}/{partition}: recording {cmd:?} failed: {e}");
-            let fresh = ctx.meta.borrow().partition(&topic, partition).cloned();
-            match fresh {
-                Some(p) => {
-                    controllers.insert(key.clone(), new_controller(ctx, config, &p, now_ms));
-                }
-                None => {
-                    controllers.remove(key);
-                }
-            }
-            return;
-        }
-        if let MetaCommand::SetLeader { leader, epoch, .. } = &cmd {
-            log::info!("{topic}/{partition}: node {leader} leads epoch {epoch}");
         }
     }
-    send_all(ctx, by_node);
 }
 
-fn send_all(ctx: &Arc<Ctx>, by_node: BTreeMap<NodeId, Vec<ControlEnvelope>>) {
-    for (node, messages) in by_node {
-        ctx.send_to(node, messages);
+/// A partition's controller as production runs it: records go to Raft, messages over the
+/// control links.
+struct PartitionEnv<'a> {
+    ctx: &'a Arc<Ctx>,
+    topic: &'a str,
+    partition: u32,
+    topic_id: u64,
+}
+
+impl ControllerEnv for PartitionEnv<'_> {
+    async fn record(&self, record: Record) -> Result<(), Refused> {
+        let (topic, partition) = (self.topic.to_string(), self.partition);
+        let cmd = match record {
+            Record::Epoch(epoch) => MetaCommand::OpenEpoch { topic, partition, epoch },
+            Record::Leader { epoch, leader } => MetaCommand::SetLeader { topic, partition, epoch, leader },
+        };
+        self.ctx.write(cmd.clone()).await.map_err(|e| Refused { record: format!("{cmd:?}"), reason: e.to_string() })?;
+        if let Record::Leader { epoch, leader } = record {
+            log::info!("{}/{}: node {leader} leads epoch {epoch}", self.topic, self.partition);
+        }
+        Ok(())
+    }
+
+    fn send(&self, node: NodeId, messages: Vec<ControlMessage>) {
+        let envelopes = messages
+            .into_iter()
+            .map(|msg| ControlEnvelope {
+                topic: self.topic.to_string(),
+                topic_id: self.topic_id,
+                partition: self.partition,
+                msg,
+            })
+            .collect();
+        self.ctx.send_to(node, envelopes);
     }
 }
