@@ -81,6 +81,13 @@ MUTATIONS = [
         test=SIM,
     ),
     dict(
+        name="acknowledge acks=leader before the leader's own write is durable",
+        file="src/broker/partition.rs",
+        old="(AckLevel::Local, _) | (_, None) => self.local_end() >= end,",
+        new="(AckLevel::Local, _) | (_, None) => self.log.borrow().next_offset() >= end,",
+        test=SIM,
+    ),
+    dict(
         name="let an empty replica vote (a wiped replica answers fences)",
         file="src/replication/replica.rs",
         old="""                if !self.voter {

@@ -31,6 +31,7 @@ pub(super) fn after_instant(w: &WorldRef) {
         if end < before {
             // (A truncation of a divergent tail, or a failed write dropping its batches.)
             world.stats.truncations += 1;
+            world.nodes[n].durable_acks.retain(|&(o, _)| o < end);
             world.trace(|| format!("n{n}: log end {before} -> {end}, {:?}", p.leadership()));
         }
         world.nodes[n].log_end_seen = end;
@@ -158,6 +159,15 @@ pub(super) fn final_checks(w: &WorldRef) {
         format!("the leader's uncommitted batches: {tail:?}")
     });
     assert_eq!(leader.high_watermark(), end, "seed {seed}: the leader's log is not all committed");
+    // `acks=leader`: what the final leader acknowledged in its epoch is all there (what an
+    // earlier leader acknowledged may have been cut by a failover, as documented).
+    let final_epoch = leader.leadership().map_or(0, |(_, _, e)| e);
+    let by_final_leader: Vec<(u64, u64)> =
+        world.acked_by_leader.iter().filter(|(e, _, _)| *e == final_epoch).map(|&(_, o, id)| (o, id)).collect();
+    for &(o, id) in &by_final_leader {
+        assert!(committed.contains(&(o, id)), "seed {seed}: record {id} acknowledged by the leader at {o} lost");
+    }
+    world.stats.leader_ack_checks += by_final_leader.len() as u64;
     let log: Vec<Rec> = records(leader, 0, end).into_iter().map(|(_, r)| r).collect();
     assert_eq!(log.len() as u64, end, "seed {seed}: the leader's log has holes");
     assert_eq!(&log[..world.committed.len()], &world.committed[..], "seed {seed}: the leader's log");

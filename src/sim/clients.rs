@@ -1,4 +1,4 @@
-//! The simulated clients: anonymous producers (`acks=quorum` or `all`), two idempotent
+//! The simulated clients: anonymous producers (`acks=quorum`, `all` or `leader`), two idempotent
 //! producers that number their batches and resend everything unacknowledged, oldest first,
 //! when the oldest goes unanswered, and readers that fetch from any replica. A request runs
 //! on the node it reached, through the partition's own `append` and `wait_committed` (the
@@ -63,16 +63,28 @@ fn anonymous_append(w: &WorldRef) {
         let count = world.rng.gen_range(1..4u64);
         let ids: Vec<u64> = (0..count).map(|i| world.next_id + 1 + i).collect();
         world.next_id += count;
-        let level = if world.rng.gen_bool(0.2) { AckLevel::All } else { AckLevel::Quorum };
+        let level = match world.rng.gen_range(0..10) {
+            0 => AckLevel::Local,
+            1 | 2 => AckLevel::All,
+            _ => AckLevel::Quorum,
+        };
         (ids, level, world.rt.clone())
     };
+    let epoch = p.leadership().map_or(0, |(_, _, epoch)| epoch);
     let w = w.clone();
     rt.spawn_as(n, async move {
         let Ok(appended) = p.append(batch_of(&ids, None), Bytes::from) else { return };
         if p.wait_committed(appended.last_offset, level, COMMIT_TIMEOUT).await.is_ok() {
             let mut world = w.borrow_mut();
-            let offsets = appended.first_offset..=appended.last_offset;
-            world.acked.extend(offsets.zip(ids.iter().copied()));
+            let records = (appended.first_offset..=appended.last_offset).zip(ids.iter().copied());
+            match level {
+                // Durable on the leader alone: kept as long as that leader leads (README).
+                AckLevel::Local => {
+                    world.acked_by_leader.extend(records.clone().map(|(o, id)| (epoch, o, id)));
+                    world.nodes[n as usize].durable_acks.extend(records);
+                }
+                AckLevel::Quorum | AckLevel::All => world.acked.extend(records),
+            }
         }
     });
 }

@@ -110,6 +110,9 @@ struct SimNode {
     log_end_seen: u64,
     /// The log end when the node crashed (what its restart may have lost).
     end_at_crash: u64,
+    /// Records it acknowledged at `acks=leader` and has not cut since: a restart must find
+    /// them in its log (durable on the leader's disk before the answer).
+    durable_acks: Vec<(u64, u64)>,
     /// Its partition directory was lost in the crash (a replaced disk): it restarts as a
     /// replica that lost data (production: the shard's replica record without `replica.json`).
     wiped: bool,
@@ -159,8 +162,10 @@ struct World {
     next_id: u64,
     /// The committed log as seen so far (never shrinks or changes).
     committed: Vec<Rec>,
-    /// Records acknowledged to producers: (offset, id).
+    /// Records acknowledged to producers at `quorum` or `all`: (offset, id).
     acked: Vec<(u64, u64)>,
+    /// Records acknowledged at `leader`: (the leader's epoch, offset, id).
+    acked_by_leader: Vec<(Epoch, u64, u64)>,
     /// Records a reader was served: (node, offset, record), checked at the end.
     served: Vec<(NodeId, u64, Rec)>,
     leaders: BTreeMap<Epoch, NodeId>,
@@ -230,6 +235,7 @@ fn new_world(seed: u64, rt: Rc<SimRuntime>) -> WorldRef {
             log_end_seen: 0,
             end_at_crash: 0,
             wiped: false,
+            durable_acks: Vec::new(),
             flush_max_us: if rng.gen_bool(1.0 / 3.0) { rng.gen_range(10_000..60_000) } else { 4_000 },
             rng: Rc::new(RefCell::new(StdRng::seed_from_u64(rng.gen()))),
         })
@@ -262,6 +268,7 @@ fn new_world(seed: u64, rt: Rc<SimRuntime>) -> WorldRef {
         next_id: 0,
         committed: Vec::new(),
         acked: Vec::new(),
+        acked_by_leader: Vec::new(),
         served: Vec::new(),
         leaders: BTreeMap::new(),
         producers: (1..=2)
@@ -427,6 +434,20 @@ fn start_node(w: &WorldRef, n: NodeId) {
             let end = p.log_end_offset();
             let node = &mut world.nodes[n as usize];
             world.stats.unsynced_lost_records += node.end_at_crash.saturating_sub(end);
+            let node = &mut world.nodes[n as usize];
+            if node.wiped {
+                node.durable_acks.clear();
+            }
+            let held: std::collections::HashSet<(u64, u64)> =
+                records_of(&p.batches_for_checks(0, end)).into_iter().map(|(o, r)| (o, r.id)).collect();
+            for &(o, id) in &node.durable_acks {
+                assert!(
+                    held.contains(&(o, id)),
+                    "n{n} acknowledged record {id} at {o} (acks=leader) and lost it in a crash"
+                );
+            }
+            let checked = node.durable_acks.len() as u64;
+            world.stats.leader_durability_checks += checked;
             let node = &mut world.nodes[n as usize];
             node.log_end_seen = end;
             // (`replica.json` now says it does not vote until caught up.)

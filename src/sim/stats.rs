@@ -42,6 +42,8 @@ sim_stats! {
     commit_checks: "check: high watermark monotonic, within the log, equal to the committed log",
     leader_checks: "check: one leader per epoch, a new leader holds the committed log",
     order_checks: "check: a producer's batch commits in order, once",
+    leader_ack_checks: "check: a record acknowledged at acks=leader by the final leader is committed at its offset",
+    leader_durability_checks: "check: a record acknowledged at acks=leader survives its leader's crash",
     reads: "reads served by a replica",
     served_checks: "check: a record served was committed at its offset",
     final_checks: "check: end of schedule (acked records committed, logs converge, producer tables)",
