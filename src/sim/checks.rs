@@ -31,7 +31,6 @@ pub(super) fn after_instant(w: &WorldRef) {
         if end < before {
             // (A truncation of a divergent tail, or a failed write dropping its batches.)
             world.stats.truncations += 1;
-            world.nodes[n].durable_acks.retain(|&(o, _)| o < end);
             world.trace(|| format!("n{n}: log end {before} -> {end}, {:?}", p.leadership()));
         }
         world.nodes[n].log_end_seen = end;

@@ -80,8 +80,9 @@ fn anonymous_append(w: &WorldRef) {
             match level {
                 // Durable on the leader alone: kept as long as that leader leads (README).
                 AckLevel::Local => {
+                    world.trace(|| format!("n{n} acked at leader: {:?} (epoch {epoch})", appended));
                     world.acked_by_leader.extend(records.clone().map(|(o, id)| (epoch, o, id)));
-                    world.nodes[n as usize].durable_acks.extend(records);
+                    world.nodes[n as usize].durable_acks.extend(records.map(|(o, id)| (epoch, o, id)));
                 }
                 AckLevel::Quorum | AckLevel::All => world.acked.extend(records),
             }

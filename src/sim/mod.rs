@@ -110,9 +110,10 @@ struct SimNode {
     log_end_seen: u64,
     /// The log end when the node crashed (what its restart may have lost).
     end_at_crash: u64,
-    /// Records it acknowledged at `acks=leader` and has not cut since: a restart must find
-    /// them in its log (durable on the leader's disk before the answer).
-    durable_acks: Vec<(u64, u64)>,
+    /// Records it acknowledged at `acks=leader`: (epoch, offset, id). If it crashes while
+    /// still leading that epoch, its restart must find them in its log (durable on the
+    /// leader's disk before the answer; after a failover they may be cut, as documented).
+    durable_acks: Vec<(Epoch, u64, u64)>,
     /// Its partition directory was lost in the crash (a replaced disk): it restarts as a
     /// replica that lost data (production: the shard's replica record without `replica.json`).
     wiped: bool,
@@ -440,7 +441,7 @@ fn start_node(w: &WorldRef, n: NodeId) {
             }
             let held: std::collections::HashSet<(u64, u64)> =
                 records_of(&p.batches_for_checks(0, end)).into_iter().map(|(o, r)| (o, r.id)).collect();
-            for &(o, id) in &node.durable_acks {
+            for &(_, o, id) in &node.durable_acks {
                 assert!(
                     held.contains(&(o, id)),
                     "n{n} acknowledged record {id} at {o} (acks=leader) and lost it in a crash"
@@ -498,7 +499,12 @@ fn crash_node(w: &WorldRef, n: NodeId) {
         world.stats.wiped_disks += u64::from(wiped);
         let node = &mut world.nodes[n as usize];
         node.up = false;
-        node.end_at_crash = node.part.take().map_or(node.log_end_seen, |p| p.log_end_offset());
+        let part = node.part.take();
+        node.end_at_crash = part.as_ref().map_or(node.log_end_seen, |p| p.log_end_offset());
+        // What it acknowledged at `acks=leader` is owed by its disk only while it leads the
+        // epoch it acknowledged in (a leader never cuts its own log).
+        let leading = part.and_then(|p| p.leadership()).filter(|(leads, _, _)| *leads).map(|(_, _, e)| e);
+        node.durable_acks.retain(|&(e, _, _)| Some(e) == leading);
         node.disk = node.disk.crash(mode);
         if wiped {
             node.wiped = true;
