@@ -41,6 +41,10 @@ struct AckWaiter {
     /// The producer's batch ends before this offset.
     end: u64,
     level: AckLevel,
+    /// With replication, the epoch this replica led when the wait began: once it leads no
+    /// longer in that epoch, the batch may have been cut and its offsets taken by another
+    /// leader's batches, so the wait fails whatever the high watermark says.
+    leading: Option<crate::replication::Epoch>,
     tx: oneshot::Sender<Result<u64, StorageError>>,
 }
 
@@ -280,7 +284,8 @@ impl<D: Disk> Partition<D> {
             return Ok(self.high_watermark());
         }
         let (tx, rx) = oneshot::channel();
-        self.acks.borrow_mut().push_back(AckWaiter { end: last_offset + 1, level, tx });
+        let leading = self.leading_epoch();
+        self.acks.borrow_mut().push_back(AckWaiter { end: last_offset + 1, level, leading, tx });
         match rt::timeout(timeout, rx).await {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(StorageError::Closing),
@@ -421,6 +426,11 @@ impl<D: Disk> Partition<D> {
         }
     }
 
+    /// The epoch this replica leads, if it leads (None without replication).
+    fn leading_epoch(&self) -> Option<crate::replication::Epoch> {
+        self.replication.borrow().as_ref().filter(|r| r.replica.is_leader()).map(|r| r.replica.epoch())
+    }
+
     /// Answers every waiter whose level is reached; with replication, fails those that wait
     /// for the high watermark once this replica no longer leads (a new leader may or may not
     /// keep their batches: the producer must retry, and deduplication makes that safe).
@@ -428,10 +438,14 @@ impl<D: Disk> Partition<D> {
         let hw = self.high_watermark();
         let lost_lead =
             self.replication.borrow().as_ref().filter(|r| !r.replica.is_leader()).map(|r| r.replica.leader());
+        let leading = self.leading_epoch();
         let waiters: Vec<AckWaiter> = self.acks.borrow_mut().drain(..).collect();
         let mut keep = VecDeque::new();
         for w in waiters {
-            if self.ack_ready(w.end, w.level) {
+            if w.leading.is_some() && w.leading != leading {
+                let leader = self.replication.borrow().as_ref().and_then(|r| r.replica.leader());
+                let _ = w.tx.send(Err(StorageError::NotLeader(leader)));
+            } else if self.ack_ready(w.end, w.level) {
                 let _ = w.tx.send(Ok(hw));
             } else if let (Some(leader), AckLevel::Quorum | AckLevel::All) = (lost_lead, w.level) {
                 let _ = w.tx.send(Err(StorageError::NotLeader(leader)));

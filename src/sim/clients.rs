@@ -76,6 +76,9 @@ fn anonymous_append(w: &WorldRef) {
         let Ok(appended) = p.append(batch_of(&ids, None), Bytes::from) else { return };
         if p.wait_committed(appended.last_offset, level, COMMIT_TIMEOUT).await.is_ok() {
             let mut world = w.borrow_mut();
+            world.trace(|| {
+                format!("n{n} acked {ids:?} at {appended:?} {level:?}, hw {}, {:?}", p.high_watermark(), p.leadership())
+            });
             let records = (appended.first_offset..=appended.last_offset).zip(ids.iter().copied());
             match level {
                 // Durable on the leader alone: kept as long as that leader leads (README).
@@ -104,6 +107,13 @@ fn producer_send(w: &WorldRef, k: usize, sequence: u32, id: u64) {
         // producer resends later.
         let Ok(appended) = p.append(batch_of(&[id], Some((producer, sequence))), Bytes::from) else { return };
         if p.wait_committed(appended.last_offset, AckLevel::Quorum, COMMIT_TIMEOUT).await.is_ok() {
+            w.borrow().trace(|| {
+                format!(
+                    "n{n} acked producer {producer} seq {sequence} id {id} at {appended:?}, hw {}, {:?}",
+                    p.high_watermark(),
+                    p.leadership()
+                )
+            });
             producer_acked(&w, k, sequence, appended.first_offset, id);
         }
     });

@@ -635,6 +635,58 @@ mod tests {
         .unwrap();
     }
 
+    /// A leader cut off with a produce waiting for its quorum, deposed meanwhile, comes back
+    /// as a follower: it cuts its tail (the produce's batch with it) and takes the new
+    /// leader's batches at the same offsets, with a high watermark above them. Before, the
+    /// waiting produce was then answered as committed, at an offset that held another
+    /// record (the simulator's seed 5519, a partitioned leader; production waits 30 s).
+    #[test]
+    fn a_produce_waiting_on_a_deposed_leader_is_not_answered_with_the_new_leaders_offsets() {
+        crate::rt::block_on(async {
+            let disk = crate::storage::mem_disk::MemDisk::new();
+            let dir = std::path::PathBuf::from("/t/0");
+            let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1, 2] }).await;
+            let appended = p.append(batch_of(1), Bytes::from).unwrap();
+            assert_eq!(appended.first_offset, 1, "after the epoch-start batch");
+            let waiting = {
+                let p = p.clone();
+                crate::rt::spawn_joinable(async move {
+                    p.wait_committed(
+                        appended.last_offset,
+                        crate::broker::partition::AckLevel::Quorum,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                })
+            };
+            crate::rt::sleep(Duration::from_millis(20)).await;
+            // Node 2 led epoch 2 meanwhile (the fence never reached this node): its epoch-start
+            // batch at 1, a record at 2, committed.
+            let mut start = BatchBuilder::control(2, 1).to_vec();
+            crate::protocol::batch::stamp_batch(&mut start, 1, 2);
+            let mut record = batch_of(1);
+            crate::protocol::batch::stamp_batch(&mut record, 2, 2);
+            let append = PeerMessage::Append {
+                epoch: 2,
+                leader: 2,
+                prev_offset: 1,
+                prev_epoch: Some(1),
+                end_offset: 3,
+                epochs: vec![(1, 0), (2, 1)],
+                leader_hw: 3,
+                log_start: 0,
+            };
+            let answer = p.on_leader_append(append, &[Bytes::from(start), Bytes::from(record)]).await;
+            assert!(matches!(answer, Some(PeerMessage::Ack { .. })), "{answer:?}");
+            assert_eq!(p.high_watermark(), 3, "the new leader's batches are committed here");
+            let answered = waiting.await.expect("the waiter ran");
+            assert!(answered.is_err(), "the cut batch was answered as committed: {answered:?}");
+        })
+        .unwrap();
+    }
+
     fn producer_batch() -> Vec<u8> {
         let mut b = BatchBuilder::with_capacity(64);
         b.push(None, b"value", 1);
