@@ -149,13 +149,23 @@ impl<D: Disk> Partition<D> {
                 state.topic_id
             )));
         }
-        let log_end = self.log.borrow().next_offset();
+        let (log_start, log_end) = (self.log.borrow().log_start_offset(), self.log.borrow().next_offset());
         let mut history = EpochHistory::default();
         for &(e, start) in &state.history {
-            // An entry written ahead of a batch that never became durable is dropped.
-            if start < log_end {
-                history.observe(e, start);
+            // An entry written ahead of the log is dropped, with every later one: one for a
+            // batch that never became durable (beyond the log end), or one adopted from a new
+            // leader whose truncation of the old tail did not reach the files (the batch there
+            // is of another epoch). Epochs only grow along a log, so what follows is the old
+            // tail too.
+            if start >= log_end {
+                break;
             }
+            // (An epoch that started before the log start, which retention removed, cannot be
+            // checked and needs not be.)
+            if start >= log_start && self.batch_epoch_at(start).await? != Some(e) {
+                break;
+            }
+            history.observe(e, start);
         }
         if history.entries().is_empty() && log_end > self.log.borrow().log_start_offset() {
             history = self.scan_epoch_history().await?;
@@ -178,6 +188,17 @@ impl<D: Disk> Partition<D> {
             self.write_replica_state().await?;
         }
         Ok(())
+    }
+
+    /// The epoch stamped in the batch that starts at `offset` (None: no batch starts there).
+    async fn batch_epoch_at(&self, offset: u64) -> Result<Option<Epoch>, StorageError> {
+        let plan = self.log.borrow().plan_read(offset, 1, offset + 1)?;
+        let chunks = match plan {
+            crate::storage::log::ReadPlan::Ready(c) => c,
+            crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await?],
+        };
+        let first = chunks.first().map(|c| crate::protocol::batch::peek_header(c)).transpose()?;
+        Ok(first.filter(|h| h.base_offset == offset).map(|h| h.leader_epoch))
     }
 
     /// The incarnation of the topic this replica belongs to (0 without replication).
@@ -683,6 +704,38 @@ mod tests {
             assert_eq!(p.high_watermark(), 3, "the new leader's batches are committed here");
             let answered = waiting.await.expect("the waiter ran");
             assert!(answered.is_err(), "the cut batch was answered as committed: {answered:?}");
+        })
+        .unwrap();
+    }
+
+    /// A follower adopting a new leader's history persists it (with its epoch) before it has
+    /// cut its divergent tail from the files. Crashing in between left `replica.json` saying
+    /// that the old tail's offsets belong to the new epoch, so the restarted replica matched
+    /// the new leader's log on offsets alone and kept the divergent batches below the high
+    /// watermark (the simulator's seed 6330). The history is now checked against the epochs
+    /// stamped in the log's batches when a replica opens.
+    #[test]
+    fn a_persisted_history_ahead_of_the_log_is_corrected_from_the_batches() {
+        crate::rt::block_on(async {
+            let disk = crate::storage::mem_disk::MemDisk::new();
+            let dir = std::path::PathBuf::from("/t/0");
+            let open =
+                || Partition::open(disk.clone(), "t".into(), 0, dir.clone(), LogConfig::default(), FlushPolicy::Always);
+            let p = open().await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
+            let last = p.append(batch_of(2), Bytes::from).unwrap().last_offset;
+            p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
+            p.close().await;
+            drop(p);
+            // What a crash between persisting the new leader's history and cutting the files leaves.
+            let state = br#"{"topic_id":1,"epoch":2,"history":[[1,0],[2,1]],"voter":true}"#.to_vec();
+            crate::storage::Disk::write_file_atomic(&disk, &dir.join("replica.json"), state).await.unwrap();
+            let p = open().await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            let history = p.replication.borrow().as_ref().unwrap().replica.history().clone();
+            assert_eq!(history.epoch_at(1), Some(1), "offset 1 holds an epoch-1 batch: {history:?}");
+            assert_eq!(p.replication.borrow().as_ref().unwrap().replica.epoch(), 2, "the epoch stays adopted");
         })
         .unwrap();
     }
