@@ -9,7 +9,8 @@
 //! read (`clients.rs`); checks after every instant and at the end (`checks.rs`).
 //!
 //! Seeded and reproducible: a failure prints its seed; `QUORRA_SIM_SEED=<n> cargo test --lib
-//! sim_one_seed -- --nocapture` replays it (`QUORRA_SIM_TRACE=1` prints what happens).
+//! sim::tests::sim_one_seed -- --exact --nocapture` replays it (`QUORRA_SIM_TRACE=1` prints
+//! what happens, with the production code's log lines).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

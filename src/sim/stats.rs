@@ -55,7 +55,7 @@ impl SimStats {
     /// The report, in markdown.
     pub(super) fn report(&self, first_seed: u64) -> String {
         let mut out = format!(
-            "# Simulation report\n\nSeeds {first_seed}..{} (replay one: `QUORRA_SIM_SEED=<n> QUORRA_SIM_TRACE=1 cargo test --lib sim_one_seed -- --nocapture`).\n\n| what | count |\n|---|---:|\n",
+            "# Simulation report\n\nSeeds {first_seed}..{} (replay one: `QUORRA_SIM_SEED=<n> QUORRA_SIM_TRACE=1 cargo test --lib sim::tests::sim_one_seed -- --exact --nocapture`).\n\n| what | count |\n|---|---:|\n",
             first_seed + self.schedules
         );
         for (what, n) in self.rows() {

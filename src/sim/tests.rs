@@ -12,7 +12,7 @@ fn run_seed(seed: u64) -> SimStats {
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            panic!("simulation seed {seed} failed: {msg}\nreplay: QUORRA_SIM_SEED={seed} QUORRA_SIM_TRACE=1 cargo test --lib sim_one_seed -- --nocapture");
+            panic!("simulation seed {seed} failed: {msg}\nreplay: QUORRA_SIM_SEED={seed} QUORRA_SIM_TRACE=1 cargo test --lib sim::tests::sim_one_seed -- --exact --nocapture");
         }
     }
 }
