@@ -436,13 +436,14 @@ impl<D: Disk> Partition<D> {
     /// keep their batches: the producer must retry, and deduplication makes that safe).
     fn release_waiters(&self) {
         let hw = self.high_watermark();
-        let leader = self.replication.borrow().as_ref().and_then(|r| r.replica.leader());
-        let lost_lead = self.replication.borrow().as_ref().filter(|r| !r.replica.is_leader()).map(|_| leader);
+        let lost_lead =
+            self.replication.borrow().as_ref().filter(|r| !r.replica.is_leader()).map(|r| r.replica.leader());
         let leading = self.leading_epoch();
         let waiters: Vec<AckWaiter> = self.acks.borrow_mut().drain(..).collect();
         let mut keep = VecDeque::new();
         for w in waiters {
             if w.leading.is_some() && w.leading != leading {
+                let leader = self.replication.borrow().as_ref().and_then(|r| r.replica.leader());
                 let _ = w.tx.send(Err(StorageError::NotLeader(leader)));
             } else if self.ack_ready(w.end, w.level) {
                 let _ = w.tx.send(Ok(hw));
@@ -717,7 +718,10 @@ async fn visit_batch_headers<D: Disk>(
     let end = log.borrow().next_offset();
     while offset < end {
         let plan = log.borrow().plan_read(offset, 1 << 20, end)?;
-        let chunks = plan.run().await?;
+        let chunks = match plan {
+            ReadPlan::Ready(c) => c,
+            ReadPlan::Disk(read) => vec![read.run().await?],
+        };
         let before = offset;
         for chunk in &chunks {
             for item in BatchIter::new(chunk) {

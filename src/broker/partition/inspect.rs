@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::producers::StoredBatch;
 use super::Partition;
 use crate::protocol::batch::{BatchHeader, BatchIter};
+use crate::storage::log::ReadPlan;
 use crate::storage::Disk;
 
 impl<D: Disk> Partition<D> {
@@ -17,7 +18,10 @@ impl<D: Disk> Partition<D> {
         let to = to.min(self.log_end_offset());
         while offset < to {
             let plan = self.log.borrow().plan_read(offset, 1 << 20, to).expect("a readable log");
-            let chunks = poll_now(plan.run()).expect("the disk read");
+            let chunks = match plan {
+                ReadPlan::Ready(chunks) => chunks,
+                ReadPlan::Disk(read) => vec![poll_now(read.run()).expect("the disk read")],
+            };
             let before = offset;
             for chunk in &chunks {
                 let mut at = 0;

@@ -193,7 +193,10 @@ impl<D: Disk> Partition<D> {
     /// The epoch stamped in the batch that starts at `offset` (None: no batch starts there).
     async fn batch_epoch_at(&self, offset: u64) -> Result<Option<Epoch>, StorageError> {
         let plan = self.log.borrow().plan_read(offset, 1, offset + 1)?;
-        let chunks = plan.run().await?;
+        let chunks = match plan {
+            crate::storage::log::ReadPlan::Ready(c) => c,
+            crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await?],
+        };
         let first = chunks.first().map(|c| crate::protocol::batch::peek_header(c)).transpose()?;
         Ok(first.filter(|h| h.base_offset == offset).map(|h| h.leader_epoch))
     }
@@ -249,7 +252,10 @@ impl<D: Disk> Partition<D> {
             let log = self.log.borrow();
             log.plan_read(from, max_bytes, log.next_offset()).ok()?
         };
-        let chunks = plan.run().await.ok()?;
+        let chunks = match plan {
+            crate::storage::log::ReadPlan::Ready(c) => c,
+            crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await.ok()?],
+        };
         let mut out = Vec::new();
         let mut start = None;
         let mut end = from;
@@ -602,29 +608,12 @@ mod tests {
     use crate::replication::replica::ReplicaConfig;
     use crate::replication::{ControlMessage, NodeId, PeerMessage};
     use crate::storage::glommio_disk::{prime_device_probe, GlommioDisk};
-    use crate::storage::mem_disk::MemDisk;
     use crate::storage::{LogConfig, StorageError};
 
     struct Nowhere;
     impl Outbound for Nowhere {
         fn send(&self, _: &Rc<str>, _: u64, _: u32, _: NodeId, _: PeerMessage) {}
         fn control(&self, _: &Rc<str>, _: u64, _: u32, _: ControlMessage) {}
-    }
-
-    /// A replicated partition on a simulated disk, leading epoch 1 among `replicas` (its
-    /// epoch-start batch at offset 0), and the disk (to reopen it).
-    async fn leader_on_mem_disk(replicas: Vec<NodeId>) -> (MemDisk, Rc<Partition<MemDisk>>) {
-        let disk = MemDisk::new();
-        let p = Partition::open(disk.clone(), "t".into(), 0, mem_dir(), LogConfig::default(), FlushPolicy::Always)
-            .await
-            .unwrap();
-        p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
-        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas }).await;
-        (disk, p)
-    }
-
-    fn mem_dir() -> std::path::PathBuf {
-        std::path::PathBuf::from("/t/0")
     }
 
     fn batch_of(records: usize) -> Vec<u8> {
@@ -643,7 +632,11 @@ mod tests {
     #[test]
     fn a_range_that_starts_or_ends_inside_a_batch_is_sent_as_the_batches_covering_it() {
         crate::rt::block_on(async {
-            let (_, p) = leader_on_mem_disk(vec![1]).await;
+            let disk = crate::storage::mem_disk::MemDisk::new();
+            let dir = std::path::PathBuf::from("/t/0");
+            let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
             // The epoch-start batch at 0, then batches 1..4 and 4..7.
             assert_eq!(p.append(batch_of(3), Bytes::from).unwrap().first_offset, 1);
             let last = p.append(batch_of(3), Bytes::from).unwrap().last_offset;
@@ -671,7 +664,11 @@ mod tests {
     #[test]
     fn a_produce_waiting_on_a_deposed_leader_is_not_answered_with_the_new_leaders_offsets() {
         crate::rt::block_on(async {
-            let (_, p) = leader_on_mem_disk(vec![1, 2]).await;
+            let disk = crate::storage::mem_disk::MemDisk::new();
+            let dir = std::path::PathBuf::from("/t/0");
+            let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1, 2] }).await;
             let appended = p.append(batch_of(1), Bytes::from).unwrap();
             assert_eq!(appended.first_offset, 1, "after the epoch-start batch");
             let waiting = {
@@ -720,17 +717,21 @@ mod tests {
     #[test]
     fn a_persisted_history_ahead_of_the_log_is_corrected_from_the_batches() {
         crate::rt::block_on(async {
-            let (disk, p) = leader_on_mem_disk(vec![1]).await;
+            let disk = crate::storage::mem_disk::MemDisk::new();
+            let dir = std::path::PathBuf::from("/t/0");
+            let open =
+                || Partition::open(disk.clone(), "t".into(), 0, dir.clone(), LogConfig::default(), FlushPolicy::Always);
+            let p = open().await.unwrap();
+            p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+            p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
             let last = p.append(batch_of(2), Bytes::from).unwrap().last_offset;
             p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
             p.close().await;
             drop(p);
             // What a crash between persisting the new leader's history and cutting the files leaves.
             let state = br#"{"topic_id":1,"epoch":2,"history":[[1,0],[2,1]],"voter":true}"#.to_vec();
-            crate::storage::Disk::write_file_atomic(&disk, &mem_dir().join("replica.json"), state).await.unwrap();
-            let p = Partition::open(disk, "t".into(), 0, mem_dir(), LogConfig::default(), FlushPolicy::Always)
-                .await
-                .unwrap();
+            crate::storage::Disk::write_file_atomic(&disk, &dir.join("replica.json"), state).await.unwrap();
+            let p = open().await.unwrap();
             p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
             let history = p.replication.borrow().as_ref().unwrap().replica.history().clone();
             assert_eq!(history.epoch_at(1), Some(1), "offset 1 holds an epoch-1 batch: {history:?}");
