@@ -24,6 +24,9 @@ pub struct Connection {
     pending: Rc<Pending>,
     next_correlation_id: Cell<u64>,
     broken: Rc<RefCell<Option<String>>>,
+    /// A descriptor of the socket kept only to shut it down ([`Self::abort`]): it stays
+    /// valid while the connection lives, whatever its tasks have closed.
+    shutdown: std::os::fd::OwnedFd,
 }
 
 impl Connection {
@@ -46,8 +49,9 @@ impl Connection {
         let stream = net::connect_from(source, addr, timeout)
             .await
             .map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
-        let (mut reader, writer) =
-            net::split(stream).map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
+        let connect_error = |e: std::io::Error| ClientError::Connect { addr: addr.to_string(), message: e.to_string() };
+        let shutdown = net::shutdown_handle(&stream).map_err(connect_error)?;
+        let (mut reader, writer) = net::split(stream).map_err(connect_error)?;
         let outbox = Outbox::new();
         let conn = Rc::new(Connection {
             addr,
@@ -55,6 +59,7 @@ impl Connection {
             pending: Rc::new(RefCell::new(HashMap::new())),
             next_correlation_id: Cell::new(1),
             broken: Rc::new(RefCell::new(None)),
+            shutdown,
         });
         let (pending, broken, out) = (conn.pending.clone(), conn.broken.clone(), outbox.clone());
         let limits = net::FrameLimits {
@@ -110,6 +115,17 @@ impl Connection {
     /// Whether the connection failed; new requests need a new connection.
     pub fn is_broken(&self) -> bool {
         self.broken.borrow().is_some()
+    }
+
+    /// Ends the connection now: what is queued is dropped, the socket is shut down (a
+    /// write blocked on it fails, the reader stops), and every request waiting for an answer
+    /// fails with `reason`. For a peer that stopped answering on a connection TCP still
+    /// thinks is open (a machine gone without a reset: nothing is left to retransmit, so
+    /// nothing would ever fail).
+    pub fn abort(&self, reason: &str) {
+        self.broken.borrow_mut().get_or_insert_with(|| reason.to_string());
+        self.outbox.abandon();
+        net::shutdown_fd(&self.shutdown);
     }
 
     /// Queues a request now and returns the future of its response. Requests queued in

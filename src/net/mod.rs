@@ -255,3 +255,21 @@ pub fn shutdown(stream: &TcpStream) {
     // SAFETY: shutdown on a descriptor we own.
     unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
 }
+
+/// A descriptor of the stream's socket of its own, to shut the socket down later from
+/// outside the tasks that read and write it ([`shutdown_fd`]).
+pub fn shutdown_handle(stream: &TcpStream) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: dup returns a new descriptor we own, or -1 which we check.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Shuts down, in both directions, the socket `fd` is a descriptor of.
+pub fn shutdown_fd(fd: &std::os::fd::OwnedFd) {
+    // SAFETY: shutdown on a descriptor we own.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+}

@@ -207,7 +207,7 @@ pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResul
     let payload = frame.into_payload();
     let payload = as_chunks(payload);
     let down = || ApiError::new(ErrorCode::Unavailable, format!("owner node {node} is down"));
-    let conn = crate::shard::cluster::node_connection(shard, node).await.map_err(|_| down())?;
+    let conn = crate::shard::data_link::node_connection(shard, node).await.map_err(|_| down())?;
     match rt::timeout(FORWARD_TIMEOUT, conn.send_kind(kind, archive, payload)).await {
         Some(Ok(answer)) => {
             let mut a = crate::protocol::BodyBuf::new();
@@ -220,7 +220,12 @@ pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResul
         }
         Some(Err(e)) if e.is_connection_error() => Err(down()),
         Some(Err(e)) => Err(ApiError::new(ErrorCode::Unavailable, format!("forwarding to node {node}: {e}"))),
-        None => Err(ApiError::new(ErrorCode::Timeout, format!("node {node} did not answer in time"))),
+        None => {
+            // Longer than any request's own timeout: the node is gone, though the connection
+            // may look open (a machine lost without a reset). The next request reconnects.
+            conn.abort(&format!("node {node} did not answer a forwarded request in {FORWARD_TIMEOUT:?}"));
+            Err(ApiError::new(ErrorCode::Timeout, format!("node {node} did not answer in time")))
+        }
     }
 }
 

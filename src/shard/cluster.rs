@@ -3,28 +3,23 @@
 //! the data links that stream batches from leaders here to followers elsewhere.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::data_link::DataLink;
 use crate::broker::partition::{Outbound, ReplicaSetup};
 use crate::broker::{Partition, TopicConfig};
 use crate::client::Connection;
 use crate::cluster::meta::MetaState;
 use crate::cluster::rpc::ControlEnvelope;
 use crate::cluster::ControlHandle;
-use crate::protocol::peer::{encode_peer, AppendReply, PeerHello, PeerKind, WirePeer};
-use crate::protocol::{decode, encode};
 use crate::replication::replica::ReplicaConfig;
-use crate::replication::{ControlMessage, Epoch, NodeId, PeerMessage};
-use crate::rt::{self, Notify};
+use crate::replication::NodeId;
+use crate::rt;
 use crate::shard::{owner_of_partition, Shard};
 
-/// Bytes of batches in one append frame to a follower, at most (one batch may exceed it).
-const APPEND_FRAME_BYTES: usize = 1 << 20;
-/// Append frames in flight on one link before the link waits for answers.
-const LINK_WINDOW: u64 = 64;
 /// How often replicas tick (heartbeats, resends).
 const REPLICA_TICK: Duration = Duration::from_millis(10);
 
@@ -34,9 +29,9 @@ pub struct ShardCluster {
     pub control: ControlHandle,
     /// The metadata as this shard last applied it.
     pub meta: RefCell<Arc<MetaState>>,
-    links: RefCell<HashMap<NodeId, Rc<DataLink>>>,
+    pub(super) links: RefCell<HashMap<NodeId, Rc<DataLink>>>,
     /// Connections for forwarded client requests (multi-master, forwarding modes).
-    forward_conns: RefCell<HashMap<NodeId, Rc<Connection>>>,
+    pub(super) forward_conns: RefCell<HashMap<NodeId, Rc<Connection>>>,
     /// A controlled shutdown began: the stopping mark must stay in the metadata.
     stopping: Cell<bool>,
     /// A write clearing an earlier run's stopping mark is under way (a shutdown waits for
@@ -71,7 +66,7 @@ pub fn start(shard: &Rc<Shard>, inbox: tokio::sync::mpsc::Receiver<ControlEnvelo
     rt::spawn(tick_replicas(Rc::downgrade(shard)));
 }
 
-fn cluster(shard: &Shard) -> &ShardCluster {
+pub(super) fn cluster(shard: &Shard) -> &ShardCluster {
     shard.cluster.as_ref().expect("cluster tasks run on cluster shards only")
 }
 
@@ -270,7 +265,7 @@ async fn open_replica(shard: &Rc<Shard>, topic: &str, partition: u32, topic_id: 
         );
         crate::storage::Disk::remove_dir_all(&shard.disk, &dir).await.map_err(|e| e.to_string())?;
     }
-    let outbound: Rc<dyn Outbound> = Rc::new(ShardOutbound { shard: Rc::downgrade(shard) });
+    let outbound: Rc<dyn Outbound> = Rc::new(super::data_link::ShardOutbound { shard: Rc::downgrade(shard) });
     let config = ReplicaConfig {
         window_records: 1 << 16,
         max_records_per_message: 1 << 16,
@@ -328,197 +323,7 @@ async fn tick_replicas(shard: Weak<Shard>) {
     }
 }
 
-struct ShardOutbound {
-    shard: Weak<Shard>,
-}
-
-impl Outbound for ShardOutbound {
-    fn send(&self, topic: &Rc<str>, topic_id: u64, partition: u32, to: NodeId, msg: PeerMessage) {
-        let Some(shard) = self.shard.upgrade() else { return };
-        let link = link_to(&shard, to);
-        let key = ReplicaKey { topic: topic.clone(), topic_id, partition };
-        let item = match msg {
-            PeerMessage::Append { epoch, prev_offset, end_offset, .. } if end_offset > prev_offset => {
-                Outgoing::Range { key, epoch, from: prev_offset, to: end_offset }
-            }
-            msg => Outgoing::Message { key, msg },
-        };
-        link.queue.borrow_mut().push_back(item);
-        link.wake.notify();
-    }
-
-    fn control(&self, topic: &Rc<str>, topic_id: u64, partition: u32, msg: ControlMessage) {
-        let Some(shard) = self.shard.upgrade() else { return };
-        cluster(&shard).control.to_controller(ControlEnvelope { topic: topic.to_string(), topic_id, partition, msg });
-    }
-}
-
-/// A replica: its partition and the incarnation of its topic.
-#[derive(Clone)]
-struct ReplicaKey {
-    topic: Rc<str>,
-    topic_id: u64,
-    partition: u32,
-}
-
-impl ReplicaKey {
-    /// This shard's replica of it, if it is still that incarnation.
-    fn replica(&self, shard: &Shard) -> Option<Rc<Partition>> {
-        shard.partition(&self.topic, self.partition).filter(|p| same_incarnation(p.topic_id(), self.topic_id))
-    }
-}
-
 /// Whether two topic ids name the same incarnation (0: not known, written before ids).
 pub fn same_incarnation(a: u64, b: u64) -> bool {
     a == b || a == 0 || b == 0
-}
-
-enum Outgoing {
-    /// Batches `[from, to)` of a partition this shard leads in `epoch`.
-    Range {
-        key: ReplicaKey,
-        epoch: Epoch,
-        from: u64,
-        to: u64,
-    },
-    Message {
-        key: ReplicaKey,
-        msg: PeerMessage,
-    },
-}
-
-/// The link from this shard to one follower node.
-struct DataLink {
-    queue: RefCell<VecDeque<Outgoing>>,
-    wake: Notify,
-}
-
-fn link_to(shard: &Rc<Shard>, node: NodeId) -> Rc<DataLink> {
-    let c = cluster(shard);
-    if let Some(l) = c.links.borrow().get(&node) {
-        return l.clone();
-    }
-    let link = Rc::new(DataLink { queue: RefCell::new(VecDeque::new()), wake: Notify::new() });
-    c.links.borrow_mut().insert(node, link.clone());
-    rt::spawn(run_link(Rc::downgrade(shard), node, link.clone()));
-    link
-}
-
-/// Connects (again) to the node and sends what is queued; answers go to the partitions.
-/// What was queued while the node was unreachable is dropped: replicas resend.
-async fn run_link(shard: Weak<Shard>, node: NodeId, link: Rc<DataLink>) {
-    let window = Rc::new(crate::rt::Semaphore::new(LINK_WINDOW));
-    loop {
-        let Some(s) = shard.upgrade() else { return };
-        if s.shutting_down.get() {
-            return;
-        }
-        let conn = match connect(&s, node).await {
-            Ok(c) => c,
-            Err(e) => {
-                log::debug!("data link to node {node}: {e}");
-                link.queue.borrow_mut().clear();
-                drop(s);
-                rt::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        drop(s);
-        while !conn.is_broken() {
-            let item = link.queue.borrow_mut().pop_front();
-            let Some(item) = item else {
-                rt::timeout(Duration::from_millis(100), link.wake.notified()).await;
-                continue;
-            };
-            let Some(s) = shard.upgrade() else { return };
-            send_item(&s, &conn, &window, item).await;
-        }
-        log::debug!("data link to node {node} broke; reconnecting");
-    }
-}
-
-/// A shard's connection to another node for forwarded client requests (kept and reused;
-/// it starts with the node hello, so the receiver never forwards them again).
-pub async fn node_connection(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
-    let c = cluster(shard);
-    if let Some(conn) = c.forward_conns.borrow().get(&node).filter(|c| !c.is_broken()) {
-        return Ok(conn.clone());
-    }
-    let conn = connect(shard, node).await?;
-    c.forward_conns.borrow_mut().insert(node, conn.clone());
-    Ok(conn)
-}
-
-async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
-    let c = cluster(shard);
-    let addr = c.control.settings.node(node).ok_or("unknown node")?.client;
-    let source = crate::net::link_source(shard.config.listen);
-    let conn = Connection::connect_from(source, addr, Duration::from_millis(500), shard.config.max_frame_bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    let hello = PeerHello { cluster_id: c.control.settings.cluster_id.clone(), node_id: c.node_id };
-    rt::timeout(Duration::from_secs(2), conn.send_kind(PeerKind::Hello as u16, encode(&hello), Vec::new()))
-        .await
-        .ok_or("hello timed out")?
-        .map_err(|e| format!("hello refused: {e}"))?;
-    Ok(conn)
-}
-
-async fn send_item(shard: &Rc<Shard>, conn: &Rc<Connection>, window: &Rc<crate::rt::Semaphore>, item: Outgoing) {
-    match item {
-        Outgoing::Message { key, msg } => send_frame(shard, conn, window, &key, &msg, Vec::new()).await,
-        Outgoing::Range { key, epoch, mut from, to } => {
-            while from < to {
-                let Some(p) = key.replica(shard) else { return };
-                let Some((msg, batches)) = p.read_for_follower(epoch, from, to, APPEND_FRAME_BYTES).await else {
-                    return;
-                };
-                let PeerMessage::Append { end_offset, .. } = &msg else { return };
-                from = *end_offset;
-                send_frame(shard, conn, window, &key, &msg, batches).await;
-            }
-        }
-    }
-}
-
-async fn send_frame(
-    shard: &Rc<Shard>,
-    conn: &Rc<Connection>,
-    window: &Rc<crate::rt::Semaphore>,
-    key: &ReplicaKey,
-    msg: &PeerMessage,
-    batches: Vec<bytes::Bytes>,
-) {
-    let WirePeer::Append(req) = encode_peer(&key.topic, key.topic_id, key.partition, msg) else { return };
-    let Ok(permit) = window.clone().acquire_static_permit(1).await else { return };
-    let reply = conn.send_kind(PeerKind::Append as u16, encode(&req), batches);
-    let (shard, key) = (Rc::downgrade(shard), key.clone());
-    let (topic, partition) = (key.topic.clone(), key.partition);
-    rt::spawn(async move {
-        let answer = reply.await;
-        drop(permit);
-        let frame = match answer {
-            Ok(f) => f,
-            Err(e) => {
-                log::debug!("append to a follower of {topic}/{partition}: {e}");
-                return;
-            }
-        };
-        let msg = match decode::<AppendReply>(frame.archive()).map_err(|e| e.to_string()).and_then(|r| {
-            if !same_incarnation(r.topic_id, key.topic_id) {
-                return Err(format!("from incarnation {} of the topic, not {}", r.topic_id, key.topic_id));
-            }
-            crate::protocol::peer::decode_reply(&r).map_err(|e| e.to_string())
-        }) {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("bad append reply for {topic}/{partition}: {e}");
-                return;
-            }
-        };
-        let Some(shard) = shard.upgrade() else { return };
-        if let Some(p) = key.replica(&shard) {
-            p.on_follower_reply(msg).await;
-        }
-    });
 }

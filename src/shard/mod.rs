@@ -7,6 +7,7 @@
 //! back as an encoded frame: nothing is decoded twice or re-encoded.
 
 pub mod cluster;
+pub mod data_link;
 pub mod identity;
 pub mod mesh;
 pub mod runtime;

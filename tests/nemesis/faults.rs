@@ -40,10 +40,15 @@ pub enum FaultKind {
     DiskSlow,
     /// One node killed, bytes flipped in its segment files, restarted.
     BitFlip,
+    /// One node vanishes without a reset, as a machine that loses power does: paused (its
+    /// kernel still acknowledges what it is sent, nothing is answered), its packets to the
+    /// others dropped, killed (its resets are dropped too), then restarted. The others'
+    /// connections to it stay open, everything they sent acknowledged, waiting for answers.
+    Vanish,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Kill,
         FaultKind::KillAll,
         FaultKind::Pause,
@@ -56,6 +61,7 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::DiskSlow,
         FaultKind::BitFlip,
+        FaultKind::Vanish,
     ];
 
     /// The kinds `QUORRA_NEMESIS_FAULTS` names (comma-separated, as in the report), or all.
@@ -71,7 +77,14 @@ impl FaultKind {
     }
 
     fn needs_firewall(self) -> bool {
-        matches!(self, FaultKind::Isolate | FaultKind::CutFromMetadataLeader | FaultKind::Bridge | FaultKind::OneWay)
+        matches!(
+            self,
+            FaultKind::Isolate
+                | FaultKind::CutFromMetadataLeader
+                | FaultKind::Bridge
+                | FaultKind::OneWay
+                | FaultKind::Vanish
+        )
     }
 
     /// How often the schedule picks it, relative to the others: the cheap single-node
@@ -128,8 +141,15 @@ impl<'a> Nemesis<'a> {
             FaultKind::chosen().into_iter().filter(|k| self.firewall.is_some() || !k.needs_firewall()).collect();
         let kind = *kinds.choose_weighted(&mut self.rng, |k| k.weight()).expect("kinds");
         let hold = self.min_hold + Duration::from_millis(self.rng.gen_range(0..6_000));
+        let x = self.pick();
+        self.apply_and_recover(kind, x, hold)
+    }
+
+    /// Applies one fault to node `x` (the node it is about: the one killed, cut off,
+    /// bridging...), holds it, heals it and waits until the cluster has recovered.
+    pub fn apply_and_recover(&mut self, kind: FaultKind, x: u32, hold: Duration) -> &FaultRecord {
         let start_ms = self.now_ms();
-        let detail = self.apply(kind, hold);
+        let detail = self.apply(kind, x, hold);
         let healed_ms = self.now_ms();
         self.wait_recovered(&format!("{kind:?} ({detail})"));
         let record = FaultRecord { kind, detail, start_ms, healed_ms, recovered_ms: self.now_ms() };
@@ -158,8 +178,7 @@ impl<'a> Nemesis<'a> {
     }
 
     /// Starts the fault, waits `hold`, ends it; what it did, for the report.
-    fn apply(&mut self, kind: FaultKind, hold: Duration) -> String {
-        let x = self.pick();
+    fn apply(&mut self, kind: FaultKind, x: u32, hold: Duration) -> String {
         match kind {
             FaultKind::Kill => {
                 self.cluster.node(x).kill();
@@ -246,6 +265,21 @@ impl<'a> Nemesis<'a> {
                 std::thread::sleep(Duration::from_millis(500));
                 self.cluster.node(x).restart();
                 format!("node {x}: {flipped}")
+            }
+            FaultKind::Vanish => {
+                self.cluster.node(x).signal(libc::SIGSTOP);
+                // Long enough for the others to send it a window of appends and heartbeats.
+                std::thread::sleep(hold.min(Duration::from_secs(2)));
+                let xip = self.ip(x);
+                for y in self.others(x) {
+                    let yip = self.ip(y);
+                    self.firewall().cut(xip, yip);
+                }
+                self.cluster.node(x).kill();
+                std::thread::sleep(Duration::from_millis(500));
+                self.firewall().heal();
+                self.cluster.node(x).restart();
+                format!("node {x}")
             }
         }
     }
