@@ -1,6 +1,6 @@
 //! A shard's part in a cluster: following the replicated metadata (opening the partitions
-//! this node replicates), handing controller messages to replicas, ticking replicas, and
-//! the data links that stream batches from leaders here to followers elsewhere.
+//! this node replicates), handing controller messages to replicas, ticking replicas. The
+//! data links to other nodes are in [`super::data_link`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
