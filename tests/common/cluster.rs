@@ -213,12 +213,13 @@ impl Node {
         (status, stderr)
     }
 
-    /// kill -9.
+    /// kill -9 (also of a stopped process: it is then no longer paused).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.paused.set(false);
     }
 
     /// SIGTERM, then waits up to `timeout` for the exit: its status and how long it took

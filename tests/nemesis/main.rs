@@ -9,8 +9,7 @@
 //!
 //! Environment: `QUORRA_NEMESIS_SEED` (default: from the clock; printed), `QUORRA_NEMESIS_SECS`
 //! (per mode, default 60), `QUORRA_NEMESIS_REPORT` (a file the Markdown report is appended
-//! to), `QUORRA_NEMESIS_FAULTS` (only these kinds, e.g. `Isolate,Kill`; `all` adds `Vanish`,
-//! left out by default, see `FaultKind::chosen`),
+//! to), `QUORRA_NEMESIS_FAULTS` (only these kinds, e.g. `Isolate,Kill`),
 //! `QUORRA_NEMESIS_REQUIRE_FIREWALL=1` (fail instead of leaving out the network faults
 //! when nftables cannot be used: `.ci/run` sets it). `perf/nemesis.sh` runs long schedules.
 
