@@ -718,7 +718,10 @@ async fn visit_batch_headers<D: Disk>(
     let end = log.borrow().next_offset();
     while offset < end {
         let plan = log.borrow().plan_read(offset, 1 << 20, end)?;
-        let chunks = plan.run().await?;
+        let chunks = match plan {
+            ReadPlan::Ready(c) => c,
+            ReadPlan::Disk(read) => vec![read.run().await?],
+        };
         let before = offset;
         for chunk in &chunks {
             for item in BatchIter::new(chunk) {

@@ -193,7 +193,10 @@ impl<D: Disk> Partition<D> {
     /// The epoch stamped in the batch that starts at `offset` (None: no batch starts there).
     async fn batch_epoch_at(&self, offset: u64) -> Result<Option<Epoch>, StorageError> {
         let plan = self.log.borrow().plan_read(offset, 1, offset + 1)?;
-        let chunks = plan.run().await?;
+        let chunks = match plan {
+            crate::storage::log::ReadPlan::Ready(c) => c,
+            crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await?],
+        };
         let first = chunks.first().map(|c| crate::protocol::batch::peek_header(c)).transpose()?;
         Ok(first.filter(|h| h.base_offset == offset).map(|h| h.leader_epoch))
     }
@@ -249,7 +252,10 @@ impl<D: Disk> Partition<D> {
             let log = self.log.borrow();
             log.plan_read(from, max_bytes, log.next_offset()).ok()?
         };
-        let chunks = plan.run().await.ok()?;
+        let chunks = match plan {
+            crate::storage::log::ReadPlan::Ready(c) => c,
+            crate::storage::log::ReadPlan::Disk(read) => vec![read.run().await.ok()?],
+        };
         let mut out = Vec::new();
         let mut start = None;
         let mut end = from;

@@ -236,16 +236,6 @@ pub struct DiskRead<F> {
     upto: u64,
 }
 
-impl<F: DiskFile> ReadPlan<F> {
-    /// The batches planned: at once from memory, or read (and checked) from the disk.
-    pub async fn run(self) -> Result<Vec<Bytes>, StorageError> {
-        match self {
-            ReadPlan::Ready(chunks) => Ok(chunks),
-            ReadPlan::Disk(read) => Ok(vec![read.run().await?]),
-        }
-    }
-}
-
 impl<F: DiskFile> DiskRead<F> {
     /// Reads, checks every batch's CRC, and returns whole batches (possibly none).
     pub async fn run(self) -> Result<Bytes, StorageError> {

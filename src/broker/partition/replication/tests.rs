@@ -19,20 +19,6 @@ impl Outbound for Nowhere {
     fn control(&self, _: &Rc<str>, _: u64, _: u32, _: ControlMessage) {}
 }
 
-/// A replicated partition on `disk`, leading epoch 1 among `replicas` (its epoch-start
-/// batch at offset 0).
-async fn leader_on<D: crate::storage::Disk>(
-    disk: D,
-    dir: std::path::PathBuf,
-    config: LogConfig,
-    replicas: Vec<NodeId>,
-) -> Rc<Partition<D>> {
-    let p = Partition::open(disk, "t".into(), 0, dir, config, FlushPolicy::Always).await.unwrap();
-    p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
-    p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas }).await;
-    p
-}
-
 fn batch_of(records: usize) -> Vec<u8> {
     let mut b = BatchBuilder::with_capacity(64);
     for _ in 0..records {
@@ -50,7 +36,10 @@ fn batch_of(records: usize) -> Vec<u8> {
 fn a_range_that_starts_or_ends_inside_a_batch_is_sent_as_the_batches_covering_it() {
     crate::rt::block_on(async {
         let disk = crate::storage::mem_disk::MemDisk::new();
-        let p = leader_on(disk, std::path::PathBuf::from("/t/0"), LogConfig::default(), vec![1]).await;
+        let dir = std::path::PathBuf::from("/t/0");
+        let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
+        p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
         // The epoch-start batch at 0, then batches 1..4 and 4..7.
         assert_eq!(p.append(batch_of(3), Bytes::from).unwrap().first_offset, 1);
         let last = p.append(batch_of(3), Bytes::from).unwrap().last_offset;
@@ -79,7 +68,10 @@ fn a_range_that_starts_or_ends_inside_a_batch_is_sent_as_the_batches_covering_it
 fn a_produce_waiting_on_a_deposed_leader_is_not_answered_with_the_new_leaders_offsets() {
     crate::rt::block_on(async {
         let disk = crate::storage::mem_disk::MemDisk::new();
-        let p = leader_on(disk, std::path::PathBuf::from("/t/0"), LogConfig::default(), vec![1, 2]).await;
+        let dir = std::path::PathBuf::from("/t/0");
+        let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
+        p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1, 2] }).await;
         let appended = p.append(batch_of(1), Bytes::from).unwrap();
         assert_eq!(appended.first_offset, 1, "after the epoch-start batch");
         let waiting = {
@@ -132,7 +124,9 @@ fn a_persisted_history_ahead_of_the_log_is_corrected_from_the_batches() {
         let dir = std::path::PathBuf::from("/t/0");
         let open =
             || Partition::open(disk.clone(), "t".into(), 0, dir.clone(), LogConfig::default(), FlushPolicy::Always);
-        let p = leader_on(disk.clone(), dir.clone(), LogConfig::default(), vec![1]).await;
+        let p = open().await.unwrap();
+        p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
         let last = p.append(batch_of(2), Bytes::from).unwrap().last_offset;
         p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
         p.close().await;
@@ -194,13 +188,18 @@ fn a_produce_during_the_epoch_start_neither_takes_its_offset_nor_is_lost() {
 mod follower_reads_from_disk {
     //! A follower far behind is sent batches that are no longer in the log's memory cache:
     //! the link reads them from the segment files. The other tests read from the cache.
+    use std::rc::Rc;
     use std::time::Duration;
 
     use bytes::Bytes;
 
+    use super::Nowhere;
     use crate::broker::partition::AckLevel;
+    use crate::broker::Partition;
+    use crate::config::FlushPolicy;
     use crate::protocol::batch::BatchBuilder;
-    use crate::replication::PeerMessage;
+    use crate::replication::replica::ReplicaConfig;
+    use crate::replication::{ControlMessage, PeerMessage};
     use crate::storage::glommio_disk::{prime_device_probe, GlommioDisk};
     use crate::storage::{Disk, LogConfig};
 
@@ -218,7 +217,9 @@ mod follower_reads_from_disk {
     /// batch) gives the batch holding it, and walking from any of them reaches the log end.
     async fn every_offset_is_sent_from_disk<D: Disk>(disk: D, dir: std::path::PathBuf) {
         let config = LogConfig { segment_bytes: 64 << 10, cache_bytes: 1, ..LogConfig::default() };
-        let p = super::leader_on(disk, dir, config, vec![1]).await;
+        let p = Partition::open(disk, "t".into(), 0, dir, config, FlushPolicy::Always).await.unwrap();
+        p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
         let mut last = 0;
         for n in 0..400 {
             last = p.append(batch(n), Bytes::from).unwrap().last_offset;
