@@ -133,6 +133,13 @@ impl Replica {
         }
     }
 
+    /// The same replica, durable only below `offset` (a replica restarted from a log with
+    /// appends still waiting for the disk).
+    pub fn durable_below(mut self, offset: u64) -> Replica {
+        self.durable_end = offset.min(self.log_end);
+        self
+    }
+
     /// Retention removed the log below `offset` (or the log starts there).
     pub fn set_log_start(&mut self, offset: u64) {
         self.log_start = offset.min(self.log_end);
@@ -270,7 +277,10 @@ impl Replica {
         match &self.role {
             Role::Leader { .. } => self.advance_high_watermark(out),
             // (What became durable is acknowledged by the appends' `AckWhenDurable`.)
-            Role::Follower { .. } => self.regain_vote(out),
+            Role::Follower { .. } => {
+                self.regain_vote(out);
+                self.follow_high_watermark(out);
+            }
         }
     }
 
@@ -341,7 +351,10 @@ impl Replica {
             .map(|r| if *r == self.id { self.durable_end } else { followers.get(r).map_or(0, |p| p.matched) })
             .collect();
         ends.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum = ends.get(self.replicas.len() / 2).copied().unwrap_or(0);
+        // Never beyond its own durable copy, though followers may hold more (the link sends
+        // batches before the leader's flush ends): a failed flush drops what the leader had
+        // not made durable, and its high watermark would then lie above its log end.
+        let quorum = ends.get(self.replicas.len() / 2).copied().unwrap_or(0).min(self.durable_end);
         // Only a batch of the current epoch is committed by counting copies; earlier ones
         // are committed with it (log matching), never alone.
         if quorum > self.high_watermark && self.history.epoch_at(quorum - 1) == Some(self.epoch) {
@@ -498,15 +511,22 @@ impl Replica {
         self.verified_end = self.verified_end.max(end);
         self.leader_hw_seen = leader_hw;
         self.regain_vote(out);
-        let hw = leader_hw.min(self.verified_end);
-        if hw > self.high_watermark {
-            self.high_watermark = hw;
-            out.push(Action::Commit(hw));
-        }
+        self.follow_high_watermark(out);
         if end > self.durable_end {
             out.push(Action::AckWhenDurable { leader, through: end });
         } else {
             out.push(Action::Send(leader, self.ack()));
+        }
+    }
+
+    /// Follower: the leader's high watermark, as far as this replica durably holds the
+    /// leader's log. Not beyond what is durable here: a write that fails drops what it had
+    /// not made durable, and a high watermark above the log end would have served it.
+    fn follow_high_watermark(&mut self, out: &mut Vec<Action>) {
+        let hw = self.leader_hw_seen.min(self.durable_match());
+        if hw > self.high_watermark {
+            self.high_watermark = hw;
+            out.push(Action::Commit(hw));
         }
     }
 

@@ -427,10 +427,20 @@ fn start_node(w: &WorldRef, n: NodeId) {
     rt.spawn_as(n, async move {
         let outbound = Rc::new(SimOutbound { world: Rc::downgrade(&w), node: n });
         let setup = ReplicaSetup { node: n, topic_id: TOPIC_ID, lost_data, config: replica_config, outbound };
-        let opened =
-            Partition::open_replica(disk, TOPIC.into(), 0, partition_dir(), log_config, FlushPolicy::Always, setup)
-                .await;
-        let p = opened.unwrap_or_else(|e| panic!("n{n} cannot open its replica: {e}"));
+        // As the shards do (`shard/cluster.rs`): a replica that cannot open (a full or
+        // failing disk) is tried again until it opens.
+        let p = loop {
+            let (disk, config, setup) = (disk.clone(), log_config.clone(), setup.clone());
+            match Partition::open_replica(disk, TOPIC.into(), 0, partition_dir(), config, FlushPolicy::Always, setup)
+                .await
+            {
+                Ok(p) => break p,
+                Err(e) => {
+                    w.borrow().trace(|| format!("n{n} cannot open its replica: {e}; trying again"));
+                    crate::rt::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
         {
             let mut world = w.borrow_mut();
             let end = p.log_end_offset();
@@ -519,7 +529,53 @@ fn crash_node(w: &WorldRef, n: NodeId) {
     rt.kill(n);
 }
 
-/// The fault schedule: crashes with restarts, partitions with heals, for `active_ms`.
+/// Node `n`'s disk fails for 20-300 ms: every write fails with EIO, or every sync does, or
+/// the disk is full (writes and preallocation fail with ENOSPC); then it works again. The
+/// partition must drop what it had not made durable, tell its producers, reopen its log and
+/// never acknowledge, count or serve what the failed disk did not keep.
+fn fail_disk_for_a_while(w: &WorldRef, n: NodeId) {
+    let (rt, heal_after) = {
+        let mut world = w.borrow_mut();
+        if !world.nodes[n as usize].up {
+            return;
+        }
+        world.stats.disk_failures += 1;
+        let kind = world.rng.gen_range(0..3);
+        let heal_after = world.rng.gen_range(20..300);
+        let node = &world.nodes[n as usize];
+        let mut faults = MemFaults { latency: Some(latency_of(node)), ..Default::default() };
+        let what = match kind {
+            0 => {
+                faults.write_errno = Some(libc::EIO);
+                "writes fail (EIO)"
+            }
+            1 => {
+                faults.sync_errno = Some(libc::EIO);
+                "syncs fail (EIO)"
+            }
+            _ => {
+                faults.write_errno = Some(libc::ENOSPC);
+                faults.preallocate_errno = Some(libc::ENOSPC);
+                "full (ENOSPC)"
+            }
+        };
+        node.disk.set_faults(faults);
+        world.trace(|| format!("n{n}'s disk: {what} for {heal_after} ms"));
+        (world.rt.clone(), heal_after)
+    };
+    let w = w.clone();
+    rt.spawn_as(WORLD, async move {
+        crate::rt::sleep(Duration::from_millis(heal_after)).await;
+        let world = w.borrow();
+        // (A crash meanwhile gave the node a new disk, which start_node set up without faults.)
+        let node = &world.nodes[n as usize];
+        node.disk.set_faults(MemFaults { latency: Some(latency_of(node)), ..Default::default() });
+        world.trace(|| format!("n{n}'s disk works again"));
+    });
+}
+
+/// The fault schedule: crashes with restarts, partitions with heals, failing disks, for
+/// `active_ms`.
 async fn nemesis(w: WorldRef, active_ms: u64) {
     let mut t = 50;
     let node_count = w.borrow().nodes.len() as NodeId;
@@ -565,17 +621,21 @@ async fn nemesis(w: WorldRef, active_ms: u64) {
                     world.cut_off = 0;
                 });
             }
+            2 if w.borrow_mut().rng.gen_bool(0.5) => fail_disk_for_a_while(&w, n),
             _ => {}
         }
         t += pause;
     }
 }
 
-/// The end of the faults: the network heals, every node is up, nothing is dropped, the
-/// metadata log accepts every record.
+/// The end of the faults: the network heals, every disk works, every node is up, nothing
+/// is dropped, the metadata log accepts every record.
 fn quiet_down(w: &WorldRef) {
     let down: Vec<NodeId> = {
         let mut world = w.borrow_mut();
+        for node in &world.nodes {
+            node.disk.set_faults(MemFaults { latency: Some(latency_of(node)), ..Default::default() });
+        }
         world.active = false;
         world.cut_off = 0;
         world.drop_rate = 0.0;

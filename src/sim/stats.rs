@@ -36,6 +36,7 @@ sim_stats! {
     restarts: "restarts (recovery from the simulated disk)",
     isolations: "fault: network partition (one node, or two of five, cut off)",
     heals: "heals",
+    disk_failures: "fault: a disk fails for a while (EIO on writes or on syncs, or full: ENOSPC)",
     truncations: "log ends moved back (divergent tails cut, failed writes dropped)",
     metadata_write_failures: "fault: metadata write refused (the controller restarts from the metadata)",
     metadata_checks: "check: a replica acts only on a recorded epoch and appointment",

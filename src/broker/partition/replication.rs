@@ -93,6 +93,7 @@ enum Answer {
 
 /// What a replica needs besides its log: who it is, which incarnation of the topic, whether
 /// it lost data, its tuning and where its messages go.
+#[derive(Clone)]
 pub struct ReplicaSetup {
     pub node: NodeId,
     pub topic_id: u64,
@@ -149,27 +150,8 @@ impl<D: Disk> Partition<D> {
                 state.topic_id
             )));
         }
-        let (log_start, log_end) = (self.log.borrow().log_start_offset(), self.log.borrow().next_offset());
-        let mut history = EpochHistory::default();
-        for &(e, start) in &state.history {
-            // An entry written ahead of the log is dropped, with every later one: one for a
-            // batch that never became durable (beyond the log end), or one adopted from a new
-            // leader whose truncation of the old tail did not reach the files (the batch there
-            // is of another epoch). Epochs only grow along a log, so what follows is the old
-            // tail too.
-            if start >= log_end {
-                break;
-            }
-            // (An epoch that started before the log start, which retention removed, cannot be
-            // checked and needs not be.)
-            if start >= log_start && self.batch_epoch_at(start).await? != Some(e) {
-                break;
-            }
-            history.observe(e, start);
-        }
-        if history.entries().is_empty() && log_end > self.log.borrow().log_start_offset() {
-            history = self.scan_epoch_history().await?;
-        }
+        let history = self.history_borne_out(&state.history).await?;
+        let log_end = self.log.borrow().next_offset();
         let mut replica = Replica::recover(node, config, state.epoch, history.clone(), log_end);
         replica.set_log_start(self.log.borrow().log_start_offset());
         let voter = state.voter && !lost_data;
@@ -190,6 +172,44 @@ impl<D: Disk> Partition<D> {
         Ok(())
     }
 
+    /// The epoch history of the log as its files hold it. Below the recovery point (what
+    /// was durable at the last checkpoint) the persisted entries are trusted as far as the
+    /// log bears them out (each is checked against the epoch stamped in the batch at its
+    /// start): nothing there was cut or dropped since. Above it the files may hold batches
+    /// the persisted history no longer lists (a write that failed after it reached the file,
+    /// a truncation cut short by a crash after `replica.json` was rewritten), so that part
+    /// is read from the batch headers themselves. A log without any persisted entry (no
+    /// `replica.json`) is read whole.
+    async fn history_borne_out(&self, entries: &[(Epoch, u64)]) -> Result<EpochHistory, StorageError> {
+        let (log_start, log_end) = (self.log.borrow().log_start_offset(), self.log.borrow().next_offset());
+        let trusted_end = self.log.borrow().recovery_point().clamp(log_start, log_end);
+        let mut history = EpochHistory::default();
+        let mut scan_from = trusted_end;
+        for &(e, start) in entries {
+            if start >= trusted_end {
+                break;
+            }
+            // (An epoch that started before the log start, which retention removed, cannot be
+            // checked and needs not be.)
+            if start >= log_start && self.batch_epoch_at(start).await? != Some(e) {
+                // (Not expected below the recovery point; the headers tell from here.)
+                scan_from = start;
+                break;
+            }
+            history.observe(e, start);
+        }
+        if history.entries().is_empty() {
+            scan_from = log_start;
+        }
+        super::visit_batch_headers(&self.log, scan_from, |header| {
+            if history.last_epoch().is_none_or(|l| l < header.leader_epoch) {
+                history.observe(header.leader_epoch, header.base_offset);
+            }
+        })
+        .await?;
+        Ok(history)
+    }
+
     /// The epoch stamped in the batch that starts at `offset` (None: no batch starts there).
     async fn batch_epoch_at(&self, offset: u64) -> Result<Option<Epoch>, StorageError> {
         let plan = self.log.borrow().plan_read(offset, 1, offset + 1)?;
@@ -204,20 +224,6 @@ impl<D: Disk> Partition<D> {
     /// The incarnation of the topic this replica belongs to (0 without replication).
     pub fn topic_id(&self) -> u64 {
         self.replication.borrow().as_ref().map_or(0, |r| r.topic_id)
-    }
-
-    /// Rebuilds the epoch history by reading every batch header (a log without its
-    /// `replica.json`, e.g. written before replication was enabled).
-    async fn scan_epoch_history(&self) -> Result<EpochHistory, StorageError> {
-        let mut history = EpochHistory::default();
-        let start = self.log.borrow().log_start_offset();
-        super::visit_batch_headers(&self.log, start, |header| {
-            if history.last_epoch().is_none_or(|l| l < header.leader_epoch) {
-                history.observe(header.leader_epoch, header.base_offset);
-            }
-        })
-        .await?;
-        Ok(history)
     }
 
     pub fn is_replicated(&self) -> bool {
@@ -306,6 +312,10 @@ impl<D: Disk> Partition<D> {
                 }
                 // A producer's batch: already in the log (the append made it).
                 Action::AppendLocal(meta) if !meta.control => {}
+                // A vote regained when a flush completed: `replica.json` records it with the
+                // next replicated append (`persist_replica_state` compares the vote too).
+                // Until then a restart finds it without a vote, which is the safe side.
+                Action::PersistEpoch(_) => {}
                 other => log::error!("{}/{}: unexpected replication action {other:?}", self.topic, self.id),
             }
         }
@@ -332,6 +342,10 @@ impl<D: Disk> Partition<D> {
     /// A message from the controller.
     pub async fn on_control(&self, msg: ControlMessage) {
         let _permit = self.follower_lock.acquire_permit(1).await;
+        if self.log_failed() && matches!(msg, ControlMessage::Fence { .. }) {
+            // (Its durable end and last epoch would be guesses; the controller asks again.)
+            return;
+        }
         let mut actions = Vec::new();
         if let Some(r) = self.replication.borrow_mut().as_mut() {
             r.replica.on_control(msg, &mut actions);
@@ -343,11 +357,26 @@ impl<D: Disk> Partition<D> {
     /// the batches are durable here.
     pub async fn on_leader_append(&self, msg: PeerMessage, batches: &[Bytes]) -> Option<PeerMessage> {
         let permit = self.follower_lock.acquire_permit(1).await;
+        if self.log_failed() {
+            return None;
+        }
         let mut actions = Vec::new();
         if let Some(r) = self.replication.borrow_mut().as_mut() {
             r.replica.on_peer(msg, &mut actions);
         }
+        // From here until the cut is made, the replica believes in a log the files do not
+        // hold yet: no write may complete into it and report its durable end (`after_io`),
+        // however long the epoch write before the cut takes.
+        let cutting = actions.iter().any(|a| matches!(a, Action::Truncate(_) | Action::RestartLogAt(_)));
+        if cutting {
+            self.paused.set(true);
+        }
         let answer = self.run_actions(actions, batches).await;
+        if cutting {
+            // (The cut itself resumes the writer; this is for a step that failed before it.)
+            self.paused.set(false);
+            self.wake_writer.notify();
+        }
         // Later appends go ahead while this one waits for its flush (group commit).
         drop(permit);
         match answer {
@@ -378,18 +407,23 @@ impl<D: Disk> Partition<D> {
                 Action::Truncate(offset) => {
                     if let Err(e) = self.truncate(offset).await {
                         log::error!("{}/{}: truncation to {offset} failed: {e}", self.topic, self.id);
+                        self.fail_until_reopened(&e);
                         return Answer::None;
                     }
                 }
                 Action::RestartLogAt(offset) => {
                     if let Err(e) = self.restart_log_at(offset).await {
                         log::error!("{}/{}: restarting the log at {offset} failed: {e}", self.topic, self.id);
-                        self.reset_to_log_end();
+                        self.fail_until_reopened(&e);
                         return Answer::None;
                     }
                 }
                 Action::AppendReplicated { from, to } => {
-                    if self.persist_replica_state().await.is_err() {
+                    if let Err(e) = self.persist_replica_state().await {
+                        log::error!("{}/{}: cannot persist the epoch history: {e}", self.topic, self.id);
+                        // The replica counted the batches into its log: it believes in a log
+                        // the partition does not have.
+                        self.reset_to_log_end();
                         return Answer::None;
                     }
                     if let Err(e) = self.append_replicated(from, to, batches) {
@@ -457,6 +491,26 @@ impl<D: Disk> Partition<D> {
         Ok(())
     }
 
+    /// A truncation or restart of the log failed part of the way: the files may hold
+    /// anything between the old log and the new one, so the log stops taking writes until
+    /// the writer has reopened it from disk (a rescan), and the replica, which already
+    /// believes in the new log, restarts from the reopened one. Until then the replica
+    /// takes no append and answers no fence (`log_failed`).
+    fn fail_until_reopened(&self, e: &StorageError) {
+        if !matches!(self.health(), crate::storage::log::LogHealth::Failed { .. }) {
+            self.log.borrow_mut().fail(e);
+        }
+        self.reset_to_log_end();
+        self.wake_writer.notify();
+    }
+
+    /// While the log is failed (until the writer reopened it from disk), the replica's idea
+    /// of its log (end, epoch history) is not to be trusted: it takes no append and answers
+    /// no fence.
+    fn log_failed(&self) -> bool {
+        matches!(self.health(), crate::storage::log::LogHealth::Failed { .. })
+    }
+
     /// The replica believes in a log the partition's log no longer has (a failed write or
     /// replicated append dropped batches; a failed epoch write or epoch-start append): restart
     /// it from the log, as a follower that knows no leader, in the epoch last persisted. A
@@ -464,15 +518,42 @@ impl<D: Disk> Partition<D> {
     /// elects anew (possibly this replica again, in a new epoch, once its log works). A
     /// follower asks its leader again.
     pub(super) fn reset_to_log_end(&self) {
+        self.reset_replica(None);
+    }
+
+    /// After the log was reopened from disk: the replica restarts from it, with the
+    /// persisted epoch history as far as the reopened log bears it out (what a truncation
+    /// that failed half-way left in the files is whatever the rescan found).
+    pub(super) async fn reset_to_reopened_log(&self) {
+        let persisted = match &*self.replication.borrow() {
+            Some(r) => r.persisted.1.entries().to_vec(),
+            None => return,
+        };
+        match self.history_borne_out(&persisted).await {
+            Ok(history) => self.reset_replica(Some(history)),
+            Err(e) => {
+                log::error!("{}/{}: cannot read the reopened log's epochs: {e}", self.topic, self.id);
+                self.fail_until_reopened(&e);
+            }
+        }
+    }
+
+    /// Restarts the replica from the log (see `reset_to_log_end`), with `history` if given,
+    /// else the persisted one cut at the log end: never the replica's own, which may already
+    /// hold what a failed step was about to do (a new leader's epochs over a tail not cut).
+    fn reset_replica(&self, history: Option<EpochHistory>) {
         let log_end = self.log.borrow().next_offset();
+        // (Appends may still wait for the disk: the replica must not count them durable.)
+        let durable = self.local_end();
         if let Some(r) = self.replication.borrow_mut().as_mut() {
             if r.replica.is_leader() {
                 log::warn!("{}/{}: stepping down as leader: its log failed at offset {log_end}", self.topic, self.id);
             }
-            let mut history = r.replica.history().clone();
+            let mut history = history.unwrap_or_else(|| r.persisted.1.clone());
             history.truncate(log_end);
             let mut replica =
-                Replica::recover(r.replica.id(), r.replica.config().clone(), r.persisted.0, history, log_end);
+                Replica::recover(r.replica.id(), r.replica.config().clone(), r.persisted.0, history, log_end)
+                    .durable_below(durable);
             replica.set_log_start(self.log.borrow().log_start_offset());
             if !r.persisted.2 {
                 replica = replica.without_vote();

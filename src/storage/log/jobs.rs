@@ -319,7 +319,10 @@ impl<D: Disk> PartitionLog<D> {
         self.next_offset = next;
     }
 
-    pub(super) fn fail(&mut self, err: &StorageError) {
+    /// Stops writes after an I/O error: what was not written is dropped, and the writer
+    /// reopens the log from disk before it takes writes again (also used by a partition
+    /// whose truncation failed half-way: only a rescan knows what the files hold).
+    pub fn fail(&mut self, err: &StorageError) {
         log::error!("{}: {err}; writes stop until the log is reopened from disk", self.dir.display());
         self.health =
             LogHealth::Failed { reason: err.to_string(), disk_full: matches!(err, StorageError::DiskFull(_)) };
