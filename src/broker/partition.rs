@@ -186,7 +186,7 @@ impl<D: Disk> Partition<D> {
 
     /// What this replica holds as its flush policy defines it: durable with `flush =
     /// always`, written with `flush = interval`.
-    fn local_end(&self) -> u64 {
+    pub(super) fn local_end(&self) -> u64 {
         let log = self.log.borrow();
         match self.flush {
             FlushPolicy::Always => log.durable_offset(),
@@ -225,6 +225,11 @@ impl<D: Disk> Partition<D> {
         let epoch = match replication.as_ref() {
             Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader()).into()),
             Some(_) if self.draining.get() => return Err(StorageError::LeaderMoving.into()),
+            // A damaged replica is about to be reopened and repaired (`shard/cluster.rs`);
+            // another replica will lead.
+            Some(_) if matches!(self.log.borrow().health(), LogHealth::Corrupt(_)) => {
+                return Err(StorageError::NotLeader(None).into())
+            }
             // A new leader's epoch-start batch is decided but not yet in the log (its epoch is
             // being persisted first): a batch appended now would take its offset.
             Some(r) if r.replica.log_end() != self.log.borrow().next_offset() => {
@@ -344,7 +349,7 @@ impl<D: Disk> Partition<D> {
                 // The rescan may have found more (or less) than the log had: the replica
                 // restarts from what is there.
                 if self.is_replicated() {
-                    self.reset_to_log_end();
+                    self.reset_to_reopened_log().await;
                 }
                 log::warn!(
                     "partition {}/{}: reopened from disk at offset {}, writes resume",
@@ -393,7 +398,11 @@ impl<D: Disk> Partition<D> {
     fn after_io(&self, result: Result<(), StorageError>) {
         let local_end = self.local_end();
         let mut actions = Vec::new();
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
+        // While a truncation is under way the replica already believes in the cut log, and
+        // the durable end of the log not yet cut says nothing about its new tail (a write
+        // that was in flight when the truncation began completes now).
+        let truncating = self.paused.get();
+        if let Some(r) = self.replication.borrow_mut().as_mut().filter(|_| !truncating) {
             r.replica.on_durable(local_end, &mut actions);
         }
         self.run_sync_actions(actions);
@@ -459,6 +468,20 @@ impl<D: Disk> Partition<D> {
     /// Reads whole batches from the one containing `offset`; waits up to `max_wait` when
     /// nothing is committed there yet. Never returns data at or above the high watermark.
     pub async fn fetch(&self, offset: u64, max_bytes: usize, max_wait: Duration) -> Result<Vec<Bytes>, StorageError> {
+        match self.fetch_from_log(offset, max_bytes, max_wait).await {
+            // A cluster replica repairs damage from the others (`shard/cluster.rs`): to the
+            // reader, it is a replica that serves nothing for now; another one will.
+            Err(StorageError::Corrupt(_)) if self.is_replicated() => Err(StorageError::NotLeader(None)),
+            result => result,
+        }
+    }
+
+    async fn fetch_from_log(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Bytes>, StorageError> {
         let deadline = std::time::Instant::now() + max_wait;
         loop {
             let hw = self.high_watermark();

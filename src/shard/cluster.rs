@@ -32,6 +32,8 @@ pub struct ShardCluster {
     pub(super) links: RefCell<HashMap<NodeId, Rc<DataLink>>>,
     /// Connections for forwarded client requests (multi-master, forwarding modes).
     pub(super) forward_conns: RefCell<HashMap<NodeId, Rc<Connection>>>,
+    /// Replicas found damaged while they ran, being reopened to repair them.
+    repairing: RefCell<std::collections::HashSet<(String, u32)>>,
     /// A controlled shutdown began: the stopping mark must stay in the metadata.
     stopping: Cell<bool>,
     /// A write clearing an earlier run's stopping mark is under way (a shutdown waits for
@@ -48,6 +50,7 @@ impl ShardCluster {
             meta: RefCell::new(meta),
             links: RefCell::new(HashMap::new()),
             forward_conns: RefCell::new(HashMap::new()),
+            repairing: RefCell::default(),
             stopping: Cell::new(false),
             clearing_mark: Cell::new(false),
         }
@@ -316,11 +319,45 @@ async fn tick_replicas(shard: Weak<Shard>) {
             return;
         }
         let now_ms = started.elapsed().as_millis() as u64;
-        let parts: Vec<_> = shard.partitions.borrow().values().cloned().collect();
-        for p in parts {
+        let parts: Vec<_> = shard.partitions.borrow().iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        for ((topic, partition), p) in parts {
+            if matches!(p.health(), crate::storage::LogHealth::Corrupt(_)) {
+                let key = (topic.clone(), partition);
+                if cluster(&shard).repairing.borrow_mut().insert(key) {
+                    rt::spawn(repair_replica(shard.clone(), topic, partition, p));
+                }
+                continue;
+            }
             p.replication_tick(now_ms);
         }
     }
+}
+
+/// A replica that found damage in its log while it ran (a read below the high watermark
+/// met a batch whose CRC fails: a bit flip on the disk) refuses service, and the other
+/// replicas hold good copies: it is closed and opened again, which cuts its log where the
+/// damage begins and has it fetch the rest from the partition's leader, without a vote
+/// until it caught up (`Partition::open_replica`). A leader thereby steps down; the
+/// controller elects one of the others. Tried again every second until it opens.
+async fn repair_replica(shard: Rc<Shard>, topic: String, partition: u32, corrupt: Rc<Partition>) {
+    log::warn!("{topic}/{partition}: this replica's log is damaged; reopening it to repair it from the leader");
+    // (It stays in the shard's map, closed, until the new one replaces it: the metadata
+    // follower must not open a second one on the same files meanwhile.)
+    let topic_id = corrupt.topic_id();
+    corrupt.close().await;
+    loop {
+        let wanted = cluster(&shard).meta.borrow().topics.get(&topic).is_some_and(|t| t.id == topic_id);
+        let still_this_one = shard.partition(&topic, partition).is_some_and(|p| Rc::ptr_eq(&p, &corrupt));
+        if shard.shutting_down.get() || !wanted || !still_this_one {
+            break;
+        }
+        match open_replica(&shard, &topic, partition, topic_id).await {
+            Ok(()) => break,
+            Err(e) => log::error!("cannot reopen replica {topic}/{partition} to repair it: {e}"),
+        }
+        rt::sleep(REOPEN_RETRY).await;
+    }
+    cluster(&shard).repairing.borrow_mut().remove(&(topic, partition));
 }
 
 /// Whether two topic ids name the same incarnation (0: not known, written before ids).
