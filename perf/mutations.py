@@ -23,8 +23,17 @@ MUTATIONS = [
     dict(
         name="acknowledge before durable (the leader counts its own unflushed log)",
         file="src/replication/replica.rs",
-        old=".map(|r| if *r == self.id { self.durable_end } else",
-        new=".map(|r| if *r == self.id { self.log_end } else",
+        old="""            .map(|r| if *r == self.id { self.durable_end } else { followers.get(r).map_or(0, |p| p.matched) })
+            .collect();
+        ends.sort_unstable_by(|a, b| b.cmp(a));
+        // Never beyond its own durable copy, though followers may hold more (the link sends
+        // batches before the leader's flush ends): a failed flush drops what the leader had
+        // not made durable, and its high watermark would then lie above its log end.
+        let quorum = ends.get(self.replicas.len() / 2).copied().unwrap_or(0).min(self.durable_end);""",
+        new="""            .map(|r| if *r == self.id { self.log_end } else { followers.get(r).map_or(0, |p| p.matched) })
+            .collect();
+        ends.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum = ends.get(self.replicas.len() / 2).copied().unwrap_or(0);""",
         test=SIM,
     ),
     dict(
@@ -64,10 +73,10 @@ MUTATIONS = [
         test=SIM,
     ),
     dict(
-        name="serve above the high watermark (a follower trusts the leader's mark beyond what it verified)",
+        name="serve above the high watermark (a follower trusts the leader's mark beyond what it verified and holds durably)",
         file="src/replication/replica.rs",
-        old="let hw = leader_hw.min(self.verified_end);",
-        new="let hw = leader_hw;",
+        old="let hw = self.leader_hw_seen.min(self.durable_match());",
+        new="let hw = self.leader_hw_seen;",
         test=SIM,
     ),
     dict(
@@ -104,6 +113,43 @@ MUTATIONS = [
         new="""    visit_batch_headers(log, replay_from, |header| table.observe(header, written)).await?;
     let _ = table;
     Ok(ProducerTable::default())""",
+        test=SIM,
+    ),
+]
+
+
+MUTATIONS += [
+    dict(
+        name="a reset replica counts appends still waiting for the disk as durable",
+        file="src/broker/partition/replication.rs",
+        old=""".durable_below(durable);""",
+        new=""";
+        let _ = durable;""",
+        test=SIM,
+    ),
+    dict(
+        name="trust replica.json's epochs above the recovery point (no header scan at open)",
+        file="src/broker/partition/replication.rs",
+        old="let trusted_end = self.log.borrow().recovery_point().clamp(log_start, log_end);",
+        new="let trusted_end = log_end;",
+        test=SIM,
+    ),
+    dict(
+        name="let a write report its durable end to a replica about to cut its log",
+        file="src/broker/partition/replication.rs",
+        old="""        if cutting {
+            self.paused.set(true);
+        }""",
+        new="",
+        test=SIM,
+    ),
+    dict(
+        name="keep taking appends on a log whose truncation failed (no reopen)",
+        file="src/broker/partition/replication.rs",
+        old="""        if !matches!(self.health(), crate::storage::log::LogHealth::Failed { .. }) {
+            self.log.borrow_mut().fail(e);
+        }""",
+        new="""        let _ = e;""",
         test=SIM,
     ),
 ]

@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod limits;
+pub mod log_limit;
 pub mod net;
 pub mod protocol;
 pub mod replication;

@@ -398,7 +398,7 @@ impl<D: Disk> Partition<D> {
             match a {
                 Action::PersistEpoch(_) => {
                     if let Err(e) = self.persist_replica_state().await {
-                        log::error!("{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
+                        crate::log_limited!(error, 1000, "{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
                         // Say nothing rather than act on an epoch we may forget.
                         self.reset_to_log_end();
                         return Answer::None;
@@ -406,28 +406,52 @@ impl<D: Disk> Partition<D> {
                 }
                 Action::Truncate(offset) => {
                     if let Err(e) = self.truncate(offset).await {
-                        log::error!("{}/{}: truncation to {offset} failed: {e}", self.topic, self.id);
+                        crate::log_limited!(
+                            error,
+                            1000,
+                            "{}/{}: truncation to {offset} failed: {e}",
+                            self.topic,
+                            self.id
+                        );
                         self.fail_until_reopened(&e);
                         return Answer::None;
                     }
                 }
                 Action::RestartLogAt(offset) => {
                     if let Err(e) = self.restart_log_at(offset).await {
-                        log::error!("{}/{}: restarting the log at {offset} failed: {e}", self.topic, self.id);
+                        crate::log_limited!(
+                            error,
+                            1000,
+                            "{}/{}: restarting the log at {offset} failed: {e}",
+                            self.topic,
+                            self.id
+                        );
                         self.fail_until_reopened(&e);
                         return Answer::None;
                     }
                 }
                 Action::AppendReplicated { from, to } => {
                     if let Err(e) = self.persist_replica_state().await {
-                        log::error!("{}/{}: cannot persist the epoch history: {e}", self.topic, self.id);
+                        crate::log_limited!(
+                            error,
+                            1000,
+                            "{}/{}: cannot persist the epoch history: {e}",
+                            self.topic,
+                            self.id
+                        );
                         // The replica counted the batches into its log: it believes in a log
                         // the partition does not have.
                         self.reset_to_log_end();
                         return Answer::None;
                     }
                     if let Err(e) = self.append_replicated(from, to, batches) {
-                        log::error!("{}/{}: replicated append {from}..{to} failed: {e}", self.topic, self.id);
+                        crate::log_limited!(
+                            error,
+                            1000,
+                            "{}/{}: replicated append {from}..{to} failed: {e}",
+                            self.topic,
+                            self.id
+                        );
                         self.reset_to_log_end();
                         return Answer::None;
                     }
@@ -443,7 +467,7 @@ impl<D: Disk> Partition<D> {
                     if let Err(e) = appended {
                         // (A log that cannot take writes now, such as a full disk at election
                         // time.) Leading without the epoch-start batch would wedge: step down.
-                        log::error!("{}/{}: epoch-start batch: {e}", self.topic, self.id);
+                        crate::log_limited!(error, 1000, "{}/{}: epoch-start batch: {e}", self.topic, self.id);
                         self.reset_to_log_end();
                         return Answer::None;
                     }
