@@ -147,7 +147,7 @@ MUTATIONS += [
     dict(
         name="keep taking appends on a log whose truncation failed (no reopen)",
         file="src/broker/partition/replication.rs",
-        old="""        if !matches!(self.health(), crate::storage::log::LogHealth::Failed { .. }) {
+        old="""        if !self.log_failed() {
             self.log.borrow_mut().fail(e);
         }""",
         new="""        let _ = e;""",

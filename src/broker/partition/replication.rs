@@ -521,7 +521,7 @@ impl<D: Disk> Partition<D> {
     /// believes in the new log, restarts from the reopened one. Until then the replica
     /// takes no append and answers no fence (`log_failed`).
     fn fail_until_reopened(&self, e: &StorageError) {
-        if !matches!(self.health(), crate::storage::log::LogHealth::Failed { .. }) {
+        if !self.log_failed() {
             self.log.borrow_mut().fail(e);
         }
         self.reset_to_log_end();
