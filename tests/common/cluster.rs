@@ -384,6 +384,14 @@ impl Cluster {
         });
     }
 
+    /// Waits until every replica of every partition is in sync and holds the leader's
+    /// whole log (only meaningful once no load is running).
+    pub fn wait_caught_up(&self, what: &str, timeout: Duration) {
+        self.wait_for(what, timeout, |s| {
+            s.partitions.iter().all(|p| p.in_sync.len() == p.replicas.len() && p.lag.iter().all(|l| l.records == 0))
+        });
+    }
+
     /// Waits until `cond` holds for the cluster status (polled every 100 ms).
     pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&ClusterStatusResponse) -> bool) {
         let deadline = Instant::now() + timeout;
