@@ -21,11 +21,12 @@ ss=[socket.socket() for _ in range(6)]
 [s.bind(("127.0.0.1",0)) for s in ss]
 print(" ".join(str(s.getsockname()[1]) for s in ss))'))
 B=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}
+head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
 for i in 1 2 3; do
   {
     echo "listen = \"127.0.0.1:${ports[$((i-1))]}\""; echo "data_dir = \"$WORK/data-$i\""; echo "shards = 1"
     echo "[runtime]"; echo "pin_cores = false"
-    echo "[cluster]"; echo "node_id = $i"; echo "cluster_id = \"perf\""; echo "mode = \"hybrid\""
+    echo "[cluster]"; echo "node_id = $i"; echo "cluster_id = \"perf\""; echo "mode = \"hybrid\""; echo "secret_file = \"$WORK/cluster.secret\""
     for j in 1 2 3; do
       echo "[[cluster.nodes]]"; echo "id = $j"
       echo "client = \"127.0.0.1:${ports[$((j-1))]}\""; echo "peer = \"127.0.0.1:${ports[$((j+2))]}\""

@@ -170,6 +170,10 @@ pub struct Config {
     /// leadership of its partitions to in-sync followers (for at most about half of it),
     /// then flushes and closes everything.
     pub shutdown_timeout_ms: u64,
+    /// Serve on an address other machines can reach although clients are not authenticated
+    /// (this broker has no TLS nor client authentication yet): anyone who reaches the port
+    /// can create, delete, produce and consume. Without it such a start is refused.
+    pub allow_insecure: bool,
     pub storage: StorageSettings,
     pub runtime: RuntimeSettings,
     /// `[cluster]`: absent for a single node.
@@ -266,6 +270,14 @@ pub struct ClusterSettings {
     /// over at once. `false`: only the lease counts (slower takeover, no trust in locks).
     #[serde(default = "default_true")]
     pub trust_lock: bool,
+    /// A file holding the cluster's shared secret, the same on every node (required by
+    /// every mode that replicates): nodes prove they hold it before any node-to-node
+    /// traffic is accepted. Relative paths are taken from the working directory.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// The secret itself, read from `secret_file` when the broker starts.
+    #[serde(skip)]
+    pub secret: crate::protocol::node_auth::ClusterSecret,
 }
 
 fn default_true() -> bool {
@@ -297,6 +309,26 @@ impl ClusterSettings {
     /// where the storage itself is shared).
     pub fn replicates(&self) -> bool {
         self.mode != ClusterMode::SharedStorage
+    }
+
+    /// Reads `secret_file` into `secret` (every mode but shared-storage needs one).
+    pub fn load_secret(&mut self) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid { key: "cluster.secret_file", message };
+        let Some(path) = &self.secret_file else {
+            if !self.replicates() {
+                return Ok(());
+            }
+            return Err(bad(format!(
+                "{} mode needs a shared secret that authenticates the nodes to each other: \
+                 create one file for the whole cluster (head -c 32 /dev/urandom | base64 > cluster.secret) \
+                 and name it in [cluster] secret_file on every node",
+                self.mode
+            )));
+        };
+        let text = std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        self.secret = crate::protocol::node_auth::ClusterSecret::new(text.trim_ascii())
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        Ok(())
     }
 
     /// The master of master-slave mode.
@@ -354,6 +386,7 @@ impl Default for Config {
             max_consumer_groups: crate::limits::DEFAULT_MAX_CONSUMER_GROUPS,
             max_answer_bytes_per_connection: crate::limits::DEFAULT_MAX_ANSWER_BYTES_PER_CONNECTION,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            allow_insecure: false,
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
             cluster: None,
@@ -441,6 +474,19 @@ impl Config {
                 });
             }
         }
+        if let Some(exposed) = self.exposed_address() {
+            if !self.allow_insecure {
+                return Err(ConfigError::Invalid {
+                    key: "allow_insecure",
+                    message: format!(
+                        "{exposed} can be reached from other machines, and this broker does not authenticate \
+                         clients (no TLS nor client authentication yet): anyone who reaches it could create, \
+                         delete, produce and consume. Bind a loopback address, or set allow_insecure = true \
+                         if the network around it is trusted"
+                    ),
+                });
+            }
+        }
         if self.shards > 256 {
             return Err(ConfigError::Invalid { key: "shards", message: "at most 256".into() });
         }
@@ -451,6 +497,13 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The first address this broker serves on that is not a loopback address: its client
+    /// address, or in a cluster its control address.
+    pub fn exposed_address(&self) -> Option<SocketAddr> {
+        let control = self.cluster.as_ref().and_then(|c| c.node(c.node_id)).map(|n| n.peer);
+        [Some(self.listen), control].into_iter().flatten().find(|a| !a.ip().is_loopback())
     }
 
     pub fn frame_limits(&self) -> crate::net::FrameLimits {
@@ -499,5 +552,51 @@ mod tests {
         assert!(e.contains("unknown field"), "{e}");
         let e = Config::from_toml("[storage]\nflush = \"sometimes\"").unwrap_err();
         assert!(e.contains("unknown flush policy"), "{e}");
+    }
+
+    #[test]
+    fn an_address_other_machines_reach_needs_allow_insecure() {
+        let exposed = Config::from_toml("listen = \"0.0.0.0:9000\"").unwrap();
+        let e = exposed.validate().unwrap_err().to_string();
+        assert!(e.contains("allow_insecure") && e.contains("0.0.0.0:9000"), "{e}");
+        let allowed = Config::from_toml("listen = \"0.0.0.0:9000\"\nallow_insecure = true").unwrap();
+        allowed.validate().unwrap();
+        let cluster = |peer: &str| {
+            Config::from_toml(&format!(
+                "listen = \"127.0.0.1:9000\"\n[cluster]\nnode_id = 1\ncluster_id = \"c\"\nmode = \"hybrid\"\n\
+                 [[cluster.nodes]]\nid = 1\nclient = \"127.0.0.1:9000\"\npeer = \"{peer}\"\n"
+            ))
+            .unwrap()
+        };
+        assert!(cluster("127.0.0.1:9100").validate().is_ok());
+        let e = cluster("10.1.2.3:9100").validate().unwrap_err().to_string();
+        assert!(e.contains("10.1.2.3:9100"), "{e}");
+    }
+
+    #[test]
+    fn a_replicating_cluster_needs_a_secret_of_enough_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |secret: Option<&std::path::Path>, mode: &str| {
+            let line = secret.map_or(String::new(), |p| format!("secret_file = \"{}\"\n", p.display()));
+            let text = format!(
+                "listen = \"127.0.0.1:9000\"\n[cluster]\nnode_id = 1\ncluster_id = \"c\"\nmode = \"{mode}\"\n{line}\
+                 [[cluster.nodes]]\nid = 1\nclient = \"127.0.0.1:9000\"\npeer = \"127.0.0.1:9100\"\n"
+            );
+            Config::from_toml(&text).unwrap().cluster.unwrap()
+        };
+        let e = settings(None, "master-slave").load_secret().unwrap_err().to_string();
+        assert!(e.contains("secret_file") && e.contains("head -c 32"), "{e}");
+        settings(None, "shared-storage").load_secret().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "tiny\n").unwrap();
+        let e = settings(Some(&short), "hybrid").load_secret().unwrap_err().to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let missing = dir.path().join("missing");
+        assert!(settings(Some(&missing), "hybrid").load_secret().unwrap_err().to_string().contains("cannot read"));
+        let good = dir.path().join("good");
+        std::fs::write(&good, "  0123456789abcdef0123  \n").unwrap();
+        let mut s = settings(Some(&good), "hybrid");
+        s.load_secret().unwrap();
+        assert!(format!("{:?}", s.secret).contains("20 bytes"), "{:?}", s.secret);
     }
 }

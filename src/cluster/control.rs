@@ -28,7 +28,10 @@ mod controllers;
 
 use super::meta::{MetaCommand, MetaError, MetaState};
 use super::raft_store::{LogStore, MetaRaft, MetaReply, RaftNodeId, StateMachine};
-use super::rpc::{check_hello, read_msg, write_msg, ControlEnvelope, LinkError, PeerLink, Reply, Request, WriteError};
+use super::rpc::{
+    check_hello, control_handshake, read_msg, write_msg, ControlEnvelope, LinkError, PeerLink, Reply, Request,
+    WriteError,
+};
 use crate::config::{ClusterMode, ClusterSettings, Config};
 use crate::protocol::messages::{
     ClusterStatusResponse as ClusterStatus, FollowerLag, NodeStatusInfo, PartitionReplicationStatus,
@@ -543,19 +546,13 @@ async fn serve_link(
     addr: SocketAddr,
     before_hello: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let first = super::rpc::read_hello::<Request>(&mut stream).await;
+    let peer = accept_handshake(&ctx.settings, &mut stream).await;
     drop(before_hello);
-    let first = match first {
-        Ok(r) => r,
-        Err(e) => {
-            log::warn!("control link from {addr} refused: {e}");
-            return;
-        }
-    };
-    let peer = match check_hello(&first, &ctx.settings.cluster_id, &ctx.settings.node_ids()) {
+    let peer = match peer {
         Ok(p) => p,
         Err(why) => {
-            log::warn!("control link from {addr} refused: {why}");
+            // (Rate-limited: a flood of forged hellos must not fill the disk.)
+            crate::log_limited!(warn, "control link from {addr} refused: {why}");
             let _ = write_msg(&mut stream, &Reply::Refused(why)).await;
             return;
         }
@@ -579,6 +576,30 @@ async fn serve_link(
             return;
         }
     }
+}
+
+/// The receiver's side of the node handshake on a control link: the opener's node id once
+/// it proved it holds the cluster secret.
+async fn accept_handshake(settings: &ClusterSettings, stream: &mut tokio::net::TcpStream) -> Result<NodeId, String> {
+    let first = super::rpc::read_hello::<Request>(stream).await.map_err(|e| e.to_string())?;
+    let (peer, initiator_nonce) = check_hello(&first, &settings.cluster_id, &settings.node_ids(), settings.node_id)?;
+    let acceptor_nonce = crate::protocol::node_auth::fresh_nonce();
+    let handshake = control_handshake(
+        &settings.secret,
+        &settings.cluster_id,
+        peer,
+        settings.node_id,
+        initiator_nonce,
+        acceptor_nonce,
+    );
+    let challenge =
+        Reply::Challenge { node_id: settings.node_id, nonce: acceptor_nonce, proof: handshake.acceptor_proof() };
+    write_msg(stream, &challenge).await.map_err(|e| e.to_string())?;
+    match super::rpc::read_hello::<Request>(stream).await.map_err(|e| e.to_string())? {
+        Request::Proof { proof } => handshake.check_initiator(&proof).map_err(|e| e.to_string())?,
+        _ => return Err(format!("node {peer} sent something else than its proof")),
+    }
+    Ok(peer)
 }
 
 async fn handle(ctx: &Arc<Ctx>, peer: NodeId, req: Request) -> Reply {
@@ -606,7 +627,9 @@ async fn handle(ctx: &Arc<Ctx>, peer: NodeId, req: Request) -> Reply {
         } else {
             Err(WriteError::NotLeader(ctx.metadata_leader()))
         }),
-        Request::Hello { .. } => Reply::Refused("hello twice".into()),
+        Request::Hello { .. } | Request::Proof { .. } => {
+            Reply::Refused("a handshake message after the handshake".into())
+        }
     }
 }
 

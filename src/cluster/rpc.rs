@@ -3,9 +3,11 @@
 //!
 //! A link is a TCP connection on the nodes' `peer` addresses. Every message is framed as
 //! `[len u32][crc32c u32][json]`, at most `MAX_CONTROL_MESSAGE_BYTES`; a bad CRC, an
-//! oversized length or JSON that does not decode closes the link. A link opens with
-//! [`Request::Hello`]: a node of another cluster, or one that is not a member, is refused
-//! and logged before anything else is read.
+//! oversized length or JSON that does not decode closes the link. A link opens with the
+//! node handshake of [`crate::protocol::node_auth`] ([`Request::Hello`],
+//! [`Reply::Challenge`], [`Request::Proof`], [`Reply::HelloOk`]): a node of another
+//! cluster, one that is not a member, or one that cannot prove it holds the cluster secret
+//! is refused and logged before anything else is read.
 
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use super::raft_store::{MetaRaft, MetaReply, RaftNodeId};
 use crate::config::ClusterSettings;
 use crate::limits::MAX_CONTROL_MESSAGE_BYTES;
 use crate::protocol::messages::ClusterStatusResponse as ClusterStatus;
+use crate::protocol::node_auth::{fresh_nonce, Handshake, LinkKind, Nonce, Proof};
 use crate::replication::{ControlMessage, NodeId};
 
 /// A controller message about one partition.
@@ -41,6 +44,13 @@ pub enum Request {
     Hello {
         cluster_id: String,
         node_id: NodeId,
+        /// The node it means to reach.
+        to: NodeId,
+        nonce: Nonce,
+    },
+    /// The opener's proof of the cluster secret, answering [`Reply::Challenge`].
+    Proof {
+        proof: Proof,
     },
     Append(AppendEntriesRequest<MetaRaft>),
     Vote(VoteRequest<RaftNodeId>),
@@ -67,6 +77,12 @@ pub enum WriteError {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
+    /// The answer to a hello: the receiver's nonce and its proof of the secret.
+    Challenge {
+        node_id: NodeId,
+        nonce: Nonce,
+        proof: Proof,
+    },
     HelloOk,
     Refused(String),
     Append(Result<AppendEntriesResponse<RaftNodeId>, RaftError<RaftNodeId>>),
@@ -163,7 +179,9 @@ pub struct PeerLink {
     addr: std::net::SocketAddr,
     /// The local address the link leaves from (the node's own control address).
     source: Option<std::net::IpAddr>,
-    hello: (String, NodeId),
+    cluster_id: String,
+    me: NodeId,
+    secret: crate::protocol::node_auth::ClusterSecret,
     stream: Option<TcpStream>,
 }
 
@@ -172,12 +190,20 @@ impl PeerLink {
     pub fn new(settings: &ClusterSettings, target: NodeId) -> Option<PeerLink> {
         let addr = settings.node(target)?.peer;
         let source = crate::net::link_source(settings.me().peer);
-        Some(PeerLink { target, addr, source, hello: (settings.cluster_id.clone(), settings.node_id), stream: None })
+        Some(PeerLink {
+            target,
+            addr,
+            source,
+            cluster_id: settings.cluster_id.clone(),
+            me: settings.node_id,
+            secret: settings.secret.clone(),
+            stream: None,
+        })
     }
 
     /// The node this link speaks for.
     pub fn me(&self) -> NodeId {
-        self.hello.1
+        self.me
     }
 
     pub async fn call(&mut self, request: &Request, timeout: Duration) -> Result<Reply, LinkError> {
@@ -196,13 +222,7 @@ impl PeerLink {
             }
             let mut s = socket.connect(self.addr).await?;
             s.set_nodelay(true)?;
-            let hello = Request::Hello { cluster_id: self.hello.0.clone(), node_id: self.hello.1 };
-            write_msg(&mut s, &hello).await?;
-            match read_msg::<Reply>(&mut s).await? {
-                Reply::HelloOk => {}
-                Reply::Refused(why) => return Err(LinkError::Refused(why)),
-                _ => return Err(LinkError::Unexpected),
-            }
+            self.authenticate(&mut s).await?;
             self.stream = Some(s);
         }
         let s = self.stream.as_mut().expect("connected above");
@@ -211,13 +231,68 @@ impl PeerLink {
     }
 }
 
-/// Checks a link's first message; returns the peer's node id. The rules are the data
-/// links' ([`crate::protocol::peer::check_hello`]).
-pub fn check_hello(first: &Request, cluster_id: &str, members: &[NodeId]) -> Result<NodeId, String> {
+impl PeerLink {
+    /// The opener's side of the node handshake: proves this node holds the cluster secret,
+    /// and checks that the target does.
+    async fn authenticate(&self, s: &mut TcpStream) -> Result<(), LinkError> {
+        let initiator_nonce = fresh_nonce();
+        let hello = Request::Hello {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.me,
+            to: self.target,
+            nonce: initiator_nonce,
+        };
+        write_msg(s, &hello).await?;
+        let (node_id, acceptor_nonce, proof) = match read_msg::<Reply>(s).await? {
+            Reply::Challenge { node_id, nonce, proof } => (node_id, nonce, proof),
+            Reply::Refused(why) => return Err(LinkError::Refused(why)),
+            _ => return Err(LinkError::Unexpected),
+        };
+        if node_id != self.target {
+            return Err(LinkError::Refused(format!("node {node_id} answered for node {}", self.target)));
+        }
+        let handshake =
+            control_handshake(&self.secret, &self.cluster_id, self.me, self.target, initiator_nonce, acceptor_nonce);
+        if let Err(e) = handshake.check_acceptor(&proof) {
+            crate::log_limited!(warn, "control link to {}: {e}; closing it", self.addr);
+            return Err(LinkError::Refused(e.to_string()));
+        }
+        write_msg(s, &Request::Proof { proof: handshake.initiator_proof() }).await?;
+        match read_msg::<Reply>(s).await? {
+            Reply::HelloOk => Ok(()),
+            Reply::Refused(why) => Err(LinkError::Refused(why)),
+            _ => Err(LinkError::Unexpected),
+        }
+    }
+}
+
+/// The handshake of a control link from `initiator` to `acceptor`.
+pub fn control_handshake<'a>(
+    secret: &'a crate::protocol::node_auth::ClusterSecret,
+    cluster_id: &'a str,
+    initiator: NodeId,
+    acceptor: NodeId,
+    initiator_nonce: Nonce,
+    acceptor_nonce: Nonce,
+) -> Handshake<'a> {
+    Handshake { secret, link: LinkKind::Control, cluster_id, initiator, acceptor, initiator_nonce, acceptor_nonce }
+}
+
+/// Checks a link's first message: returns the peer's node id and its nonce. The rules are
+/// the data links' ([`crate::protocol::peer::check_hello`]).
+pub fn check_hello(
+    first: &Request,
+    cluster_id: &str,
+    members: &[NodeId],
+    me: NodeId,
+) -> Result<(NodeId, Nonce), String> {
     match first {
-        Request::Hello { cluster_id: c, node_id } => {
-            let hello = crate::protocol::peer::PeerHello { cluster_id: c.clone(), node_id: *node_id };
-            crate::protocol::peer::check_hello(&hello, cluster_id, members).map_err(|e| e.to_string())
+        Request::Hello { cluster_id: c, node_id, to, nonce } => {
+            let hello =
+                crate::protocol::peer::PeerHello { cluster_id: c.clone(), node_id: *node_id, to: *to, nonce: *nonce };
+            let node =
+                crate::protocol::peer::check_hello(&hello, cluster_id, members, me).map_err(|e| e.to_string())?;
+            Ok((node, *nonce))
         }
         _ => Err("the first message of a link must be a hello".into()),
     }
@@ -238,10 +313,11 @@ mod tests {
             bad[i - 8] ^= 0x20;
             assert!(decode_body::<Request>(crc, &bad).is_err(), "flip at {i} undetected");
         }
-        let hello = |c: &str, n| Request::Hello { cluster_id: c.into(), node_id: n };
-        assert_eq!(check_hello(&hello("a", 2), "a", &[1, 2, 3]), Ok(2));
-        assert!(check_hello(&hello("b", 2), "a", &[1, 2, 3]).unwrap_err().contains("cluster"));
-        assert!(check_hello(&hello("a", 9), "a", &[1, 2, 3]).unwrap_err().contains("not a member"));
-        assert!(check_hello(&msg, "a", &[1]).is_err());
+        let hello = |c: &str, n| Request::Hello { cluster_id: c.into(), node_id: n, to: 1, nonce: [5; 32] };
+        assert_eq!(check_hello(&hello("a", 2), "a", &[1, 2, 3], 1), Ok((2, [5; 32])));
+        assert!(check_hello(&hello("b", 2), "a", &[1, 2, 3], 1).unwrap_err().contains("cluster"));
+        assert!(check_hello(&hello("a", 9), "a", &[1, 2, 3], 1).unwrap_err().contains("not a member"));
+        assert!(check_hello(&hello("a", 2), "a", &[1, 2, 3], 3).unwrap_err().contains("meant for node 1"));
+        assert!(check_hello(&msg, "a", &[1], 1).is_err());
     }
 }

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod frame;
 pub mod messages;
+pub mod node_auth;
 pub mod peer;
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
@@ -60,6 +61,9 @@ pub enum ErrorCode {
     /// A commit would create a consumer group beyond the broker's (the cluster's)
     /// `max_consumer_groups`; groups that already committed keep working.
     TooManyGroups = 26,
+    /// The connection could not prove who it is (a node link without the cluster secret);
+    /// it is closed.
+    AuthenticationFailed = 27,
 }
 
 impl ErrorCode {
@@ -92,6 +96,7 @@ impl ErrorCode {
             24 => ProducerFenced,
             25 => TooManyConnections,
             26 => TooManyGroups,
+            27 => AuthenticationFailed,
             _ => Unknown,
         }
     }
@@ -142,6 +147,7 @@ impl ErrorCode {
             ProducerFenced => "producer_fenced",
             TooManyConnections => "too_many_connections",
             TooManyGroups => "too_many_groups",
+            AuthenticationFailed => "authentication_failed",
         }
     }
 }

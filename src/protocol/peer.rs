@@ -1,12 +1,15 @@
 //! Node-to-node messages (replication traffic between the replicas of a partition), framed
 //! like client requests (same header, CRCs and validation) with their own kinds.
 //!
-//! Every link starts with a [`PeerHello`] naming the cluster and the sender: a node from
-//! another cluster, or one that is not a member, is refused before anything else is read.
+//! Every link starts with the handshake of [`super::node_auth`]: a [`PeerHello`] naming the
+//! cluster, the sender and the receiver, answered by a [`PeerChallenge`], answered by a
+//! [`PeerProof`]. A node from another cluster, one that is not a member, or one that cannot
+//! prove it holds the cluster secret is refused before anything else is read.
 //! Batches of an append travel as the frame's raw payload, exactly as stored.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::node_auth::{check_addressing, AuthError, Nonce, Proof};
 use crate::replication::{Epoch, EpochHistory, NodeId, PeerMessage};
 
 /// Frame kinds of node-to-node traffic (client kinds are below 100).
@@ -16,6 +19,7 @@ pub enum PeerKind {
     Hello = 100,
     Append = 101,
     AppendReply = 102,
+    Proof = 103,
 }
 
 impl PeerKind {
@@ -24,15 +28,39 @@ impl PeerKind {
             100 => Some(PeerKind::Hello),
             101 => Some(PeerKind::Append),
             102 => Some(PeerKind::AppendReply),
+            103 => Some(PeerKind::Proof),
             _ => None,
         }
     }
 }
 
-/// First frame on a node-to-node link.
+/// First frame on a node-to-node link (kind 100), from the node that opened it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct PeerHello {
     pub cluster_id: String,
+    pub node_id: u32,
+    /// The node it means to reach.
+    pub to: u32,
+    pub nonce: Nonce,
+}
+
+/// The answer to a hello: the receiver's nonce and its proof of the secret.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PeerChallenge {
+    pub node_id: u32,
+    pub nonce: Nonce,
+    pub proof: Proof,
+}
+
+/// Second frame (kind 103): the opener's proof of the secret; answered by an empty
+/// [`PeerAccepted`], or an error and the end of the connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PeerProof {
+    pub proof: Proof,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PeerAccepted {
     pub node_id: u32,
 }
 
@@ -89,16 +117,20 @@ pub enum PeerError {
     UnknownNode(u32),
     #[error("invalid peer message: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
-/// Checks a hello against this node's cluster and membership.
-pub fn check_hello(hello: &PeerHello, cluster_id: &str, members: &[NodeId]) -> Result<NodeId, PeerError> {
+/// Checks a hello's ids against this node's cluster and membership (before any proof):
+/// returns the sender.
+pub fn check_hello(hello: &PeerHello, cluster_id: &str, members: &[NodeId], me: NodeId) -> Result<NodeId, PeerError> {
     if hello.cluster_id != cluster_id {
         return Err(PeerError::WrongCluster { got: hello.cluster_id.clone(), want: cluster_id.to_string() });
     }
     if !members.contains(&hello.node_id) {
         return Err(PeerError::UnknownNode(hello.node_id));
     }
+    check_addressing(hello.node_id, hello.to, me)?;
     Ok(hello.node_id)
 }
 
@@ -268,11 +300,14 @@ mod tests {
     }
 
     #[test]
-    fn foreign_and_unknown_nodes_are_refused() {
-        let hello = PeerHello { cluster_id: "a".into(), node_id: 2 };
-        assert_eq!(check_hello(&hello, "a", &[1, 2, 3]), Ok(2));
-        assert!(matches!(check_hello(&hello, "b", &[1, 2, 3]), Err(PeerError::WrongCluster { .. })));
-        assert_eq!(check_hello(&hello, "a", &[1, 3]), Err(PeerError::UnknownNode(2)));
+    fn foreign_unknown_and_misaddressed_nodes_are_refused() {
+        let hello = PeerHello { cluster_id: "a".into(), node_id: 2, to: 1, nonce: [7; 32] };
+        assert_eq!(check_hello(&hello, "a", &[1, 2, 3], 1), Ok(2));
+        assert!(matches!(check_hello(&hello, "b", &[1, 2, 3], 1), Err(PeerError::WrongCluster { .. })));
+        assert_eq!(check_hello(&hello, "a", &[1, 3], 1), Err(PeerError::UnknownNode(2)));
+        assert!(matches!(check_hello(&hello, "a", &[1, 2, 3], 3), Err(PeerError::Auth(AuthError::NotForMe { .. }))));
+        let from_me = PeerHello { to: 2, ..hello };
+        assert!(matches!(check_hello(&from_me, "a", &[1, 2, 3], 2), Err(PeerError::Auth(AuthError::FromMyself(2)))));
     }
 
     #[test]
@@ -317,6 +352,8 @@ mod tests {
                 let _ = decode_reply(&r);
             }
             let _ = decode::<PeerHello>(&aligned);
+            let _ = decode::<PeerChallenge>(&aligned);
+            let _ = decode::<PeerProof>(&aligned);
         }
     }
 }

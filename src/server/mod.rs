@@ -24,7 +24,10 @@ use crate::net::{self, Outbox, ReadError};
 use crate::protocol::messages::{
     ApiKind, CommitOffsetRequest, FetchOffsetRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
 };
+use crate::protocol::node_auth::{fresh_nonce, Handshake, LinkKind, Nonce};
+use crate::protocol::peer::{check_hello, AppendRequest, PeerAccepted, PeerChallenge, PeerHello, PeerKind, PeerProof};
 use crate::protocol::{access, ErrorCode, Frame};
+use crate::replication::NodeId;
 use crate::rt;
 use crate::shard::mesh::{MeshMsg, MeshReply, MeshRequest};
 use crate::shard::{owner_of_group, owner_of_partition, Shard};
@@ -97,8 +100,8 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
     let limits = shard.config.frame_limits();
-    // Set by a valid hello: the node at the other end (node-to-node links only).
-    let mut peer_node = None;
+    // Moved on by the node handshake (node-to-node links only).
+    let mut auth = PeerAuth::Client;
     loop {
         let mut frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
@@ -148,21 +151,22 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             ));
             break;
         }
-        if crate::protocol::peer::PeerKind::from_u16(frame.header.kind).is_some() {
-            match check_peer_frame(&shard, &frame, &mut peer_node) {
+        if PeerKind::from_u16(frame.header.kind).is_some() {
+            match check_peer_frame(&shard, &frame, &mut auth) {
                 PeerCheck::Dispatch => {}
                 PeerCheck::Answered(out) => {
                     outbox.push(out);
                     continue;
                 }
                 PeerCheck::Refused(out) => {
-                    log::warn!("node-to-node link from {peer} refused: {}", describe(&out));
+                    // (Rate-limited: a flood of forged hellos must not fill the disk.)
+                    crate::log_limited!(warn, "node-to-node link from {peer} refused: {}", describe(&out));
                     outbox.push(out);
                     break;
                 }
             }
         }
-        frame.from_node = peer_node;
+        frame.from_node = auth.node();
         let reserve = answer_reservation(&frame).min(shard.config.max_answer_bytes_per_connection as u64);
         let permits = async {
             let request = in_flight.clone().acquire_static_permit(1).await.ok()?;
@@ -185,57 +189,118 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 enum PeerCheck {
-    /// A valid replication frame from the node that said hello: route it like a request.
+    /// A valid replication frame from an authenticated node: route it like a request.
     Dispatch,
-    /// Answered here (the hello).
+    /// Answered here (a step of the handshake).
     Answered(crate::protocol::OutFrame),
     /// Refused; the connection closes.
     Refused(crate::protocol::OutFrame),
 }
 
-/// Node-to-node frames: a hello naming this cluster and a member must come first, and
-/// appends must come from the node that said hello.
-fn check_peer_frame(shard: &Shard, frame: &Frame, peer_node: &mut Option<u32>) -> PeerCheck {
-    use crate::protocol::peer::{check_hello, AppendRequest, PeerHello, PeerKind};
+/// Where a connection stands in the node handshake ([`crate::protocol::node_auth`]).
+enum PeerAuth {
+    /// A client, or a node that has not said hello.
+    Client,
+    /// A node said hello and was challenged: its proof must come next.
+    Challenged { node: NodeId, initiator_nonce: Nonce, acceptor_nonce: Nonce },
+    /// A node that proved it holds the cluster secret.
+    Node(NodeId),
+}
+
+impl PeerAuth {
+    fn node(&self) -> Option<NodeId> {
+        match self {
+            PeerAuth::Node(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// Node-to-node frames: the handshake must come first (hello, then proof), and appends
+/// must come from the node that proved who it is.
+fn check_peer_frame(shard: &Shard, frame: &Frame, auth: &mut PeerAuth) -> PeerCheck {
     let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
     let refuse = |code, msg: &str| PeerCheck::Refused(error_frame(kind, corr, code, msg));
     let Some(cluster) = shard.cluster.as_ref() else {
         return refuse(ErrorCode::InvalidRequest, "this broker is not a cluster member");
     };
-    match PeerKind::from_u16(kind) {
-        Some(PeerKind::Hello) => {
+    let settings = &cluster.control.settings;
+    let answer = |archive| {
+        PeerCheck::Answered(crate::protocol::OutFrame::new(
+            kind,
+            crate::protocol::frame::FLAG_RESPONSE,
+            corr,
+            archive,
+            Vec::new(),
+        ))
+    };
+    match (PeerKind::from_u16(kind), &*auth) {
+        (Some(PeerKind::Hello), PeerAuth::Client) => {
             let hello = match crate::protocol::decode::<PeerHello>(frame.archive()) {
                 Ok(h) => h,
-                Err(e) => return refuse(ErrorCode::InvalidRequest, &format!("bad hello: {e}")),
+                Err(e) => return refuse(ErrorCode::AuthenticationFailed, &format!("bad hello: {e}")),
             };
-            let settings = &cluster.control.settings;
-            match check_hello(&hello, &settings.cluster_id, &settings.node_ids()) {
-                Ok(node) => {
-                    *peer_node = Some(node);
-                    let reply = PeerHello { cluster_id: settings.cluster_id.clone(), node_id: cluster.node_id };
-                    PeerCheck::Answered(crate::protocol::OutFrame::new(
-                        kind,
-                        crate::protocol::frame::FLAG_RESPONSE,
-                        corr,
-                        crate::protocol::encode(&reply),
-                        Vec::new(),
-                    ))
+            let node = match check_hello(&hello, &settings.cluster_id, &settings.node_ids(), cluster.node_id) {
+                Ok(node) => node,
+                Err(e) => return refuse(ErrorCode::AuthenticationFailed, &e.to_string()),
+            };
+            let acceptor_nonce = fresh_nonce();
+            let proof = handshake(settings, node, cluster.node_id, hello.nonce, acceptor_nonce).acceptor_proof();
+            *auth = PeerAuth::Challenged { node, initiator_nonce: hello.nonce, acceptor_nonce };
+            answer(crate::protocol::encode(&PeerChallenge { node_id: cluster.node_id, nonce: acceptor_nonce, proof }))
+        }
+        (Some(PeerKind::Proof), &PeerAuth::Challenged { node, initiator_nonce, acceptor_nonce }) => {
+            let checked = crate::protocol::decode::<PeerProof>(frame.archive())
+                .map_err(|e| format!("bad proof: {e}"))
+                .and_then(|p| {
+                    handshake(settings, node, cluster.node_id, initiator_nonce, acceptor_nonce)
+                        .check_initiator(&p.proof)
+                        .map_err(|e| e.to_string())
+                });
+            match checked {
+                Ok(()) => {
+                    *auth = PeerAuth::Node(node);
+                    answer(crate::protocol::encode(&PeerAccepted { node_id: cluster.node_id }))
                 }
-                Err(e) => refuse(ErrorCode::InvalidRequest, &e.to_string()),
+                Err(why) => refuse(ErrorCode::AuthenticationFailed, &why),
             }
         }
-        Some(PeerKind::Append) => {
-            let Some(node) = *peer_node else { return refuse(ErrorCode::InvalidRequest, "append before hello") };
-            match access::<AppendRequest>(frame.archive()) {
-                Ok(r) if r.leader.to_native() == node => PeerCheck::Dispatch,
-                Ok(r) => refuse(
-                    ErrorCode::InvalidRequest,
-                    &format!("node {node} sent an append as node {}", r.leader.to_native()),
-                ),
-                Err(e) => refuse(ErrorCode::InvalidRequest, &format!("bad append: {e}")),
-            }
+        (Some(PeerKind::Append), &PeerAuth::Node(node)) => match access::<AppendRequest>(frame.archive()) {
+            Ok(r) if r.leader.to_native() == node => PeerCheck::Dispatch,
+            Ok(r) => refuse(
+                ErrorCode::InvalidRequest,
+                &format!("node {node} sent an append as node {}", r.leader.to_native()),
+            ),
+            Err(e) => refuse(ErrorCode::InvalidRequest, &format!("bad append: {e}")),
+        },
+        (Some(PeerKind::Hello), _) => refuse(ErrorCode::AuthenticationFailed, "a second hello"),
+        (Some(PeerKind::Proof), _) => refuse(ErrorCode::AuthenticationFailed, "a proof without a hello"),
+        (Some(_), PeerAuth::Node(_)) => {
+            refuse(ErrorCode::UnknownKind, &format!("node-to-node kind {kind} is an answer"))
         }
-        _ => refuse(ErrorCode::UnknownKind, &format!("unknown node-to-node kind {kind}")),
+        (Some(_), _) => refuse(
+            ErrorCode::AuthenticationFailed,
+            &format!("node-to-node kind {kind} before the node proved the cluster secret"),
+        ),
+        (None, _) => refuse(ErrorCode::UnknownKind, &format!("unknown node-to-node kind {kind}")),
+    }
+}
+
+fn handshake(
+    settings: &crate::config::ClusterSettings,
+    initiator: NodeId,
+    acceptor: NodeId,
+    initiator_nonce: Nonce,
+    acceptor_nonce: Nonce,
+) -> Handshake<'_> {
+    Handshake {
+        secret: &settings.secret,
+        link: LinkKind::Data,
+        cluster_id: &settings.cluster_id,
+        initiator,
+        acceptor,
+        initiator_nonce,
+        acceptor_nonce,
     }
 }
 
@@ -296,10 +361,8 @@ fn owner_of(shard: &Shard, frame: &Frame) -> usize {
         Some(ApiKind::CommitOffset) => access::<CommitOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::FetchOffset) => access::<FetchOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::CreateTopic | ApiKind::DeleteTopic | ApiKind::InitProducer) => Some(0),
-        None if frame.header.kind == crate::protocol::peer::PeerKind::Append as u16 => {
-            access::<crate::protocol::peer::AppendRequest>(a)
-                .ok()
-                .map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
+        None if frame.header.kind == PeerKind::Append as u16 => {
+            access::<AppendRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
         }
         _ => None,
     };

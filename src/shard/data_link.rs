@@ -19,7 +19,9 @@ use crate::broker::partition::Outbound;
 use crate::broker::Partition;
 use crate::client::Connection;
 use crate::cluster::rpc::ControlEnvelope;
-use crate::protocol::peer::{encode_peer, AppendReply, PeerHello, PeerKind, WirePeer};
+use crate::config::ClusterSettings;
+use crate::protocol::node_auth::{fresh_nonce, Handshake, LinkKind};
+use crate::protocol::peer::{encode_peer, AppendReply, PeerChallenge, PeerHello, PeerKind, PeerProof, WirePeer};
 use crate::protocol::{decode, encode};
 use crate::replication::{ControlMessage, Epoch, NodeId, PeerMessage};
 use crate::rt::{self, Notify};
@@ -242,12 +244,47 @@ async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> 
     let conn = Connection::connect_from(source, addr, Duration::from_millis(500), shard.config.max_frame_bytes)
         .await
         .map_err(|e| e.to_string())?;
-    let hello = PeerHello { cluster_id: c.control.settings.cluster_id.clone(), node_id: c.node_id };
-    rt::timeout(Duration::from_secs(2), conn.send_kind(PeerKind::Hello as u16, encode(&hello), Vec::new()))
-        .await
-        .ok_or("hello timed out")?
-        .map_err(|e| format!("hello refused: {e}"))?;
+    rt::timeout(HANDSHAKE_TIMEOUT, authenticate(&conn, &c.control.settings, node)).await.ok_or("hello timed out")??;
     Ok(conn)
+}
+
+/// How long the node handshake may take on a new link.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The opener's side of the node handshake ([`crate::protocol::node_auth`]): proves this
+/// node holds the cluster secret to `node`, and checks that `node` does, before anything
+/// else goes over the link.
+async fn authenticate(conn: &Connection, settings: &ClusterSettings, node: NodeId) -> Result<(), String> {
+    let initiator_nonce = fresh_nonce();
+    let hello = PeerHello {
+        cluster_id: settings.cluster_id.clone(),
+        node_id: settings.node_id,
+        to: node,
+        nonce: initiator_nonce,
+    };
+    let answer = conn.send_kind(PeerKind::Hello as u16, encode(&hello), Vec::new()).await;
+    let answer = answer.map_err(|e| format!("hello refused: {e}"))?;
+    let challenge: PeerChallenge = decode(answer.archive()).map_err(|e| format!("bad challenge: {e}"))?;
+    if challenge.node_id != node {
+        return Err(format!("node {} answered for node {node}", challenge.node_id));
+    }
+    let handshake = Handshake {
+        secret: &settings.secret,
+        link: LinkKind::Data,
+        cluster_id: &settings.cluster_id,
+        initiator: settings.node_id,
+        acceptor: node,
+        initiator_nonce,
+        acceptor_nonce: challenge.nonce,
+    };
+    if let Err(e) = handshake.check_acceptor(&challenge.proof) {
+        crate::log_limited!(warn, "data link to {}: {e}; closing it", conn.addr());
+        return Err(e.to_string());
+    }
+    let proof = PeerProof { proof: handshake.initiator_proof() };
+    let accepted = conn.send_kind(PeerKind::Proof as u16, encode(&proof), Vec::new()).await;
+    accepted.map_err(|e| format!("proof refused: {e}"))?;
+    Ok(())
 }
 
 async fn send_item(shard: &Rc<Shard>, conn: &Rc<Connection>, window: &Rc<crate::rt::Semaphore>, item: Outgoing) {

@@ -48,8 +48,14 @@ struct Startup {
 }
 
 /// Runs a broker until SIGINT or SIGTERM; returns after a clean shutdown.
-pub fn run_broker(config: Config) -> Result<(), BrokerError> {
+pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
     config.validate()?;
+    if let Some(exposed) = config.exposed_address() {
+        log::warn!("serving on {exposed} with allow_insecure = true: clients are not authenticated");
+    }
+    if let Some(cluster) = &mut config.cluster {
+        cluster.load_secret()?;
+    }
     crate::storage::faults::watch_from_env();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

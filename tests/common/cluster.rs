@@ -336,6 +336,12 @@ impl Cluster {
         Cluster { nodes, _serial: serial, proxies: HashMap::new(), _dir: dir }
     }
 
+    /// The file holding this cluster's secret (as the nodes read it: trimmed).
+    pub fn secret(&self) -> Vec<u8> {
+        let text = std::fs::read(self._dir.path().join(CLUSTER_SECRET_FILE)).unwrap();
+        text.trim_ascii().to_vec()
+    }
+
     pub fn node(&mut self, id: u32) -> &mut Node {
         &mut self.nodes[id as usize - 1]
     }
@@ -460,12 +466,20 @@ fn launch_all(
     fault_files: bool,
 ) -> (Vec<Node>, tempfile::TempDir) {
     let dir = scratch_dir(name);
+    // A secret of this cluster's own (the examples name a public one).
+    let secret_file = dir.path().join(CLUSTER_SECRET_FILE);
+    let secret: [u8; 32] = rand::random();
+    std::fs::write(&secret_file, base64_secret(&secret)).unwrap();
     let mut nodes = Vec::new();
     for &(i, client, peer) in addrs {
         let node_dir = dir.path().join(format!("node{i}"));
         std::fs::create_dir_all(&node_dir).unwrap();
         let toml = example_config(mode, i, &node_dir.join("data"), &format!("test-{name}"), &seen_from(i));
         let mut config: toml::Table = toml.parse().unwrap();
+        let cluster = config.get_mut("cluster").and_then(toml::Value::as_table_mut).expect("a [cluster] section");
+        if cluster.contains_key("secret_file") {
+            cluster.insert("secret_file".into(), secret_file.display().to_string().into());
+        }
         tune(&mut config);
         std::fs::write(node_dir.join("node.toml"), toml::to_string(&config).unwrap()).unwrap();
         let fault_file = fault_files.then(|| node_dir.join("faults"));
@@ -481,6 +495,15 @@ fn launch_all(
         })
         .collect();
     (handles.into_iter().map(|h| h.join().unwrap()).collect(), dir)
+}
+
+/// The cluster secret's file in a cluster's scratch directory.
+const CLUSTER_SECRET_FILE: &str = "cluster.secret";
+
+/// A secret as an operator makes one (`head -c 32 /dev/urandom | base64`).
+fn base64_secret(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes) + "\n"
 }
 
 fn example_dir(mode: &str) -> PathBuf {

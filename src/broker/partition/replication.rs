@@ -398,7 +398,7 @@ impl<D: Disk> Partition<D> {
             match a {
                 Action::PersistEpoch(_) => {
                     if let Err(e) = self.persist_replica_state().await {
-                        crate::log_limited!(error, 1000, "{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
+                        crate::log_limited!(error, "{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
                         // Say nothing rather than act on an epoch we may forget.
                         self.reset_to_log_end();
                         return Answer::None;
@@ -406,13 +406,7 @@ impl<D: Disk> Partition<D> {
                 }
                 Action::Truncate(offset) => {
                     if let Err(e) = self.truncate(offset).await {
-                        crate::log_limited!(
-                            error,
-                            1000,
-                            "{}/{}: truncation to {offset} failed: {e}",
-                            self.topic,
-                            self.id
-                        );
+                        crate::log_limited!(error, "{}/{}: truncation to {offset} failed: {e}", self.topic, self.id);
                         self.fail_until_reopened(&e);
                         return Answer::None;
                     }
@@ -421,7 +415,6 @@ impl<D: Disk> Partition<D> {
                     if let Err(e) = self.restart_log_at(offset).await {
                         crate::log_limited!(
                             error,
-                            1000,
                             "{}/{}: restarting the log at {offset} failed: {e}",
                             self.topic,
                             self.id
@@ -432,13 +425,7 @@ impl<D: Disk> Partition<D> {
                 }
                 Action::AppendReplicated { from, to } => {
                     if let Err(e) = self.persist_replica_state().await {
-                        crate::log_limited!(
-                            error,
-                            1000,
-                            "{}/{}: cannot persist the epoch history: {e}",
-                            self.topic,
-                            self.id
-                        );
+                        crate::log_limited!(error, "{}/{}: cannot persist the epoch history: {e}", self.topic, self.id);
                         // The replica counted the batches into its log: it believes in a log
                         // the partition does not have.
                         self.reset_to_log_end();
@@ -447,7 +434,6 @@ impl<D: Disk> Partition<D> {
                     if let Err(e) = self.append_replicated(from, to, batches) {
                         crate::log_limited!(
                             error,
-                            1000,
                             "{}/{}: replicated append {from}..{to} failed: {e}",
                             self.topic,
                             self.id
@@ -467,7 +453,7 @@ impl<D: Disk> Partition<D> {
                     if let Err(e) = appended {
                         // (A log that cannot take writes now, such as a full disk at election
                         // time.) Leading without the epoch-start batch would wedge: step down.
-                        crate::log_limited!(error, 1000, "{}/{}: epoch-start batch: {e}", self.topic, self.id);
+                        crate::log_limited!(error, "{}/{}: epoch-start batch: {e}", self.topic, self.id);
                         self.reset_to_log_end();
                         return Answer::None;
                     }

@@ -1,0 +1,357 @@
+//! Who may talk to a broker: node-to-node traffic (replication on the client port, Raft and
+//! metadata writes on the control port) only from nodes that prove they hold the cluster's
+//! secret; everything else refused, logged, and harmless. Real processes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::cluster::{check, final_log, read_all, Cluster, Load};
+use openraft::raft::VoteRequest;
+use openraft::Vote;
+use quorra::client::ReadFrom;
+use quorra::cluster::meta::MetaCommand;
+use quorra::cluster::rpc::Request;
+use quorra::protocol::messages::{Acks, ErrorResponse};
+use quorra::protocol::node_auth::{ClusterSecret, Handshake, LinkKind, Nonce};
+use quorra::protocol::peer::{
+    AppendReply, AppendRequest, EpochStart, PeerChallenge, PeerHello, PeerKind, PeerProof, REPLY_STALE_EPOCH,
+};
+use quorra::protocol::{decode, encode, BodyBuf, ErrorCode};
+
+/// An epoch far above anything the controller will open for years.
+const FORGED_EPOCH: u32 = 1 << 30;
+
+/// An answer on a raw connection.
+#[derive(Debug)]
+enum Answer {
+    Ok(BodyBuf),
+    Error(ErrorResponse),
+    Closed,
+}
+
+impl Answer {
+    fn ok(self) -> BodyBuf {
+        match self {
+            Answer::Ok(a) => a,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    fn error(self) -> ErrorResponse {
+        match self {
+            Answer::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+/// One frame on a raw connection, and its answer.
+fn exchange(s: &mut TcpStream, kind: u16, archive: &[u8], payload: &[u8]) -> Answer {
+    let mut a = BodyBuf::new();
+    a.extend_from_slice(archive);
+    let chunks = if payload.is_empty() { Vec::new() } else { vec![bytes::Bytes::copy_from_slice(payload)] };
+    let mut out = Vec::new();
+    quorra::protocol::frame::OutFrame::new(kind, 0, 7, a, chunks).write_to(&mut out);
+    if s.write_all(&out).is_err() {
+        return Answer::Closed;
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 32];
+    if s.read_exact(&mut head).is_err() {
+        return Answer::Closed;
+    }
+    let h = quorra::protocol::frame::FrameHeader::decode(&head, 64 << 20).unwrap();
+    let mut body = vec![0u8; h.body_len()];
+    s.read_exact(&mut body).unwrap();
+    let mut archive = BodyBuf::new();
+    archive.extend_from_slice(&body[..h.archive_len as usize]);
+    if h.is_error() {
+        Answer::Error(decode(&archive).unwrap())
+    } else {
+        Answer::Ok(archive)
+    }
+}
+
+/// Whether the other end closes the connection within 5 s (after whatever it still sends).
+fn is_closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    loop {
+        match s.read(&mut [0u8; 512]) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+}
+
+/// A control-link message (`[len][crc32c][json]`), and the answer's JSON (None once closed).
+fn control_exchange(s: &mut TcpStream, json: &str) -> Option<String> {
+    let mut framed = (json.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&crc32c::crc32c(json.as_bytes()).to_le_bytes());
+    framed.extend_from_slice(json.as_bytes());
+    s.write_all(&framed).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 8];
+    s.read_exact(&mut head).ok()?;
+    let mut body = vec![0u8; u32::from_le_bytes(head[..4].try_into().unwrap()) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+fn control_json(r: &Request) -> String {
+    serde_json::to_string(r).unwrap()
+}
+
+/// What an attacker (or a node) says in the first frame of a data link.
+fn hello(cluster: &str, from: u32, to: u32, nonce: Nonce) -> BodyBuf {
+    encode(&PeerHello { cluster_id: cluster.into(), node_id: from, to, nonce })
+}
+
+/// Says hello on a data link and answers the challenge with a proof keyed by `secret`: the
+/// answer to the proof. (With the cluster's secret, what a real node does.)
+fn handshake(s: &mut TcpStream, cluster: &str, from: u32, to: u32, secret: &[u8], nonce: Nonce) -> (Answer, Nonce) {
+    let challenge: PeerChallenge =
+        decode(&exchange(s, PeerKind::Hello as u16, &hello(cluster, from, to, nonce), &[]).ok()).unwrap();
+    let secret = ClusterSecret::new(secret).unwrap();
+    let h = Handshake {
+        secret: &secret,
+        link: LinkKind::Data,
+        cluster_id: cluster,
+        initiator: from,
+        acceptor: to,
+        initiator_nonce: nonce,
+        acceptor_nonce: challenge.nonce,
+    };
+    let proof = encode(&PeerProof { proof: h.initiator_proof() });
+    (exchange(s, PeerKind::Proof as u16, &proof, &[]), challenge.nonce)
+}
+
+fn forged_append(leader: u32, epoch: u32) -> (BodyBuf, Vec<u8>) {
+    let mut forged = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+    forged.push(None, b"forged", 1);
+    let append = encode(&AppendRequest {
+        topic: "t".into(),
+        topic_id: 0, // any incarnation
+        partition: 0,
+        epoch,
+        leader,
+        prev_offset: 0,
+        prev_epoch: None,
+        end_offset: 1,
+        epochs: vec![EpochStart { epoch, start_offset: 0 }],
+        leader_hw: 1,
+        log_start: 0,
+    });
+    (append, forged.finish(0, 0, 0).to_vec())
+}
+
+/// What one node serves of topic `t` (a follower up to its high watermark).
+fn node_view(c: &mut Cluster, n: u32) -> HashMap<(u32, u64), Vec<u8>> {
+    read_all(&c.node(n).client.to_string(), "t", ReadFrom::Any, false)
+        .into_iter()
+        .map(|(p, o, v)| ((p, o), v))
+        .collect()
+}
+
+/// The attack of issue 13, from a process that knows what `quorra cluster status` prints
+/// (the cluster id, the members) and the protocol, but not the cluster's secret: a hello as
+/// the leader on a follower's client port, then an append of a forged batch with a huge
+/// epoch (before the node handshake, every follower truncated its committed log from
+/// offset 0 to store it, and the partition stayed leaderless). Also a proof replayed from a
+/// real node's handshake, and a metadata write on the control port.
+#[test]
+fn forged_node_traffic_is_refused_logged_and_changes_nothing() {
+    let mut c = Cluster::start("forged", "master-slave");
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(1000, Duration::from_secs(30));
+    let leader = c.leaders("t")[0];
+    let epoch_before = c.status().unwrap().partitions[0].epoch;
+    let (append, batch) = forged_append(leader, FORGED_EPOCH);
+    let cluster = "test-forged";
+    let wrong_secret = b"not the cluster's secret at all";
+    for target in (1..=3).filter(|&n| n != leader) {
+        let addr = c.node(target).client;
+        // A proof keyed by a guessed secret: refused, closed, the append never read.
+        let mut s = TcpStream::connect(addr).unwrap();
+        let (answer, _) = handshake(&mut s, cluster, leader, target, wrong_secret, [1; 32]);
+        assert_eq!(answer.error().code, ErrorCode::AuthenticationFailed as u16);
+        assert!(matches!(exchange(&mut s, PeerKind::Append as u16, &append, &batch), Answer::Closed));
+        // A hello, then the append without a proof.
+        let mut s = TcpStream::connect(addr).unwrap();
+        exchange(&mut s, PeerKind::Hello as u16, &hello(cluster, leader, target, [2; 32]), &[]).ok();
+        let refused = exchange(&mut s, PeerKind::Append as u16, &append, &batch).error();
+        assert_eq!(refused.code, ErrorCode::AuthenticationFailed as u16, "{refused:?}");
+        assert!(is_closed(&mut s));
+        // The append alone.
+        let mut s = TcpStream::connect(addr).unwrap();
+        assert_eq!(
+            exchange(&mut s, PeerKind::Append as u16, &append, &batch).error().code,
+            ErrorCode::AuthenticationFailed as u16
+        );
+        // A replay: a real node's hello and proof, recorded, sent again on another
+        // connection (the receiver's nonce differs).
+        let mut recorded = TcpStream::connect(addr).unwrap();
+        let nonce = [3; 32];
+        let (answer, their_nonce) = handshake(&mut recorded, cluster, leader, target, &c.secret(), nonce);
+        answer.ok();
+        let secret = ClusterSecret::new(&c.secret()).unwrap();
+        let recorded_proof = Handshake {
+            secret: &secret,
+            link: LinkKind::Data,
+            cluster_id: cluster,
+            initiator: leader,
+            acceptor: target,
+            initiator_nonce: nonce,
+            acceptor_nonce: their_nonce,
+        }
+        .initiator_proof();
+        drop(recorded);
+        let mut s = TcpStream::connect(addr).unwrap();
+        exchange(&mut s, PeerKind::Hello as u16, &hello(cluster, leader, target, nonce), &[]).ok();
+        let replayed = exchange(&mut s, PeerKind::Proof as u16, &encode(&PeerProof { proof: recorded_proof }), &[]);
+        assert_eq!(replayed.error().code, ErrorCode::AuthenticationFailed as u16, "a replayed proof was accepted");
+        assert!(matches!(exchange(&mut s, PeerKind::Append as u16, &append, &batch), Answer::Closed));
+    }
+    // The control port: a made-up proof, then a metadata write deleting the topic; a Raft
+    // vote of a huge term instead of the proof; a vote with no hello at all.
+    let target = leader % 3 + 1;
+    let metadata_leader = c.status().unwrap().metadata_leader;
+    let control_hello =
+        control_json(&Request::Hello { cluster_id: cluster.into(), node_id: leader, to: target, nonce: [7; 32] });
+    let vote = control_json(&Request::Vote(VoteRequest::new(Vote::new(1 << 40, u64::from(leader)), None)));
+    let delete = control_json(&Request::Write(MetaCommand::DeleteTopic { name: "t".into() }));
+    let mut s = TcpStream::connect(c.node(target).peer).unwrap();
+    let challenge = control_exchange(&mut s, &control_hello).expect("a challenge");
+    assert!(challenge.contains("Challenge"), "{challenge}");
+    let refused = control_exchange(&mut s, &control_json(&Request::Proof { proof: [9; 32] })).expect("an answer");
+    assert!(refused.contains("Refused") && refused.contains("could not prove"), "{refused}");
+    assert!(control_exchange(&mut s, &delete).is_none(), "the link stayed open");
+    let mut s = TcpStream::connect(c.node(target).peer).unwrap();
+    control_exchange(&mut s, &control_hello).expect("a challenge");
+    let refused = control_exchange(&mut s, &vote).expect("an answer");
+    assert!(refused.contains("Refused") && refused.contains("else than its proof"), "{refused}");
+    let mut s = TcpStream::connect(c.node(target).peer).unwrap();
+    let refused = control_exchange(&mut s, &vote).expect("an answer");
+    assert!(refused.contains("Refused") && refused.contains("must be a hello"), "{refused}");
+    // The cluster goes on as if nothing happened.
+    if !load.try_wait_acked(2500, Duration::from_secs(30)) {
+        panic!("the load stalled after the attack; status {:#?}\n{}", c.status(), c.logs());
+    }
+    let acked = load.stop();
+    c.wait_caught_up("every replica caught up", Duration::from_secs(30));
+    let status = c.status().unwrap();
+    assert_eq!(status.partitions.len(), 1, "the topic is gone: {status:?}");
+    assert!(status.partitions[0].epoch < FORGED_EPOCH, "the forged epoch was adopted: {status:?}");
+    assert_eq!(status.partitions[0].epoch, epoch_before, "the partition changed epochs: {status:?}");
+    let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Leader);
+    assert!(v.acked > 0 && v.is_clean(), "{v:?}\n{}", c.logs());
+    let cluster_view = final_log(&c.bootstrap(), "t");
+    for n in 1..=3 {
+        let only = node_view(&mut c, n);
+        assert_eq!(only, cluster_view, "node {n}'s log differs from the cluster's");
+        assert!(!only.values().any(|v| v == b"forged"), "node {n} stores the forged record");
+    }
+    // Refused and logged, saying why.
+    for n in (1..=3).filter(|&n| n != leader) {
+        let log = c.node(n).log();
+        for expected in ["could not prove it holds the cluster secret", "before the node proved the cluster secret"] {
+            assert!(log.contains(expected), "node {n} did not log {expected:?}:\n{log}");
+        }
+    }
+    assert!(c.node(target).log().contains("control link from"), "{}", c.node(target).log());
+    assert_eq!(c.status().unwrap().metadata_leader, metadata_leader, "the metadata leader changed");
+}
+
+/// A member that proved the secret but sends what no leader would: an append of a stale
+/// epoch is answered (not applied), one in another node's name closes the link; a foreign
+/// cluster's hello and garbage on the control port are refused.
+#[test]
+fn bad_input_from_an_authenticated_node_is_refused_and_harmless() {
+    let mut c = Cluster::start("badpeer", "master-slave");
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(500, Duration::from_secs(30));
+    let leader = c.leaders("t")[0];
+    let target = leader % 3 + 1; // a follower
+    let addr = c.node(target).client;
+    // A hello from another cluster, and one meant for another node: refused, closed.
+    for (cluster, to) in [("other-cluster", target), ("test-badpeer", leader)] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let e = exchange(&mut s, PeerKind::Hello as u16, &hello(cluster, leader, to, [4; 32]), &[]).error();
+        assert_eq!(e.code, ErrorCode::AuthenticationFailed as u16, "{e:?}");
+        assert!(is_closed(&mut s));
+    }
+    // A real handshake, then a stale epoch: answered with the newer epoch, not applied.
+    let mut s = TcpStream::connect(addr).unwrap();
+    handshake(&mut s, "test-badpeer", leader, target, &c.secret(), [5; 32]).0.ok();
+    let (stale, batch) = forged_append(leader, 0);
+    let reply: AppendReply = decode(&exchange(&mut s, PeerKind::Append as u16, &stale, &batch).ok()).unwrap();
+    assert_eq!(reply.kind, REPLY_STALE_EPOCH, "a stale append must be refused");
+    // An append in another node's name: refused, closed.
+    let (other, batch) = forged_append(leader % 3 + 1, 99);
+    assert_eq!(
+        exchange(&mut s, PeerKind::Append as u16, &other, &batch).error().code,
+        ErrorCode::InvalidRequest as u16
+    );
+    assert!(is_closed(&mut s));
+    // Garbage and a foreign hello on the control port: closed, logged.
+    let mut s = TcpStream::connect(c.node(target).peer).unwrap();
+    s.write_all(&[0xAB; 300]).unwrap();
+    assert!(is_closed(&mut s));
+    let mut s = TcpStream::connect(c.node(target).peer).unwrap();
+    let foreign =
+        control_json(&Request::Hello { cluster_id: "other-cluster".into(), node_id: 1, to: target, nonce: [1; 32] });
+    let answer = control_exchange(&mut s, &foreign).expect("an answer");
+    assert!(answer.contains("Refused"), "{answer}");
+    // The cluster goes on; nothing forged entered any log.
+    load.wait_acked(1000, Duration::from_secs(30));
+    let acked = load.stop();
+    let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Any);
+    assert!(v.acked > 0 && v.is_clean(), "{v:?}\n{}", c.logs());
+    let log = c.node(target).log();
+    for expected in ["other-cluster", "meant for node", "sent an append as node", "control link from"] {
+        assert!(log.contains(expected), "the node did not log {expected:?}:\n{log}");
+    }
+}
+
+/// A node started with another secret cannot join: its links are refused both ways, and the
+/// cluster it tried to join goes on.
+#[test]
+fn a_node_with_the_wrong_secret_is_kept_out() {
+    let mut c = Cluster::start("wrongsecret", "master-slave");
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(500, Duration::from_secs(30));
+    let leader = c.leaders("t")[0];
+    let outsider = leader % 3 + 1;
+    c.node(outsider).kill();
+    let config = c.node(outsider).dir.join("node.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut table: toml::Table = text.parse().unwrap();
+    let wrong = c.node(outsider).dir.join("wrong.secret");
+    std::fs::write(&wrong, "a different secret of enough bytes\n").unwrap();
+    table["cluster"].as_table_mut().unwrap().insert("secret_file".into(), wrong.display().to_string().into());
+    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+    c.node(outsider).restart();
+    load.wait_acked(2000, Duration::from_secs(30));
+    // Out of the in-sync set after the lag allowance, and it stays out.
+    c.wait_for("the outsider out of the in-sync set", Duration::from_secs(30), |s| {
+        !s.partitions[0].in_sync.contains(&outsider)
+    });
+    load.wait_acked(1000, Duration::from_secs(30));
+    let status = c.status().unwrap();
+    assert!(!status.partitions[0].in_sync.contains(&outsider), "the outsider is in sync: {status:?}");
+    assert!(status.nodes.iter().any(|n| n.node_id == outsider && !n.alive), "the outsider is alive: {status:?}");
+    let acked = load.stop();
+    let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Leader);
+    assert!(v.acked > 0 && v.is_clean(), "{v:?}\n{}", c.logs());
+    let log = c.node(leader).log();
+    assert!(log.contains(&format!("node {outsider} could not prove it holds the cluster secret")), "{log}");
+    let log = c.node(outsider).log();
+    assert!(log.contains("could not prove it holds the cluster secret"), "{log}");
+}
