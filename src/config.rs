@@ -272,7 +272,8 @@ pub struct ClusterSettings {
     pub trust_lock: bool,
     /// A file holding the cluster's shared secret, the same on every node (required by
     /// every mode that replicates): nodes prove they hold it before any node-to-node
-    /// traffic is accepted. Relative paths are taken from the working directory.
+    /// traffic is accepted. One secret per line: the first is proved, all are accepted (a
+    /// rotation: docs/security.md). Relative paths are taken from the working directory.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     /// The secret itself, read from `secret_file` when the broker starts.
@@ -326,7 +327,7 @@ impl ClusterSettings {
             )));
         };
         let text = std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-        self.secret = crate::protocol::node_auth::ClusterSecret::new(text.trim_ascii())
+        self.secret = crate::protocol::node_auth::ClusterSecret::parse(&text)
             .map_err(|e| bad(format!("{}: {e}", path.display())))?;
         Ok(())
     }
@@ -597,6 +598,6 @@ mod tests {
         std::fs::write(&good, "  0123456789abcdef0123  \n").unwrap();
         let mut s = settings(Some(&good), "hybrid");
         s.load_secret().unwrap();
-        assert!(format!("{:?}", s.secret).contains("20 bytes"), "{:?}", s.secret);
+        assert!(format!("{:?}", s.secret).contains("[20] bytes"), "{:?}", s.secret);
     }
 }

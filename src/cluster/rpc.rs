@@ -301,6 +301,21 @@ pub fn check_hello(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What arrives before a link's handshake is untrusted: garbage, or a hello or proof
+        /// with bytes changed, never panics the decoder.
+        #[test]
+        fn garbage_control_messages_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), flip in 0usize..300) {
+            let _ = decode_body::<Request>(crc32c::crc32c(&bytes), &bytes);
+            let hello = encode(&Request::Hello { cluster_id: "c".into(), node_id: 1, to: 2, nonce: [3; 32] });
+            let mut body = hello[8..].to_vec();
+            let i = flip % body.len();
+            body[i] = bytes.first().copied().unwrap_or(b'x');
+            let _ = decode_body::<Request>(crc32c::crc32c(&body), &body);
+        }
+    }
 
     #[test]
     fn framing_detects_corruption_and_hello_checks_membership() {

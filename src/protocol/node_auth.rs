@@ -31,22 +31,39 @@ pub type Proof = [u8; 32];
 /// The shortest secret accepted: 128 bits (the README's recipe makes 256).
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// The cluster's shared secret. Never printed.
+/// The cluster's shared secret: the current one, which this node proves, and during a
+/// rotation the others it still accepts. Never printed.
 #[derive(Clone, Default)]
-pub struct ClusterSecret(std::sync::Arc<[u8]>);
+pub struct ClusterSecret(std::sync::Arc<[Vec<u8>]>);
 
 impl std::fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClusterSecret({} bytes)", self.0.len())
+        let lengths: Vec<usize> = self.0.iter().map(Vec::len).collect();
+        write!(f, "ClusterSecret({lengths:?} bytes)")
     }
 }
 
 impl ClusterSecret {
     pub fn new(bytes: &[u8]) -> Result<ClusterSecret, AuthError> {
-        if bytes.len() < MIN_SECRET_BYTES {
-            return Err(AuthError::SecretTooShort(bytes.len()));
+        ClusterSecret::rotating(&[bytes])
+    }
+
+    /// The first secret is proved; every one of them is accepted (a rotation in progress).
+    pub fn rotating(secrets: &[&[u8]]) -> Result<ClusterSecret, AuthError> {
+        if secrets.is_empty() {
+            return Err(AuthError::SecretTooShort(0));
         }
-        Ok(ClusterSecret(bytes.into()))
+        if let Some(short) = secrets.iter().find(|s| s.len() < MIN_SECRET_BYTES) {
+            return Err(AuthError::SecretTooShort(short.len()));
+        }
+        Ok(ClusterSecret(secrets.iter().map(|s| s.to_vec()).collect()))
+    }
+
+    /// The text of a secret file: one secret per line (blank lines and surrounding
+    /// whitespace ignored), the first the current one.
+    pub fn parse(text: &[u8]) -> Result<ClusterSecret, AuthError> {
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').map(<[u8]>::trim_ascii).filter(|l| !l.is_empty()).collect();
+        ClusterSecret::rotating(&lines)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,28 +108,41 @@ pub struct Handshake<'a> {
 }
 
 impl Handshake<'_> {
-    /// What the acceptor sends with its challenge.
+    /// What the acceptor sends with its challenge (keyed by the current secret).
     pub fn acceptor_proof(&self) -> Proof {
-        self.mac(Role::Acceptor).finalize().into_bytes().into()
+        self.mac(self.current(), Role::Acceptor).finalize().into_bytes().into()
     }
 
-    /// What the initiator answers the challenge with.
+    /// What the initiator answers the challenge with (keyed by the current secret).
     pub fn initiator_proof(&self) -> Proof {
-        self.mac(Role::Initiator).finalize().into_bytes().into()
+        self.mac(self.current(), Role::Initiator).finalize().into_bytes().into()
     }
 
-    /// The initiator's check of the acceptor's proof (in constant time).
+    /// The initiator's check of the acceptor's proof (in constant time, by every secret).
     pub fn check_acceptor(&self, proof: &[u8]) -> Result<(), AuthError> {
-        self.mac(Role::Acceptor).verify_slice(proof).map_err(|_| AuthError::BadProof(self.acceptor))
+        self.check(Role::Acceptor, proof).map_err(|_| AuthError::BadProof(self.acceptor))
     }
 
-    /// The acceptor's check of the initiator's proof (in constant time).
+    /// The acceptor's check of the initiator's proof (in constant time, by every secret).
     pub fn check_initiator(&self, proof: &[u8]) -> Result<(), AuthError> {
-        self.mac(Role::Initiator).verify_slice(proof).map_err(|_| AuthError::BadProof(self.initiator))
+        self.check(Role::Initiator, proof).map_err(|_| AuthError::BadProof(self.initiator))
     }
 
-    fn mac(&self, role: Role) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret.0).expect("HMAC takes a key of any length");
+    fn current(&self) -> &[u8] {
+        self.secret.0.first().map_or(&[], Vec::as_slice)
+    }
+
+    fn check(&self, role: Role, proof: &[u8]) -> Result<(), ()> {
+        let ok = self.secret.0.iter().any(|key| self.mac(key, role).verify_slice(proof).is_ok());
+        if ok {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    fn mac(&self, key: &[u8], role: Role) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
         mac.update(b"quorra node auth v1");
         mac.update(&[role as u8, self.link as u8]);
         mac.update(&(self.cluster_id.len() as u32).to_le_bytes());
@@ -187,9 +217,28 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_accepts_the_old_and_the_new_secret_and_proves_the_first() {
+        let (old, new) = ("old secret 0123456789", "new secret 0123456789");
+        let only_old = ClusterSecret::parse(old.as_bytes()).unwrap();
+        let both_new_first = ClusterSecret::parse(format!("  {new}\n\n{old}\n").as_bytes()).unwrap();
+        let only_new = ClusterSecret::parse(new.as_bytes()).unwrap();
+        let proof_by = |s: &ClusterSecret| handshake(s, [1; 32], [2; 32]).initiator_proof();
+        // A node in the middle of the rotation accepts nodes not yet rotated and those done.
+        let middle = handshake(&both_new_first, [1; 32], [2; 32]);
+        assert!(middle.check_initiator(&proof_by(&only_old)).is_ok());
+        assert!(middle.check_initiator(&proof_by(&only_new)).is_ok());
+        // It proves the new one: a node done with the rotation accepts it, one that never
+        // heard of it does not.
+        assert!(handshake(&only_new, [1; 32], [2; 32]).check_initiator(&proof_by(&both_new_first)).is_ok());
+        assert!(handshake(&only_old, [1; 32], [2; 32]).check_initiator(&proof_by(&both_new_first)).is_err());
+    }
+
+    #[test]
     fn short_secrets_and_misaddressed_hellos_are_refused() {
         assert_eq!(ClusterSecret::new(b"short").unwrap_err(), AuthError::SecretTooShort(5));
-        assert!(format!("{:?}", secret("0123456789abcdef")).contains("16 bytes"));
+        assert!(format!("{:?}", secret("0123456789abcdef")).contains("[16] bytes"));
+        assert_eq!(ClusterSecret::parse(b"\n  \n").unwrap_err(), AuthError::SecretTooShort(0));
+        assert_eq!(ClusterSecret::parse(b"0123456789abcdef\nshort\n").unwrap_err(), AuthError::SecretTooShort(5));
         assert_eq!(check_addressing(1, 2, 2), Ok(()));
         assert_eq!(check_addressing(1, 3, 2), Err(AuthError::NotForMe { meant: 3, me: 2 }));
         assert_eq!(check_addressing(2, 2, 2), Err(AuthError::FromMyself(2)));
