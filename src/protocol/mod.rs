@@ -8,6 +8,7 @@ pub mod frame;
 pub mod messages;
 pub mod node_auth;
 pub mod peer;
+pub mod scram;
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
