@@ -283,6 +283,78 @@ fn follower_with_a_corrupted_segment_repairs_it_from_the_leader() {
     assert_nothing_lost(&v, "read from the repaired follower", &c);
 }
 
+/// A leader whose committed log is damaged while it runs (a bit flipped on its disk, read
+/// back from the disk, not from its cache): the read that finds the damage makes the replica
+/// repair itself (`shard/cluster.rs::repair_replica`): another replica leads, the damaged
+/// one is cut at the damage and refilled. Every acknowledged record is read back.
+#[test]
+fn leader_that_finds_damage_in_its_committed_log_while_running_repairs_itself() {
+    use std::os::unix::fs::FileExt;
+    let mut c = Cluster::start_tuned("liverepair", "master-slave", |config| {
+        // A small cache: the start of the log is read from the disk.
+        let mut storage = toml::Table::new();
+        storage.insert("cache_bytes".into(), 65_536.into());
+        config.insert("storage".into(), storage.into());
+    });
+    c.create_topic("t", 1, 3);
+    let load = Load::start(&c.bootstrap(), "t", 1, Acks::Quorum);
+    load.wait_acked(3000, Duration::from_secs(30));
+    let acked = load.stop();
+    c.wait_caught_up("every replica caught up", Duration::from_secs(30));
+    let leader = c.leaders("t")[0];
+    // One byte, written in place while the node runs.
+    let segment = c.node(leader).dir.join("data/topics/t/0/00000000000000000000.log");
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, 10_000).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x5A], 10_000).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    // A read through the damage, from the leader: the damaged batch is never served (the
+    // client, which follows the leadership, gets every record intact, from wherever the
+    // partition is led meanwhile), and the replica sets about its repair.
+    let at_leader = c.node(leader).client.to_string();
+    let end = acked.at.keys().map(|&(_, o)| o).max().unwrap() + 1;
+    let answer = common::run(move || async move {
+        let client = common::client(&at_leader).await;
+        let mut offset = 0;
+        while offset < end {
+            let before = offset;
+            let r = client.fetch("t", 0, offset, 64 << 10, Duration::from_millis(100)).await?;
+            let mut rest = &r.batches[..];
+            while let Ok(h) = quorra::protocol::batch::peek_header(rest) {
+                let whole = quorra::protocol::batch::check_batch(&rest[..h.batch_len as usize]);
+                assert!(whole.is_ok(), "a damaged batch at {} was served: {whole:?}", h.base_offset);
+                offset = h.next_offset();
+                rest = &rest[h.batch_len as usize..];
+            }
+            if offset == before {
+                break; // nothing more served
+            }
+        }
+        Ok::<u64, quorra::client::ClientError>(offset)
+    });
+    assert!(matches!(answer, Ok(o) if o >= end), "the log was not read through to {end}: {answer:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.node(leader).log().contains("repairing this replica") {
+        assert!(Instant::now() < deadline, "no repair\n{}", c.node(leader).log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_caught_up("the repaired replica caught up", Duration::from_secs(40));
+    let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Leader);
+    assert_nothing_lost(&v, "after the leader repaired its log", &c);
+    let only_repaired = c.node(leader).client.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v = common::cluster::check_with(&only_repaired, "t", 1, &acked, ReadFrom::Any, false);
+        if v.is_clean() || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_nothing_lost(&v, "read from the repaired replica", &c);
+}
+
 /// Offsets are replicated metadata; the groups in it are bounded (`max_consumer_groups`,
 /// here 2): a commit that would create a third is refused on every node.
 #[test]
