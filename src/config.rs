@@ -170,12 +170,13 @@ pub struct Config {
     /// leadership of its partitions to in-sync followers (for at most about half of it),
     /// then flushes and closes everything.
     pub shutdown_timeout_ms: u64,
-    /// Serve on an address other machines can reach although clients are not authenticated
-    /// (this broker has no TLS nor client authentication yet): anyone who reaches the port
-    /// can create, delete, produce and consume. Without it such a start is refused.
+    /// Serve on an address other machines can reach although there is no TLS yet (and,
+    /// unless `[auth] enabled`, no client authentication). Without it such a start is
+    /// refused.
     pub allow_insecure: bool,
     pub storage: StorageSettings,
     pub runtime: RuntimeSettings,
+    pub auth: AuthSettings,
     /// `[cluster]`: absent for a single node.
     pub cluster: Option<ClusterSettings>,
 }
@@ -227,6 +228,21 @@ impl std::fmt::Display for ClusterMode {
             ClusterMode::SharedStorage => "shared-storage",
         })
     }
+}
+
+/// `[auth]`: client authentication (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Every client connection must authenticate (SCRAM-SHA-256) before any other request.
+    pub enabled: bool,
+    /// Users who may do everything, managing users included.
+    pub super_users: Vec<String>,
+    /// Keys the decoy challenges for unknown users (the same answer for a name every time,
+    /// as for a real user). Set at start: random on a single node, derived from the cluster
+    /// secret in a cluster (the same on every node).
+    #[serde(skip)]
+    pub decoy_key: [u8; 32],
 }
 
 /// One member of the cluster, as every node's config lists it.
@@ -390,6 +406,7 @@ impl Default for Config {
             allow_insecure: false,
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
+            auth: AuthSettings::default(),
             cluster: None,
         }
     }
@@ -480,10 +497,10 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: "allow_insecure",
                     message: format!(
-                        "{exposed} can be reached from other machines, and this broker does not authenticate \
-                         clients (no TLS nor client authentication yet): anyone who reaches it could create, \
-                         delete, produce and consume. Bind a loopback address, or set allow_insecure = true \
-                         if the network around it is trusted"
+                        "{exposed} can be reached from other machines, and this broker has no TLS yet{}: \
+                         what it serves travels in the clear. Bind a loopback address, or set \
+                         allow_insecure = true if the network around it is trusted",
+                        if self.auth.enabled { "" } else { " and does not authenticate clients ([auth] enabled)" }
                     ),
                 });
             }

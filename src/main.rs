@@ -42,6 +42,32 @@ enum Command {
     /// Inspect a cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Manage the users of a broker with [auth] enabled (super users only; while no user
+    /// exists, any client on the broker's own machine may create the first).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user or change its password; the password is read from QUORRA_NEW_PASSWORD,
+    /// else from the first line of stdin.
+    Add {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a user.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the users.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +108,9 @@ struct ClientArgs {
     /// multi-master and forwarding modes that node forwards what it does not serve)
     #[arg(long)]
     no_follow_leaders: bool,
+    /// Authenticate as this user (SCRAM-SHA-256); the password comes from QUORRA_PASSWORD
+    #[arg(long, env = "QUORRA_USER")]
+    user: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +215,7 @@ fn main() {
         Command::Produce(args) => run_client(move || produce(args)),
         Command::Consume(args) => run_client(move || consume(args)),
         Command::Cluster(cmd) => run_client(move || cluster(cmd)),
+        Command::User(cmd) => run_client(move || user(cmd)),
     };
     if let Err(e) = result {
         // A closed stdout (`quorra consume ... | head`) ends the command, quietly.
@@ -228,9 +258,50 @@ where
 }
 
 async fn connect(args: &ClientArgs) -> Result<Rc<Client>> {
-    let config =
-        ClientConfig { follow_leaders: !args.no_follow_leaders, ..ClientConfig::with_bootstrap(&args.bootstrap) };
+    let credentials = match &args.user {
+        Some(user) => {
+            let password = std::env::var("QUORRA_PASSWORD")
+                .map_err(|_| anyhow::anyhow!("--user {user} needs its password in QUORRA_PASSWORD"))?;
+            Some(quorra::client::Credentials { user: user.clone(), password })
+        }
+        None => None,
+    };
+    let config = ClientConfig {
+        follow_leaders: !args.no_follow_leaders,
+        credentials,
+        ..ClientConfig::with_bootstrap(&args.bootstrap)
+    };
     Ok(Client::connect(config).await?)
+}
+
+async fn user(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add { name, client } => {
+            let password = match std::env::var("QUORRA_NEW_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            if password.is_empty() {
+                anyhow::bail!("an empty password: give it in QUORRA_NEW_PASSWORD or on stdin");
+            }
+            let created = connect(&client).await?.upsert_user(&name, &password).await?;
+            println!("{} user {name}", if created { "created" } else { "changed the password of" });
+        }
+        UserCommand::Remove { name, client } => {
+            connect(&client).await?.delete_user(&name).await?;
+            println!("deleted user {name}");
+        }
+        UserCommand::List { client } => {
+            for u in connect(&client).await?.list_users().await? {
+                println!("{u}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn topic(cmd: TopicCommand) -> Result<()> {

@@ -355,3 +355,144 @@ fn a_node_with_the_wrong_secret_is_kept_out() {
     let log = c.node(outsider).log();
     assert!(log.contains("could not prove it holds the cluster secret"), "{log}");
 }
+
+fn client_as(bootstrap: &str, user: &str, password: &str) -> quorra::client::ClientConfig {
+    quorra::client::ClientConfig {
+        credentials: Some(quorra::client::Credentials { user: user.into(), password: password.into() }),
+        ..quorra::client::ClientConfig::with_bootstrap(bootstrap)
+    }
+}
+
+/// The error code of a result (None: it succeeded).
+fn code<T>(r: Result<T, quorra::client::ClientError>) -> Option<ErrorCode> {
+    r.err().map(|e| e.code().unwrap_or(ErrorCode::Unknown))
+}
+
+/// What a client as `config` gets for: creating topic `topic`, producing one record to it,
+/// adding user `new_user`, listing the users (the error codes, None for success). Each on a
+/// connection of its own (a refused request closes its connection).
+fn try_everything(config: quorra::client::ClientConfig, topic: &str, new_user: &str) -> [Option<ErrorCode>; 4] {
+    use quorra::client::Client;
+    let (topic, new_user) = (topic.to_string(), new_user.to_string());
+    common::run(move || async move {
+        let fresh = || Client::connect(config.clone());
+        let create = match fresh().await {
+            Ok(c) => code(c.create_topic(&topic, 1, 1).await),
+            Err(e) => code::<()>(Err(e)),
+        };
+        let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+        b.push(None, b"hello", 1);
+        let produce = match fresh().await {
+            Ok(c) => code(c.produce_batches(&topic, 0, Acks::Leader, vec![b.finish(0, 0, 0)]).await),
+            Err(e) => code::<()>(Err(e)),
+        };
+        let add = match fresh().await {
+            Ok(c) => code(c.upsert_user(&new_user, "a password").await),
+            Err(e) => code::<()>(Err(e)),
+        };
+        let list = match fresh().await {
+            Ok(c) => code(c.list_users().await),
+            Err(e) => code::<()>(Err(e)),
+        };
+        [create, produce, add, list]
+    })
+}
+
+/// `[auth] enabled` on a single node: nothing but authentication before it; the first user
+/// from the broker's own machine; wrong passwords and unknown users refused alike; only
+/// super users manage users; users survive a restart; the CLI authenticates.
+#[test]
+fn clients_authenticate_with_scram_and_only_super_users_manage_users() {
+    use common::{config_file, scratch_dir, Broker};
+    use quorra::client::ClientConfig;
+    let dir = scratch_dir("scram");
+    let config = config_file(dir.path(), "[auth]\nenabled = true\nsuper_users = [\"admin\"]\n");
+    let mut broker = Broker::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let b = broker.bootstrap();
+    let anonymous = || ClientConfig::with_bootstrap(&b);
+    let denied = Some(ErrorCode::AuthenticationFailed);
+    // Before any user exists: a loopback client may create the first, and nothing else.
+    let [create, produce, add, _] = try_everything(anonymous(), "t0", "admin");
+    assert_eq!((create, produce, add), (denied, denied, None), "an anonymous client before any user");
+    let [create, produce, add, list] = try_everything(anonymous(), "t0", "eve");
+    assert_eq!([create, produce, add, list], [denied; 4], "an anonymous client once a user exists");
+    // The password of "admin" is "a password" (set above).
+    assert_eq!(try_everything(client_as(&b, "admin", "a password"), "t1", "bob"), [None; 4], "a super user");
+    assert_eq!(try_everything(client_as(&b, "admin", "wrong"), "t2", "x"), [denied; 4], "a wrong password");
+    assert_eq!(try_everything(client_as(&b, "nobody", "a password"), "t2", "x"), [denied; 4], "an unknown user");
+    let not_authorized = Some(ErrorCode::NotAuthorized);
+    assert_eq!(
+        try_everything(client_as(&b, "bob", "a password"), "t3", "mallory"),
+        [None, None, not_authorized, not_authorized],
+        "a user that is not a super user"
+    );
+    // Users are persisted; the CLI authenticates (and lists them).
+    broker.restart();
+    let b = broker.bootstrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorra"))
+        .args(["user", "list", "--bootstrap", &b, "--user", "admin"])
+        .env("QUORRA_PASSWORD", "a password")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "admin\nbob\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorra"))
+        .args(["topic", "list", "--bootstrap", &b])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("authentication_failed"), "{out:?}");
+    // A deleted user is refused.
+    let admin = client_as(&b, "admin", "a password");
+    common::run(move || async move {
+        quorra::client::Client::connect(admin).await.unwrap().delete_user("bob").await.unwrap()
+    });
+    assert_eq!(try_everything(client_as(&b, "bob", "a password"), "t4", "x"), [denied; 4], "a deleted user");
+    let log = broker.log();
+    assert!(log.contains("authentication of \"admin\" failed") && log.contains("authenticate first"), "{log}");
+}
+
+/// In a cluster, users are replicated metadata: created on one node, they authenticate on
+/// every node.
+#[test]
+fn users_are_replicated_metadata() {
+    let mut c = Cluster::start_tuned("users", "hybrid", |config| {
+        let mut auth = toml::Table::new();
+        auth.insert("enabled".into(), true.into());
+        auth.insert("super_users".into(), toml::Value::Array(vec!["admin".into()]));
+        config.insert("auth".into(), auth.into());
+    });
+    let first = c.node(1).client.to_string();
+    common::run(move || async move {
+        let client =
+            quorra::client::Client::connect(quorra::client::ClientConfig::with_bootstrap(&first)).await.unwrap();
+        client.upsert_user("admin", "a password").await.unwrap();
+    });
+    for n in 2..=3 {
+        let at = c.node(n).client.to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let config = client_as(&at, "admin", "a password");
+        let users = loop {
+            let config = quorra::client::ClientConfig { follow_leaders: false, ..config.clone() };
+            let got =
+                common::run(move || async move { quorra::client::Client::connect(config).await?.list_users().await });
+            match got {
+                Ok(users) => break users,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(e.code(), Some(ErrorCode::AuthenticationFailed), "{e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("node {n} never accepted the user: {e}"),
+            }
+        };
+        assert_eq!(users, vec!["admin".to_string()]);
+    }
+    let anonymous = c.node(3).client.to_string();
+    let refused = common::run(move || async move {
+        quorra::client::Client::connect(quorra::client::ClientConfig::with_bootstrap(&anonymous))
+            .await
+            .unwrap()
+            .create_topic("t", 1, 1)
+            .await
+    });
+    assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::AuthenticationFailed));
+}

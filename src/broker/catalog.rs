@@ -27,6 +27,9 @@ pub const DELETED_MARKER: &str = "DELETED";
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub topics: BTreeMap<String, TopicConfig>,
+    /// A single node's users (a cluster keeps them in its replicated metadata).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: BTreeMap<String, crate::protocol::scram::Credential>,
 }
 
 impl Catalog {

@@ -82,6 +82,22 @@ pub struct ClientConfig {
     /// (default). Off: everything goes to the bootstrap node, which forwards what it does
     /// not serve (`multi-master` and `forwarding` modes).
     pub follow_leaders: bool,
+    /// Authenticate every connection as this user (SCRAM-SHA-256), for brokers with
+    /// `[auth] enabled`.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and its password (never printed, never sent: SCRAM proves it).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?}, password hidden)", self.user)
+    }
 }
 
 impl Default for ClientConfig {
@@ -92,6 +108,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             follow_leaders: true,
+            credentials: None,
         }
     }
 }
@@ -158,11 +175,13 @@ impl Client {
         candidates.sort_by_key(|a| Some(*a) == avoid);
         {
             for sock in candidates {
-                match Connection::connect(sock, self.config.connect_timeout, self.config.max_frame_bytes).await {
+                match self.open_connection(sock).await {
                     Ok(c) => {
                         *self.conn.borrow_mut() = Some(c.clone());
                         return Ok(c);
                     }
+                    // Another node would say the same.
+                    Err(e) if e.code() == Some(ErrorCode::AuthenticationFailed) => return Err(e),
                     Err(e) => failures.push(e.to_string()),
                 }
             }
@@ -171,6 +190,45 @@ impl Client {
             return Err(ClientError::NoBroker(failures.remove(0)));
         }
         Err(ClientError::NoBroker(failures.join("; ")))
+    }
+
+    /// A new connection to `addr`, authenticated when the config has credentials.
+    pub(crate) async fn open_connection(&self, addr: SocketAddr) -> Result<Rc<Connection>, ClientError> {
+        let conn = Connection::connect(addr, self.config.connect_timeout, self.config.max_frame_bytes).await?;
+        if let Some(credentials) = &self.config.credentials {
+            let exchange = authenticate(&conn, credentials);
+            crate::rt::timeout(self.config.request_timeout, exchange)
+                .await
+                .unwrap_or_else(|| Err(ClientError::Timeout(format!("authentication at {addr}"))))?;
+        }
+        Ok(conn)
+    }
+
+    /// Creates user `name` or changes its password. The SCRAM credential is computed here;
+    /// the password never leaves this process.
+    pub async fn upsert_user(&self, name: &str, password: &str) -> Result<bool, ClientError> {
+        let salt: [u8; 16] = crate::protocol::node_auth::fresh_nonce()[..16].try_into().expect("16 of 32 bytes");
+        let iterations = crate::protocol::scram::DEFAULT_ITERATIONS;
+        let c = crate::protocol::scram::Credential::new(password, &salt, iterations);
+        let req = UpsertUserRequest {
+            name: name.into(),
+            salt: c.salt,
+            iterations,
+            stored_key: c.stored_key,
+            server_key: c.server_key,
+        };
+        let resp: UpsertUserResponse = self.call(ApiKind::UpsertUser, &req).await?;
+        Ok(resp.created)
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        let _: DeleteUserResponse = self.call(ApiKind::DeleteUser, &DeleteUserRequest { name: name.into() }).await?;
+        Ok(())
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<String>, ClientError> {
+        let resp: ListUsersResponse = self.call(ApiKind::ListUsers, &ListUsersRequest {}).await?;
+        Ok(resp.users)
     }
 
     /// Sends a request and waits for its response frame.
@@ -408,4 +466,23 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
     addr.to_socket_addrs()
         .map(Iterator::collect)
         .map_err(|e| ClientError::Invalid(format!("bad broker address {addr:?}: {e}")))
+}
+
+/// The client's side of the SCRAM-SHA-256 exchange on a new connection.
+async fn authenticate(conn: &Connection, credentials: &Credentials) -> Result<(), ClientError> {
+    use crate::protocol::scram::ClientExchange;
+    let failed = |e: crate::protocol::scram::ScramError| ClientError::Invalid(format!("authentication: {e}"));
+    let nonce = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&crate::protocol::node_auth::fresh_nonce()[..18])
+    };
+    let (exchange, first) = ClientExchange::start(&credentials.user, &credentials.password, &nonce).map_err(failed)?;
+    let step = |message: String| {
+        let req = AuthenticateRequest { mechanism: "SCRAM-SHA-256".into(), message };
+        conn.send(ApiKind::Authenticate, encode(&req), Vec::new())
+    };
+    let server_first: AuthenticateResponse = decode(step(first).await?.archive())?;
+    let (verdict, last) = exchange.answer(&server_first.message).map_err(failed)?;
+    let server_final: AuthenticateResponse = decode(step(last).await?.archive())?;
+    verdict.verify(&server_final.message).map_err(failed)
 }

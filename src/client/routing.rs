@@ -58,7 +58,7 @@ impl Client {
         if let Some(c) = self.routes.borrow().conns.get(&addr).filter(|c| !c.is_broken()) {
             return Ok(c.clone());
         }
-        let c = Connection::connect(addr, self.config.connect_timeout, self.config.max_frame_bytes).await?;
+        let c = self.open_connection(addr).await?;
         self.routes.borrow_mut().conns.insert(addr, c.clone());
         Ok(c)
     }

@@ -62,6 +62,9 @@ pub struct MetaState {
     /// followers and never give it back to them until they start again.
     #[serde(default)]
     pub draining: std::collections::BTreeSet<NodeId>,
+    /// Users and their SCRAM credentials (never passwords).
+    #[serde(default)]
+    pub users: Arc<BTreeMap<String, crate::protocol::scram::Credential>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +107,14 @@ pub enum MetaCommand {
         node: NodeId,
         draining: bool,
     },
+    /// Creates a user or replaces its credential.
+    PutUser {
+        name: String,
+        credential: crate::protocol::scram::Credential,
+    },
+    RemoveUser {
+        name: String,
+    },
     /// A consumer group's next offset for a partition.
     CommitOffset {
         group: String,
@@ -131,6 +142,8 @@ pub enum MetaError {
     StaleEpoch { topic: String, partition: u32, got: Epoch, current: Epoch },
     #[error("the cluster holds {0} consumer groups (max_consumer_groups); a new group cannot commit")]
     TooManyGroups(u64),
+    #[error("no such user: {0}")]
+    UnknownUser(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -159,6 +172,15 @@ impl MetaState {
     fn apply_change(&mut self, cmd: &MetaCommand) -> Result<(), MetaError> {
         match cmd {
             MetaCommand::AllocateProducerIds { .. } => Ok(()),
+            MetaCommand::PutUser { name, credential } => {
+                crate::protocol::scram::validate_user_name(name).map_err(MetaError::Invalid)?;
+                Arc::make_mut(&mut self.users).insert(name.clone(), credential.clone());
+                Ok(())
+            }
+            MetaCommand::RemoveUser { name } => match Arc::make_mut(&mut self.users).remove(name) {
+                Some(_) => Ok(()),
+                None => Err(MetaError::UnknownUser(name.clone())),
+            },
             MetaCommand::SetDraining { node, draining } => {
                 if *draining {
                     self.draining.insert(*node);

@@ -135,6 +135,8 @@ pub struct Frame {
     /// Not on the wire: set by the server when the frame came over a node-to-node link
     /// (the connection began with a valid hello), i.e. from another node of the cluster.
     pub from_node: Option<u32>,
+    /// Not on the wire: the user the connection authenticated as (client authentication).
+    pub principal: Option<std::sync::Arc<str>>,
 }
 
 impl Frame {
@@ -144,7 +146,7 @@ impl Frame {
         if crc32c::crc32c(&body) != header.body_crc {
             return Err(FrameError::BodyCrc);
         }
-        Ok(Frame { header, body, from_node: None })
+        Ok(Frame { header, body, from_node: None, principal: None })
     }
 
     /// The rkyv archive, 16-byte aligned.

@@ -21,6 +21,12 @@ pub enum ApiKind {
     FetchOffset = 10,
     ClusterStatus = 11,
     InitProducer = 12,
+    /// One step of a SCRAM-SHA-256 exchange (docs/protocol.md, "Authentication").
+    Authenticate = 13,
+    /// Creates a user or changes its password (its SCRAM credential).
+    UpsertUser = 14,
+    DeleteUser = 15,
+    ListUsers = 16,
 }
 
 impl ApiKind {
@@ -39,6 +45,10 @@ impl ApiKind {
             10 => FetchOffset,
             11 => ClusterStatus,
             12 => InitProducer,
+            13 => Authenticate,
+            14 => UpsertUser,
+            15 => DeleteUser,
+            16 => ListUsers,
             _ => return None,
         })
     }
@@ -333,4 +343,57 @@ pub struct InitProducerRequest {}
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct InitProducerResponse {
     pub producer_id: u64,
+}
+
+/// One client message of a SASL exchange: `mechanism` is `SCRAM-SHA-256`; `message` the
+/// client-first message, then the client-final one.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AuthenticateRequest {
+    pub mechanism: String,
+    pub message: String,
+}
+
+/// The server's answer: the server-first message (`done: false`), then the server-final one
+/// (`done: true`: the connection is authenticated as `principal`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AuthenticateResponse {
+    pub message: String,
+    pub done: bool,
+    pub principal: String,
+}
+
+/// A user's SCRAM-SHA-256 credential, computed by the client from the password (which never
+/// reaches the broker): salt, iterations, `StoredKey`, `ServerKey`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UpsertUserRequest {
+    pub name: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UpsertUserResponse {
+    pub name: String,
+    /// False: the user existed and its credential was replaced.
+    pub created: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeleteUserRequest {
+    pub name: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeleteUserResponse {
+    pub name: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ListUsersRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ListUsersResponse {
+    pub users: Vec<String>,
 }

@@ -65,6 +65,8 @@ pub enum ErrorCode {
     /// The connection could not prove who it is (a node link without the cluster secret);
     /// it is closed.
     AuthenticationFailed = 27,
+    /// The authenticated principal may not do this (the message names the operation).
+    NotAuthorized = 28,
 }
 
 impl ErrorCode {
@@ -98,6 +100,7 @@ impl ErrorCode {
             25 => TooManyConnections,
             26 => TooManyGroups,
             27 => AuthenticationFailed,
+            28 => NotAuthorized,
             _ => Unknown,
         }
     }
@@ -149,6 +152,7 @@ impl ErrorCode {
             TooManyConnections => "too_many_connections",
             TooManyGroups => "too_many_groups",
             AuthenticationFailed => "authentication_failed",
+            NotAuthorized => "not_authorized",
         }
     }
 }

@@ -69,6 +69,15 @@ impl ClusterSecret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// A key for `purpose` derived from the current secret (the same on every node).
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.first().map_or(&[][..], Vec::as_slice))
+            .expect("HMAC takes a key of any length");
+        mac.update(b"quorra derived key v1");
+        mac.update(purpose);
+        mac.finalize().into_bytes().into()
+    }
 }
 
 /// Which kind of link a handshake opens (a proof for one is no good for the other).

@@ -139,6 +139,17 @@ fn decode_name(raw: &str) -> Result<String, ScramError> {
     Ok(out)
 }
 
+/// The rules for a user name: 1 to [`MAX_USER_BYTES`] bytes, no control characters.
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_USER_BYTES {
+        return Err(format!("a user name has 1 to {MAX_USER_BYTES} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a user name has no control characters".into());
+    }
+    Ok(())
+}
+
 fn encode_name(name: &str) -> String {
     name.replace('=', "=3D").replace(',', "=2C")
 }

@@ -121,7 +121,7 @@ pub async fn delete_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
 
 /// Waits (briefly) until this shard applied a committed change, so that the client's next
 /// request here sees it.
-async fn wait_applied(shard: &Rc<Shard>, done: impl Fn(&Shard) -> bool) {
+pub(super) async fn wait_applied(shard: &Rc<Shard>, done: impl Fn(&Shard) -> bool) {
     let deadline = Instant::now() + APPLY_WAIT;
     while !done(shard) && Instant::now() < deadline {
         rt::sleep(Duration::from_millis(5)).await;

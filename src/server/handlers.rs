@@ -131,7 +131,17 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
         ApiKind::CommitOffset => commit_offset(shard, &frame).await,
         ApiKind::FetchOffset => fetch_offset(shard, &frame).await,
         ApiKind::InitProducer => init_producer(shard, &frame).await,
+        ApiKind::UpsertUser => super::auth::upsert_user(shard, &frame).await,
+        ApiKind::DeleteUser => super::auth::delete_user(shard, &frame).await,
+        ApiKind::ListUsers => super::auth::list_users(shard, &frame),
+        // (Answered by the connection's reader: it changes the connection's state.)
+        ApiKind::Authenticate => Err(ApiError::new(ErrorCode::InvalidRequest, "authenticate on the connection itself")),
     };
+    answer(kind, corr, result)
+}
+
+/// The response frame of a handler's result.
+pub(super) fn answer(kind: u16, corr: u64, result: HandlerResult) -> OutFrame {
     match result {
         Ok((archive, payload)) => OutFrame::new(kind, FLAG_RESPONSE, corr, archive, payload),
         Err(e) => error_frame_with_hint(kind, corr, e.code, &e.message, e.leader_hint),
@@ -285,7 +295,7 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     reply(&DeleteTopicResponse { name: req.name })
 }
 
-async fn persist_catalog(shard: &Shard, catalog: &Catalog) -> Result<(), ApiError> {
+pub(super) async fn persist_catalog(shard: &Shard, catalog: &Catalog) -> Result<(), ApiError> {
     let path = Catalog::path(&shard.config.data_dir);
     crate::storage::Disk::write_file_atomic(&shard.disk, &path, catalog.encode())
         .await
@@ -293,7 +303,7 @@ async fn persist_catalog(shard: &Shard, catalog: &Catalog) -> Result<(), ApiErro
 }
 
 /// Sends a request to every shard (this one included) and collects the replies.
-async fn broadcast(shard: &Rc<Shard>, make: impl Fn() -> MeshRequest) -> Vec<MeshReply> {
+pub(super) async fn broadcast(shard: &Rc<Shard>, make: impl Fn() -> MeshRequest) -> Vec<MeshReply> {
     let mut pending = Vec::new();
     for peer in (0..shard.shards).filter(|&p| p != shard.id) {
         pending.push(shard.mesh.send(peer, make()).await);
@@ -305,7 +315,7 @@ async fn broadcast(shard: &Rc<Shard>, make: impl Fn() -> MeshRequest) -> Vec<Mes
     replies
 }
 
-fn check_all(replies: Vec<MeshReply>) -> Result<(), ApiError> {
+pub(super) fn check_all(replies: Vec<MeshReply>) -> Result<(), ApiError> {
     for r in replies {
         if let MeshReply::Done(Err(e)) = r {
             return Err(ApiError::new(ErrorCode::StorageError, e));
@@ -509,6 +519,10 @@ pub async fn handle_mesh_request(shard: &Rc<Shard>, request: MeshRequest) -> Mes
             let partitions = config.partitions;
             shard.catalog.borrow_mut().topics.insert(name.clone(), config);
             MeshReply::Done(shard.open_topic_partitions(&name, partitions).await)
+        }
+        MeshRequest::UsersChanged { users } => {
+            shard.catalog.borrow_mut().users = users;
+            MeshReply::Done(Ok(()))
         }
         MeshRequest::TopicDeleted { name } => {
             shard.catalog.borrow_mut().topics.remove(&name);

@@ -8,6 +8,7 @@
 //! spawned in arrival order and append before their first `.await`; forwarded ones are
 //! sent over the mesh in arrival order by the reader itself.
 
+mod auth;
 mod cluster_handlers;
 pub mod connections;
 pub mod handlers;
@@ -102,6 +103,8 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let limits = shard.config.frame_limits();
     // Moved on by the node handshake (node-to-node links only).
     let mut auth = PeerAuth::Client;
+    // Client authentication (`[auth]`).
+    let mut client_auth = auth::ConnectionAuth::new(peer_addr.map(|a| a.ip()));
     loop {
         let mut frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
@@ -167,6 +170,23 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             }
         }
         frame.from_node = auth.node();
+        let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
+        if kind == ApiKind::Authenticate as u16 && frame.from_node.is_none() {
+            match auth::authenticate(&shard, &frame, &mut client_auth) {
+                Ok((result, _)) => outbox.push(handlers::answer(kind, corr, result)),
+                Err(e) => {
+                    outbox.push(error_frame(kind, corr, e.code, &e.message));
+                    break;
+                }
+            }
+            continue;
+        }
+        if let Err(e) = auth::admit(&shard, &frame, &client_auth) {
+            crate::log_limited!(warn, "connection from {peer} refused: {}", e.message);
+            outbox.push(error_frame(kind, corr, e.code, &e.message));
+            break;
+        }
+        frame.principal = client_auth.principal();
         let reserve = answer_reservation(&frame).min(shard.config.max_answer_bytes_per_connection as u64);
         let permits = async {
             let request = in_flight.clone().acquire_static_permit(1).await.ok()?;
@@ -360,7 +380,13 @@ fn owner_of(shard: &Shard, frame: &Frame) -> usize {
         }
         Some(ApiKind::CommitOffset) => access::<CommitOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
         Some(ApiKind::FetchOffset) => access::<FetchOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
-        Some(ApiKind::CreateTopic | ApiKind::DeleteTopic | ApiKind::InitProducer) => Some(0),
+        Some(
+            ApiKind::CreateTopic
+            | ApiKind::DeleteTopic
+            | ApiKind::InitProducer
+            | ApiKind::UpsertUser
+            | ApiKind::DeleteUser,
+        ) => Some(0),
         None if frame.header.kind == PeerKind::Append as u16 => {
             access::<AppendRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
         }

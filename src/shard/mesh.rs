@@ -22,6 +22,8 @@ pub enum MeshRequest {
     TopicCreated { name: String, config: TopicConfig },
     /// A topic was removed from the catalog: update the copy, close and delete partitions.
     TopicDeleted { name: String },
+    /// A single node's users changed: update the catalog's copy.
+    UsersChanged { users: std::collections::BTreeMap<String, crate::protocol::scram::Credential> },
     /// Report the status of the owned partitions of a topic.
     Status { topic: String },
 }

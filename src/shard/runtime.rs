@@ -51,11 +51,18 @@ struct Startup {
 pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
     config.validate()?;
     if let Some(exposed) = config.exposed_address() {
-        log::warn!("serving on {exposed} with allow_insecure = true: clients are not authenticated");
+        log::warn!(
+            "serving on {exposed} with allow_insecure = true: no TLS{}",
+            if config.auth.enabled { "" } else { ", clients not authenticated" }
+        );
     }
     if let Some(cluster) = &mut config.cluster {
         cluster.load_secret()?;
     }
+    config.auth.decoy_key = match &config.cluster {
+        Some(c) if c.replicates() => c.secret.derive(b"scram decoy"),
+        _ => crate::protocol::node_auth::fresh_nonce(),
+    };
     crate::storage::faults::watch_from_env();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -75,7 +75,7 @@ fn batch_chain_breaks(bootstrap: &str, topic: &str, partition: u32) -> Vec<Strin
         let mut breaks = Vec::new();
         let mut next = 0u64;
         loop {
-            let fetched = client.fetch(&t, partition, next, 1 << 20, Duration::ZERO).await.expect("fetch");
+            let fetched = fetch_retrying(&client, &t, partition, next).await;
             if next >= fetched.high_watermark {
                 return breaks;
             }
@@ -97,6 +97,25 @@ fn batch_chain_breaks(bootstrap: &str, topic: &str, partition: u32) -> Vec<Strin
             }
         }
     })
+}
+
+/// How long the final read waits for a partition that is between leaders (the last fault
+/// may have just healed: an election, a replica's repair).
+const LEADER_WAIT: Duration = Duration::from_secs(60);
+
+/// A fetch, retried while the answer is retriable (no leader yet, a leader changing) for up
+/// to [`LEADER_WAIT`]; then the error is final.
+async fn fetch_retrying(client: &Client, topic: &str, partition: u32, offset: u64) -> quorra::client::FetchResult {
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    loop {
+        match client.fetch(topic, partition, offset, 1 << 20, Duration::ZERO).await {
+            Ok(f) => return f,
+            Err(e) if e.code().is_some_and(|c| c.is_retriable()) && std::time::Instant::now() < deadline => {
+                quorra::rt::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("fetch of {topic}/{partition} at {offset}: {e:?}"),
+        }
+    }
 }
 
 fn note(examples: &mut Vec<String>, what: String) {
