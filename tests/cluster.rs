@@ -13,6 +13,19 @@ use quorra::protocol::ErrorCode;
 
 const TOPIC_PARTITIONS: u32 = 3;
 
+/// Reads topic `t` (one partition) from `only` alone until the verdict is clean or 30 s
+/// have passed (a repaired replica may still be catching up): the last verdict.
+fn check_until_clean(only: &str, acked: &common::cluster::Acked, read_from: ReadFrom) -> Verdict {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = common::cluster::check_with(only, "t", 1, acked, read_from, false);
+        if v.is_clean() || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn assert_nothing_lost(v: &Verdict, what: &str, c: &Cluster) {
     assert!(v.acked > 0, "{what}: nothing was acknowledged");
     assert!(v.is_clean(), "{what}: {v:?}\n{}", c.logs());
@@ -271,15 +284,7 @@ fn follower_with_a_corrupted_segment_repairs_it_from_the_leader() {
     assert!(log.contains("corrupt") && log.contains("repairing this replica"), "{log}");
     // The status may still show the follower's progress from before the kill for a moment:
     // read from it until it has caught up (or the time is up).
-    let only_follower = c.node(follower).client.to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let v = loop {
-        let v = common::cluster::check_with(&only_follower, "t", 1, &acked, ReadFrom::Follower, false);
-        if v.is_clean() || Instant::now() > deadline {
-            break v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let v = check_until_clean(&c.node(follower).client.to_string(), &acked, ReadFrom::Follower);
     assert_nothing_lost(&v, "read from the repaired follower", &c);
 }
 
@@ -343,15 +348,7 @@ fn leader_that_finds_damage_in_its_committed_log_while_running_repairs_itself() 
     c.wait_caught_up("the repaired replica caught up", Duration::from_secs(40));
     let v = check(&c.bootstrap(), "t", 1, &acked, ReadFrom::Leader);
     assert_nothing_lost(&v, "after the leader repaired its log", &c);
-    let only_repaired = c.node(leader).client.to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let v = loop {
-        let v = common::cluster::check_with(&only_repaired, "t", 1, &acked, ReadFrom::Any, false);
-        if v.is_clean() || Instant::now() > deadline {
-            break v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let v = check_until_clean(&c.node(leader).client.to_string(), &acked, ReadFrom::Any);
     assert_nothing_lost(&v, "read from the repaired replica", &c);
 }
 

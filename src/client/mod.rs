@@ -472,10 +472,7 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
 async fn authenticate(conn: &Connection, credentials: &Credentials) -> Result<(), ClientError> {
     use crate::protocol::scram::ClientExchange;
     let failed = |e: crate::protocol::scram::ScramError| ClientError::Invalid(format!("authentication: {e}"));
-    let nonce = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(&crate::protocol::node_auth::fresh_nonce()[..18])
-    };
+    let nonce = crate::protocol::node_auth::fresh_text_nonce();
     let (exchange, first) = ClientExchange::start(&credentials.user, &credentials.password, &nonce).map_err(failed)?;
     let step = |message: String| {
         let req = AuthenticateRequest { mechanism: "SCRAM-SHA-256".into(), message };

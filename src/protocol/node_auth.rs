@@ -185,6 +185,12 @@ pub fn fresh_nonce() -> Nonce {
     nonce
 }
 
+/// A fresh nonce as SCRAM wants one: 18 random bytes in base64 (printable, no commas).
+pub fn fresh_text_nonce() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(&fresh_nonce()[..18])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

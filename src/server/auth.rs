@@ -87,7 +87,7 @@ pub fn authenticate(
             if auth.principal.is_some() {
                 return Err(ApiError::new(ErrorCode::AuthenticationFailed, "this connection is authenticated already"));
             }
-            let nonce = server_nonce();
+            let nonce = crate::protocol::node_auth::fresh_text_nonce();
             let decoy_key = decoy_key(shard);
             let (exchange, server_first) = ServerExchange::start(
                 &req.message,
@@ -204,13 +204,6 @@ async fn change_users(
         super::handlers::broadcast(shard, || crate::shard::mesh::MeshRequest::UsersChanged { users: users.clone() })
             .await;
     super::handlers::check_all(replies)
-}
-
-/// 18 random bytes, base64: printable, no commas.
-fn server_nonce() -> String {
-    use base64::Engine;
-    let nonce = crate::protocol::node_auth::fresh_nonce();
-    base64::engine::general_purpose::STANDARD.encode(&nonce[..18])
 }
 
 /// The key of the decoy credentials answered for unknown users (`AuthSettings::decoy_key`).
