@@ -46,6 +46,82 @@ enum Command {
     /// exists, any client on the broker's own machine may create the first).
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the access control lists of a broker with [auth] enabled (docs/security.md).
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Allow (or, with --deny, deny) a principal an operation on a resource.
+    Add {
+        #[command(flatten)]
+        acl: AclArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove an ACL (named exactly as it was added).
+    Remove {
+        #[command(flatten)]
+        acl: AclArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the ACLs.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("resource").required(true).args(["topic", "group", "cluster"]))]
+struct AclArgs {
+    /// A user name, or * for every authenticated user.
+    #[arg(long)]
+    principal: String,
+    /// read, write, create, delete, describe, alter or all.
+    #[arg(long)]
+    operation: String,
+    /// The topic (* for every topic).
+    #[arg(long)]
+    topic: Option<String>,
+    /// The consumer group (* for every group).
+    #[arg(long)]
+    group: Option<String>,
+    /// The cluster (or single broker) itself: topic creation, users, ACLs, status.
+    #[arg(long)]
+    cluster: bool,
+    /// The topic or group name is a prefix: every name that starts with it.
+    #[arg(long)]
+    prefix: bool,
+    /// Deny instead of allow (a deny wins over every allow).
+    #[arg(long)]
+    deny: bool,
+}
+
+impl AclArgs {
+    fn to_acl(&self) -> Result<quorra::protocol::acl::Acl> {
+        use quorra::protocol::acl::{Acl, Operation, PatternKind, Permission, ResourceKind, CLUSTER_NAME};
+        let (resource, name) = match (&self.topic, &self.group) {
+            (Some(t), _) => (ResourceKind::Topic, t.clone()),
+            (_, Some(g)) => (ResourceKind::Group, g.clone()),
+            _ => (ResourceKind::Cluster, CLUSTER_NAME.to_string()),
+        };
+        let operation = Operation::parse(&self.operation).with_context(|| {
+            format!("unknown operation {:?}: read, write, create, delete, describe, alter or all", self.operation)
+        })?;
+        let acl = Acl {
+            principal: self.principal.clone(),
+            resource,
+            pattern: if self.prefix { PatternKind::Prefix } else { PatternKind::Literal },
+            name,
+            operation,
+            permission: if self.deny { Permission::Deny } else { Permission::Allow },
+        };
+        acl.validate().map_err(anyhow::Error::msg)?;
+        Ok(acl)
+    }
 }
 
 #[derive(Subcommand)]
@@ -216,6 +292,7 @@ fn main() {
         Command::Consume(args) => run_client(move || consume(args)),
         Command::Cluster(cmd) => run_client(move || cluster(cmd)),
         Command::User(cmd) => run_client(move || user(cmd)),
+        Command::Acl(cmd) => run_client(move || acl(cmd)),
     };
     if let Err(e) = result {
         // A closed stdout (`quorra consume ... | head`) ends the command, quietly.
@@ -298,6 +375,27 @@ async fn user(cmd: UserCommand) -> Result<()> {
         UserCommand::List { client } => {
             for u in connect(&client).await?.list_users().await? {
                 println!("{u}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn acl(cmd: AclCommand) -> Result<()> {
+    match cmd {
+        AclCommand::Add { acl, client } => {
+            let acl = acl.to_acl()?;
+            let created = connect(&client).await?.create_acl(&acl).await?;
+            println!("{} {acl}", if created { "added" } else { "already present:" });
+        }
+        AclCommand::Remove { acl, client } => {
+            let acl = acl.to_acl()?;
+            connect(&client).await?.delete_acl(&acl).await?;
+            println!("removed {acl}");
+        }
+        AclCommand::List { client } => {
+            for acl in connect(&client).await?.list_acls().await? {
+                println!("{acl}");
             }
         }
     }

@@ -402,7 +402,7 @@ fn try_everything(config: quorra::client::ClientConfig, topic: &str, new_user: &
 /// from the broker's own machine; wrong passwords and unknown users refused alike; only
 /// super users manage users; users survive a restart; the CLI authenticates.
 #[test]
-fn clients_authenticate_with_scram_and_only_super_users_manage_users() {
+fn clients_authenticate_with_scram_and_only_super_users_manage_users_by_default() {
     use common::{config_file, scratch_dir, Broker};
     use quorra::client::ClientConfig;
     let dir = scratch_dir("scram");
@@ -423,8 +423,8 @@ fn clients_authenticate_with_scram_and_only_super_users_manage_users() {
     let not_authorized = Some(ErrorCode::NotAuthorized);
     assert_eq!(
         try_everything(client_as(&b, "bob", "a password"), "t3", "mallory"),
-        [None, None, not_authorized, not_authorized],
-        "a user that is not a super user"
+        [not_authorized; 4],
+        "a user that is not a super user, without ACLs (deny by default)"
     );
     // Users are persisted; the CLI authenticates (and lists them).
     broker.restart();
@@ -451,7 +451,7 @@ fn clients_authenticate_with_scram_and_only_super_users_manage_users() {
     assert!(log.contains("authentication of \"admin\" failed") && log.contains("authenticate first"), "{log}");
 }
 
-/// In a cluster, users are replicated metadata: created on one node, they authenticate on
+/// In a cluster, users and ACLs are replicated metadata: created on one node, they hold on
 /// every node.
 #[test]
 fn users_are_replicated_metadata() {
@@ -486,6 +486,27 @@ fn users_are_replicated_metadata() {
         };
         assert_eq!(users, vec!["admin".to_string()]);
     }
+    // ACLs too: alice, allowed to create topics on node 1, may on node 3.
+    let admin = client_as(&c.node(1).client.to_string(), "admin", "a password");
+    common::run(move || async move {
+        let client = quorra::client::Client::connect(admin).await.unwrap();
+        client.upsert_user("alice", "her password").await.unwrap();
+        client.create_acl(&acl("cluster", "", false, "create")).await.unwrap();
+    });
+    let alice = client_as(&c.node(3).client.to_string(), "alice", "her password");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let config = quorra::client::ClientConfig { follow_leaders: false, ..alice.clone() };
+        match attempt(config, Op::CreateTopic("alices")) {
+            Ok(()) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let waiting = [ErrorCode::AuthenticationFailed, ErrorCode::NotAuthorized];
+                assert!(e.code().is_some_and(|code| waiting.contains(&code)), "{e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("node 3 never applied alice's ACL: {e}"),
+        }
+    }
     let anonymous = c.node(3).client.to_string();
     let refused = common::run(move || async move {
         quorra::client::Client::connect(quorra::client::ClientConfig::with_bootstrap(&anonymous))
@@ -495,4 +516,210 @@ fn users_are_replicated_metadata() {
             .await
     });
     assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::AuthenticationFailed));
+}
+
+/// One request of the ACL matrix.
+#[derive(Debug, Clone)]
+enum Op {
+    CreateTopic(&'static str),
+    DeleteTopic(&'static str),
+    DescribeTopic(&'static str),
+    Produce(&'static str),
+    Fetch(&'static str),
+    ListOffsets(&'static str),
+    Commit { group: &'static str, topic: &'static str },
+    FetchOffset { group: &'static str, topic: &'static str },
+    InitProducer,
+    ListUsers,
+    AddUser(&'static str),
+    ListAcls,
+}
+
+/// What `op` gets as `config` (None: it succeeded), on a connection of its own.
+fn attempt(config: quorra::client::ClientConfig, op: Op) -> Result<(), quorra::client::ClientError> {
+    common::run(move || async move {
+        let c = quorra::client::Client::connect(config).await?;
+        let wait = Duration::from_millis(10);
+        match op {
+            Op::CreateTopic(t) => c.create_topic(t, 1, 1).await.map(drop),
+            Op::DeleteTopic(t) => c.delete_topic(t).await.map(drop),
+            Op::DescribeTopic(t) => c.describe_topic(t).await.map(drop),
+            Op::Produce(t) => {
+                let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+                b.push(None, b"hello", 1);
+                c.produce_batches(t, 0, Acks::Leader, vec![b.finish(0, 0, 0)]).await.map(drop)
+            }
+            Op::Fetch(t) => c.fetch(t, 0, 0, 4096, wait).await.map(drop),
+            Op::ListOffsets(t) => {
+                c.list_offsets(t, 0, quorra::protocol::messages::OFFSET_SPEC_LATEST, 0).await.map(drop)
+            }
+            Op::Commit { group, topic } => c.commit_offset(group, topic, 0, 0).await,
+            Op::FetchOffset { group, topic } => c.fetch_offset(group, topic, 0).await.map(drop),
+            Op::InitProducer => c.init_producer().await.map(drop),
+            Op::ListUsers => c.list_users().await.map(drop),
+            Op::AddUser(name) => c.upsert_user(name, "another password").await.map(drop),
+            Op::ListAcls => c.list_acls().await.map(drop),
+        }
+    })
+}
+
+fn acl(resource: &str, name: &str, prefix: bool, operation: &str) -> quorra::protocol::acl::Acl {
+    use quorra::protocol::acl::*;
+    Acl {
+        principal: "alice".into(),
+        resource: match resource {
+            "topic" => ResourceKind::Topic,
+            "group" => ResourceKind::Group,
+            _ => ResourceKind::Cluster,
+        },
+        pattern: if prefix { PatternKind::Prefix } else { PatternKind::Literal },
+        name: if resource == "cluster" { CLUSTER_NAME.into() } else { name.into() },
+        operation: Operation::parse(operation).unwrap(),
+        permission: Permission::Allow,
+    }
+}
+
+/// Every operation, with and without its grant, for topic, group and cluster resources,
+/// literal and prefix: refused with `not_authorized` (naming the operation and resource)
+/// without it; served with it; refused again once a deny is added beside the grant. A grant
+/// of another operation on the same resource never serves. Denials are logged.
+#[test]
+fn acls_allow_exactly_what_they_grant_and_deny_by_default() {
+    use common::{config_file, scratch_dir, Broker};
+    use quorra::protocol::acl::{Operation, Permission};
+    let dir = scratch_dir("acls");
+    let config = config_file(dir.path(), "[auth]\nenabled = true\nsuper_users = [\"admin\"]\n");
+    let mut broker = Broker::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let b = broker.bootstrap();
+    let admin = client_as(&b, "admin", "a password");
+    let alice = client_as(&b, "alice", "her password");
+    common::run(move || async move {
+        let anonymous =
+            quorra::client::Client::connect(quorra::client::ClientConfig::with_bootstrap(&b)).await.unwrap();
+        anonymous.upsert_user("admin", "a password").await.unwrap();
+        drop(anonymous);
+        let c = quorra::client::Client::connect(admin).await.unwrap();
+        c.upsert_user("alice", "her password").await.unwrap();
+        for t in ["orders", "audit.eu", "doomed.1", "doomed.2"] {
+            c.create_topic(t, 1, 1).await.unwrap();
+        }
+    });
+    let admin = client_as(&broker.bootstrap(), "admin", "a password");
+    let change = |acl: quorra::protocol::acl::Acl, add: bool| {
+        let admin = admin.clone();
+        common::run(move || async move {
+            let c = quorra::client::Client::connect(admin).await.unwrap();
+            if add {
+                c.create_acl(&acl).await.unwrap();
+            } else {
+                c.delete_acl(&acl).await.unwrap();
+            }
+        })
+    };
+    // (request, its grant, an unrelated grant on the same resource)
+    let rows: Vec<(Op, quorra::protocol::acl::Acl, quorra::protocol::acl::Acl)> = vec![
+        (Op::CreateTopic("new.1"), acl("topic", "new.1", false, "create"), acl("topic", "new.1", false, "read")),
+        (Op::CreateTopic("new.2"), acl("topic", "new.", true, "create"), acl("topic", "new.", true, "write")),
+        (Op::CreateTopic("other"), acl("cluster", "", false, "create"), acl("cluster", "", false, "describe")),
+        (
+            Op::DeleteTopic("doomed.1"),
+            acl("topic", "doomed.1", false, "delete"),
+            acl("topic", "doomed.1", false, "write"),
+        ),
+        (Op::DeleteTopic("doomed.2"), acl("topic", "doomed", true, "delete"), acl("topic", "doomed", true, "read")),
+        (
+            Op::DescribeTopic("orders"),
+            acl("topic", "orders", false, "describe"),
+            acl("topic", "orders", false, "create"),
+        ),
+        (Op::DescribeTopic("orders"), acl("topic", "ord", true, "read"), acl("topic", "ord", true, "create")),
+        (Op::Produce("orders"), acl("topic", "orders", false, "write"), acl("topic", "orders", false, "read")),
+        (Op::Produce("audit.eu"), acl("topic", "audit.", true, "write"), acl("topic", "audit.", true, "read")),
+        (Op::Fetch("orders"), acl("topic", "orders", false, "read"), acl("topic", "orders", false, "write")),
+        (Op::Fetch("audit.eu"), acl("topic", "*", false, "read"), acl("topic", "*", false, "describe")),
+        (Op::ListOffsets("orders"), acl("topic", "o", true, "describe"), acl("topic", "o", true, "create")),
+        (Op::InitProducer, acl("topic", "audit.", true, "write"), acl("topic", "audit.", true, "read")),
+        (Op::InitProducer, acl("cluster", "", false, "write"), acl("cluster", "", false, "read")),
+        (Op::ListUsers, acl("cluster", "", false, "describe"), acl("cluster", "", false, "create")),
+        (Op::AddUser("carol"), acl("cluster", "", false, "alter"), acl("cluster", "", false, "describe")),
+        (Op::ListAcls, acl("cluster", "", false, "all"), acl("topic", "*", false, "all")),
+    ];
+    // A group's requests need the group and the topic: the topic is granted throughout.
+    let group_rows: Vec<(Op, quorra::protocol::acl::Acl, quorra::protocol::acl::Acl)> = vec![
+        (
+            Op::Commit { group: "g1", topic: "orders" },
+            acl("group", "g1", false, "read"),
+            acl("group", "g1", false, "describe"),
+        ),
+        (
+            Op::Commit { group: "g2", topic: "orders" },
+            acl("group", "g", true, "read"),
+            acl("group", "g", true, "write"),
+        ),
+        (
+            Op::FetchOffset { group: "g1", topic: "orders" },
+            acl("group", "g1", false, "describe"),
+            acl("group", "g1", false, "create"),
+        ),
+        (
+            Op::FetchOffset { group: "g3", topic: "orders" },
+            acl("group", "g", true, "read"),
+            acl("group", "h", true, "read"),
+        ),
+    ];
+    let not_authorized = Some(ErrorCode::NotAuthorized);
+    let topic_read = acl("topic", "orders", false, "read");
+    for (i, (op, grant, unrelated)) in rows.into_iter().chain(group_rows).enumerate() {
+        let grouped = matches!(op, Op::Commit { .. } | Op::FetchOffset { .. });
+        if grouped {
+            change(topic_read.clone(), true);
+        }
+        change(unrelated.clone(), true);
+        let refused = attempt(alice.clone(), op.clone());
+        assert_eq!(code(refused.clone()), not_authorized, "row {i}: {op:?} with only {unrelated}");
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("alice may not"), "row {i}: the refusal names who and what: {message}");
+        change(grant.clone(), true);
+        assert_eq!(code(attempt(alice.clone(), op.clone())), None, "row {i}: {op:?} with {grant}");
+        // A deny of the operation the request needs (describe, where the grant implies it).
+        let implied = matches!(op, Op::DescribeTopic(_) | Op::FetchOffset { .. }) && grant.operation == Operation::Read;
+        let operation = if implied { Operation::Describe } else { grant.operation };
+        let deny = quorra::protocol::acl::Acl { permission: Permission::Deny, operation, ..grant.clone() };
+        change(deny.clone(), true);
+        assert_eq!(code(attempt(alice.clone(), op.clone())), not_authorized, "row {i}: {op:?} with {grant} and {deny}");
+        for acl in [grant, deny, unrelated] {
+            change(acl, false);
+        }
+        if grouped {
+            change(topic_read.clone(), false);
+        }
+    }
+    // Only what alice may describe is listed; a commit needs the topic too.
+    change(acl("topic", "audit.", true, "read"), true);
+    let listed = common::run({
+        let alice = alice.clone();
+        move || async move { quorra::client::Client::connect(alice).await?.list_topics().await }
+    });
+    let names: Vec<String> = listed.unwrap().topics.into_iter().map(|t| t.name).collect();
+    assert_eq!(names, vec!["audit.eu".to_string()]);
+    change(acl("group", "g1", false, "read"), true);
+    let without_topic = attempt(alice.clone(), Op::Commit { group: "g1", topic: "orders" });
+    assert!(without_topic.unwrap_err().to_string().contains("alice may not read topic orders"));
+    // Denials are logged with the peer's address; ACLs survive a restart and are listed.
+    let log = broker.log();
+    assert!(
+        log.contains("denied a request from 127.0.0.1") && log.contains("alice may not write topic orders"),
+        "{log}"
+    );
+    broker.restart();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorra"))
+        .args(["acl", "list", "--bootstrap", &broker.bootstrap(), "--user", "admin"])
+        .env("QUORRA_PASSWORD", "a password")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "allow alice read on topic audit. (prefix)\nallow alice read on group g1\n"
+    );
 }

@@ -30,6 +30,9 @@ pub struct Catalog {
     /// A single node's users (a cluster keeps them in its replicated metadata).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub users: BTreeMap<String, crate::protocol::scram::Credential>,
+    /// A single node's ACLs (likewise).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub acls: std::collections::BTreeSet<crate::protocol::acl::Acl>,
 }
 
 impl Catalog {

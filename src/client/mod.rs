@@ -231,6 +231,22 @@ impl Client {
         Ok(resp.users)
     }
 
+    /// Adds an ACL; false when it existed already.
+    pub async fn create_acl(&self, acl: &crate::protocol::acl::Acl) -> Result<bool, ClientError> {
+        let resp: CreateAclResponse = self.call(ApiKind::CreateAcl, &CreateAclRequest { acl: acl.into() }).await?;
+        Ok(resp.created)
+    }
+
+    pub async fn delete_acl(&self, acl: &crate::protocol::acl::Acl) -> Result<(), ClientError> {
+        let _: DeleteAclResponse = self.call(ApiKind::DeleteAcl, &DeleteAclRequest { acl: acl.into() }).await?;
+        Ok(())
+    }
+
+    pub async fn list_acls(&self) -> Result<Vec<crate::protocol::acl::Acl>, ClientError> {
+        let resp: ListAclsResponse = self.call(ApiKind::ListAcls, &ListAclsRequest {}).await?;
+        resp.acls.iter().map(|a| a.to_acl().map_err(ClientError::Protocol)).collect()
+    }
+
     /// Sends a request and waits for its response frame.
     pub async fn request(
         &self,

@@ -65,6 +65,9 @@ pub struct MetaState {
     /// Users and their SCRAM credentials (never passwords).
     #[serde(default)]
     pub users: Arc<BTreeMap<String, crate::protocol::scram::Credential>>,
+    /// Access control lists (enforced with `[auth] enabled`).
+    #[serde(default)]
+    pub acls: Arc<std::collections::BTreeSet<crate::protocol::acl::Acl>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +118,13 @@ pub enum MetaCommand {
     RemoveUser {
         name: String,
     },
+    /// Adds an ACL (a no-op when it exists).
+    PutAcl {
+        acl: crate::protocol::acl::Acl,
+    },
+    RemoveAcl {
+        acl: crate::protocol::acl::Acl,
+    },
     /// A consumer group's next offset for a partition.
     CommitOffset {
         group: String,
@@ -144,6 +154,8 @@ pub enum MetaError {
     TooManyGroups(u64),
     #[error("no such user: {0}")]
     UnknownUser(String),
+    #[error("no such ACL: {0}")]
+    UnknownAcl(crate::protocol::acl::Acl),
     #[error("{0}")]
     Invalid(String),
 }
@@ -180,6 +192,21 @@ impl MetaState {
             MetaCommand::RemoveUser { name } => match Arc::make_mut(&mut self.users).remove(name) {
                 Some(_) => Ok(()),
                 None => Err(MetaError::UnknownUser(name.clone())),
+            },
+            MetaCommand::PutAcl { acl } => {
+                acl.validate().map_err(MetaError::Invalid)?;
+                if !self.acls.contains(acl) && self.acls.len() >= crate::protocol::acl::MAX_ACLS {
+                    return Err(MetaError::Invalid(format!(
+                        "the cluster holds {} ACLs, the most it may",
+                        crate::protocol::acl::MAX_ACLS
+                    )));
+                }
+                Arc::make_mut(&mut self.acls).insert(acl.clone());
+                Ok(())
+            }
+            MetaCommand::RemoveAcl { acl } => match Arc::make_mut(&mut self.acls).remove(acl) {
+                true => Ok(()),
+                false => Err(MetaError::UnknownAcl(acl.clone())),
             },
             MetaCommand::SetDraining { node, draining } => {
                 if *draining {

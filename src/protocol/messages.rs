@@ -27,6 +27,10 @@ pub enum ApiKind {
     UpsertUser = 14,
     DeleteUser = 15,
     ListUsers = 16,
+    /// Adds an ACL (docs/security.md, "Authorization").
+    CreateAcl = 17,
+    DeleteAcl = 18,
+    ListAcls = 19,
 }
 
 impl ApiKind {
@@ -49,6 +53,9 @@ impl ApiKind {
             14 => UpsertUser,
             15 => DeleteUser,
             16 => ListUsers,
+            17 => CreateAcl,
+            18 => DeleteAcl,
+            19 => ListAcls,
             _ => return None,
         })
     }
@@ -396,4 +403,81 @@ pub struct ListUsersRequest {}
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ListUsersResponse {
     pub users: Vec<String>,
+}
+
+/// One ACL on the wire: the codes of [`crate::protocol::acl`]'s enums.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AclSpec {
+    /// A user name, or `*` for every authenticated user.
+    pub principal: String,
+    /// `ResourceKind`: 1 topic, 2 group, 3 cluster.
+    pub resource: u8,
+    /// `PatternKind`: 1 literal, 2 prefix.
+    pub pattern: u8,
+    pub name: String,
+    /// `Operation`: 1 read, 2 write, 3 create, 4 delete, 5 describe, 6 alter, 7 all.
+    pub operation: u8,
+    /// `Permission`: 1 allow, 2 deny.
+    pub permission: u8,
+}
+
+impl AclSpec {
+    /// The ACL this names, validated.
+    pub fn to_acl(&self) -> Result<crate::protocol::acl::Acl, String> {
+        use crate::protocol::acl::{Acl, Operation, PatternKind, Permission, ResourceKind};
+        let acl = Acl {
+            principal: self.principal.clone(),
+            resource: ResourceKind::from_u8(self.resource)
+                .ok_or_else(|| format!("unknown resource kind {}", self.resource))?,
+            pattern: PatternKind::from_u8(self.pattern)
+                .ok_or_else(|| format!("unknown pattern kind {}", self.pattern))?,
+            name: self.name.clone(),
+            operation: Operation::from_u8(self.operation)
+                .ok_or_else(|| format!("unknown operation {}", self.operation))?,
+            permission: Permission::from_u8(self.permission)
+                .ok_or_else(|| format!("unknown permission {}", self.permission))?,
+        };
+        acl.validate()?;
+        Ok(acl)
+    }
+}
+
+impl From<&crate::protocol::acl::Acl> for AclSpec {
+    fn from(acl: &crate::protocol::acl::Acl) -> AclSpec {
+        AclSpec {
+            principal: acl.principal.clone(),
+            resource: acl.resource as u8,
+            pattern: acl.pattern as u8,
+            name: acl.name.clone(),
+            operation: acl.operation as u8,
+            permission: acl.permission as u8,
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CreateAclRequest {
+    pub acl: AclSpec,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CreateAclResponse {
+    /// False when the ACL existed already.
+    pub created: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeleteAclRequest {
+    pub acl: AclSpec,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeleteAclResponse {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ListAclsRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ListAclsResponse {
+    pub acls: Vec<AclSpec>,
 }

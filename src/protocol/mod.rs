@@ -3,6 +3,7 @@
 //! Everything here is pure: bytes in, values out, no I/O. See `docs/protocol.md` for the
 //! specification a client in another language follows.
 
+pub mod acl;
 pub mod batch;
 pub mod frame;
 pub mod messages;

@@ -6,10 +6,10 @@
 //! in the replicated metadata of a cluster. The broker holds only each user's salt,
 //! iterations, `StoredKey` and `ServerKey`: a client computes them from the password.
 //!
-//! Who may manage users: super users (`[auth] super_users`); and, while no user exists at
-//! all, a connection from a loopback address (so that the first user can be created on the
-//! machine itself before anyone can authenticate). Authenticated users may do everything
-//! else (there are no ACLs yet: docs/security.md).
+//! Who may manage users: super users (`[auth] super_users`), principals allowed to alter the
+//! cluster ([`super::authz`]); and, while no user exists at all, a connection from a
+//! loopback address (so that the first user can be created on the machine itself before
+//! anyone can authenticate).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::handlers::{reply, ApiError, HandlerResult};
+use crate::broker::catalog::Catalog;
 use crate::cluster::meta::MetaCommand;
 use crate::protocol::messages::{
     ApiKind, AuthenticateRequest, AuthenticateResponse, DeleteUserRequest, DeleteUserResponse, ListUsersResponse,
@@ -120,22 +121,8 @@ pub fn users(shard: &Shard) -> Arc<BTreeMap<String, Credential>> {
     }
 }
 
-/// Whether the request's sender may manage users.
-fn check_may_manage_users(shard: &Shard, frame: &Frame, what: &str) -> Result<(), ApiError> {
-    if !shard.config.auth.enabled || frame.from_node.is_some() {
-        return Ok(());
-    }
-    match &frame.principal {
-        Some(p) if shard.config.auth.super_users.iter().any(|s| s.as_str() == &**p) => Ok(()),
-        None if users(shard).is_empty() => Ok(()), // the loopback exception (see `admit`)
-        Some(p) => Err(ApiError::new(ErrorCode::NotAuthorized, format!("{p} may not {what}: only super users may"))),
-        None => Err(ApiError::new(ErrorCode::AuthenticationFailed, "authenticate first")),
-    }
-}
-
 pub async fn upsert_user(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let req = decode::<UpsertUserRequest>(frame.archive())?;
-    check_may_manage_users(shard, frame, &format!("alter user {}", req.name))?;
     validate_user_name(&req.name).map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
     if req.iterations < 4096 || req.salt.len() < 16 {
         return Err(ApiError::new(
@@ -152,40 +139,38 @@ pub async fn upsert_user(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let created = !users(shard).contains_key(&req.name);
     let command = MetaCommand::PutUser { name: req.name.clone(), credential: credential.clone() };
     let applied = |s: &Shard| users(s).get(&req.name) == Some(&credential);
-    let change = |users: &mut BTreeMap<String, Credential>| {
-        users.insert(req.name.clone(), credential.clone());
+    let change = |catalog: &mut Catalog| {
+        catalog.users.insert(req.name.clone(), credential.clone());
         Ok(())
     };
-    change_users(shard, change, command, applied).await?;
+    change_access(shard, change, command, applied).await?;
     log::info!("user {} {}", req.name, if created { "created" } else { "changed" });
     reply(&UpsertUserResponse { name: req.name, created })
 }
 
 pub async fn delete_user(shard: &Rc<Shard>, frame: &Frame) -> HandlerResult {
     let req = decode::<DeleteUserRequest>(frame.archive())?;
-    check_may_manage_users(shard, frame, &format!("delete user {}", req.name))?;
     let name = req.name.clone();
-    let change = |users: &mut BTreeMap<String, Credential>| match users.remove(&name) {
+    let change = |catalog: &mut Catalog| match catalog.users.remove(&name) {
         Some(_) => Ok(()),
         None => Err(ApiError::new(ErrorCode::InvalidRequest, format!("no such user: {name}"))),
     };
     let applied = |s: &Shard| !users(s).contains_key(&req.name);
-    change_users(shard, change, MetaCommand::RemoveUser { name: req.name.clone() }, applied).await?;
+    change_access(shard, change, MetaCommand::RemoveUser { name: req.name.clone() }, applied).await?;
     log::info!("user {} deleted", req.name);
     reply(&DeleteUserResponse { name: req.name })
 }
 
-pub fn list_users(shard: &Shard, frame: &Frame) -> HandlerResult {
-    check_may_manage_users(shard, frame, "list users")?;
+pub fn list_users(shard: &Shard) -> HandlerResult {
     reply(&ListUsersResponse { users: users(shard).keys().cloned().collect() })
 }
 
-/// Applies a change to the users: in a cluster, a metadata command (and a short wait until
-/// this node applied it, `applied`); on a single node, the catalog (persisted first, then
-/// copied to every shard).
-async fn change_users(
+/// Applies a change to the users or ACLs: in a cluster, a metadata command (and a short wait
+/// until this node applied it, `applied`); on a single node, the catalog (persisted first,
+/// then copied to every shard).
+pub(super) async fn change_access(
     shard: &Rc<Shard>,
-    change: impl FnOnce(&mut BTreeMap<String, Credential>) -> Result<(), ApiError>,
+    change: impl FnOnce(&mut Catalog) -> Result<(), ApiError>,
     command: MetaCommand,
     applied: impl Fn(&Shard) -> bool,
 ) -> Result<(), ApiError> {
@@ -197,12 +182,14 @@ async fn change_users(
     let _guard =
         shard.catalog_lock.acquire_permit(1).await.map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
     let mut next = shard.catalog.borrow().clone();
-    change(&mut next.users)?;
+    change(&mut next)?;
     super::handlers::persist_catalog(shard, &next).await?;
-    let users = next.users;
-    let replies =
-        super::handlers::broadcast(shard, || crate::shard::mesh::MeshRequest::UsersChanged { users: users.clone() })
-            .await;
+    let (users, acls) = (next.users, next.acls);
+    let replies = super::handlers::broadcast(shard, || crate::shard::mesh::MeshRequest::AccessChanged {
+        users: users.clone(),
+        acls: acls.clone(),
+    })
+    .await;
     super::handlers::check_all(replies)
 }
 

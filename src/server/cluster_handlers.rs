@@ -68,6 +68,7 @@ pub fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
         .topics
         .iter()
         .filter(|(name, _)| req.topics.is_empty() || req.topics.contains(name))
+        .filter(|(name, _)| super::authz::may_describe_topic(shard, frame, name))
         .map(|(name, t)| TopicMetadata {
             name: name.clone(),
             partitions: t

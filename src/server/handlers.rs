@@ -124,7 +124,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
         ApiKind::DeleteTopic => delete_topic(shard, &frame).await,
         ApiKind::DescribeTopic => describe_topic(shard, &frame).await,
         ApiKind::ClusterStatus => super::cluster_handlers::cluster_status(shard).await,
-        ApiKind::ListTopics => list_topics(shard),
+        ApiKind::ListTopics => list_topics(shard, &frame),
         ApiKind::Produce => produce(shard, frame).await,
         ApiKind::Fetch => fetch(shard, frame).await,
         ApiKind::ListOffsets => list_offsets(shard, frame).await,
@@ -133,7 +133,10 @@ pub async fn handle(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
         ApiKind::InitProducer => init_producer(shard, &frame).await,
         ApiKind::UpsertUser => super::auth::upsert_user(shard, &frame).await,
         ApiKind::DeleteUser => super::auth::delete_user(shard, &frame).await,
-        ApiKind::ListUsers => super::auth::list_users(shard, &frame),
+        ApiKind::ListUsers => super::auth::list_users(shard),
+        ApiKind::CreateAcl => super::authz::create_acl(shard, &frame).await,
+        ApiKind::DeleteAcl => super::authz::delete_acl(shard, &frame).await,
+        ApiKind::ListAcls => super::authz::list_acls(shard),
         // (Answered by the connection's reader: it changes the connection's state.)
         ApiKind::Authenticate => Err(ApiError::new(ErrorCode::InvalidRequest, "authenticate on the connection itself")),
     };
@@ -217,6 +220,9 @@ fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
         if !req.topics.is_empty() && !req.topics.contains(name) {
             continue;
         }
+        if !super::authz::may_describe_topic(shard, frame, name) {
+            continue;
+        }
         let partitions =
             (0..config.partitions).map(|p| PartitionMetadata { partition: p, leader: 0, replicas: vec![0] }).collect();
         topics.push(TopicMetadata { name: name.clone(), partitions });
@@ -230,12 +236,13 @@ fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
     reply(&MetadataResponse { node_id: 0, nodes, topics, server_version: env!("CARGO_PKG_VERSION").to_string() })
 }
 
-fn list_topics(shard: &Shard) -> HandlerResult {
+fn list_topics(shard: &Shard, frame: &Frame) -> HandlerResult {
     let topics = shard
         .catalog
         .borrow()
         .topics
         .iter()
+        .filter(|(name, _)| super::authz::may_describe_topic(shard, frame, name))
         .map(|(name, c)| TopicSummary {
             name: name.clone(),
             partitions: c.partitions,
@@ -520,8 +527,9 @@ pub async fn handle_mesh_request(shard: &Rc<Shard>, request: MeshRequest) -> Mes
             shard.catalog.borrow_mut().topics.insert(name.clone(), config);
             MeshReply::Done(shard.open_topic_partitions(&name, partitions).await)
         }
-        MeshRequest::UsersChanged { users } => {
-            shard.catalog.borrow_mut().users = users;
+        MeshRequest::AccessChanged { users, acls } => {
+            let mut catalog = shard.catalog.borrow_mut();
+            (catalog.users, catalog.acls) = (users, acls);
             MeshReply::Done(Ok(()))
         }
         MeshRequest::TopicDeleted { name } => {

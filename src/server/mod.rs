@@ -9,6 +9,7 @@
 //! sent over the mesh in arrival order by the reader itself.
 
 mod auth;
+mod authz;
 mod cluster_handlers;
 pub mod connections;
 pub mod handlers;
@@ -187,6 +188,11 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         frame.principal = client_auth.principal();
+        if let Err(e) = authz::authorize(&shard, &frame) {
+            crate::log_limited!(warn, "denied a request from {peer}: {}", e.message);
+            outbox.push(error_frame(kind, corr, e.code, &e.message));
+            continue;
+        }
         let reserve = answer_reservation(&frame).min(shard.config.max_answer_bytes_per_connection as u64);
         let permits = async {
             let request = in_flight.clone().acquire_static_permit(1).await.ok()?;
@@ -385,7 +391,9 @@ fn owner_of(shard: &Shard, frame: &Frame) -> usize {
             | ApiKind::DeleteTopic
             | ApiKind::InitProducer
             | ApiKind::UpsertUser
-            | ApiKind::DeleteUser,
+            | ApiKind::DeleteUser
+            | ApiKind::CreateAcl
+            | ApiKind::DeleteAcl,
         ) => Some(0),
         None if frame.header.kind == PeerKind::Append as u16 => {
             access::<AppendRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))

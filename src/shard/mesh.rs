@@ -22,8 +22,11 @@ pub enum MeshRequest {
     TopicCreated { name: String, config: TopicConfig },
     /// A topic was removed from the catalog: update the copy, close and delete partitions.
     TopicDeleted { name: String },
-    /// A single node's users changed: update the catalog's copy.
-    UsersChanged { users: std::collections::BTreeMap<String, crate::protocol::scram::Credential> },
+    /// A single node's users or ACLs changed: update the catalog's copy.
+    AccessChanged {
+        users: std::collections::BTreeMap<String, crate::protocol::scram::Credential>,
+        acls: std::collections::BTreeSet<crate::protocol::acl::Acl>,
+    },
     /// Report the status of the owned partitions of a topic.
     Status { topic: String },
 }
