@@ -170,13 +170,14 @@ pub struct Config {
     /// leadership of its partitions to in-sync followers (for at most about half of it),
     /// then flushes and closes everything.
     pub shutdown_timeout_ms: u64,
-    /// Serve on an address other machines can reach although there is no TLS yet (and,
-    /// unless `[auth] enabled`, no client authentication). Without it such a start is
-    /// refused.
+    /// Serve on an address other machines can reach without TLS (`[tls]`) or without client
+    /// authentication (`[auth] enabled`). Without it such a start is refused.
     pub allow_insecure: bool,
     pub storage: StorageSettings,
     pub runtime: RuntimeSettings,
     pub auth: AuthSettings,
+    /// `[tls]`: TLS on the client port.
+    pub tls: crate::net::tls::TlsSettings,
     /// `[cluster]`: absent for a single node.
     pub cluster: Option<ClusterSettings>,
 }
@@ -407,6 +408,7 @@ impl Default for Config {
             storage: StorageSettings::default(),
             runtime: RuntimeSettings::default(),
             auth: AuthSettings::default(),
+            tls: Default::default(),
             cluster: None,
         }
     }
@@ -492,15 +494,29 @@ impl Config {
                 });
             }
         }
+        self.tls.validate().map_err(|message| ConfigError::Invalid { key: "tls", message })?;
+        if self.tls.enabled() && self.cluster.as_ref().is_some_and(|c| c.replicates()) {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                message: "TLS is not yet available on a replicating cluster's links; \
+                          [tls] serves single nodes (and shared-storage pairs) for now"
+                    .into(),
+            });
+        }
         if let Some(exposed) = self.exposed_address() {
             if !self.allow_insecure {
+                let client_port = exposed == self.listen;
+                let missing = match (client_port && self.tls.enabled(), self.auth.enabled) {
+                    (true, false) => "does not authenticate clients ([auth] enabled)",
+                    (false, true) => "has no TLS there ([tls])",
+                    _ => "has no TLS there ([tls]) and does not authenticate clients ([auth] enabled)",
+                };
                 return Err(ConfigError::Invalid {
                     key: "allow_insecure",
                     message: format!(
-                        "{exposed} can be reached from other machines, and this broker has no TLS yet{}: \
-                         what it serves travels in the clear. Bind a loopback address, or set \
-                         allow_insecure = true if the network around it is trusted",
-                        if self.auth.enabled { "" } else { " and does not authenticate clients ([auth] enabled)" }
+                        "{exposed} can be reached from other machines, and this broker {missing}. \
+                         Bind a loopback address, configure what is missing, or set \
+                         allow_insecure = true if the network around it is trusted"
                     ),
                 });
             }
@@ -517,11 +533,14 @@ impl Config {
         Ok(())
     }
 
-    /// The first address this broker serves on that is not a loopback address: its client
-    /// address, or in a cluster its control address.
+    /// The first address this broker serves on that other machines reach and that is not
+    /// secured: its client address unless it has TLS and authenticates clients, or in a
+    /// cluster its control address (whose links have no TLS yet).
     pub fn exposed_address(&self) -> Option<SocketAddr> {
+        let client_secured = self.tls.enabled() && self.auth.enabled;
+        let client = (!client_secured).then_some(self.listen);
         let control = self.cluster.as_ref().and_then(|c| c.node(c.node_id)).map(|n| n.peer);
-        [Some(self.listen), control].into_iter().flatten().find(|a| !a.ip().is_loopback())
+        [client, control].into_iter().flatten().find(|a| !a.ip().is_loopback())
     }
 
     pub fn frame_limits(&self) -> crate::net::FrameLimits {
@@ -579,6 +598,13 @@ mod tests {
         assert!(e.contains("allow_insecure") && e.contains("0.0.0.0:9000"), "{e}");
         let allowed = Config::from_toml("listen = \"0.0.0.0:9000\"\nallow_insecure = true").unwrap();
         allowed.validate().unwrap();
+        let tls = "listen = \"0.0.0.0:9000\"\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        let e = Config::from_toml(tls).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("does not authenticate clients"), "{e}");
+        let secured = Config::from_toml(&format!("{tls}[auth]\nenabled = true\n")).unwrap();
+        secured.validate().unwrap();
+        let e = Config::from_toml("[tls]\ncert_file = \"c.pem\"\n").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("go together"), "{e}");
         let cluster = |peer: &str| {
             Config::from_toml(&format!(
                 "listen = \"127.0.0.1:9000\"\n[cluster]\nnode_id = 1\ncluster_id = \"c\"\nmode = \"hybrid\"\n\

@@ -184,9 +184,8 @@ struct ClientArgs {
     /// multi-master and forwarding modes that node forwards what it does not serve)
     #[arg(long)]
     no_follow_leaders: bool,
-    /// Authenticate as this user (SCRAM-SHA-256); the password comes from QUORRA_PASSWORD
-    #[arg(long, env = "QUORRA_USER")]
-    user: Option<String>,
+    #[command(flatten)]
+    security: quorra::client::cli_args::SecurityArgs,
 }
 
 #[derive(Subcommand)]
@@ -335,20 +334,9 @@ where
 }
 
 async fn connect(args: &ClientArgs) -> Result<Rc<Client>> {
-    let credentials = match &args.user {
-        Some(user) => {
-            let password = std::env::var("QUORRA_PASSWORD")
-                .map_err(|_| anyhow::anyhow!("--user {user} needs its password in QUORRA_PASSWORD"))?;
-            Some(quorra::client::Credentials { user: user.clone(), password })
-        }
-        None => None,
-    };
-    let config = ClientConfig {
-        follow_leaders: !args.no_follow_leaders,
-        credentials,
-        ..ClientConfig::with_bootstrap(&args.bootstrap)
-    };
-    Ok(Client::connect(config).await?)
+    let config =
+        ClientConfig { follow_leaders: !args.no_follow_leaders, ..ClientConfig::with_bootstrap(&args.bootstrap) };
+    Ok(Client::connect(args.security.apply(config)?).await?)
 }
 
 async fn user(cmd: UserCommand) -> Result<()> {

@@ -35,8 +35,9 @@ impl Connection {
         addr: SocketAddr,
         timeout: Duration,
         max_frame_bytes: usize,
+        tls: Option<&crate::net::tls::ClientTls>,
     ) -> Result<Rc<Connection>, ClientError> {
-        Self::connect_from(None, addr, timeout, max_frame_bytes).await
+        Self::connect_from(None, addr, timeout, max_frame_bytes, tls).await
     }
 
     /// [`Self::connect`] from a local address (a node's links leave from its own address).
@@ -45,12 +46,21 @@ impl Connection {
         addr: SocketAddr,
         timeout: Duration,
         max_frame_bytes: usize,
+        tls: Option<&crate::net::tls::ClientTls>,
     ) -> Result<Rc<Connection>, ClientError> {
-        let stream = net::connect_from(source, addr, timeout)
-            .await
-            .map_err(|e| ClientError::Connect { addr: addr.to_string(), message: e.to_string() })?;
         let connect_error = |e: std::io::Error| ClientError::Connect { addr: addr.to_string(), message: e.to_string() };
+        let stream = net::connect_from(source, addr, timeout).await.map_err(connect_error)?;
         let shutdown = net::shutdown_handle(&stream).map_err(connect_error)?;
+        let stream = match tls {
+            None => net::Stream::Plain(stream),
+            Some(tls) => match rt::timeout(timeout, tls.connect(addr, stream)).await {
+                Some(Ok(tls)) => net::Stream::Tls(Box::new(tls)),
+                Some(Err(e)) => {
+                    return Err(ClientError::Connect { addr: addr.to_string(), message: format!("TLS: {e}") })
+                }
+                None => return Err(connect_error(std::io::Error::other("the TLS handshake timed out"))),
+            },
+        };
         let (mut reader, writer) = net::split(stream).map_err(connect_error)?;
         let outbox = Outbox::new();
         let conn = Rc::new(Connection {
@@ -74,7 +84,7 @@ impl Connection {
                 log::debug!("connection to {addr}: write failed: {e}");
             }
             // Wakes the reader task too: the connection is over.
-            net::shutdown(&writer);
+            writer.shutdown();
         });
         rt::spawn(async move {
             let reason = loop {

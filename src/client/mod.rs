@@ -5,6 +5,7 @@
 //! The client runs inside a glommio executor (one per thread, like the broker); all types
 //! are `!Send` and cheap to share with `Rc`.
 
+pub mod cli_args;
 mod connection;
 pub mod consumer;
 pub mod producer;
@@ -85,6 +86,9 @@ pub struct ClientConfig {
     /// Authenticate every connection as this user (SCRAM-SHA-256), for brokers with
     /// `[auth] enabled`.
     pub credentials: Option<Credentials>,
+    /// Speak TLS to brokers with `[tls]`: the CA to trust, and the client's certificate
+    /// (which authenticates it, mTLS) if it has one.
+    pub tls: Option<crate::net::tls::ClientTls>,
 }
 
 /// A user and its password (never printed, never sent: SCRAM proves it).
@@ -109,6 +113,7 @@ impl Default for ClientConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             follow_leaders: true,
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -194,7 +199,8 @@ impl Client {
 
     /// A new connection to `addr`, authenticated when the config has credentials.
     pub(crate) async fn open_connection(&self, addr: SocketAddr) -> Result<Rc<Connection>, ClientError> {
-        let conn = Connection::connect(addr, self.config.connect_timeout, self.config.max_frame_bytes).await?;
+        let timeout = self.config.connect_timeout;
+        let conn = Connection::connect(addr, timeout, self.config.max_frame_bytes, self.config.tls.as_ref()).await?;
         if let Some(credentials) = &self.config.credentials {
             let exchange = authenticate(&conn, credentials);
             crate::rt::timeout(self.config.request_timeout, exchange)

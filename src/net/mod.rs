@@ -1,5 +1,8 @@
 //! Framed connections shared by the broker and the client: reading one frame with limits
-//! and a completion deadline, and a writer that coalesces small frames into few syscalls.
+//! and a completion deadline, and a writer that coalesces small frames into few syscalls;
+//! over plain TCP or TLS ([`tls`]).
+
+pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -175,6 +178,8 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, outbox: Rc<Outbox>) ->
             w.write_all(&buf).await?;
             buf.clear();
         }
+        // (TLS: pushes out what the session still holds; plain TCP: nothing to do.)
+        w.flush().await?;
         if outbox.closed.get() && outbox.queue.borrow().is_empty() {
             w.flush().await?;
             return Ok(());
@@ -236,24 +241,105 @@ async fn wait_connected(socket: &Socket, timeout: Duration) -> io::Result<()> {
     }
 }
 
-/// Splits a TCP stream into a buffered reading half and a writing half (two descriptors of
-/// one socket), so a reader task and a writer task can run at once without a lock.
-pub fn split(stream: TcpStream) -> io::Result<(BufReader<TcpStream>, TcpStream)> {
-    stream.set_nodelay(true).map_err(io::Error::from)?;
-    // SAFETY: dup returns a new descriptor we own, or -1 which we check.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh, owned descriptor of a connected TCP socket.
-    let writer = unsafe { TcpStream::from_raw_fd(fd) };
-    Ok((BufReader::with_capacity(READ_BUFFER_BYTES, stream), writer))
+/// A connection's stream: plain TCP, or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tls::TlsStream>),
 }
 
-/// Shuts a socket down in both directions (wakes a reader blocked on it).
-pub fn shutdown(stream: &TcpStream) {
-    // SAFETY: shutdown on a descriptor we own.
-    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+/// The reading half of a [`Stream`].
+pub enum ReadHalf {
+    /// A descriptor of its own (see [`split`]).
+    Plain(TcpStream),
+    Tls(futures_lite::io::ReadHalf<Box<tls::TlsStream>>),
+}
+
+/// The writing half of a [`Stream`], with the socket's descriptor to shut it down.
+pub struct WriteHalf {
+    inner: WriteInner,
+    fd: std::os::fd::RawFd,
+}
+
+enum WriteInner {
+    Plain(TcpStream),
+    Tls(futures_lite::io::WriteHalf<Box<tls::TlsStream>>),
+}
+
+/// Splits a stream into a buffered reading half and a writing half, so a reader task and a
+/// writer task can run at once. Plain TCP: two descriptors of one socket, no lock; TLS: the
+/// halves share the session (one rustls state machine), behind an uncontended lock.
+pub fn split(stream: Stream) -> io::Result<(BufReader<ReadHalf>, WriteHalf)> {
+    let (read, inner, fd) = match stream {
+        Stream::Plain(stream) => {
+            stream.set_nodelay(true).map_err(io::Error::from)?;
+            // SAFETY: dup returns a new descriptor we own, or -1 which we check.
+            let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh, owned descriptor of a connected TCP socket.
+            let writer = unsafe { TcpStream::from_raw_fd(fd) };
+            let raw = writer.as_raw_fd();
+            (ReadHalf::Plain(stream), WriteInner::Plain(writer), raw)
+        }
+        Stream::Tls(tls) => {
+            let tcp = tls.get_ref().0;
+            tcp.set_nodelay(true).map_err(io::Error::from)?;
+            let raw = tcp.as_raw_fd();
+            let (r, w) = futures_lite::io::split(tls);
+            (ReadHalf::Tls(r), WriteInner::Tls(w), raw)
+        }
+    };
+    Ok((BufReader::with_capacity(READ_BUFFER_BYTES, read), WriteHalf { inner, fd }))
+}
+
+impl WriteHalf {
+    /// Shuts the socket down in both directions (wakes a reader blocked on it).
+    pub fn shutdown(&self) {
+        // SAFETY: shutdown on the descriptor of a socket this half keeps open (it owns it,
+        // or shares the TLS stream that owns it).
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ReadHalf::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match &mut self.get_mut().inner {
+            WriteInner::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            WriteInner::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            WriteInner::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            WriteInner::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            WriteInner::Plain(s) => std::pin::Pin::new(s).poll_close(cx),
+            WriteInner::Tls(s) => std::pin::Pin::new(s).poll_close(cx),
+        }
+    }
 }
 
 /// A descriptor of the stream's socket of its own, to shut the socket down later from

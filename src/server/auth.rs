@@ -40,8 +40,10 @@ pub struct ConnectionAuth {
 }
 
 impl ConnectionAuth {
-    pub fn new(peer: Option<IpAddr>) -> ConnectionAuth {
-        ConnectionAuth { loopback: peer.is_some_and(|ip| ip.is_loopback()), ..Default::default() }
+    /// A connection from `peer`; `certified`: the principal its verified TLS client
+    /// certificate names (the connection is then authenticated as it).
+    pub fn new(peer: Option<IpAddr>, certified: Option<Arc<str>>) -> ConnectionAuth {
+        ConnectionAuth { loopback: peer.is_some_and(|ip| ip.is_loopback()), principal: certified, exchange: None }
     }
 
     pub fn principal(&self) -> Option<Arc<str>> {

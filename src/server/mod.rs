@@ -15,6 +15,7 @@ pub mod connections;
 pub mod handlers;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::{TcpListener, TcpStream};
@@ -67,6 +68,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         Some(addr) => shard.connections.admit(addr.ip()),
         None => Err(connections::Refused::Broker(0)),
     };
+    let Some((stream, certified)) = secure(&shard, stream, &peer).await else { return };
     let (mut reader, writer) = match net::split(stream) {
         Ok(halves) => halves,
         Err(e) => {
@@ -105,7 +107,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     // Moved on by the node handshake (node-to-node links only).
     let mut auth = PeerAuth::Client;
     // Client authentication (`[auth]`).
-    let mut client_auth = auth::ConnectionAuth::new(peer_addr.map(|a| a.ip()));
+    let mut client_auth = auth::ConnectionAuth::new(peer_addr.map(|a| a.ip()), certified);
     loop {
         let mut frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
@@ -212,6 +214,25 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     }
     outbox.close();
     let _ = writer_task.await;
+}
+
+/// The connection's stream: plain, or (with `[tls]`) after a TLS handshake, which must
+/// complete within the frame timeout; and the principal its client certificate names.
+/// None when the handshake failed (logged, rate-limited: a flood must not fill the disk).
+async fn secure(shard: &Shard, stream: TcpStream, peer: &str) -> Option<(net::Stream, Option<Arc<str>>)> {
+    let Some(tls) = &shard.tls else { return Some((net::Stream::Plain(stream), None)) };
+    let within = Duration::from_millis(shard.config.frame_timeout_ms);
+    match rt::timeout(within, tls.accept(stream)).await {
+        Some(Ok((stream, principal))) => Some((net::Stream::Tls(Box::new(stream)), principal.map(Arc::from))),
+        Some(Err(e)) => {
+            crate::log_limited!(warn, "TLS handshake with {peer} failed: {e}");
+            None
+        }
+        None => {
+            crate::log_limited!(warn, "TLS handshake with {peer} did not complete within {within:?}: closing");
+            None
+        }
+    }
 }
 
 enum PeerCheck {

@@ -241,7 +241,7 @@ async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> 
     let c = cluster(shard);
     let addr = c.control.settings.node(node).ok_or("unknown node")?.client;
     let source = crate::net::link_source(shard.config.listen);
-    let conn = Connection::connect_from(source, addr, Duration::from_millis(500), shard.config.max_frame_bytes)
+    let conn = Connection::connect_from(source, addr, Duration::from_millis(500), shard.config.max_frame_bytes, None)
         .await
         .map_err(|e| e.to_string())?;
     rt::timeout(HANDSHAKE_TIMEOUT, authenticate(&conn, &c.control.settings, node)).await.ok_or("hello timed out")??;

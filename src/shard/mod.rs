@@ -56,6 +56,8 @@ pub struct Shard {
     pub producer_ids: crate::broker::producer_ids::ProducerIds,
     /// The broker's client connections (shared by its shards).
     pub connections: std::sync::Arc<crate::server::connections::ConnectionRegistry>,
+    /// TLS on the client port (None: plain TCP).
+    pub tls: Option<std::sync::Arc<crate::net::tls::ServerTls>>,
 }
 
 impl Shard {

@@ -33,6 +33,8 @@ pub enum BrokerError {
     Shard { shard: usize, message: String },
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
 }
 
 /// What the shards share while starting and stopping (never on the data path).
@@ -45,6 +47,27 @@ struct Startup {
     connections: Arc<crate::server::connections::ConnectionRegistry>,
     /// The consumer groups the broker holds (single node, shared storage).
     groups: Arc<crate::broker::offsets::GroupBudget>,
+    /// TLS on the client port (`[tls]`), reloaded on SIGHUP.
+    tls: Option<Arc<crate::net::tls::ServerTls>>,
+}
+
+/// Reads the TLS certificate, key and CA files again on every SIGHUP (connections accepted
+/// from then on use them; a file that does not load leaves the old ones, and says so).
+fn reload_tls_on_sighup(tls: Arc<crate::net::tls::ServerTls>) -> Result<(), BrokerError> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| BrokerError::Shard { shard: 0, message: format!("SIGHUP handler: {e}") })?;
+    std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match tls.reload() {
+                    Ok(()) => log::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(e) => log::error!("SIGHUP: TLS certificates not reloaded, the old ones stay: {e}"),
+                }
+            }
+        })
+        .map_err(|e| BrokerError::Shard { shard: 0, message: e.to_string() })?;
+    Ok(())
 }
 
 /// Runs a broker until SIGINT or SIGTERM; returns after a clean shutdown.
@@ -52,7 +75,8 @@ pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
     config.validate()?;
     if let Some(exposed) = config.exposed_address() {
         log::warn!(
-            "serving on {exposed} with allow_insecure = true: no TLS{}",
+            "serving on {exposed} with allow_insecure = true: {}{}",
+            if config.tls.enabled() && exposed == config.listen { "TLS" } else { "no TLS" },
             if config.auth.enabled { "" } else { ", clients not authenticated" }
         );
     }
@@ -70,6 +94,13 @@ pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
             .map_err(|e| BrokerError::Shard { shard: 0, message: e.to_string() })?;
     }
     spawn_shutdown_watchdog(stop.clone(), Duration::from_millis(config.shutdown_timeout_ms));
+    let tls = match config.tls.enabled() {
+        true => Some(Arc::new(crate::net::tls::ServerTls::new(&config.tls)?)),
+        false => None,
+    };
+    if let Some(tls) = &tls {
+        reload_tls_on_sighup(tls.clone())?;
+    }
     let shared_storage = config.cluster.as_ref().is_some_and(|c| !c.replicates());
     let _lock = if shared_storage {
         super::shared_storage::become_active(&config, &stop)?
@@ -105,6 +136,7 @@ pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
             crate::broker::offsets::GroupBudget::count_on_disk(&config.data_dir),
             config.max_consumer_groups,
         )),
+        tls,
     });
     let mesh_builder = MeshBuilder::<MeshMsg, _>::full(shards, MESH_CHANNEL_DEPTH);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -261,6 +293,7 @@ async fn shard_main(
         cluster: cluster_part.as_ref().map(|(handle, _)| super::cluster::ShardCluster::new(handle.clone())),
         producer_ids: Default::default(),
         connections: startup.connections.clone(),
+        tls: startup.tls.clone(),
         config,
     });
     if let Some((_, inbox)) = cluster_part {

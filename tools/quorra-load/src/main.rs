@@ -54,9 +54,19 @@ pub struct Common {
     /// partition's leader (multi-master and forwarding nodes forward what they do not serve)
     #[arg(long)]
     pub no_follow_leaders: bool,
+    #[command(flatten)]
+    pub security: quorra::client::cli_args::SecurityArgs,
 }
 
 impl Common {
+    /// How to reach the brokers: follow leaders or not, credentials, TLS.
+    pub fn client_config(&self) -> Result<quorra::client::ClientConfig, quorra::client::ClientError> {
+        let config = quorra::client::ClientConfig {
+            follow_leaders: !self.no_follow_leaders,
+            ..quorra::client::ClientConfig::with_bootstrap(&self.bootstrap)
+        };
+        self.security.apply(config)
+    }
     pub fn cores(&self) -> usize {
         self.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1)
     }

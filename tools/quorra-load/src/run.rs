@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
-use quorra::client::{
-    Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, StartFrom,
-};
+use quorra::client::{Client, ClientError, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, StartFrom};
 use quorra::protocol::ErrorCode;
 
 use crate::ledger::{self, Entry};
@@ -62,8 +60,7 @@ fn block_on<T: Send + 'static>(
 }
 
 async fn connect(common: &Common) -> Result<Rc<Client>, ClientError> {
-    let follow_leaders = !common.no_follow_leaders;
-    Client::connect(ClientConfig { follow_leaders, ..ClientConfig::with_bootstrap(&common.bootstrap) }).await
+    Client::connect(common.client_config()?).await
 }
 
 /// Checks the broker is reachable and the topic exists (creating it when asked).
