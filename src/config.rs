@@ -296,6 +296,9 @@ pub struct ClusterSettings {
     /// The secret itself, read from `secret_file` when the broker starts.
     #[serde(skip)]
     pub secret: crate::protocol::node_auth::ClusterSecret,
+    /// TLS of the node links (`[tls]`), set when the broker starts.
+    #[serde(skip)]
+    pub tls: Option<std::sync::Arc<crate::net::tls::ServerTls>>,
 }
 
 fn default_true() -> bool {
@@ -495,13 +498,22 @@ impl Config {
             }
         }
         self.tls.validate().map_err(|message| ConfigError::Invalid { key: "tls", message })?;
-        if self.tls.enabled() && self.cluster.as_ref().is_some_and(|c| c.replicates()) {
-            return Err(ConfigError::Invalid {
-                key: "tls",
-                message: "TLS is not yet available on a replicating cluster's links; \
-                          [tls] serves single nodes (and shared-storage pairs) for now"
-                    .into(),
-            });
+        if let Some(c) = self.cluster.as_ref().filter(|c| c.replicates() && self.tls.enabled()) {
+            if self.tls.ca_file.is_none() || self.tls.client_auth == crate::net::tls::ClientAuth::None {
+                return Err(ConfigError::Invalid {
+                    key: "tls",
+                    message: "a cluster's nodes prove who they are with certificates: set ca_file and \
+                              client_auth = \"optional\" (clients may use SCRAM) or \"required\""
+                        .into(),
+                });
+            }
+            let name = crate::net::tls::node_name(&c.cluster_id, c.node_id);
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.cluster_id",
+                    message: format!("with TLS, node certificates name {name:?}: the cluster id must be a DNS label"),
+                });
+            }
         }
         if let Some(exposed) = self.exposed_address() {
             if !self.allow_insecure {
@@ -535,11 +547,12 @@ impl Config {
 
     /// The first address this broker serves on that other machines reach and that is not
     /// secured: its client address unless it has TLS and authenticates clients, or in a
-    /// cluster its control address (whose links have no TLS yet).
+    /// cluster its control address unless it has TLS.
     pub fn exposed_address(&self) -> Option<SocketAddr> {
         let client_secured = self.tls.enabled() && self.auth.enabled;
         let client = (!client_secured).then_some(self.listen);
-        let control = self.cluster.as_ref().and_then(|c| c.node(c.node_id)).map(|n| n.peer);
+        let control =
+            self.cluster.as_ref().filter(|_| !self.tls.enabled()).and_then(|c| c.node(c.node_id)).map(|n| n.peer);
         [client, control].into_iter().flatten().find(|a| !a.ip().is_loopback())
     }
 

@@ -15,7 +15,7 @@ use openraft::Vote;
 use quorra::client::ReadFrom;
 use quorra::cluster::meta::MetaCommand;
 use quorra::cluster::rpc::Request;
-use quorra::protocol::messages::{Acks, ErrorResponse};
+use quorra::protocol::messages::Acks;
 use quorra::protocol::node_auth::{ClusterSecret, Handshake, LinkKind, Nonce};
 use quorra::protocol::peer::{
     AppendReply, AppendRequest, EpochStart, PeerChallenge, PeerHello, PeerKind, PeerProof, REPLY_STALE_EPOCH,
@@ -25,56 +25,7 @@ use quorra::protocol::{decode, encode, BodyBuf, ErrorCode};
 /// An epoch far above anything the controller will open for years.
 const FORGED_EPOCH: u32 = 1 << 30;
 
-/// An answer on a raw connection.
-#[derive(Debug)]
-enum Answer {
-    Ok(BodyBuf),
-    Error(ErrorResponse),
-    Closed,
-}
-
-impl Answer {
-    fn ok(self) -> BodyBuf {
-        match self {
-            Answer::Ok(a) => a,
-            other => panic!("expected an answer, got {other:?}"),
-        }
-    }
-
-    fn error(self) -> ErrorResponse {
-        match self {
-            Answer::Error(e) => e,
-            other => panic!("expected an error, got {other:?}"),
-        }
-    }
-}
-
-/// One frame on a raw connection, and its answer.
-fn exchange(s: &mut TcpStream, kind: u16, archive: &[u8], payload: &[u8]) -> Answer {
-    let mut a = BodyBuf::new();
-    a.extend_from_slice(archive);
-    let chunks = if payload.is_empty() { Vec::new() } else { vec![bytes::Bytes::copy_from_slice(payload)] };
-    let mut out = Vec::new();
-    quorra::protocol::frame::OutFrame::new(kind, 0, 7, a, chunks).write_to(&mut out);
-    if s.write_all(&out).is_err() {
-        return Answer::Closed;
-    }
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = [0u8; 32];
-    if s.read_exact(&mut head).is_err() {
-        return Answer::Closed;
-    }
-    let h = quorra::protocol::frame::FrameHeader::decode(&head, 64 << 20).unwrap();
-    let mut body = vec![0u8; h.body_len()];
-    s.read_exact(&mut body).unwrap();
-    let mut archive = BodyBuf::new();
-    archive.extend_from_slice(&body[..h.archive_len as usize]);
-    if h.is_error() {
-        Answer::Error(decode(&archive).unwrap())
-    } else {
-        Answer::Ok(archive)
-    }
-}
+use common::raw::{exchange, Answer};
 
 /// Whether the other end closes the connection within 5 s (after whatever it still sends).
 fn is_closed(s: &mut TcpStream) -> bool {

@@ -233,3 +233,84 @@ fn certificates_are_reloaded_on_sighup() {
     round_trip(tls_client(&b, &new_ca_file, None, None), "t").unwrap();
     assert!(round_trip(tls_client(&b, &old_ca_file, None, None), "t").unwrap_err().is_connection_error());
 }
+
+/// A three-node master-slave cluster with `[tls]`: every link (client port, data links,
+/// control links) speaks TLS, nodes present certificates naming `node-<id>.<cluster id>`,
+/// and records replicate to every node. A certificate of one node cannot speak for another.
+#[test]
+fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
+    use common::cluster::Cluster;
+    use quorra::protocol::peer::{PeerChallenge, PeerHello, PeerKind};
+    let certs = scratch_dir("tls-cluster-certs");
+    let d = certs.path().to_path_buf();
+    let ca = Ca::new("Cluster CA");
+    let ca_file = ca.write(&d, "ca");
+    let cluster_id = "test-tls-cluster";
+    for n in 1..=3 {
+        let name = quorra::net::tls::node_name(cluster_id, n);
+        ca.issue(&d, &format!("node{n}"), &format!("node-{n}"), &["127.0.0.1", &name], false);
+    }
+    let tune = |config: &mut toml::Table| {
+        let id = config["cluster"]["node_id"].as_integer().unwrap();
+        let mut tls = toml::Table::new();
+        tls.insert("cert_file".into(), d.join(format!("node{id}.pem")).display().to_string().into());
+        tls.insert("key_file".into(), d.join(format!("node{id}.key")).display().to_string().into());
+        tls.insert("ca_file".into(), ca_file.display().to_string().into());
+        tls.insert("client_auth".into(), "optional".into());
+        config.insert("tls".into(), tls.into());
+    };
+    let mut c = Cluster::start_tuned("tls-cluster", "master-slave", tune);
+    let client = tls_client(&c.bootstrap(), &ca_file, None, None);
+    c.client_tls = client.tls.clone();
+    let config = client.clone();
+    common::run(move || async move { Client::connect(config).await?.create_topic("t", 1, 3).await }).unwrap();
+    c.wait_in_sync(3, Duration::from_secs(30));
+    let config = client.clone();
+    common::run(move || async move {
+        let c = Client::connect(config).await?;
+        for i in 0..100u32 {
+            let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+            b.push(None, format!("record {i}").as_bytes(), 1);
+            c.produce_batches("t", 0, Acks::All, vec![b.finish(0, 0, 0)]).await?;
+        }
+        Ok::<_, ClientError>(())
+    })
+    .unwrap();
+    c.wait_caught_up("every replica holds the 100 records", Duration::from_secs(30));
+    let status = c.status().unwrap();
+    // (100 records and the leader's epoch marker.)
+    assert_eq!(status.partitions[0].high_watermark, 101, "{status:?}");
+    let config = client.clone();
+    let fetched = common::run(move || async move {
+        Client::connect(config).await?.fetch("t", 0, 0, 1 << 20, Duration::from_millis(100)).await
+    })
+    .unwrap();
+    for i in [0, 57, 99] {
+        let wanted = format!("record {i}");
+        assert!(fetched.batches.windows(wanted.len()).any(|w| w == wanted.as_bytes()), "{wanted} over TLS");
+    }
+
+    // Node 3's certificate, saying hello as node 2 on node 1's client port: refused before
+    // the secret is even asked for. As node 3, it gets the challenge.
+    let node1 = c.node(1).client;
+    let hello_as = |claimed: u32| {
+        let identity = (d.join("node3.pem"), d.join("node3.key"));
+        let tls = ClientTls::from_files(&ca_file, Some((&identity.0, &identity.1)), None).unwrap();
+        let (config, _) = tls.parts();
+        let name = rustls::pki_types::ServerName::try_from(quorra::net::tls::node_name(cluster_id, 1)).unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, TcpStream::connect(node1).unwrap());
+        let hello = quorra::protocol::encode(&PeerHello {
+            cluster_id: cluster_id.into(),
+            node_id: claimed,
+            to: 1,
+            nonce: [5; 32],
+        });
+        common::raw::exchange(&mut s, PeerKind::Hello as u16, &hello, &[])
+    };
+    let refused = hello_as(2).error();
+    assert_eq!(refused.code, ErrorCode::AuthenticationFailed as u16);
+    assert!(refused.message.contains("no certificate naming node-2.test-tls-cluster"), "{}", refused.message);
+    let challenge: PeerChallenge = quorra::protocol::decode(&hello_as(3).ok()).unwrap();
+    assert_eq!(challenge.node_id, 1);
+}

@@ -540,13 +540,37 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
     }
 }
 
+/// With `[tls]`, the TLS handshake of an accepted control link (within the hello's time
+/// bound), and the DNS names of the certificate the other node presented.
+async fn secure_link(
+    ctx: &Ctx,
+    stream: tokio::net::TcpStream,
+) -> Result<(super::rpc::LinkStream, Vec<String>), String> {
+    let Some(tls) = &ctx.settings.tls else { return Ok((Box::new(stream), Vec::new())) };
+    let within = Duration::from_millis(crate::limits::DEFAULT_FRAME_TIMEOUT_MS);
+    let accept = tokio_rustls::TlsAcceptor::from(tls.server_config()).accept(stream);
+    let stream = tokio::time::timeout(within, accept)
+        .await
+        .map_err(|_| format!("the TLS handshake did not complete within {within:?}"))?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let names = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(crate::net::tls::dns_names_of);
+    Ok((Box::new(stream), names.unwrap_or_default()))
+}
+
 async fn serve_link(
     ctx: Arc<Ctx>,
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     addr: SocketAddr,
     before_hello: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let peer = accept_handshake(&ctx.settings, &mut stream).await;
+    let (mut stream, cert_names) = match secure_link(&ctx, stream).await {
+        Ok(secured) => secured,
+        Err(why) => {
+            crate::log_limited!(warn, "control link from {addr} refused: {why}");
+            return;
+        }
+    };
+    let peer = accept_handshake(&ctx.settings, &mut stream, &cert_names).await;
     drop(before_hello);
     let peer = match peer {
         Ok(p) => p,
@@ -580,9 +604,18 @@ async fn serve_link(
 
 /// The receiver's side of the node handshake on a control link: the opener's node id once
 /// it proved it holds the cluster secret.
-async fn accept_handshake(settings: &ClusterSettings, stream: &mut tokio::net::TcpStream) -> Result<NodeId, String> {
+async fn accept_handshake(
+    settings: &ClusterSettings,
+    stream: &mut super::rpc::LinkStream,
+    cert_names: &[String],
+) -> Result<NodeId, String> {
     let first = super::rpc::read_hello::<Request>(stream).await.map_err(|e| e.to_string())?;
     let (peer, initiator_nonce) = check_hello(&first, &settings.cluster_id, &settings.node_ids(), settings.node_id)?;
+    // With TLS, the link's certificate must name the node it says it is.
+    let wanted = crate::net::tls::node_name(&settings.cluster_id, peer);
+    if settings.tls.is_some() && !cert_names.contains(&wanted) {
+        return Err(format!("node {peer}'s link presented no certificate naming {wanted}"));
+    }
     let acceptor_nonce = crate::protocol::node_auth::fresh_nonce();
     let handshake = control_handshake(
         &settings.secret,

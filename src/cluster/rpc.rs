@@ -17,8 +17,8 @@ use openraft::raft::{
     VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
 
 use super::meta::MetaCommand;
 use super::raft_store::{MetaRaft, MetaReply, RaftNodeId};
@@ -129,13 +129,17 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(crc: u32, body: &[u8]) -> Resul
     serde_json::from_slice(body).map_err(|e| LinkError::Decode(e.to_string()))
 }
 
-pub async fn read_msg<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> Result<T, LinkError> {
+pub async fn read_msg<T: for<'de> Deserialize<'de>>(
+    stream: &mut (impl AsyncRead + Unpin + ?Sized),
+) -> Result<T, LinkError> {
     read_msg_within(stream, MAX_CONTROL_MESSAGE_BYTES).await
 }
 
 /// The first message of a link, before the peer said who it is: small, and whole within
 /// the completion timeout.
-pub async fn read_hello<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> Result<T, LinkError> {
+pub async fn read_hello<T: for<'de> Deserialize<'de>>(
+    stream: &mut (impl AsyncRead + Unpin + ?Sized),
+) -> Result<T, LinkError> {
     tokio::time::timeout(CONTROL_COMPLETION_TIMEOUT, read_msg_within(stream, MAX_CONTROL_HELLO_BYTES))
         .await
         .unwrap_or(Err(LinkError::Timeout))
@@ -143,7 +147,10 @@ pub async fn read_hello<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) ->
 
 /// A header waits as long as the link is quiet; a body must follow within the completion
 /// timeout (plus 1 ms per KB), and its buffer grows as its bytes arrive.
-async fn read_msg_within<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream, max_len: usize) -> Result<T, LinkError> {
+async fn read_msg_within<T: for<'de> Deserialize<'de>>(
+    stream: &mut (impl AsyncRead + Unpin + ?Sized),
+    max_len: usize,
+) -> Result<T, LinkError> {
     let mut header = [0u8; 8];
     stream.read_exact(&mut header).await?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
@@ -167,8 +174,13 @@ const MAX_CONTROL_HELLO_BYTES: usize = 4096;
 /// How long the rest of a control message may take once its header arrived.
 const CONTROL_COMPLETION_TIMEOUT: Duration = Duration::from_millis(crate::limits::DEFAULT_FRAME_TIMEOUT_MS);
 
-pub async fn write_msg<T: Serialize>(stream: &mut TcpStream, msg: &T) -> Result<(), LinkError> {
+pub async fn write_msg<T: Serialize>(
+    stream: &mut (impl AsyncWrite + Unpin + ?Sized),
+    msg: &T,
+) -> Result<(), LinkError> {
     stream.write_all(&encode(msg)).await?;
+    // (TLS: out of the session and onto the socket.)
+    stream.flush().await?;
     Ok(())
 }
 
@@ -182,8 +194,15 @@ pub struct PeerLink {
     cluster_id: String,
     me: NodeId,
     secret: crate::protocol::node_auth::ClusterSecret,
-    stream: Option<TcpStream>,
+    /// With `[tls]`: this node's certificate, and the check that the target's names it.
+    tls: Option<crate::net::tls::ClientTls>,
+    stream: Option<LinkStream>,
 }
+
+/// A control link's stream: plain TCP or TLS.
+pub trait LinkIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> LinkIo for T {}
+pub type LinkStream = Box<dyn LinkIo>;
 
 impl PeerLink {
     /// A link from this node (`settings.me()`) to `target`; `None` when it is no member.
@@ -197,6 +216,7 @@ impl PeerLink {
             cluster_id: settings.cluster_id.clone(),
             me: settings.node_id,
             secret: settings.secret.clone(),
+            tls: settings.tls.as_ref().and_then(|t| t.node_connector(&settings.cluster_id, target)),
             stream: None,
         })
     }
@@ -220,8 +240,16 @@ impl PeerLink {
             if let Some(ip) = self.source {
                 socket.bind(std::net::SocketAddr::new(ip, 0))?;
             }
-            let mut s = socket.connect(self.addr).await?;
+            let s = socket.connect(self.addr).await?;
             s.set_nodelay(true)?;
+            let mut s: LinkStream = match &self.tls {
+                None => Box::new(s),
+                Some(tls) => {
+                    let (config, name) = tls.parts();
+                    let name = name.expect("a node connector names the node");
+                    Box::new(tokio_rustls::TlsConnector::from(config).connect(name, s).await?)
+                }
+            };
             self.authenticate(&mut s).await?;
             self.stream = Some(s);
         }
@@ -234,7 +262,7 @@ impl PeerLink {
 impl PeerLink {
     /// The opener's side of the node handshake: proves this node holds the cluster secret,
     /// and checks that the target does.
-    async fn authenticate(&self, s: &mut TcpStream) -> Result<(), LinkError> {
+    async fn authenticate(&self, s: &mut LinkStream) -> Result<(), LinkError> {
         let initiator_nonce = fresh_nonce();
         let hello = Request::Hello {
             cluster_id: self.cluster_id.clone(),

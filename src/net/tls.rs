@@ -129,56 +129,131 @@ fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, Tl
     Ok(Arc::new(config))
 }
 
-/// The broker's side: one per broker, shared by its shards; [`Self::reload`] swaps in the
-/// files' current contents (SIGHUP), and connections accepted from then on use them.
+/// The broker's side: one per broker, shared by its shards and its control plane;
+/// [`Self::reload`] swaps in the files' current contents (SIGHUP), and connections made
+/// from then on use them. With `ca_file`, it also holds the node's side of the links it
+/// opens to other nodes (its own certificate presented, theirs checked against the CA).
 pub struct ServerTls {
     settings: TlsSettings,
-    config: RwLock<Arc<rustls::ServerConfig>>,
+    configs: RwLock<Configs>,
+}
+
+#[derive(Clone)]
+struct Configs {
+    server: Arc<rustls::ServerConfig>,
+    node_client: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// An accepted TLS connection, and what its client certificate says (if it sent one).
+pub struct Accepted {
+    pub stream: TlsStream,
+    /// The common name, when it is a valid user name (the connection's principal).
+    pub principal: Option<String>,
+    /// Its DNS names (subject alternative names): a node's certificate names the node.
+    pub dns_names: Vec<String>,
 }
 
 impl ServerTls {
     pub fn new(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
-        Ok(ServerTls { settings: settings.clone(), config: RwLock::new(server_config(settings)?) })
+        Ok(ServerTls { settings: settings.clone(), configs: RwLock::new(load_configs(settings)?) })
     }
 
     /// Reads the certificate, key and CA files again. On an error the old ones stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = server_config(&self.settings)?;
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        let fresh = load_configs(&self.settings)?;
+        *self.configs.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
 
-    /// The TLS handshake of an accepted connection; the principal its client certificate
-    /// names, if it presented one.
-    pub async fn accept(&self, stream: TcpStream) -> io::Result<(TlsStream, Option<String>)> {
-        let config = self.config.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let tls = TlsAcceptor::from(config).accept(stream).await?;
-        let principal = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(principal_of).transpose()?;
-        Ok((futures_rustls::TlsStream::Server(tls), principal))
+    fn configs(&self) -> Configs {
+        self.configs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The acceptor's configuration (for the control plane's tokio streams).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.configs().server
+    }
+
+    /// What a link to node `node` of `cluster_id` speaks: this node's certificate, and the
+    /// check that the other end's certificate names that node ([`node_name`]).
+    pub fn node_connector(&self, cluster_id: &str, node: u32) -> Option<ClientTls> {
+        let config = self.configs().node_client?;
+        let name = ServerName::try_from(node_name(cluster_id, node)).ok()?;
+        Some(ClientTls { config, server_name: Some(name) })
+    }
+
+    /// The TLS handshake of an accepted connection.
+    pub async fn accept(&self, stream: TcpStream) -> io::Result<Accepted> {
+        let tls = TlsAcceptor::from(self.server_config()).accept(stream).await?;
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+        let (principal, dns_names) = leaf.map(|c| (principal_of(&c), dns_names_of(&c))).unwrap_or_default();
+        Ok(Accepted { stream: futures_rustls::TlsStream::Server(tls), principal, dns_names })
     }
 }
 
 pub type TlsStream = futures_rustls::TlsStream<TcpStream>;
 
-/// The name a verified client certificate gives its connection: its subject's common name.
-fn principal_of(cert: &CertificateDer<'_>) -> io::Result<String> {
+/// The DNS name a node's certificate must carry (a subject alternative name): the node id
+/// and the cluster id, so that a certificate of one node cannot speak for another, nor for
+/// a node of another cluster signed by the same CA.
+pub fn node_name(cluster_id: &str, node: u32) -> String {
+    format!("node-{node}.{cluster_id}")
+}
+
+fn load_configs(settings: &TlsSettings) -> Result<Configs, TlsError> {
+    let server = server_config(settings)?;
+    let node_client = match (&settings.ca_file, &settings.cert_file, &settings.key_file) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(ClientTls::from_files(ca, Some((cert.as_path(), key.as_path())), None)?.config)
+        }
+        _ => None,
+    };
+    Ok(Configs { server, node_client })
+}
+
+/// The DNS subject alternative names of a certificate (none if it cannot be read).
+pub fn dns_names_of(cert: &CertificateDer<'_>) -> Vec<String> {
     use x509_cert::der::Decode;
-    let refuse = |m: String| io::Error::new(io::ErrorKind::PermissionDenied, m);
-    let parsed = x509_cert::Certificate::from_der(cert).map_err(|e| refuse(format!("unreadable certificate: {e}")))?;
-    let cn = parsed
-        .tbs_certificate
-        .subject
+    use x509_cert::ext::pkix::name::GeneralName;
+    let Ok(parsed) = x509_cert::Certificate::from_der(cert) else { return Vec::new() };
+    let extensions = parsed.tbs_certificate.extensions.unwrap_or_default();
+    let Some(san) = extensions.iter().find(|e| e.extn_id == x509_cert::der::oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME)
+    else {
+        return Vec::new();
+    };
+    let Ok(names) = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()) else {
+        return Vec::new();
+    };
+    names
         .0
-        .iter()
-        .flat_map(|rdn| rdn.0.iter())
-        .find(|atv| atv.oid == x509_cert::der::oid::db::rfc4519::CN)
-        .ok_or_else(|| refuse("the client certificate's subject has no common name (CN)".into()))?;
+        .into_iter()
+        .filter_map(|n| match n {
+            GeneralName::DnsName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The principal a verified client certificate gives its connection: its subject's common
+/// name, if it is a valid user name (else none: the connection may still use SCRAM).
+fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(cert).ok()?;
+    let subject = parsed.tbs_certificate.subject;
+    let cn =
+        subject.0.iter().flat_map(|rdn| rdn.0.iter()).find(|atv| atv.oid == x509_cert::der::oid::db::rfc4519::CN)?;
     let name = x509_cert::der::asn1::Utf8StringRef::try_from(&cn.value)
         .map(|s| s.as_str().to_string())
         .or_else(|_| x509_cert::der::asn1::PrintableStringRef::try_from(&cn.value).map(|s| s.as_str().to_string()))
-        .map_err(|e| refuse(format!("the certificate's common name is not a string: {e}")))?;
-    crate::protocol::scram::validate_user_name(&name).map_err(|e| refuse(format!("certificate common name: {e}")))?;
-    Ok(name)
+        .ok()?;
+    crate::protocol::scram::validate_user_name(&name).ok()?;
+    Some(name)
 }
 
 /// The client's side: the CA it trusts, and its own certificate for mTLS.
@@ -217,6 +292,12 @@ impl ClientTls {
             })
             .transpose()?;
         Ok(ClientTls { config: Arc::new(config), server_name })
+    }
+
+    /// The client configuration (for the control plane's tokio streams) and the name the
+    /// other end's certificate must carry.
+    pub fn parts(&self) -> (Arc<rustls::ClientConfig>, Option<ServerName<'static>>) {
+        (self.config.clone(), self.server_name.clone())
     }
 
     /// The TLS handshake of a connection to `addr`.

@@ -107,7 +107,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     // Moved on by the node handshake (node-to-node links only).
     let mut auth = PeerAuth::Client;
     // Client authentication (`[auth]`).
-    let mut client_auth = auth::ConnectionAuth::new(peer_addr.map(|a| a.ip()), certified);
+    let mut client_auth = auth::ConnectionAuth::new(peer_addr.map(|a| a.ip()), certified.principal.clone());
     loop {
         let mut frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
@@ -158,7 +158,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         if PeerKind::from_u16(frame.header.kind).is_some() {
-            match check_peer_frame(&shard, &frame, &mut auth) {
+            match check_peer_frame(&shard, &frame, &mut auth, &certified.dns_names) {
                 PeerCheck::Dispatch => {}
                 PeerCheck::Answered(out) => {
                     outbox.push(out);
@@ -219,11 +219,14 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
 /// The connection's stream: plain, or (with `[tls]`) after a TLS handshake, which must
 /// complete within the frame timeout; and the principal its client certificate names.
 /// None when the handshake failed (logged, rate-limited: a flood must not fill the disk).
-async fn secure(shard: &Shard, stream: TcpStream, peer: &str) -> Option<(net::Stream, Option<Arc<str>>)> {
-    let Some(tls) = &shard.tls else { return Some((net::Stream::Plain(stream), None)) };
+async fn secure(shard: &Shard, stream: TcpStream, peer: &str) -> Option<(net::Stream, Certified)> {
+    let Some(tls) = &shard.tls else { return Some((net::Stream::Plain(stream), Certified::default())) };
     let within = Duration::from_millis(shard.config.frame_timeout_ms);
     match rt::timeout(within, tls.accept(stream)).await {
-        Some(Ok((stream, principal))) => Some((net::Stream::Tls(Box::new(stream)), principal.map(Arc::from))),
+        Some(Ok(accepted)) => {
+            let certified = Certified { principal: accepted.principal.map(Arc::from), dns_names: accepted.dns_names };
+            Some((net::Stream::Tls(Box::new(accepted.stream)), certified))
+        }
         Some(Err(e)) => {
             crate::log_limited!(warn, "TLS handshake with {peer} failed: {e}");
             None
@@ -233,6 +236,15 @@ async fn secure(shard: &Shard, stream: TcpStream, peer: &str) -> Option<(net::St
             None
         }
     }
+}
+
+/// What a connection's verified TLS client certificate says.
+#[derive(Default)]
+struct Certified {
+    /// The user it authenticates the connection as.
+    principal: Option<Arc<str>>,
+    /// Its DNS names: a node's certificate names the node ([`net::tls::node_name`]).
+    dns_names: Vec<String>,
 }
 
 enum PeerCheck {
@@ -265,7 +277,7 @@ impl PeerAuth {
 
 /// Node-to-node frames: the handshake must come first (hello, then proof), and appends
 /// must come from the node that proved who it is.
-fn check_peer_frame(shard: &Shard, frame: &Frame, auth: &mut PeerAuth) -> PeerCheck {
+fn check_peer_frame(shard: &Shard, frame: &Frame, auth: &mut PeerAuth, cert_names: &[String]) -> PeerCheck {
     let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
     let refuse = |code, msg: &str| PeerCheck::Refused(error_frame(kind, corr, code, msg));
     let Some(cluster) = shard.cluster.as_ref() else {
@@ -291,6 +303,12 @@ fn check_peer_frame(shard: &Shard, frame: &Frame, auth: &mut PeerAuth) -> PeerCh
                 Ok(node) => node,
                 Err(e) => return refuse(ErrorCode::AuthenticationFailed, &e.to_string()),
             };
+            // With TLS, the link's certificate must name the node it says it is.
+            let wanted = net::tls::node_name(&settings.cluster_id, node);
+            if shard.tls.is_some() && !cert_names.contains(&wanted) {
+                let msg = format!("node {node}'s link presented no certificate naming {wanted}");
+                return refuse(ErrorCode::AuthenticationFailed, &msg);
+            }
             let acceptor_nonce = fresh_nonce();
             let proof = handshake(settings, node, cluster.node_id, hello.nonce, acceptor_nonce).acceptor_proof();
             *auth = PeerAuth::Challenged { node, initiator_nonce: hello.nonce, acceptor_nonce };

@@ -241,9 +241,12 @@ async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> 
     let c = cluster(shard);
     let addr = c.control.settings.node(node).ok_or("unknown node")?.client;
     let source = crate::net::link_source(shard.config.listen);
-    let conn = Connection::connect_from(source, addr, Duration::from_millis(500), shard.config.max_frame_bytes, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let settings = &c.control.settings;
+    let tls = settings.tls.as_ref().and_then(|t| t.node_connector(&settings.cluster_id, node));
+    let conn =
+        Connection::connect_from(source, addr, Duration::from_millis(500), shard.config.max_frame_bytes, tls.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
     rt::timeout(HANDSHAKE_TIMEOUT, authenticate(&conn, &c.control.settings, node)).await.ok_or("hello timed out")??;
     Ok(conn)
 }

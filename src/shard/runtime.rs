@@ -101,6 +101,9 @@ pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
     if let Some(tls) = &tls {
         reload_tls_on_sighup(tls.clone())?;
     }
+    if let Some(cluster) = &mut config.cluster {
+        cluster.tls = tls.clone();
+    }
     let shared_storage = config.cluster.as_ref().is_some_and(|c| !c.replicates());
     let _lock = if shared_storage {
         super::shared_storage::become_active(&config, &stop)?

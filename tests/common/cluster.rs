@@ -280,6 +280,8 @@ pub struct Cluster {
     /// `(from, to)` -> the proxies (client port, peer port) node `from` uses to reach `to`.
     proxies: HashMap<(u32, u32), (Proxy, Proxy)>,
     _dir: tempfile::TempDir,
+    /// How the harness's own clients (status, waits) speak to nodes with `[tls]`.
+    pub client_tls: Option<quorra::net::tls::ClientTls>,
 }
 
 impl Cluster {
@@ -316,7 +318,7 @@ impl Cluster {
                 .collect()
         };
         let (nodes, dir) = launch_all(name, mode, &addrs, seen_from, tune, false);
-        Cluster { nodes, _serial: serial, proxies, _dir: dir }
+        Cluster { nodes, _serial: serial, proxies, _dir: dir, client_tls: None }
     }
 
     /// The nodes of `examples/<mode>/` without proxies, node `i` on its own loopback address
@@ -333,7 +335,7 @@ impl Cluster {
             })
             .collect();
         let (nodes, dir) = launch_all(name, mode, &addrs, |_| addrs.clone(), tune, true);
-        Cluster { nodes, _serial: serial, proxies: HashMap::new(), _dir: dir }
+        Cluster { nodes, _serial: serial, proxies: HashMap::new(), _dir: dir, client_tls: None }
     }
 
     /// The file holding this cluster's secret (as the nodes read it: trimmed).
@@ -375,9 +377,10 @@ impl Cluster {
     }
 
     pub fn status(&self) -> Option<ClusterStatusResponse> {
-        let b = self.bootstrap_up();
+        let (b, tls) = (self.bootstrap_up(), self.client_tls.clone());
         run(move || async move {
-            let config = ClientConfig { request_timeout: Duration::from_secs(3), ..ClientConfig::with_bootstrap(&b) };
+            let config =
+                ClientConfig { request_timeout: Duration::from_secs(3), tls, ..ClientConfig::with_bootstrap(&b) };
             let c = Client::connect(config).await.ok()?;
             c.cluster_status().await.ok()
         })

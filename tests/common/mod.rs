@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod raw;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
