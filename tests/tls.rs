@@ -261,7 +261,7 @@ fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
     };
     let mut c = Cluster::start_tuned("tls-cluster", "master-slave", tune);
     let client = tls_client(&c.bootstrap(), &ca_file, None, None);
-    c.client_tls = client.tls.clone();
+    c.client_template = Some(client.clone());
     let config = client.clone();
     common::run(move || async move { Client::connect(config).await?.create_topic("t", 1, 3).await }).unwrap();
     c.wait_in_sync(3, Duration::from_secs(30));
@@ -313,4 +313,75 @@ fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
     assert!(refused.message.contains("no certificate naming node-2.test-tls-cluster"), "{}", refused.message);
     let challenge: PeerChallenge = quorra::protocol::decode(&hello_as(3).ok()).unwrap();
     assert_eq!(challenge.node_id, 1);
+}
+
+/// `examples/secure/` as the README's tour uses it: certificates from its script
+/// (openssl), three master-slave nodes with TLS, SCRAM users and ACLs; a plain client
+/// refused; the first user from loopback; a user with an ACL and alice's certificate.
+#[test]
+fn the_secure_example_cluster_works_as_documented() {
+    use common::cluster::Cluster;
+    let certs = scratch_dir("secure-certs");
+    let d = certs.path().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/secure/make-certs.sh");
+    let made = std::process::Command::new(&script)
+        .arg(&d)
+        .env("QUORRA_CLUSTER_ID", "test-secure")
+        .output()
+        .expect("examples/secure/make-certs.sh runs (it needs openssl)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tune = |config: &mut toml::Table| {
+        let tls = config.get_mut("tls").and_then(toml::Value::as_table_mut).expect("the example has [tls]");
+        for key in ["cert_file", "key_file", "ca_file"] {
+            let shipped = tls[key].as_str().unwrap().to_string();
+            let file = Path::new(&shipped).file_name().unwrap();
+            tls.insert(key.into(), d.join(file).display().to_string().into());
+        }
+    };
+    let mut c = Cluster::start_tuned("secure", "secure", tune);
+    let b = c.bootstrap();
+    let ca_file = d.join("ca.pem");
+    let plain = ClientConfig { connect_timeout: Duration::from_secs(3), ..ClientConfig::with_bootstrap(&b) };
+    assert!(common::run(move || async move { Client::connect(plain).await?.list_topics().await }).is_err());
+    let anonymous = tls_client(&b, &ca_file, None, None);
+    common::run(move || async move { Client::connect(anonymous).await?.upsert_user("admin", "a password").await })
+        .unwrap();
+    let admin = tls_client(&b, &ca_file, None, Some("admin"));
+    c.client_template = Some(admin.clone());
+    let config = admin.clone();
+    common::run(move || async move {
+        let c = Client::connect(config).await?;
+        c.create_topic("orders", 1, 3).await?;
+        c.upsert_user("bob", "a password").await?;
+        let acl = |principal: &str, operation| quorra::protocol::acl::Acl {
+            principal: principal.into(),
+            resource: quorra::protocol::acl::ResourceKind::Topic,
+            pattern: quorra::protocol::acl::PatternKind::Literal,
+            name: "orders".into(),
+            operation,
+            permission: quorra::protocol::acl::Permission::Allow,
+        };
+        c.create_acl(&acl("bob", quorra::protocol::acl::Operation::Write)).await?;
+        c.create_acl(&acl("alice", quorra::protocol::acl::Operation::Read)).await?;
+        Ok::<_, ClientError>(())
+    })
+    .unwrap();
+    c.wait_in_sync(3, Duration::from_secs(30));
+    let bob = tls_client(&b, &ca_file, None, Some("bob"));
+    let config = bob.clone();
+    common::run(move || async move {
+        let mut batch = quorra::protocol::batch::BatchBuilder::with_capacity(64);
+        batch.push(None, b"secure order", 1);
+        Client::connect(config).await?.produce_batches("orders", 0, Acks::All, vec![batch.finish(0, 0, 0)]).await
+    })
+    .unwrap();
+    let e = round_trip(bob, "orders").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotAuthorized), "bob may write, not read: {e}");
+    let alice = tls_client(&b, &ca_file, Some(&(d.join("alice.pem"), d.join("alice.key"))), None);
+    let fetched = common::run(move || async move {
+        Client::connect(alice).await?.fetch("orders", 0, 0, 1 << 20, Duration::from_millis(100)).await
+    })
+    .unwrap();
+    assert!(fetched.batches.windows(12).any(|w| w == b"secure order"), "alice (by certificate) reads");
+    c.wait_caught_up("the order on every node", Duration::from_secs(30));
 }

@@ -29,7 +29,8 @@ pub struct SecurityArgs {
 impl SecurityArgs {
     /// `config` with these credentials and TLS settings.
     pub fn apply(&self, config: ClientConfig) -> Result<ClientConfig, ClientError> {
-        let credentials = match &self.user {
+        // (An empty variable, `QUORRA_USER= quorra ...`, means none.)
+        let credentials = match self.user.as_ref().filter(|u| !u.is_empty()) {
             Some(user) => {
                 let password = std::env::var("QUORRA_PASSWORD").map_err(|_| {
                     ClientError::Invalid(format!("--user {user} needs its password in QUORRA_PASSWORD"))
@@ -43,7 +44,7 @@ impl SecurityArgs {
 
     /// The client's TLS settings; None without --tls-ca (plain TCP).
     fn client_tls(&self) -> Result<Option<ClientTls>, ClientError> {
-        let Some(ca) = &self.tls_ca else { return Ok(None) };
+        let Some(ca) = self.tls_ca.as_ref().filter(|p| !p.as_os_str().is_empty()) else { return Ok(None) };
         let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
         ClientTls::from_files(ca, identity, self.tls_server_name.as_deref())
             .map(Some)

@@ -280,8 +280,9 @@ pub struct Cluster {
     /// `(from, to)` -> the proxies (client port, peer port) node `from` uses to reach `to`.
     proxies: HashMap<(u32, u32), (Proxy, Proxy)>,
     _dir: tempfile::TempDir,
-    /// How the harness's own clients (status, waits) speak to nodes with `[tls]`.
-    pub client_tls: Option<quorra::net::tls::ClientTls>,
+    /// How the harness's own clients (status, waits) speak to nodes with `[tls]` or
+    /// `[auth]`: TLS settings and credentials taken from here.
+    pub client_template: Option<ClientConfig>,
 }
 
 impl Cluster {
@@ -318,7 +319,7 @@ impl Cluster {
                 .collect()
         };
         let (nodes, dir) = launch_all(name, mode, &addrs, seen_from, tune, false);
-        Cluster { nodes, _serial: serial, proxies, _dir: dir, client_tls: None }
+        Cluster { nodes, _serial: serial, proxies, _dir: dir, client_template: None }
     }
 
     /// The nodes of `examples/<mode>/` without proxies, node `i` on its own loopback address
@@ -335,7 +336,7 @@ impl Cluster {
             })
             .collect();
         let (nodes, dir) = launch_all(name, mode, &addrs, |_| addrs.clone(), tune, true);
-        Cluster { nodes, _serial: serial, proxies: HashMap::new(), _dir: dir, client_tls: None }
+        Cluster { nodes, _serial: serial, proxies: HashMap::new(), _dir: dir, client_template: None }
     }
 
     /// The file holding this cluster's secret (as the nodes read it: trimmed).
@@ -377,10 +378,12 @@ impl Cluster {
     }
 
     pub fn status(&self) -> Option<ClusterStatusResponse> {
-        let (b, tls) = (self.bootstrap_up(), self.client_tls.clone());
+        let (b, template) = (self.bootstrap_up(), self.client_template.clone().unwrap_or_default());
         run(move || async move {
-            let config =
-                ClientConfig { request_timeout: Duration::from_secs(3), tls, ..ClientConfig::with_bootstrap(&b) };
+            let config = ClientConfig {
+                request_timeout: Duration::from_secs(3),
+                ..ClientConfig { bootstrap: ClientConfig::with_bootstrap(&b).bootstrap, ..template }
+            };
             let c = Client::connect(config).await.ok()?;
             c.cluster_status().await.ok()
         })
@@ -536,7 +539,9 @@ pub fn example_config(
     config.insert("listen".into(), me.1.to_string().into());
     config.insert("data_dir".into(), data_dir.display().to_string().into());
     let cluster = config.get_mut("cluster").and_then(toml::Value::as_table_mut).expect("a [cluster] section");
-    assert_eq!(cluster.get("mode").and_then(toml::Value::as_str), Some(mode), "{}", path.display());
+    // (`examples/secure/` is a master-slave cluster with TLS and authentication.)
+    let expected_mode = if mode == "secure" { "master-slave" } else { mode };
+    assert_eq!(cluster.get("mode").and_then(toml::Value::as_str), Some(expected_mode), "{}", path.display());
     assert_eq!(cluster.get("node_id").and_then(toml::Value::as_integer), Some(i64::from(id)), "{}", path.display());
     let listed = cluster.get("nodes").and_then(toml::Value::as_array).map_or(0, Vec::len);
     assert_eq!(listed, nodes.len(), "{}: node count", path.display());
