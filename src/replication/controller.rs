@@ -45,7 +45,8 @@ impl Default for ControllerConfig {
 #[derive(Debug, Clone)]
 struct Election {
     epoch: Epoch,
-    answers: BTreeMap<NodeId, (Option<Epoch>, u64)>,
+    /// Each answer: the replica's last epoch, durable end, and whether it votes.
+    answers: BTreeMap<NodeId, (Option<Epoch>, u64, bool)>,
     started_ms: u64,
     /// Wait for this replica's answer (for up to an election timeout) rather than settle for
     /// the first majority: the preferred replica in a hand-over to it and in the partition's
@@ -75,6 +76,8 @@ pub struct Controller {
     /// Replicas in a controlled shutdown: leadership moves away from them to a caught-up
     /// follower, and is not given to them while another candidate is as up to date.
     draining: Vec<NodeId>,
+    /// The current leader was appointed by every replica's answer (see `try_appoint`).
+    unanimous: bool,
 }
 
 impl Controller {
@@ -93,6 +96,7 @@ impl Controller {
             preferred: None,
             last_handover_ms: None,
             draining: Vec::new(),
+            unanimous: false,
         }
     }
 
@@ -167,8 +171,9 @@ impl Controller {
         }
     }
 
-    fn appoint(&mut self, leader: NodeId, out: &mut Vec<ControllerAction>) {
+    fn appoint(&mut self, leader: NodeId, unanimous: bool, out: &mut Vec<ControllerAction>) {
         self.leader = Some(leader);
+        self.unanimous = unanimous;
         self.election = None;
         self.last_seen_ms.insert(leader, self.now_ms);
         out.push(ControllerAction::RecordLeader { epoch: self.epoch, leader });
@@ -179,7 +184,11 @@ impl Controller {
         let Some(leader) = self.leader else { return };
         for &r in &self.replicas {
             let msg = if r == leader {
-                ControlMessage::BecomeLeader { epoch: self.epoch, replicas: self.replicas.clone() }
+                ControlMessage::BecomeLeader {
+                    epoch: self.epoch,
+                    replicas: self.replicas.clone(),
+                    unanimous: self.unanimous,
+                }
             } else {
                 ControlMessage::BecomeFollower { epoch: self.epoch, leader, replicas: self.replicas.clone() }
             };
@@ -214,14 +223,20 @@ impl Controller {
         }
     }
 
-    /// Once a majority answered the fence, appoints the most up-to-date of them (the
-    /// preferred replica among equals).
+    /// Once a majority of voters answered the fence, appoints the most up-to-date of them
+    /// (the preferred replica among equals). Replicas that lost data do not count: they could
+    /// outvote the one surviving copy of a committed batch. But when every replica answered,
+    /// every surviving copy is in sight, and the most up-to-date of all of them leads
+    /// (`unanimous`): otherwise two damaged replicas of three would leave the partition
+    /// without a leader for good, since only a leader makes them voters again.
     fn try_appoint(&mut self, out: &mut Vec<ControllerAction>) {
         let Some(e) = &self.election else { return };
         let preferred = self.preferred();
         let waiting = e.wait_for.is_some_and(|p| !e.answers.contains_key(&p))
             && self.now_ms.saturating_sub(e.started_ms) < self.config.election_timeout_ms;
-        if e.answers.len() <= self.replicas.len() / 2 || waiting {
+        let voters = e.answers.values().filter(|&&(_, _, voter)| voter).count();
+        let unanimous = voters <= self.replicas.len() / 2;
+        if waiting || (unanimous && e.answers.len() < self.replicas.len()) {
             return;
         }
         // The most up to date (it holds every committed batch); among equals the preferred
@@ -229,12 +244,13 @@ impl Controller {
         let best = e
             .answers
             .iter()
-            .max_by_key(|(&id, &(last, end))| {
+            .filter(|(_, &(_, _, voter))| voter || unanimous)
+            .max_by_key(|(&id, &(last, end, _))| {
                 (last, end, !self.is_draining(id), Some(id) == preferred, std::cmp::Reverse(id))
             })
             .map(|(&id, _)| id);
         if let Some(leader) = best {
-            self.appoint(leader, out);
+            self.appoint(leader, unanimous, out);
         }
     }
 
@@ -258,13 +274,13 @@ impl Controller {
                     self.start_election(None, out);
                 }
             }
-            ControlMessage::Fenced { epoch, from, last_epoch, durable_end } => {
+            ControlMessage::Fenced { epoch, from, last_epoch, durable_end, voter } => {
                 self.last_seen_ms.insert(from, self.now_ms);
                 let Some(e) = &mut self.election else { return };
                 if e.epoch != epoch {
                     return;
                 }
-                e.answers.insert(from, (last_epoch, durable_end));
+                e.answers.insert(from, (last_epoch, durable_end, voter));
                 self.try_appoint(out);
             }
             _ => {}
@@ -304,7 +320,7 @@ mod tests {
     use super::*;
 
     fn fenced(epoch: Epoch, from: NodeId) -> ControlMessage {
-        ControlMessage::Fenced { epoch, from, last_epoch: None, durable_end: 0 }
+        ControlMessage::Fenced { epoch, from, last_epoch: None, durable_end: 0, voter: true }
     }
 
     fn sent(out: &[ControllerAction]) -> Vec<(NodeId, ControlMessage)> {
@@ -378,7 +394,13 @@ mod tests {
         c.on_message(heartbeat(vec![(2, 7), (3, 10)]), &mut out);
         assert!(sent(&out).iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })), "{out:?}");
         out.clear();
-        let answer = |from, durable_end| ControlMessage::Fenced { epoch: 5, from, last_epoch: Some(4), durable_end };
+        let answer = |from, durable_end| ControlMessage::Fenced {
+            epoch: 5,
+            from,
+            last_epoch: Some(4),
+            durable_end,
+            voter: true,
+        };
         c.on_message(answer(1, 10), &mut out);
         c.on_message(answer(2, 7), &mut out);
         assert_eq!(appointed(&out), None, "a majority, but the caught-up follower has not answered yet");
@@ -403,8 +425,14 @@ mod tests {
         c.set_draining(&[1]);
         c.tick(10_000, &mut out);
         out.clear();
-        c.on_message(ControlMessage::Fenced { epoch: 5, from: 1, last_epoch: Some(4), durable_end: 10 }, &mut out);
-        c.on_message(ControlMessage::Fenced { epoch: 5, from: 2, last_epoch: Some(4), durable_end: 8 }, &mut out);
+        c.on_message(
+            ControlMessage::Fenced { epoch: 5, from: 1, last_epoch: Some(4), durable_end: 10, voter: true },
+            &mut out,
+        );
+        c.on_message(
+            ControlMessage::Fenced { epoch: 5, from: 2, last_epoch: Some(4), durable_end: 8, voter: true },
+            &mut out,
+        );
         assert_eq!(appointed(&out), Some(1));
     }
 
@@ -417,8 +445,14 @@ mod tests {
         c.tick(config.election_timeout_ms + 1, &mut out);
         assert!(sent(&out).iter().any(|(_, m)| matches!(m, ControlMessage::Fence { epoch: 5 })));
         out.clear();
-        c.on_message(ControlMessage::Fenced { epoch: 5, from: 2, last_epoch: Some(4), durable_end: 10 }, &mut out);
-        c.on_message(ControlMessage::Fenced { epoch: 5, from: 3, last_epoch: Some(4), durable_end: 10 }, &mut out);
+        c.on_message(
+            ControlMessage::Fenced { epoch: 5, from: 2, last_epoch: Some(4), durable_end: 10, voter: true },
+            &mut out,
+        );
+        c.on_message(
+            ControlMessage::Fenced { epoch: 5, from: 3, last_epoch: Some(4), durable_end: 10, voter: true },
+            &mut out,
+        );
         assert_eq!(appointed(&out), Some(2));
     }
 }

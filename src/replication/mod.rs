@@ -134,10 +134,12 @@ pub enum ControlMessage {
     /// Controller -> replica: refuse everything below `epoch`, then report your durable log.
     Fence { epoch: Epoch },
     /// Replica -> controller: fenced at `epoch`; my durable log ends at `durable_end` with
-    /// batches of `last_epoch` last.
-    Fenced { epoch: Epoch, from: NodeId, last_epoch: Option<Epoch>, durable_end: u64 },
-    /// Controller -> replica: lead `epoch` with these replicas.
-    BecomeLeader { epoch: Epoch, replicas: Vec<NodeId> },
+    /// batches of `last_epoch` last. `voter: false`: I lost data I had acknowledged and have
+    /// not caught up since; do not count me toward a majority.
+    Fenced { epoch: Epoch, from: NodeId, last_epoch: Option<Epoch>, durable_end: u64, voter: bool },
+    /// Controller -> replica: lead `epoch` with these replicas. `unanimous`: every replica
+    /// answered the fence and this one holds the most (it may lead though it lost data).
+    BecomeLeader { epoch: Epoch, replicas: Vec<NodeId>, unanimous: bool },
     /// Controller -> replica: follow `leader` in `epoch`.
     BecomeFollower { epoch: Epoch, leader: NodeId, replicas: Vec<NodeId> },
     /// Replica -> controller: alive; leading `leading` (an epoch) if any. A leader adds its

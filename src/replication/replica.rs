@@ -558,28 +558,33 @@ impl Replica {
                     self.role = Role::Follower { leader: None };
                 }
                 self.fenced_this_run = true;
-                if !self.voter {
-                    // Fenced, but silent: it must not count toward a majority.
-                    return;
-                }
+                // A replica that lost data answers too, saying so: it does not count toward a
+                // majority, but when every replica answers, what it holds is in sight.
                 let last_epoch = if self.durable_end == 0 { None } else { self.history.epoch_at(self.durable_end - 1) };
                 out.push(Action::Control(ControlMessage::Fenced {
                     epoch,
                     from: self.id,
                     last_epoch,
                     durable_end: self.durable_end,
+                    voter: self.voter,
                 }));
             }
-            ControlMessage::BecomeLeader { epoch, replicas } => {
+            ControlMessage::BecomeLeader { epoch, replicas, unanimous } => {
                 let already = self.is_leader() && self.epoch == epoch;
                 // Never lead an epoch this replica may have written in before a restart, nor
-                // while it may lack committed batches.
-                let allowed = self.voter && (epoch > self.epoch || (epoch == self.epoch && self.fenced_this_run));
-                if already || !allowed {
+                // while it may lack committed batches, unless every replica answered and it
+                // holds the most of what survives.
+                let fresh = epoch > self.epoch || (epoch == self.epoch && self.fenced_this_run);
+                if already || !fresh || !(self.voter || unanimous) {
                     return;
                 }
                 self.adopt_epoch(epoch, out);
                 self.fenced_this_run = true;
+                if !self.voter {
+                    // Its log is now the partition's: it counts again (persisted with the epoch).
+                    self.voter = true;
+                    out.push(Action::PersistEpoch(epoch));
+                }
                 let now = self.now_ms;
                 let followers = replicas
                     .iter()

@@ -93,7 +93,7 @@ impl super::Outbound for Nowhere {
 async fn lead(p: &Partition<MemDisk>, epoch: u32) {
     use crate::replication::ControlMessage;
     p.on_control(ControlMessage::Fence { epoch }).await;
-    p.on_control(ControlMessage::BecomeLeader { epoch, replicas: vec![1] }).await;
+    p.on_control(ControlMessage::BecomeLeader { epoch, replicas: vec![1], unanimous: false }).await;
     for _ in 0..100 {
         if p.leadership().is_some_and(|(leads, _, e)| leads && e == epoch) {
             return;
@@ -180,7 +180,7 @@ fn a_leader_that_cannot_write_its_epoch_start_steps_down() {
         assert!(p.wait_committed(lost.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.is_err());
         use crate::replication::ControlMessage;
         p.on_control(ControlMessage::Fence { epoch: 2 }).await;
-        p.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1] }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1], unanimous: false }).await;
         assert!(
             p.leadership().is_some_and(|(leads, _, _)| !leads),
             "it cannot start its epoch, so it must not lead: {:?}",

@@ -79,7 +79,7 @@ fn a_follower_down_across_a_leader_change_is_not_sent_the_whole_log_again() {
     let mut returning = Replica::recover(3, config.clone(), 1, shared, LOG);
     let mut out = Vec::new();
     leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
-    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2, 3] }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2, 3], unanimous: false }, &mut out);
     leader.on_durable(LOG + 1, &mut out);
     // Node 3 is down for ten resend periods: everything sent to it is lost.
     let mut lost = sends_to(&out, 3);
@@ -124,7 +124,7 @@ fn a_follower_behind_the_leaders_log_start_restarts_there() {
     leader.set_log_start(120);
     let mut out = Vec::new();
     leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
-    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2], unanimous: false }, &mut out);
     assert!(leader.is_leader());
     leader.on_durable(leader.log_end(), &mut out);
     let mut follower = Replica::recover(2, config.clone(), 1, history(&[(1, 0)]), 10);
@@ -158,19 +158,20 @@ fn a_follower_behind_the_leaders_log_start_restarts_there() {
     assert!(followers.contains(&(2, leader.log_end())), "the follower counts as caught up: {followers:?}");
 }
 
-/// Defect 11f: a replica that lost its data does not answer fences (so it does not count
-/// toward an election majority, nor get appointed) until it holds everything its leader
-/// committed; then it votes again.
+/// Defect 11f: a replica that lost its data answers fences as a non-voter (so it does not
+/// count toward an election majority, nor get appointed but by every replica's answers)
+/// until it holds everything its leader committed; then it votes again.
 #[test]
 fn a_replica_that_lost_its_data_votes_only_once_caught_up() {
     let config = ReplicaConfig::default();
     let mut wiped = Replica::recover(3, config.clone(), 4, EpochHistory::default(), 0).without_vote();
     let mut out = Vec::new();
     wiped.on_control(ControlMessage::Fence { epoch: 5 }, &mut out);
-    assert!(!out.iter().any(|a| matches!(a, Action::Control(ControlMessage::Fenced { .. }))), "{out:?}");
+    assert!(out.iter().any(|a| matches!(a, Action::Control(ControlMessage::Fenced { voter: false, .. }))), "{out:?}");
+    assert!(!out.iter().any(|a| matches!(a, Action::Control(ControlMessage::Fenced { voter: true, .. }))), "{out:?}");
     assert_eq!(wiped.epoch(), 5, "it is fenced all the same");
     out.clear();
-    wiped.on_control(ControlMessage::BecomeLeader { epoch: 6, replicas: vec![1, 2, 3] }, &mut out);
+    wiped.on_control(ControlMessage::BecomeLeader { epoch: 6, replicas: vec![1, 2, 3], unanimous: false }, &mut out);
     assert!(!wiped.is_leader(), "never appointed while it may lack committed batches");
     // Leader 1 in epoch 6 (started at offset 100) sends it everything; its high watermark
     // is still that of a leader that has not committed its epoch start.
@@ -206,7 +207,7 @@ fn a_shorter_follower_is_sent_from_where_its_log_ends() {
     let mut behind = Replica::recover(2, config.clone(), 1, history(&[(1, 0)]), 3_000);
     let mut out = Vec::new();
     leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
-    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2], unanimous: false }, &mut out);
     let mut first_sent = Vec::new();
     let mut pending = sends_to(&out, 2);
     for _ in 0..10 {
@@ -244,7 +245,7 @@ fn mismatches_for_messages_in_flight_do_not_resend_the_window_again() {
     let mut follower = Replica::recover(2, config, 1, history(&[(1, 0)]), 40);
     let mut out = Vec::new();
     leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
-    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2] }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2], unanimous: false }, &mut out);
     follower.on_control(ControlMessage::BecomeFollower { epoch: 2, leader: 1, replicas: vec![1, 2] }, &mut out);
     let heartbeat = sends_to(&out, 2).pop().expect("the new leader's first append");
     let mut replies = Vec::new();
@@ -279,7 +280,7 @@ fn a_follower_one_round_trip_behind_under_steady_load_stays_in_sync() {
     let mut leader = Replica::recover(1, config, 1, history(&[(1, 0)]), 0);
     let mut out = Vec::new();
     leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
-    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2, 3] }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1, 2, 3], unanimous: false }, &mut out);
     let ack = |from: NodeId, durable_match: u64| PeerMessage::Ack { epoch: 2, from, durable_match };
     let mut now = 0;
     let mut previous_end = 0;
@@ -356,7 +357,7 @@ impl FiveReplicas {
         for &v in voters {
             self.control(v, ControlMessage::Fence { epoch });
         }
-        self.control(leader, ControlMessage::BecomeLeader { epoch, replicas: vec![1, 2, 3, 4, 5] });
+        self.control(leader, ControlMessage::BecomeLeader { epoch, replicas: vec![1, 2, 3, 4, 5], unanimous: false });
         for &v in voters.iter().filter(|&&v| v != leader) {
             self.control(v, ControlMessage::BecomeFollower { epoch, leader, replicas: vec![1, 2, 3, 4, 5] });
         }
@@ -460,4 +461,59 @@ fn divergence_of_histories() {
     let mut c = a.clone();
     c.truncate(3);
     assert_eq!(a.divergence(5, &c, 3), 3);
+}
+
+/// Found by the nemesis (hybrid, seed 20261205): bit flips in two of three replicas' logs,
+/// one after the other, left both repairing, neither a voter, and the partition without a
+/// leader for good although all three replicas were up: one voter is no majority, and only a
+/// leader could make the others voters again. When every replica answers a fence, nothing
+/// that survives anywhere is out of sight: the most up-to-date of them all may lead.
+#[test]
+fn replicas_that_lost_data_elect_the_most_up_to_date_when_every_replica_answers() {
+    use crate::replication::controller::{Controller, ControllerAction, ControllerConfig};
+    let config = ReplicaConfig::default();
+    let h = history(&[(4, 0)]);
+    // Node 1 repaired a flip at 80, node 3 one at 30; node 2 lags at 50 but lost nothing.
+    let mut replicas: BTreeMap<NodeId, Replica> = [
+        (1, Replica::recover(1, config.clone(), 4, h.clone(), 80).without_vote()),
+        (2, Replica::recover(2, config.clone(), 4, h.clone(), 50)),
+        (3, Replica::recover(3, config.clone(), 4, h.clone(), 30).without_vote()),
+    ]
+    .into();
+    let cc = ControllerConfig::default();
+    let mut controller = Controller::resume(cc.clone(), vec![1, 2, 3], 4, None, 0, 0);
+    let mut now = 0;
+    for _ in 0..20 {
+        now += cc.retry_ms;
+        let mut out = Vec::new();
+        controller.tick(now, &mut out);
+        // Deliver the controller's messages, and the replicas' answers back, until quiet.
+        while !out.is_empty() {
+            let mut answers = Vec::new();
+            for action in out.drain(..) {
+                if let ControllerAction::Send(to, msg) = action {
+                    let mut acts = Vec::new();
+                    replicas.get_mut(&to).unwrap().on_control(msg, &mut acts);
+                    answers.extend(acts.into_iter().filter_map(|a| match a {
+                        Action::Control(m) => Some(m),
+                        _ => None,
+                    }));
+                }
+            }
+            for m in answers {
+                controller.on_message(m, &mut out);
+            }
+        }
+    }
+    assert_eq!(controller.leader(), Some(1), "the longest surviving log leads");
+    assert!(replicas[&1].is_leader(), "and takes the lead");
+    // With a voter majority, a non-voter still decides nothing (the rule the repair needs).
+    let mut c = Controller::resume(cc.clone(), vec![1, 2, 3], 4, None, 0, 0);
+    let mut out = Vec::new();
+    c.tick(cc.retry_ms, &mut out);
+    let fenced =
+        |from, durable_end, voter| ControlMessage::Fenced { epoch: 5, from, last_epoch: Some(4), durable_end, voter };
+    c.on_message(fenced(1, 80, false), &mut out);
+    c.on_message(fenced(2, 50, true), &mut out);
+    assert_eq!(c.leader(), None, "one voter and a non-voter: wait for the third");
 }

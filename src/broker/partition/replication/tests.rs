@@ -39,7 +39,7 @@ fn a_range_that_starts_or_ends_inside_a_batch_is_sent_as_the_batches_covering_it
         let dir = std::path::PathBuf::from("/t/0");
         let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
         p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
-        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1], unanimous: false }).await;
         // The epoch-start batch at 0, then batches 1..4 and 4..7.
         assert_eq!(p.append(batch_of(3), Bytes::from).unwrap().first_offset, 1);
         let last = p.append(batch_of(3), Bytes::from).unwrap().last_offset;
@@ -71,7 +71,7 @@ fn a_produce_waiting_on_a_deposed_leader_is_not_answered_with_the_new_leaders_of
         let dir = std::path::PathBuf::from("/t/0");
         let p = Partition::open(disk, "t".into(), 0, dir, LogConfig::default(), FlushPolicy::Always).await.unwrap();
         p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
-        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1, 2] }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1, 2], unanimous: false }).await;
         let appended = p.append(batch_of(1), Bytes::from).unwrap();
         assert_eq!(appended.first_offset, 1, "after the epoch-start batch");
         let waiting = {
@@ -126,7 +126,7 @@ fn a_persisted_history_ahead_of_the_log_is_corrected_from_the_batches() {
             || Partition::open(disk.clone(), "t".into(), 0, dir.clone(), LogConfig::default(), FlushPolicy::Always);
         let p = open().await.unwrap();
         p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
-        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1], unanimous: false }).await;
         let last = p.append(batch_of(2), Bytes::from).unwrap().last_offset;
         p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
         p.close().await;
@@ -165,7 +165,7 @@ fn a_produce_during_the_epoch_start_neither_takes_its_offset_nor_is_lost() {
         let becoming = {
             let p = p.clone();
             crate::rt::spawn_joinable(async move {
-                p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await
+                p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1], unanimous: false }).await
             })
         };
         // Let the appointment run up to its first wait (writing replica.json).
@@ -219,7 +219,7 @@ mod follower_reads_from_disk {
         let config = LogConfig { segment_bytes: 64 << 10, cache_bytes: 1, ..LogConfig::default() };
         let p = Partition::open(disk, "t".into(), 0, dir, config, FlushPolicy::Always).await.unwrap();
         p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
-        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1] }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1], unanimous: false }).await;
         let mut last = 0;
         for n in 0..400 {
             last = p.append(batch(n), Bytes::from).unwrap().last_offset;
