@@ -178,6 +178,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// `[tls]`: TLS on the client port.
     pub tls: crate::net::tls::TlsSettings,
+    /// `[quotas]`: per-principal byte rates and connections (with `[auth] enabled`).
+    pub quotas: crate::server::quotas::QuotaSettings,
     /// `[cluster]`: absent for a single node.
     pub cluster: Option<ClusterSettings>,
 }
@@ -412,6 +414,7 @@ impl Default for Config {
             runtime: RuntimeSettings::default(),
             auth: AuthSettings::default(),
             tls: Default::default(),
+            quotas: Default::default(),
             cluster: None,
         }
     }
@@ -498,6 +501,12 @@ impl Config {
             }
         }
         self.tls.validate().map_err(|message| ConfigError::Invalid { key: "tls", message })?;
+        if self.quotas.any() && !self.auth.enabled {
+            return Err(ConfigError::Invalid {
+                key: "quotas",
+                message: "quotas are per principal: they need [auth] enabled".into(),
+            });
+        }
         if let Some(c) = self.cluster.as_ref().filter(|c| c.replicates() && self.tls.enabled()) {
             if self.tls.ca_file.is_none() || self.tls.client_auth == crate::net::tls::ClientAuth::None {
                 return Err(ConfigError::Invalid {

@@ -370,6 +370,7 @@ impl Client {
         Ok(FetchResult {
             high_watermark: resp.high_watermark,
             log_start_offset: resp.log_start_offset,
+            throttle_ms: resp.throttle_ms,
             batches: frame.into_payload(),
         })
     }
@@ -481,6 +482,8 @@ impl Client {
 pub struct FetchResult {
     pub high_watermark: u64,
     pub log_start_offset: u64,
+    /// How long the broker held the request back (the principal is over its quota).
+    pub throttle_ms: u32,
     pub batches: Bytes,
 }
 

@@ -137,6 +137,8 @@ pub struct Frame {
     pub from_node: Option<u32>,
     /// Not on the wire: the user the connection authenticated as (client authentication).
     pub principal: Option<std::sync::Arc<str>>,
+    /// Not on the wire: how long the connection's reader held this request back (quotas).
+    pub throttle_ms: u32,
 }
 
 impl Frame {
@@ -146,7 +148,7 @@ impl Frame {
         if crc32c::crc32c(&body) != header.body_crc {
             return Err(FrameError::BodyCrc);
         }
-        Ok(Frame { header, body, from_node: None, principal: None })
+        Ok(Frame { header, body, from_node: None, principal: None, throttle_ms: 0 })
     }
 
     /// The rkyv archive, 16-byte aligned.

@@ -235,6 +235,9 @@ pub struct ProduceResponse {
     pub last_offset: u64,
     /// High watermark after this produce (informative).
     pub high_watermark: u64,
+    /// How long the broker held this request back: the principal is over its produce or
+    /// fetch quota (docs/security.md, "Quotas"). 0 when not throttled.
+    pub throttle_ms: u32,
 }
 
 /// Fetch: whole batches from the batch containing `offset`, up to `max_bytes` (at least one
@@ -254,6 +257,8 @@ pub struct FetchRequest {
 pub struct FetchResponse {
     pub high_watermark: u64,
     pub log_start_offset: u64,
+    /// As in `ProduceResponse`.
+    pub throttle_ms: u32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -367,6 +367,7 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
         return super::cluster_handlers::forward(shard, node, frame).await;
     }
     let part = partition_for(shard, &topic, partition)?;
+    let frame_throttle = frame.throttle_ms;
     let appended = part.append(ProducePayload(frame), |p| p.0.into_payload()).map_err(|e| match e {
         AppendError::Storage(e) => with_hint(shard, e),
         AppendError::Sequence(e) => sequence_error(e),
@@ -385,7 +386,12 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
             .await
             .map_err(|e| with_hint(shard, e))?,
     };
-    reply(&ProduceResponse { base_offset: appended.first_offset, last_offset: appended.last_offset, high_watermark })
+    reply(&ProduceResponse {
+        base_offset: appended.first_offset,
+        last_offset: appended.last_offset,
+        high_watermark,
+        throttle_ms: frame_throttle,
+    })
 }
 
 async fn fetch(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
@@ -397,7 +403,11 @@ async fn fetch(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     let max_bytes = req.max_bytes.clamp(1, MAX_FETCH_BYTES) as usize;
     let wait = Duration::from_millis(req.max_wait_ms.min(MAX_FETCH_WAIT_MS).into());
     let chunks = part.fetch(req.offset, max_bytes, wait).await?;
-    let response = FetchResponse { high_watermark: part.high_watermark(), log_start_offset: part.log_start_offset() };
+    let response = FetchResponse {
+        high_watermark: part.high_watermark(),
+        log_start_offset: part.log_start_offset(),
+        throttle_ms: frame.throttle_ms,
+    };
     Ok((encode(&response), chunks))
 }
 

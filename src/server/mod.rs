@@ -13,6 +13,7 @@ mod authz;
 mod cluster_handlers;
 pub mod connections;
 pub mod handlers;
+pub mod quotas;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -108,6 +109,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let mut auth = PeerAuth::Client;
     // Client authentication (`[auth]`).
     let mut client_auth = auth::ConnectionAuth::new(peer_addr.map(|a| a.ip()), certified.principal.clone());
+    let mut quota: Option<quotas::ConnectionQuota> = None;
     loop {
         let mut frame = match net::read_frame(&mut reader, limits).await {
             Ok(frame) => frame,
@@ -195,6 +197,19 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             outbox.push(error_frame(kind, corr, e.code, &e.message));
             continue;
         }
+        match quota_wait(&shard, &frame, &mut quota) {
+            Ok(wait) if !wait.is_zero() => {
+                // Throttled: this answer comes later, and nothing more is read meanwhile.
+                frame.throttle_ms = wait.as_millis() as u32;
+                rt::sleep(wait).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                crate::log_limited!(warn, "connection from {peer} refused: {}", e.message);
+                outbox.push(error_frame(kind, corr, e.code, &e.message));
+                break;
+            }
+        }
         let reserve = answer_reservation(&frame).min(shard.config.max_answer_bytes_per_connection as u64);
         let permits = async {
             let request = in_flight.clone().acquire_static_permit(1).await.ok()?;
@@ -210,7 +225,8 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             log::warn!("closing connection from {peer}: its answers have not been read");
             break;
         };
-        dispatch(&shard, frame, &outbox, held).await;
+        let fetch_quota = quota.as_ref().filter(|_| kind == ApiKind::Fetch as u16).map(|q| q.shared());
+        dispatch(&shard, frame, &outbox, held, fetch_quota).await;
     }
     outbox.close();
     let _ = writer_task.await;
@@ -374,15 +390,48 @@ fn describe(out: &crate::protocol::OutFrame) -> String {
         .map_or_else(|_| "?".into(), |e| e.message)
 }
 
+/// With quotas, the connection's hold on its principal's (taken with its first request
+/// once authenticated: refused when the principal holds all the connections it may), and
+/// how long this request must wait first.
+fn quota_wait(
+    shard: &Shard,
+    frame: &Frame,
+    quota: &mut Option<quotas::ConnectionQuota>,
+) -> Result<Duration, handlers::ApiError> {
+    let (Some(quotas), Some(principal), None) = (&shard.quotas, &frame.principal, frame.from_node) else {
+        return Ok(Duration::ZERO);
+    };
+    if quota.is_none() {
+        let admitted =
+            quotas.admit(principal).map_err(|m| handlers::ApiError::new(ErrorCode::TooManyConnections, m))?;
+        *quota = Some(admitted);
+    }
+    let produced = (frame.header.kind == ApiKind::Produce as u16).then_some(u64::from(frame.header.payload_len));
+    Ok(quota.as_ref().map_or(Duration::ZERO, |q| q.before(produced)))
+}
+
 /// Routes a request to its owner shard: handled here, or forwarded over the mesh.
-async fn dispatch(shard: &Rc<Shard>, frame: Frame, outbox: &Rc<Outbox>, held: net::Held) {
+/// `fetch_quota`: charged with the answer's bytes.
+async fn dispatch(
+    shard: &Rc<Shard>,
+    frame: Frame,
+    outbox: &Rc<Outbox>,
+    held: net::Held,
+    fetch_quota: Option<Arc<quotas::PrincipalQuota>>,
+) {
     let owner = owner_of(shard, &frame);
     let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
     let outbox = outbox.clone();
+    let charge = move |out: &crate::protocol::OutFrame| {
+        if let Some(q) = &fetch_quota {
+            q.fetched(out.payload.iter().map(|c| c.len() as u64).sum());
+        }
+    };
     if owner == shard.id {
         let shard = shard.clone();
         rt::spawn(async move {
             let out = handlers::handle(&shard, frame).await;
+            charge(&out);
             outbox.push_holding(out, Some(held));
         });
     } else {
@@ -392,6 +441,7 @@ async fn dispatch(shard: &Rc<Shard>, frame: Frame, outbox: &Rc<Outbox>, held: ne
                 Ok(MeshReply::Client(out)) => out,
                 _ => error_frame(kind, corr, ErrorCode::Unavailable, &format!("shard {owner} did not answer")),
             };
+            charge(&out);
             outbox.push_holding(out, Some(held));
         });
     }

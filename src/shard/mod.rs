@@ -58,6 +58,8 @@ pub struct Shard {
     pub connections: std::sync::Arc<crate::server::connections::ConnectionRegistry>,
     /// TLS on the client port (None: plain TCP).
     pub tls: Option<std::sync::Arc<crate::net::tls::ServerTls>>,
+    /// Per-principal quotas, broker-wide (None: none configured).
+    pub quotas: Option<std::sync::Arc<crate::server::quotas::Quotas>>,
 }
 
 impl Shard {

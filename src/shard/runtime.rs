@@ -49,6 +49,7 @@ struct Startup {
     groups: Arc<crate::broker::offsets::GroupBudget>,
     /// TLS on the client port (`[tls]`), reloaded on SIGHUP.
     tls: Option<Arc<crate::net::tls::ServerTls>>,
+    quotas: Option<Arc<crate::server::quotas::Quotas>>,
 }
 
 /// Reads the TLS certificate, key and CA files again on every SIGHUP (connections accepted
@@ -140,6 +141,7 @@ pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
             config.max_consumer_groups,
         )),
         tls,
+        quotas: config.quotas.any().then(|| Arc::new(crate::server::quotas::Quotas::new(config.quotas.clone()))),
     });
     let mesh_builder = MeshBuilder::<MeshMsg, _>::full(shards, MESH_CHANNEL_DEPTH);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -297,6 +299,7 @@ async fn shard_main(
         producer_ids: Default::default(),
         connections: startup.connections.clone(),
         tls: startup.tls.clone(),
+        quotas: startup.quotas.clone(),
         config,
     });
     if let Some((_, inbox)) = cluster_part {
