@@ -105,9 +105,9 @@ pub fn authenticate(
         }
         Some(exchange) => {
             let named = exchange.user().to_string();
+            // (The reader logs the refusal, with the peer's address.)
             let (user, server_final) = exchange.finish(&req.message).map_err(|e| {
-                crate::log_limited!(warn, "authentication of {named:?} failed: {e}");
-                failed(e)
+                ApiError::new(ErrorCode::AuthenticationFailed, format!("authentication of {named:?} failed: {e}"))
             })?;
             auth.principal = Some(user.as_str().into());
             Ok((reply(&AuthenticateResponse { message: server_final, done: true, principal: user }), true))

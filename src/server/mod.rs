@@ -180,6 +180,8 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             match auth::authenticate(&shard, &frame, &mut client_auth) {
                 Ok((result, _)) => outbox.push(handlers::answer(kind, corr, result)),
                 Err(e) => {
+                    // (Rate-limited: a flood of bad passwords must not fill the disk.)
+                    crate::log_limited!(warn, "connection from {peer}: {}", e.message);
                     outbox.push(error_frame(kind, corr, e.code, &e.message));
                     break;
                 }
