@@ -313,6 +313,24 @@ fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
     assert!(refused.message.contains("no certificate naming node-2.test-tls-cluster"), "{}", refused.message);
     let challenge: PeerChallenge = quorra::protocol::decode(&hello_as(3).ok()).unwrap();
     assert_eq!(challenge.node_id, 1);
+
+    // The same on the control port: node 3's certificate cannot say hello as node 2.
+    let control = c.node(1).peer;
+    let identity = (d.join("node3.pem"), d.join("node3.key"));
+    let tls = ClientTls::from_files(&ca_file, Some((&identity.0, &identity.1)), None).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(quorra::net::tls::node_name(cluster_id, 1)).unwrap();
+    let conn = rustls::ClientConnection::new(tls.parts().0, name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, TcpStream::connect(control).unwrap());
+    s.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello =
+        quorra::cluster::rpc::Request::Hello { cluster_id: cluster_id.into(), node_id: 2, to: 1, nonce: [6; 32] };
+    s.write_all(&quorra::cluster::rpc::encode(&hello)).unwrap();
+    let mut head = [0u8; 8];
+    s.read_exact(&mut head).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(head[..4].try_into().unwrap()) as usize];
+    s.read_exact(&mut body).unwrap();
+    let reply = String::from_utf8_lossy(&body);
+    assert!(reply.contains("Refused") && reply.contains("no certificate naming node-2.test-tls-cluster"), "{reply}");
 }
 
 /// `examples/secure/` as the README's tour uses it: certificates from its script

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# What TLS costs: throughput (window 256) and latency at window 1, 1 KiB and 16 KiB
+# messages, acks=quorum, flush=always, on a single node and on a three-node hybrid cluster
+# (replication factor 3), each with and without [tls], all in one run: a plain and a TLS
+# broker (and cluster) stand side by side and the runs alternate, so that both see the same
+# machine. Certificates from examples/secure/make-certs.sh. Every run's records are read
+# back and checked (lost / duplicated / reordered / corrupt).
+# Writes perf/results/<date>-<host>-tls.md and the raw JSON.
+#
+#   perf/tls.sh                  # about 6 minutes
+#   DURATION=3s perf/tls.sh      # a quick pass
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION=${DURATION:-10s}
+STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-tls${TAG:+-$TAG}
+WORK_PREFIX=quorra-tls-perf
+source "$ROOT/perf/cluster-common.sh"
+
+QUORRA_CLUSTER_ID=perf-tls examples/secure/make-certs.sh "$WORK/certs" >/dev/null
+head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
+ports=($(python3 -c 'import socket
+ss=[socket.socket() for _ in range(14)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))'))
+
+tls_section() { # node
+  echo "[tls]"
+  echo "cert_file = \"$WORK/certs/node$1.pem\""; echo "key_file = \"$WORK/certs/node$1.key\""
+  echo "ca_file = \"$WORK/certs/ca.pem\""; echo "client_auth = \"optional\""
+}
+# single VARIANT PORT
+single() {
+  { echo "listen = \"127.0.0.1:$2\""; echo "data_dir = \"$WORK/single-$1\""; echo "shards = 1"
+    echo "[runtime]"; echo "pin_cores = false"
+    [ "$1" = tls ] && tls_section 1; true; } > "$WORK/single-$1.toml"
+}
+# cluster VARIANT FIRST-PORT-INDEX: three nodes, client ports ports[i..i+2], peer ports[i+3..i+5]
+cluster() {
+  local i0=$2
+  for n in 1 2 3; do
+    { echo "listen = \"127.0.0.1:${ports[$((i0+n-1))]}\""; echo "data_dir = \"$WORK/$1-data-$n\""; echo "shards = 1"
+      echo "[runtime]"; echo "pin_cores = false"
+      [ "$1" = tls ] && tls_section $n
+      echo "[cluster]"; echo "node_id = $n"; echo "cluster_id = \"perf-tls\""; echo "mode = \"hybrid\""
+      echo "secret_file = \"$WORK/cluster.secret\""
+      for j in 1 2 3; do
+        echo "[[cluster.nodes]]"; echo "id = $j"
+        echo "client = \"127.0.0.1:${ports[$((i0+j-1))]}\""; echo "peer = \"127.0.0.1:${ports[$((i0+j+2))]}\""
+      done; } > "$WORK/$1-node$n.toml"
+  done
+}
+start() { # config-name
+  local log="$OUT/$1.log"
+  "$QUORRA" serve --config "$WORK/$1.toml" >>"$log" 2>&1 &
+  PID[$1]=$!
+  for _ in $(seq 400); do grep -q "serving on" "$log" 2>/dev/null && return 0; sleep 0.05; done
+  echo "$1 did not start" >&2; exit 1
+}
+single plain "${ports[0]}"; single tls "${ports[1]}"
+cluster plain 2; cluster tls 8
+for c in single-plain single-tls plain-node1 plain-node2 plain-node3 tls-node1 tls-node2 tls-node3; do start $c; done
+sleep 2
+declare -A BOOT=(
+  [single-plain]=127.0.0.1:${ports[0]} [single-tls]=127.0.0.1:${ports[1]}
+  [rf3-plain]=127.0.0.1:${ports[2]},127.0.0.1:${ports[3]},127.0.0.1:${ports[4]}
+  [rf3-tls]=127.0.0.1:${ports[8]},127.0.0.1:${ports[9]},127.0.0.1:${ports[10]}
+)
+TLS_ARGS=(--tls-ca "$WORK/certs/ca.pem")
+
+# run SETUP VARIANT SIZE WINDOW
+run() {
+  local setup=$1 variant=$2 size=$3 window=$4 rf=1 name="$1-$2-$3-w$4"
+  [ "$setup" = rf3 ] && rf=3
+  local extra=(); [ "$variant" = tls ] && extra=("${TLS_ARGS[@]}")
+  log "run $name"
+  "$LOAD" produce --bootstrap "${BOOT[$setup-$variant]}" --topic "$name" --create-partitions 4 --replication-factor $rf \
+      --acks quorum --size "$size" --window "$window" --duration "$DURATION" --json "$OUT/$name.json" \
+      --ledger "$WORK/$name.ledger" "${extra[@]}" > "$OUT/$name.txt" 2>"$OUT/$name.err" || log "run $name: errors"
+  "$LOAD" consume --bootstrap "${BOOT[$setup-$variant]}" --topic "$name" --consumers 2 --verify \
+      --ledger "$WORK/$name.ledger" "${extra[@]}" > "$OUT/$name.verify" 2>/dev/null || echo "VERIFY FAILED" >> "$OUT/$name.verify"
+}
+for setup in single rf3; do
+  for size in 1024 16384; do
+    for window in 256 1; do
+      for variant in plain tls; do run $setup $variant $size $window; done
+    done
+  done
+done
+
+python3 - "$OUT" "$DURATION" > "$OUT/../$STAMP.md" <<'EOF'
+import json, pathlib, sys
+out, duration = pathlib.Path(sys.argv[1]), sys.argv[2]
+m = dict(l.split("=", 1) for l in (out / "machine.txt").read_text().split("\n") if "=" in l)
+def load(n):
+    try: return json.loads((out / f"{n}.json").read_text())
+    except Exception: return None
+def verdict(n):
+    t = (out / f"{n}.verify").read_text() if (out / f"{n}.verify").exists() else "missing"
+    return "FAILED" if "FAILED" in t else " ".join(l.strip() for l in t.splitlines() if "lost" in l)[:80]
+print(f"# TLS cost ({m.get('host')}, {m.get('cores')} cores, kernel {m.get('kernel')}, commit {m.get('commit')})\n")
+print(f"Command: `DURATION={duration} perf/tls.sh`; acks=quorum, flush=always, 4 partitions; plain and TLS")
+print("brokers side by side, runs alternating. Throughput at window 256, latency at window 1.\n")
+print("| setup | size | plain msgs/s | TLS msgs/s | TLS/plain | plain p50 / p99 (us, w1) | TLS p50 / p99 (us, w1) | TLS p50 cost | checks |")
+print("|---|---|---|---|---|---|---|---|---|")
+for setup in ["single", "rf3"]:
+    for size in [1024, 16384]:
+        tp, tt = load(f"{setup}-plain-{size}-w256"), load(f"{setup}-tls-{size}-w256")
+        lp, lt = load(f"{setup}-plain-{size}-w1"), load(f"{setup}-tls-{size}-w1")
+        if not all([tp, tt, lp, lt]):
+            print(f"| {setup} | {size} | (a run failed) |||||||"); continue
+        ratio = tt["msgs_per_sec"] / tp["msgs_per_sec"]
+        cost = lt["latency_us"]["p50"] - lp["latency_us"]["p50"]
+        checks = "; ".join(sorted({verdict(f"{setup}-{v}-{size}-w{w}") for v in ["plain", "tls"] for w in [256, 1]}))
+        print(f"| {setup} | {size} | {tp['msgs_per_sec']:.0f} | {tt['msgs_per_sec']:.0f} | {ratio:.2f} | "
+              f"{lp['latency_us']['p50']} / {lp['latency_us']['p99']} | {lt['latency_us']['p50']} / {lt['latency_us']['p99']} | "
+              f"{cost:+d} us | {checks} |")
+EOF
+log "wrote perf/results/$STAMP.md"
+cat "$OUT/../$STAMP.md"
