@@ -127,8 +127,44 @@ impl<D: Disk> Partition<D> {
             part = open(crate::storage::LogConfig { truncate_corrupt: true, ..log_config }).await?;
             lost_data = true;
         }
-        part.enable_replication(setup.node, setup.topic_id, lost_data, setup.config, setup.outbound).await?;
+        let ReplicaSetup { node, topic_id, config, outbound, .. } = setup;
+        let enabled = part.enable_replication(node, topic_id, lost_data, config.clone(), outbound.clone()).await;
+        if let Err(StorageError::Corrupt(why)) = &enabled {
+            // Damage in a sealed segment, which recovery does not read (it checks the active
+            // one): found when the epochs are borne out. Cut the log at the first damaged
+            // batch, as for damage in the active segment, and fetch the rest again.
+            if let Some(offset) = part.first_damaged_offset().await? {
+                log::warn!("{topic}/{id}: {why}; the first damaged batch is at offset {offset}: cutting the log there and repairing this replica from the partition's leader");
+                part.cut_damaged_log(offset).await?;
+                part.enable_replication(node, topic_id, true, config, outbound).await?;
+                return Ok(part);
+            }
+        }
+        enabled?;
         Ok(part)
+    }
+
+    /// Where the first batch whose CRC fails begins, reading the whole log (None: none).
+    async fn first_damaged_offset(&self) -> Result<Option<u64>, StorageError> {
+        let start = self.log.borrow().log_start_offset();
+        let mut good_end = start;
+        match super::visit_batch_headers(&self.log, start, |h| good_end = h.next_offset()).await {
+            Ok(()) => Ok(None),
+            Err(StorageError::Corrupt(_)) => Ok(Some(good_end)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cuts the log at `offset` before replication starts (a repair: see `open_replica`).
+    async fn cut_damaged_log(&self, offset: u64) -> Result<(), StorageError> {
+        self.paused.set(true);
+        while self.log.borrow().io_in_flight() {
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        let result = self.truncate_paused(offset).await;
+        self.paused.set(false);
+        self.wake_writer.notify();
+        result
     }
 
     /// Turns replication on: recovers the replica from `replica.json` and the log.

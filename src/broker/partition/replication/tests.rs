@@ -270,3 +270,85 @@ mod follower_reads_from_disk {
         .unwrap();
     }
 }
+
+/// Found by the nemesis (hybrid, seed 20261205): a bit flip in a sealed segment, which
+/// recovery does not read, surfaced when a restarted replica checked its epochs against
+/// its batches; the replica then refused to open every second for good ("cannot open
+/// replica t/2: partition is corrupt"), and the partition ran one replica short. It must
+/// cut its log at the first damaged batch and repair the rest from the leader, as for
+/// damage in the active segment, without a vote until it caught up.
+#[test]
+fn damage_in_a_sealed_segment_is_cut_and_repaired_not_refused_for_good() {
+    use crate::broker::partition::replication::ReplicaSetup;
+    crate::rt::block_on(async {
+        let disk = crate::storage::mem_disk::MemDisk::new();
+        let dir = std::path::PathBuf::from("/t/2");
+        let config = LogConfig { segment_bytes: 64 * 1024, preallocate_bytes: 64 * 1024, ..LogConfig::default() };
+        let open = || Partition::open(disk.clone(), "t".into(), 2, dir.clone(), config.clone(), FlushPolicy::Always);
+        let p = open().await.unwrap();
+        p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1], unanimous: false }).await;
+        let value = vec![b'v'; 1000];
+        let append = || {
+            let mut b = BatchBuilder::with_capacity(1100);
+            b.push(None, &value, 1);
+            p.append(b.finish(0, 0, 0).to_vec(), Bytes::from).unwrap().last_offset
+        };
+        for _ in 0..20 {
+            append();
+        }
+        // Epoch 2 starts in the first segment; then enough to fill several more.
+        p.on_control(ControlMessage::Fence { epoch: 2 }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1], unanimous: false }).await;
+        let mut last = 0;
+        for _ in 0..300 {
+            last = append();
+        }
+        p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
+        let epoch2_start = p.replication.borrow().as_ref().unwrap().replica.history().entries()[1].1;
+        p.close().await;
+        drop(p);
+        // Flip a bit in the epoch-2 start batch, in the (now sealed) first segment.
+        let first = dir.join("00000000000000000000.log");
+        let flipped = disk.with_file(&first, |bytes| {
+            let (mut pos, mut at) = (0, None);
+            for item in crate::protocol::batch::BatchIter::new(bytes) {
+                let (header, batch) = item.unwrap();
+                if header.base_offset == epoch2_start {
+                    at = Some(pos + batch.len() - 3);
+                    break;
+                }
+                pos += batch.len();
+            }
+            at.map(|i| bytes[i] ^= 0x10).is_some()
+        });
+        assert_eq!(flipped, Some(true), "the batch at {epoch2_start} is in the first segment");
+        // What happened before: the check of the epochs met the damage and the open failed.
+        let plain = open().await.unwrap();
+        let refused = plain.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await;
+        assert!(matches!(refused, Err(StorageError::Corrupt(_))), "{:?}", refused.err());
+        plain.close().await;
+        drop(plain);
+        let setup = ReplicaSetup {
+            node: 1,
+            topic_id: 1,
+            lost_data: false,
+            config: ReplicaConfig::default(),
+            outbound: Rc::new(Nowhere),
+        };
+        let repaired = Partition::open_replica(
+            disk.clone(),
+            "t".into(),
+            2,
+            dir.clone(),
+            config.clone(),
+            FlushPolicy::Always,
+            setup,
+        )
+        .await
+        .expect("the replica opens, cut at the damage");
+        assert_eq!(repaired.log_end_offset(), epoch2_start, "cut where the damage begins");
+        assert!(!repaired.is_voter_for_checks(), "no vote until it caught up from the leader");
+    })
+    .unwrap();
+}
