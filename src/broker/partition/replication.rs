@@ -157,11 +157,17 @@ impl<D: Disk> Partition<D> {
 
     /// Cuts the log at `offset` before replication starts (a repair: see `open_replica`).
     async fn cut_damaged_log(&self, offset: u64) -> Result<(), StorageError> {
+        self.while_paused(self.truncate_paused(offset)).await
+    }
+
+    /// Runs `work` on the files with the writer paused and no log I/O in flight, then lets
+    /// the writer go on.
+    async fn while_paused<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         self.paused.set(true);
         while self.log.borrow().io_in_flight() {
             rt::sleep(Duration::from_millis(1)).await;
         }
-        let result = self.truncate_paused(offset).await;
+        let result = work.await;
         self.paused.set(false);
         self.wake_writer.notify();
         result
@@ -655,14 +661,7 @@ impl<D: Disk> Partition<D> {
             self.id,
             self.log.borrow().next_offset()
         );
-        self.paused.set(true);
-        while self.log.borrow().io_in_flight() {
-            rt::sleep(Duration::from_millis(1)).await;
-        }
-        let result = self.truncate_paused(offset).await;
-        self.paused.set(false);
-        self.wake_writer.notify();
-        result?;
+        self.while_paused(self.truncate_paused(offset)).await?;
         self.persist_replica_state().await
     }
 
@@ -676,14 +675,7 @@ impl<D: Disk> Partition<D> {
             self.id,
             self.log.borrow().next_offset()
         );
-        self.paused.set(true);
-        while self.log.borrow().io_in_flight() {
-            rt::sleep(Duration::from_millis(1)).await;
-        }
-        let result = self.restart_log_paused(offset).await;
-        self.paused.set(false);
-        self.wake_writer.notify();
-        result?;
+        self.while_paused(self.restart_log_paused(offset)).await?;
         self.persist_replica_state().await
     }
 
