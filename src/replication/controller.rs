@@ -235,10 +235,12 @@ impl Controller {
         let waiting = e.wait_for.is_some_and(|p| !e.answers.contains_key(&p))
             && self.now_ms.saturating_sub(e.started_ms) < self.config.election_timeout_ms;
         let voters = e.answers.values().filter(|&&(_, _, voter)| voter).count();
-        let unanimous = voters <= self.replicas.len() / 2;
-        if waiting || (unanimous && e.answers.len() < self.replicas.len()) {
+        let voter_majority = voters > self.replicas.len() / 2;
+        if waiting || (!voter_majority && e.answers.len() < self.replicas.len()) {
             return;
         }
+        // (Without a voter majority, every replica answered.)
+        let unanimous = !voter_majority;
         // The most up to date (it holds every committed batch); among equals the preferred
         // replica, and never a stopping one when another is as up to date.
         let best = e
