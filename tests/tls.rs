@@ -293,13 +293,15 @@ fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
     // Node 3's certificate, saying hello as node 2 on node 1's client port: refused before
     // the secret is even asked for. As node 3, it gets the challenge.
     let node1 = c.node(1).client;
-    let hello_as = |claimed: u32| {
-        let identity = (d.join("node3.pem"), d.join("node3.key"));
-        let tls = ClientTls::from_files(&ca_file, Some((&identity.0, &identity.1)), None).unwrap();
-        let (config, _) = tls.parts();
+    // A TLS connection to node 1 at `addr` presenting node 3's certificate.
+    let as_node3_to_node1 = |addr| {
+        let tls = ClientTls::from_files(&ca_file, Some((&d.join("node3.pem"), &d.join("node3.key"))), None).unwrap();
         let name = rustls::pki_types::ServerName::try_from(quorra::net::tls::node_name(cluster_id, 1)).unwrap();
-        let conn = rustls::ClientConnection::new(config, name).unwrap();
-        let mut s = rustls::StreamOwned::new(conn, TcpStream::connect(node1).unwrap());
+        let conn = rustls::ClientConnection::new(tls.parts().0, name).unwrap();
+        rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap())
+    };
+    let hello_as = |claimed: u32| {
+        let mut s = as_node3_to_node1(node1);
         let hello = quorra::protocol::encode(&PeerHello {
             cluster_id: cluster_id.into(),
             node_id: claimed,
@@ -315,12 +317,7 @@ fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
     assert_eq!(challenge.node_id, 1);
 
     // The same on the control port: node 3's certificate cannot say hello as node 2.
-    let control = c.node(1).peer;
-    let identity = (d.join("node3.pem"), d.join("node3.key"));
-    let tls = ClientTls::from_files(&ca_file, Some((&identity.0, &identity.1)), None).unwrap();
-    let name = rustls::pki_types::ServerName::try_from(quorra::net::tls::node_name(cluster_id, 1)).unwrap();
-    let conn = rustls::ClientConnection::new(tls.parts().0, name).unwrap();
-    let mut s = rustls::StreamOwned::new(conn, TcpStream::connect(control).unwrap());
+    let mut s = as_node3_to_node1(c.node(1).peer);
     s.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let hello =
         quorra::cluster::rpc::Request::Hello { cluster_id: cluster_id.into(), node_id: 2, to: 1, nonce: [6; 32] };
