@@ -294,12 +294,14 @@ fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
     // the secret is even asked for. As node 3, it gets the challenge.
     let node1 = c.node(1).client;
     // A TLS connection to node 1 at `addr` presenting node 3's certificate.
-    let as_node3_to_node1 = |addr| {
-        let tls = ClientTls::from_files(&ca_file, Some((&d.join("node3.pem"), &d.join("node3.key"))), None).unwrap();
+    let presenting = |addr, cert: &str| {
+        let identity = (d.join(format!("{cert}.pem")), d.join(format!("{cert}.key")));
+        let tls = ClientTls::from_files(&ca_file, Some((&identity.0, &identity.1)), None).unwrap();
         let name = rustls::pki_types::ServerName::try_from(quorra::net::tls::node_name(cluster_id, 1)).unwrap();
         let conn = rustls::ClientConnection::new(tls.parts().0, name).unwrap();
         rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap())
     };
+    let as_node3_to_node1 = |addr| presenting(addr, "node3");
     let hello_as = |claimed: u32| {
         let mut s = as_node3_to_node1(node1);
         let hello = quorra::protocol::encode(&PeerHello {
@@ -328,6 +330,31 @@ fn a_tls_cluster_replicates_and_a_node_certificate_speaks_only_for_its_node() {
     s.read_exact(&mut body).unwrap();
     let reply = String::from_utf8_lossy(&body);
     assert!(reply.contains("Refused") && reply.contains("no certificate naming node-2.test-tls-cluster"), "{reply}");
+
+    // A certificate naming node 3 from another CA, and an expired one from the cluster's
+    // CA: the handshake fails on both ports, before any hello is read.
+    let other_ca = Ca::new("Another CA");
+    let node3_name = quorra::net::tls::node_name(cluster_id, 3);
+    other_ca.issue(&d, "forged-node3", "node-3", &["127.0.0.1", &node3_name], false);
+    ca.issue(&d, "expired-node3", "node-3", &["127.0.0.1", &node3_name], true);
+    for cert in ["forged-node3", "expired-node3"] {
+        let mut s = presenting(node1, cert);
+        let hello =
+            quorra::protocol::encode(&PeerHello { cluster_id: cluster_id.into(), node_id: 3, to: 1, nonce: [7; 32] });
+        let answer = common::raw::exchange(&mut s, PeerKind::Hello as u16, &hello, &[]);
+        assert!(matches!(answer, common::raw::Answer::Closed), "{cert} on the data port: {answer:?}");
+        let mut s = presenting(c.node(1).peer, cert);
+        s.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let hello =
+            quorra::cluster::rpc::Request::Hello { cluster_id: cluster_id.into(), node_id: 3, to: 1, nonce: [8; 32] };
+        let refused = s.write_all(&quorra::cluster::rpc::encode(&hello)).and_then(|_| s.read_exact(&mut head));
+        assert!(refused.is_err(), "{cert} on the control port must not be answered");
+    }
+    let log = c.node(1).log();
+    assert!(log.contains("UnknownIssuer") || log.contains("unknown issuer"), "another CA is logged: {log}");
+    assert!(log.contains("Expired") || log.contains("expired"), "an expired certificate is logged");
+    // The cluster is unharmed.
+    assert_eq!(c.status().unwrap().partitions[0].high_watermark, 101);
 }
 
 /// `examples/secure/` as the README's tour uses it: certificates from its script
