@@ -236,9 +236,8 @@ impl<D: Disk> Partition<D> {
                 return Err(StorageError::LeaderStarting.into())
             }
             Some(r) => r.replica.epoch(),
-            // shared-storage: the fencing epoch, so that a replaced node's late batches are
-            // told apart from its successor's (0 on a single node).
-            None => crate::storage::fence::epoch(),
+            // shared-storage: the lease's fencing epoch (0 on a single node).
+            None => self.disk.fencing_epoch(),
         };
         let mut log = self.log.borrow_mut();
         // Validates every batch and refuses writes to a log that cannot take them, before

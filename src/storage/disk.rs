@@ -98,4 +98,10 @@ pub trait Disk: Clone + 'static {
     async fn read_file(&self, path: &Path) -> DiskResult<Option<Vec<u8>>>;
     /// Replaces a small file atomically and durably (temp file, fsync, rename, fsync dir).
     async fn write_file_atomic(&self, path: &Path, bytes: Vec<u8>) -> DiskResult<()>;
+    /// The epoch a log on this disk stamps into the batches it takes: the shared-storage
+    /// lease's fencing epoch, so that a replaced node's late batches are told apart from its
+    /// successor's. 0 on a disk without a fence.
+    fn fencing_epoch(&self) -> u32 {
+        0
+    }
 }

@@ -177,6 +177,9 @@ impl<F: DiskFile> DiskFile for GuardedFile<F> {
 
 impl<D: Disk> Disk for GuardedDisk<D> {
     type File = GuardedFile<D::File>;
+    fn fencing_epoch(&self) -> u32 {
+        fence::epoch()
+    }
     async fn open(&self, path: &Path, create: bool) -> DiskResult<Self::File> {
         if create {
             fence::check("create", path)?;

@@ -164,8 +164,10 @@ impl<D: Disk> Partition<D> {
     /// the writer go on.
     async fn while_paused<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         self.paused.set(true);
+        // Every job's completion passes `after_io`, which wakes `data_arrived`; the timeout
+        // only bounds the wait should a completion ever be missed.
         while self.log.borrow().io_in_flight() {
-            rt::sleep(Duration::from_millis(1)).await;
+            rt::timeout(Duration::from_millis(100), self.data_arrived.wait()).await;
         }
         let result = work.await;
         self.paused.set(false);
