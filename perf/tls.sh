@@ -79,6 +79,8 @@ run() {
       --ledger "$WORK/$name.ledger" "${extra[@]}" > "$OUT/$name.txt" 2>"$OUT/$name.err" || log "run $name: errors"
   "$LOAD" consume --bootstrap "${BOOT[$setup-$variant]}" --topic "$name" --consumers 2 --verify \
       --ledger "$WORK/$name.ledger" "${extra[@]}" > "$OUT/$name.verify" 2>/dev/null || echo "VERIFY FAILED" >> "$OUT/$name.verify"
+  # Checked: its data goes (an RF3 16 KiB run at window 256 writes several GB per node).
+  "$QUORRA" topic delete --bootstrap "${BOOT[$setup-$variant]}" "${extra[@]}" "$name" >/dev/null || log "delete $name failed"
 }
 for setup in single rf3; do
   for size in 1024 16384; do

@@ -12,19 +12,19 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use super::handlers::{reply, ApiError, HandlerResult};
+use super::placement::{Placement, Subject};
 use crate::cluster::meta::MetaCommand;
 use crate::protocol::acl::{allows, allows_some, Acl, Operation, Resource, ResourceKind, MAX_ACLS};
 use crate::protocol::messages::{
-    AclSpec, ApiKind, CommitOffsetRequest, CreateAclRequest, CreateAclResponse, CreateTopicRequest, DeleteAclRequest,
-    DeleteAclResponse, DeleteTopicRequest, DescribeTopicRequest, FetchOffsetRequest, FetchRequest, ListAclsResponse,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    AclSpec, ApiKind, CreateAclRequest, CreateAclResponse, CreateTopicRequest, DeleteAclRequest, DeleteAclResponse,
+    DeleteTopicRequest, DescribeTopicRequest, ListAclsResponse, MetadataRequest,
 };
 use crate::protocol::{access, decode, DecodeError, ErrorCode, Frame};
 use crate::shard::Shard;
 
 /// Whether the request's sender may do what it asks; the refusal, naming the operation and
 /// the resource, otherwise. Requests that cannot be decoded pass: their handler refuses them.
-pub fn authorize(shard: &Shard, frame: &Frame) -> Result<(), ApiError> {
+pub fn authorize(shard: &Shard, frame: &Frame, placement: &Placement<'_>) -> Result<(), ApiError> {
     if !shard.config.auth.enabled || frame.from_node.is_some() {
         return Ok(());
     }
@@ -33,7 +33,7 @@ pub fn authorize(shard: &Shard, frame: &Frame) -> Result<(), ApiError> {
     if is_super_user(shard, principal) {
         return Ok(());
     }
-    with_acls(shard, |acls| check(acls, principal, frame))
+    with_acls(shard, |acls| check(acls, principal, frame, placement))
 }
 
 /// Whether the request's sender may see that `topic` exists (metadata and topic lists leave
@@ -52,7 +52,7 @@ fn is_super_user(shard: &Shard, principal: &str) -> bool {
 }
 
 /// The check of one request against the ACLs.
-fn check(acls: &BTreeSet<Acl>, principal: &str, frame: &Frame) -> Result<(), ApiError> {
+fn check(acls: &BTreeSet<Acl>, principal: &str, frame: &Frame, placement: &Placement<'_>) -> Result<(), ApiError> {
     let need = |operation: Operation, resource: Resource<'_>| {
         if allows(acls, principal, operation, resource) {
             Ok(())
@@ -60,23 +60,41 @@ fn check(acls: &BTreeSet<Acl>, principal: &str, frame: &Frame) -> Result<(), Api
             Err(denied(principal, operation, resource))
         }
     };
+    let Some(api) = placement.api else { return Ok(()) };
+    // (The partition and group requests were validated once, by `Placement::of`; one that
+    // did not validate is `Subject::Here` and left to its handler's error.)
+    match (api, &placement.subject) {
+        (ApiKind::Produce, Subject::Partition { topic, .. }) => need(Operation::Write, Resource::topic(topic)),
+        (ApiKind::Fetch, Subject::Partition { topic, .. }) => need(Operation::Read, Resource::topic(topic)),
+        (ApiKind::ListOffsets, Subject::Partition { topic, .. }) => need(Operation::Describe, Resource::topic(topic)),
+        (ApiKind::CommitOffset, Subject::GroupOffset { group, topic }) => {
+            need(Operation::Read, Resource::group(group))?;
+            need(Operation::Read, Resource::topic(topic))
+        }
+        (ApiKind::FetchOffset, Subject::GroupOffset { group, topic }) => {
+            need(Operation::Describe, Resource::group(group))?;
+            need(Operation::Describe, Resource::topic(topic))
+        }
+        (
+            ApiKind::Produce | ApiKind::Fetch | ApiKind::ListOffsets | ApiKind::CommitOffset | ApiKind::FetchOffset,
+            _,
+        ) => Ok(()),
+        (api, _) => check_control(acls, principal, api, frame, need),
+    }
+}
+
+/// The check of a request that is not about one partition or group offset (decoded here:
+/// these are rare).
+fn check_control(
+    acls: &BTreeSet<Acl>,
+    principal: &str,
+    api: ApiKind,
+    frame: &Frame,
+    need: impl Fn(Operation, Resource<'_>) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
     let cluster = Resource::cluster();
     let a = frame.archive();
-    let Some(api) = ApiKind::from_u16(frame.header.kind) else { return Ok(()) };
     match api {
-        ApiKind::Produce => on(access::<ProduceRequest>(a), |r| need(Operation::Write, Resource::topic(&r.topic))),
-        ApiKind::Fetch => on(access::<FetchRequest>(a), |r| need(Operation::Read, Resource::topic(&r.topic))),
-        ApiKind::ListOffsets => {
-            on(access::<ListOffsetsRequest>(a), |r| need(Operation::Describe, Resource::topic(&r.topic)))
-        }
-        ApiKind::CommitOffset => on(access::<CommitOffsetRequest>(a), |r| {
-            need(Operation::Read, Resource::group(&r.group))?;
-            need(Operation::Read, Resource::topic(&r.topic))
-        }),
-        ApiKind::FetchOffset => on(access::<FetchOffsetRequest>(a), |r| {
-            need(Operation::Describe, Resource::group(&r.group))?;
-            need(Operation::Describe, Resource::topic(&r.topic))
-        }),
         ApiKind::Metadata => on(access::<MetadataRequest>(a), |r| {
             r.topics.iter().try_for_each(|t| need(Operation::Describe, Resource::topic(t)))
         }),
@@ -105,6 +123,10 @@ fn check(acls: &BTreeSet<Acl>, principal: &str, frame: &Frame) -> Result<(), Api
             need(Operation::Alter, cluster)
         }
         ApiKind::Authenticate => Ok(()),
+        // (Checked by `check` on their `Subject`.)
+        ApiKind::Produce | ApiKind::Fetch | ApiKind::ListOffsets | ApiKind::CommitOffset | ApiKind::FetchOffset => {
+            Ok(())
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod authz;
 mod cluster_handlers;
 pub mod connections;
 pub mod handlers;
+mod placement;
 pub mod quotas;
 
 use std::rc::Rc;
@@ -25,16 +26,15 @@ use crate::shard::mesh::MeshReceiver;
 
 use crate::limits::MAX_IN_FLIGHT_PER_CONNECTION;
 use crate::net::{self, Outbox, ReadError};
-use crate::protocol::messages::{
-    ApiKind, CommitOffsetRequest, FetchOffsetRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
-};
+use crate::protocol::messages::ApiKind;
 use crate::protocol::node_auth::{fresh_nonce, Handshake, LinkKind, Nonce};
 use crate::protocol::peer::{check_hello, AppendRequest, PeerAccepted, PeerChallenge, PeerHello, PeerKind, PeerProof};
 use crate::protocol::{access, ErrorCode, Frame};
 use crate::replication::NodeId;
 use crate::rt;
 use crate::shard::mesh::{MeshMsg, MeshReply, MeshRequest};
-use crate::shard::{owner_of_group, owner_of_partition, Shard};
+use crate::shard::Shard;
+use placement::Placement;
 
 pub use handlers::error_frame;
 
@@ -194,11 +194,14 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         frame.principal = client_auth.principal();
-        if let Err(e) = authz::authorize(&shard, &frame) {
+        let placement = Placement::of(&frame);
+        if let Err(e) = authz::authorize(&shard, &frame, &placement) {
             crate::log_limited!(warn, "denied a request from {peer}: {}", e.message);
             outbox.push(error_frame(kind, corr, e.code, &e.message));
             continue;
         }
+        let owner = placement.owner(shard.id, shard.shards);
+        let reserve = placement.answer_reservation().min(shard.config.max_answer_bytes_per_connection as u64);
         match quota_wait(&shard, &frame, &mut quota) {
             Ok(wait) if !wait.is_zero() => {
                 // Throttled: this answer comes later, and nothing more is read meanwhile.
@@ -212,7 +215,6 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         }
-        let reserve = answer_reservation(&frame).min(shard.config.max_answer_bytes_per_connection as u64);
         let permits = async {
             let request = in_flight.clone().acquire_static_permit(1).await.ok()?;
             let bytes = answer_bytes.clone().acquire_static_permit(reserve).await.ok()?;
@@ -228,7 +230,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             break;
         };
         let fetch_quota = quota.as_ref().filter(|_| kind == ApiKind::Fetch as u16).map(|q| q.shared());
-        dispatch(&shard, frame, &outbox, held, fetch_quota).await;
+        dispatch(&shard, frame, owner, &outbox, held, fetch_quota).await;
     }
     outbox.close();
     let _ = writer_task.await;
@@ -412,16 +414,16 @@ fn quota_wait(
     Ok(quota.as_ref().map_or(Duration::ZERO, |q| q.before(produced)))
 }
 
-/// Routes a request to its owner shard: handled here, or forwarded over the mesh.
+/// Routes a request to its `owner` shard: handled here, or forwarded over the mesh.
 /// `fetch_quota`: charged with the answer's bytes.
 async fn dispatch(
     shard: &Rc<Shard>,
     frame: Frame,
+    owner: usize,
     outbox: &Rc<Outbox>,
     held: net::Held,
     fetch_quota: Option<Arc<quotas::PrincipalQuota>>,
 ) {
-    let owner = owner_of(shard, &frame);
     let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
     let outbox = outbox.clone();
     let charge = move |out: &crate::protocol::OutFrame| {
@@ -447,51 +449,6 @@ async fn dispatch(
             outbox.push_holding(out, Some(held));
         });
     }
-}
-
-/// Bytes of a request's answer, at most: what it reserves of its connection's answer budget
-/// until the answer is written. A fetch answers up to its `max_bytes`; other answers are small.
-fn answer_reservation(frame: &Frame) -> u64 {
-    const SMALL_ANSWER_BYTES: u64 = 16 * 1024;
-    match ApiKind::from_u16(frame.header.kind) {
-        Some(ApiKind::Fetch) => access::<FetchRequest>(frame.archive()).map_or(SMALL_ANSWER_BYTES, |r| {
-            u64::from(r.max_bytes.to_native().min(crate::limits::MAX_FETCH_BYTES)) + SMALL_ANSWER_BYTES
-        }),
-        _ => SMALL_ANSWER_BYTES,
-    }
-}
-
-/// The shard that must handle a request. Undecodable requests stay here (and get an error).
-fn owner_of(shard: &Shard, frame: &Frame) -> usize {
-    let n = shard.shards;
-    let a = frame.archive();
-    let owner = match ApiKind::from_u16(frame.header.kind) {
-        Some(ApiKind::Produce) => {
-            access::<ProduceRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
-        }
-        Some(ApiKind::Fetch) => {
-            access::<FetchRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
-        }
-        Some(ApiKind::ListOffsets) => {
-            access::<ListOffsetsRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
-        }
-        Some(ApiKind::CommitOffset) => access::<CommitOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
-        Some(ApiKind::FetchOffset) => access::<FetchOffsetRequest>(a).ok().map(|r| owner_of_group(&r.group, n)),
-        Some(
-            ApiKind::CreateTopic
-            | ApiKind::DeleteTopic
-            | ApiKind::InitProducer
-            | ApiKind::UpsertUser
-            | ApiKind::DeleteUser
-            | ApiKind::CreateAcl
-            | ApiKind::DeleteAcl,
-        ) => Some(0),
-        None if frame.header.kind == PeerKind::Append as u16 => {
-            access::<AppendRequest>(a).ok().map(|r| owner_of_partition(&r.topic, r.partition.to_native(), n))
-        }
-        _ => None,
-    };
-    owner.unwrap_or(shard.id)
 }
 
 /// Serves the requests and replies that arrive from one peer shard.
