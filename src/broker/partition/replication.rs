@@ -126,6 +126,12 @@ impl<D: Disk> Partition<D> {
             disk.remove_file(&dir.join(crate::storage::log::CORRUPT_MARKER)).await?;
             part = open(crate::storage::LogConfig { truncate_corrupt: true, ..log_config }).await?;
             lost_data = true;
+            // Recovery reads only the active segment: damage a read found in a sealed one is
+            // still there. Cut at the first damaged batch of the whole log.
+            if let Some(offset) = part.first_damaged_offset().await? {
+                log::warn!("{topic}/{id}: the first damaged batch is at offset {offset}: cutting the log there");
+                part.cut_damaged_log(offset).await?;
+            }
         }
         let ReplicaSetup { node, topic_id, config, outbound, .. } = setup;
         let enabled = part.enable_replication(node, topic_id, lost_data, config.clone(), outbound.clone()).await;

@@ -352,3 +352,96 @@ fn damage_in_a_sealed_segment_is_cut_and_repaired_not_refused_for_good() {
     })
     .unwrap();
 }
+
+/// A bit flip in a record of a sealed segment, which no epoch check reads, found by a
+/// fetch: the replica is marked corrupt and reopened, and the reopen must cut the log at
+/// the damaged batch. (Seen in the 30-minute multi-master nemesis, seed 20261206: recovery
+/// reads only the active segment, so the corruption marker's repair left the damage in
+/// place, the same batch was found again and again, and the replica never healed.)
+#[test]
+fn damage_found_by_a_read_in_a_sealed_segment_is_cut_on_the_reopen() {
+    use crate::broker::partition::replication::ReplicaSetup;
+    crate::rt::block_on(async {
+        let disk = crate::storage::mem_disk::MemDisk::new();
+        let dir = std::path::PathBuf::from("/t/3");
+        let config = LogConfig { segment_bytes: 64 * 1024, preallocate_bytes: 64 * 1024, ..LogConfig::default() };
+        let setup = || ReplicaSetup {
+            node: 1,
+            topic_id: 1,
+            lost_data: false,
+            config: ReplicaConfig::default(),
+            outbound: Rc::new(Nowhere),
+        };
+        let open_replica = || {
+            Partition::open_replica(
+                disk.clone(),
+                "t".into(),
+                3,
+                dir.clone(),
+                config.clone(),
+                FlushPolicy::Always,
+                setup(),
+            )
+        };
+        let p = open_replica().await.unwrap();
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1], unanimous: false }).await;
+        let value = vec![b'v'; 1000];
+        let mut last = 0;
+        for _ in 0..300 {
+            let mut b = BatchBuilder::with_capacity(1100);
+            b.push(None, &value, 1);
+            last = p.append(b.finish(0, 0, 0).to_vec(), Bytes::from).unwrap().last_offset;
+        }
+        p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
+        // A record's byte in the middle of the first (sealed) segment.
+        let damaged = 30;
+        let first = dir.join("00000000000000000000.log");
+        let flipped = disk.with_file(&first, |bytes| {
+            let (mut pos, mut at) = (0, None);
+            for item in crate::protocol::batch::BatchIter::new(bytes) {
+                let (header, batch) = item.unwrap();
+                if header.base_offset == damaged {
+                    at = Some(pos + batch.len() - 3);
+                    break;
+                }
+                pos += batch.len();
+            }
+            at.map(|i| bytes[i] ^= 0x10).is_some()
+        });
+        assert_eq!(flipped, Some(true), "offset {damaged} is in the first segment");
+        // A read finds it, from disk (reopened: nothing in memory).
+        p.close().await;
+        drop(p);
+        let p = open_replica().await.expect("the damage is in no batch the open reads");
+        p.on_control(ControlMessage::Fence { epoch: 2 }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1], unanimous: false }).await;
+        let end = p.log_end_offset();
+        p.wait_committed(end - 1, crate::broker::partition::AckLevel::Quorum, Duration::from_secs(5)).await.unwrap();
+        let mut offset = 0;
+        let found = loop {
+            match p.fetch(offset, 64 * 1024, Duration::ZERO).await {
+                Ok(chunks) if chunks.is_empty() => break None,
+                Ok(chunks) => {
+                    for c in &chunks {
+                        for item in crate::protocol::batch::BatchIter::new(c) {
+                            offset = offset.max(item.unwrap().0.next_offset());
+                        }
+                    }
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        // (The fetch that met it says Corrupt; one after it, NotLeader: a damaged replica
+        // does not lead.)
+        assert!(found.is_some(), "the read stops at the damage");
+        assert!(matches!(p.health(), crate::storage::LogHealth::Corrupt(_)), "the read found the damage: {found:?}");
+        p.close().await;
+        drop(p);
+        // The reopen the shard makes (`repair_replica`) cuts the log at the damaged batch.
+        let repaired = open_replica().await.expect("the replica opens");
+        assert_eq!(repaired.log_end_offset(), damaged, "cut where the damage begins");
+        assert!(matches!(repaired.health(), crate::storage::LogHealth::Healthy));
+        assert!(!repaired.is_voter_for_checks(), "no vote until it caught up from the leader");
+    })
+    .unwrap();
+}
