@@ -271,6 +271,40 @@ mod follower_reads_from_disk {
     }
 }
 
+/// Node 1's setup of a replica set of one, as a first open (no data lost before).
+fn replica_of_one() -> super::ReplicaSetup {
+    super::ReplicaSetup {
+        node: 1,
+        topic_id: 1,
+        lost_data: false,
+        config: ReplicaConfig::default(),
+        outbound: Rc::new(Nowhere),
+    }
+}
+
+/// Flips a bit near the end of the batch at `base_offset` in the log's first segment (its
+/// records, covered by the batch CRC); whether that batch is there.
+fn flip_a_bit_in_first_segment(
+    disk: &crate::storage::mem_disk::MemDisk,
+    dir: &std::path::Path,
+    base_offset: u64,
+) -> bool {
+    let first = dir.join("00000000000000000000.log");
+    let flipped = disk.with_file(&first, |bytes| {
+        let (mut pos, mut at) = (0, None);
+        for item in crate::protocol::batch::BatchIter::new(bytes) {
+            let (header, batch) = item.unwrap();
+            if header.base_offset == base_offset {
+                at = Some(pos + batch.len() - 3);
+                break;
+            }
+            pos += batch.len();
+        }
+        at.map(|i| bytes[i] ^= 0x10).is_some()
+    });
+    flipped == Some(true)
+}
+
 /// Found by the nemesis (hybrid, seed 20261205): a bit flip in a sealed segment, which
 /// recovery does not read, surfaced when a restarted replica checked its epochs against
 /// its batches; the replica then refused to open every second for good ("cannot open
@@ -279,7 +313,6 @@ mod follower_reads_from_disk {
 /// damage in the active segment, without a vote until it caught up.
 #[test]
 fn damage_in_a_sealed_segment_is_cut_and_repaired_not_refused_for_good() {
-    use crate::broker::partition::replication::ReplicaSetup;
     crate::rt::block_on(async {
         let disk = crate::storage::mem_disk::MemDisk::new();
         let dir = std::path::PathBuf::from("/t/2");
@@ -309,33 +342,16 @@ fn damage_in_a_sealed_segment_is_cut_and_repaired_not_refused_for_good() {
         p.close().await;
         drop(p);
         // Flip a bit in the epoch-2 start batch, in the (now sealed) first segment.
-        let first = dir.join("00000000000000000000.log");
-        let flipped = disk.with_file(&first, |bytes| {
-            let (mut pos, mut at) = (0, None);
-            for item in crate::protocol::batch::BatchIter::new(bytes) {
-                let (header, batch) = item.unwrap();
-                if header.base_offset == epoch2_start {
-                    at = Some(pos + batch.len() - 3);
-                    break;
-                }
-                pos += batch.len();
-            }
-            at.map(|i| bytes[i] ^= 0x10).is_some()
-        });
-        assert_eq!(flipped, Some(true), "the batch at {epoch2_start} is in the first segment");
+        assert!(
+            flip_a_bit_in_first_segment(&disk, &dir, epoch2_start),
+            "the batch at {epoch2_start} is in the first segment"
+        );
         // What happened before: the check of the epochs met the damage and the open failed.
         let plain = open().await.unwrap();
         let refused = plain.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await;
         assert!(matches!(refused, Err(StorageError::Corrupt(_))), "{:?}", refused.err());
         plain.close().await;
         drop(plain);
-        let setup = ReplicaSetup {
-            node: 1,
-            topic_id: 1,
-            lost_data: false,
-            config: ReplicaConfig::default(),
-            outbound: Rc::new(Nowhere),
-        };
         let repaired = Partition::open_replica(
             disk.clone(),
             "t".into(),
@@ -343,7 +359,7 @@ fn damage_in_a_sealed_segment_is_cut_and_repaired_not_refused_for_good() {
             dir.clone(),
             config.clone(),
             FlushPolicy::Always,
-            setup,
+            replica_of_one(),
         )
         .await
         .expect("the replica opens, cut at the damage");
@@ -360,18 +376,10 @@ fn damage_in_a_sealed_segment_is_cut_and_repaired_not_refused_for_good() {
 /// place, the same batch was found again and again, and the replica never healed.)
 #[test]
 fn damage_found_by_a_read_in_a_sealed_segment_is_cut_on_the_reopen() {
-    use crate::broker::partition::replication::ReplicaSetup;
     crate::rt::block_on(async {
         let disk = crate::storage::mem_disk::MemDisk::new();
         let dir = std::path::PathBuf::from("/t/3");
         let config = LogConfig { segment_bytes: 64 * 1024, preallocate_bytes: 64 * 1024, ..LogConfig::default() };
-        let setup = || ReplicaSetup {
-            node: 1,
-            topic_id: 1,
-            lost_data: false,
-            config: ReplicaConfig::default(),
-            outbound: Rc::new(Nowhere),
-        };
         let open_replica = || {
             Partition::open_replica(
                 disk.clone(),
@@ -380,7 +388,7 @@ fn damage_found_by_a_read_in_a_sealed_segment_is_cut_on_the_reopen() {
                 dir.clone(),
                 config.clone(),
                 FlushPolicy::Always,
-                setup(),
+                replica_of_one(),
             )
         };
         let p = open_replica().await.unwrap();
@@ -395,20 +403,7 @@ fn damage_found_by_a_read_in_a_sealed_segment_is_cut_on_the_reopen() {
         p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
         // A record's byte in the middle of the first (sealed) segment.
         let damaged = 30;
-        let first = dir.join("00000000000000000000.log");
-        let flipped = disk.with_file(&first, |bytes| {
-            let (mut pos, mut at) = (0, None);
-            for item in crate::protocol::batch::BatchIter::new(bytes) {
-                let (header, batch) = item.unwrap();
-                if header.base_offset == damaged {
-                    at = Some(pos + batch.len() - 3);
-                    break;
-                }
-                pos += batch.len();
-            }
-            at.map(|i| bytes[i] ^= 0x10).is_some()
-        });
-        assert_eq!(flipped, Some(true), "offset {damaged} is in the first segment");
+        assert!(flip_a_bit_in_first_segment(&disk, &dir, damaged), "offset {damaged} is in the first segment");
         // A read finds it, from disk (reopened: nothing in memory).
         p.close().await;
         drop(p);
