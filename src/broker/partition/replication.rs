@@ -127,11 +127,8 @@ impl<D: Disk> Partition<D> {
             part = open(crate::storage::LogConfig { truncate_corrupt: true, ..log_config }).await?;
             lost_data = true;
             // Recovery reads only the active segment: damage a read found in a sealed one is
-            // still there. Cut at the first damaged batch of the whole log.
-            if let Some(offset) = part.first_damaged_offset().await? {
-                log::warn!("{topic}/{id}: the first damaged batch is at offset {offset}: cutting the log there");
-                part.cut_damaged_log(offset).await?;
-            }
+            // still there.
+            part.cut_at_first_damage(&why).await?;
         }
         let ReplicaSetup { node, topic_id, config, outbound, .. } = setup;
         let enabled = part.enable_replication(node, topic_id, lost_data, config.clone(), outbound.clone()).await;
@@ -139,15 +136,27 @@ impl<D: Disk> Partition<D> {
             // Damage in a sealed segment, which recovery does not read (it checks the active
             // one): found when the epochs are borne out. Cut the log at the first damaged
             // batch, as for damage in the active segment, and fetch the rest again.
-            if let Some(offset) = part.first_damaged_offset().await? {
-                log::warn!("{topic}/{id}: {why}; the first damaged batch is at offset {offset}: cutting the log there and repairing this replica from the partition's leader");
-                part.cut_damaged_log(offset).await?;
+            if part.cut_at_first_damage(why).await? {
                 part.enable_replication(node, topic_id, true, config, outbound).await?;
                 return Ok(part);
             }
         }
         enabled?;
         Ok(part)
+    }
+
+    /// Reads the whole log for the first batch whose CRC fails and cuts the log there (the
+    /// replica then fetches the rest again from its leader); whether it found one. `why`:
+    /// the damage that sent the replica here, for the log.
+    async fn cut_at_first_damage(&self, why: &str) -> Result<bool, StorageError> {
+        let Some(offset) = self.first_damaged_offset().await? else { return Ok(false) };
+        log::warn!(
+            "{}/{}: {why}; the first damaged batch is at offset {offset}: cutting the log there and repairing this replica from the partition's leader",
+            self.topic,
+            self.id
+        );
+        self.cut_damaged_log(offset).await?;
+        Ok(true)
     }
 
     /// Where the first batch whose CRC fails begins, reading the whole log (None: none).
