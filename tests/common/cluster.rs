@@ -896,6 +896,10 @@ pub fn final_log(bootstrap: &str, topic: &str) -> HashMap<(u32, u64), Vec<u8>> {
     read_all(bootstrap, topic, ReadFrom::Leader, true).into_iter().map(|(p, o, v)| ((p, o), v)).collect()
 }
 
+/// How long [`read_all`] waits without reading a record before it gives up on a partition
+/// that is not caught up (between leaders for longer than any fault should leave it).
+pub const READ_STALL_LIMIT: Duration = Duration::from_secs(120);
+
 /// Reads every partition of `topic` from the start until five polls in a row bring nothing
 /// and the consumer is caught up: (partition, offset, value) in the order received.
 pub fn read_all(bootstrap: &str, topic: &str, read_from: ReadFrom, follow_leaders: bool) -> Seen {
@@ -911,6 +915,7 @@ pub fn read_all(bootstrap: &str, topic: &str, read_from: ReadFrom, follow_leader
         let mut consumer = quorra::client::Consumer::new(c, &t, None, config).await.unwrap();
         let mut out = Vec::new();
         let mut idle = 0;
+        let mut last_progress = Instant::now();
         while idle < 5 {
             let batch = consumer.poll().await.unwrap();
             if batch.is_empty() && consumer.caught_up() {
@@ -918,6 +923,16 @@ pub fn read_all(bootstrap: &str, topic: &str, read_from: ReadFrom, follow_leader
             } else {
                 idle = 0;
             }
+            if !batch.is_empty() {
+                last_progress = Instant::now();
+            }
+            // A partition that stays leaderless, or serves nothing below its high watermark,
+            // must fail the read with where it stands, not keep it polling for ever.
+            assert!(
+                last_progress.elapsed() < READ_STALL_LIMIT,
+                "{t}: no record read for {READ_STALL_LIMIT:?} and not caught up; next offsets {:?}",
+                consumer.positions()
+            );
             out.extend(batch.into_iter().map(|r| (r.partition, r.offset, r.value.to_vec())));
         }
         out

@@ -57,11 +57,17 @@ fn run_mode(mode: &str, mode_index: u8) {
     }
     let faults = std::mem::take(&mut nemesis.records);
     drop(nemesis);
+    // Each step of the end says when it starts, so that a check that takes long shows where.
+    let phase = |what: &str| eprintln!("nemesis {mode}: {what} at {:.0} s", started.elapsed().as_secs_f64());
+    phase("schedule over; waiting for acknowledgements");
     // Still taking writes after everything.
     load.wait_acked(200, Duration::from_secs(60));
     let run_end_ms = started.elapsed().as_millis() as u64;
+    phase("stopping the producers");
     let acked = load.stop();
+    phase("stopping the consumers");
     let (leader_seen, follower_seen) = (leader_reads.stop(), follower_reads.stop());
+    phase("reading the log back");
     let history = history::check_history(&bootstrap, "t", PARTITIONS, &acked, &[&leader_seen, &follower_seen]);
     let silences = history::unavailability(&faults, &acked, run_end_ms);
     let report = history::report(mode, seed, secs, &history, &silences, acked.at.len() as u64);
