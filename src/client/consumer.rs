@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{is_retriable, Client, ClientError, ReadFrom};
+use super::{is_retriable, Client, ClientError, ReadFrom, Requests};
 use crate::protocol::batch::{BatchIter, RecordIter};
 use crate::protocol::messages::{
     FetchRequest, FetchResponse, OFFSET_SPEC_EARLIEST, OFFSET_SPEC_LATEST, OFFSET_SPEC_TIMESTAMP,
@@ -125,7 +125,7 @@ impl Consumer {
             };
             let fut = match self.client.partition_connection(&self.topic, c.partition, self.config.read_from).await {
                 Ok(conn) => {
-                    futures_lite::future::FutureExt::boxed_local(conn.send(ApiKind::Fetch, encode(&req), Vec::new()))
+                    futures_lite::future::FutureExt::boxed_local(conn.request(ApiKind::Fetch, encode(&req), Vec::new()))
                 }
                 Err(e) => futures_lite::future::FutureExt::boxed_local(async move { Err(e) }),
             };

@@ -6,7 +6,6 @@
 //! are `!Send` and cheap to share with `Rc`.
 
 pub mod cli_args;
-mod connection;
 pub mod consumer;
 pub mod producer;
 mod routing;
@@ -19,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 
-pub use connection::Connection;
+pub use crate::net::connection::{Connection, LinkError};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use producer::{Partitioner, Producer, ProducerConfig, RecordMetadata};
 pub use routing::{is_retriable, ReadFrom};
@@ -61,6 +60,40 @@ impl ClientError {
     /// Whether a new connection (maybe to another node) may succeed.
     pub fn is_connection_error(&self) -> bool {
         matches!(self, ClientError::Connect { .. } | ClientError::Disconnected { .. } | ClientError::NoBroker(_))
+    }
+}
+
+/// The client's view of a [`Connection`]: its errors as [`ClientError`]s.
+pub(crate) trait Requests {
+    /// [`Connection::send`]: queued now, in order, answered by the returned future.
+    fn request(
+        &self,
+        kind: ApiKind,
+        archive: BodyBuf,
+        payload: Vec<Bytes>,
+    ) -> impl std::future::Future<Output = Result<Frame, ClientError>> + 'static;
+}
+
+impl Requests for Connection {
+    fn request(
+        &self,
+        kind: ApiKind,
+        archive: BodyBuf,
+        payload: Vec<Bytes>,
+    ) -> impl std::future::Future<Output = Result<Frame, ClientError>> + 'static {
+        let answer = self.send(kind, archive, payload);
+        async move { answer.await.map_err(ClientError::from) }
+    }
+}
+
+impl From<LinkError> for ClientError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Connect { addr, message } => ClientError::Connect { addr, message },
+            LinkError::Disconnected { addr, reason } => ClientError::Disconnected { addr, reason },
+            LinkError::Server { code, message, leader_hint } => ClientError::Server { code, message, leader_hint },
+            LinkError::Protocol(message) => ClientError::Protocol(message),
+        }
     }
 }
 
@@ -262,7 +295,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Frame, ClientError> {
         let conn = self.connection().await?;
-        let fut = conn.send(kind, archive, payload);
+        let fut = conn.request(kind, archive, payload);
         match crate::rt::timeout(timeout, fut).await {
             Some(r) => r,
             None => {
@@ -341,9 +374,10 @@ impl Client {
         };
         // Sent once: a retry could store the batches twice (the producer retries safely).
         let conn = self.partition_connection(topic, partition, ReadFrom::Leader).await?;
-        let frame = crate::rt::timeout(self.config.request_timeout, conn.send(ApiKind::Produce, encode(&req), batches))
-            .await
-            .unwrap_or_else(|| Err(ClientError::Timeout("produce not answered".into())))?;
+        let frame =
+            crate::rt::timeout(self.config.request_timeout, conn.request(ApiKind::Produce, encode(&req), batches))
+                .await
+                .unwrap_or_else(|| Err(ClientError::Timeout("produce not answered".into())))?;
         Ok(decode::<ProduceResponse>(frame.archive())?)
     }
 
@@ -405,7 +439,7 @@ impl Client {
         let deadline = std::time::Instant::now() + self.config.request_timeout;
         loop {
             let result = match self.partition_connection(topic, partition, read_from).await {
-                Ok(conn) => crate::rt::timeout(timeout, conn.send(kind, archive.clone(), Vec::new()))
+                Ok(conn) => crate::rt::timeout(timeout, conn.request(kind, archive.clone(), Vec::new()))
                     .await
                     .unwrap_or_else(|| Err(ClientError::Timeout(format!("no answer from {}", conn.addr())))),
                 Err(e) => Err(e),
@@ -501,7 +535,7 @@ async fn authenticate(conn: &Connection, credentials: &Credentials) -> Result<()
     let (exchange, first) = ClientExchange::start(&credentials.user, &credentials.password, &nonce).map_err(failed)?;
     let step = |message: String| {
         let req = AuthenticateRequest { mechanism: "SCRAM-SHA-256".into(), message };
-        conn.send(ApiKind::Authenticate, encode(&req), Vec::new())
+        conn.request(ApiKind::Authenticate, encode(&req), Vec::new())
     };
     let server_first: AuthenticateResponse = decode(step(first).await?.archive())?;
     let (verdict, last) = exchange.answer(&server_first.message).map_err(failed)?;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::rt::{Semaphore, StaticPermit};
 use bytes::Bytes;
 
-use super::{is_retriable, Client, ClientError, ReadFrom};
+use super::{is_retriable, Client, ClientError, ReadFrom, Requests};
 use crate::limits::{MAX_BATCH_BYTES, PRODUCER_BATCHES_REMEMBERED};
 use crate::protocol::batch::{restamp_producer, BatchBuilder, BATCH_HEADER_BYTES};
 use crate::protocol::messages::{Acks, ProduceRequest, ProduceResponse};
@@ -453,7 +453,7 @@ impl Producer {
         let request = self.produce_request(lane);
         match self.client.partition_connection(&lane.topic, lane.partition, ReadFrom::Leader).await {
             Ok(conn) => {
-                let fut = conn.send(ApiKind::Produce, encode(&request), vec![batch.clone()]);
+                let fut = conn.request(ApiKind::Produce, encode(&request), vec![batch.clone()]);
                 let addr = conn.addr();
                 futures_lite::future::FutureExt::boxed_local(async move {
                     rt::timeout(timeout, fut)

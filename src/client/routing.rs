@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::str::FromStr;
 
-use super::{Client, ClientError, Connection};
+use super::{Client, ClientError, Connection, Requests};
 use crate::protocol::messages::{MetadataRequest, MetadataResponse};
 use crate::protocol::{decode, encode, ApiKind};
 
@@ -70,7 +70,7 @@ impl Client {
         let md = loop {
             let conn = self.connection().await?;
             let req = encode(&MetadataRequest { topics: vec![topic.to_string()] });
-            let answer = crate::rt::timeout(METADATA_TIMEOUT, conn.send(ApiKind::Metadata, req, Vec::new()))
+            let answer = crate::rt::timeout(METADATA_TIMEOUT, conn.request(ApiKind::Metadata, req, Vec::new()))
                 .await
                 .unwrap_or_else(|| Err(ClientError::Timeout(format!("no metadata from {}", conn.addr()))));
             match answer {

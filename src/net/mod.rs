@@ -2,6 +2,7 @@
 //! and a completion deadline, and a writer that coalesces small frames into few syscalls;
 //! over plain TCP or TLS ([`tls`]).
 
+pub mod connection;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};

@@ -9,6 +9,7 @@ use super::handlers::{reply, ApiError, HandlerResult};
 use crate::broker::catalog::{validate_partition_count, validate_topic_name};
 use crate::cluster::meta::{place_replicas, MetaCommand, MetaError};
 use crate::cluster::ControlError;
+use crate::net::connection::LinkError;
 use crate::protocol::frame::FLAG_RESPONSE;
 use crate::protocol::messages::*;
 use crate::protocol::peer::{decode_append, encode_peer, AppendRequest, WirePeer};
@@ -216,10 +217,8 @@ pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResul
             let payload = answer.into_payload();
             Ok((a, as_chunks(payload)))
         }
-        Some(Err(crate::client::ClientError::Server { code, message, leader_hint })) => {
-            Err(ApiError { code, message, leader_hint })
-        }
-        Some(Err(e)) if e.is_connection_error() => Err(down()),
+        Some(Err(LinkError::Server { code, message, leader_hint })) => Err(ApiError { code, message, leader_hint }),
+        Some(Err(LinkError::Connect { .. } | LinkError::Disconnected { .. })) => Err(down()),
         Some(Err(e)) => Err(ApiError::new(ErrorCode::Unavailable, format!("forwarding to node {node}: {e}"))),
         None => {
             // Longer than any request's own timeout: the node is gone, though the connection

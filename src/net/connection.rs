@@ -1,5 +1,7 @@
-//! One pipelined connection to a broker: many requests in flight, answers matched by
-//! correlation id, a reader task and a writer task.
+//! One pipelined framed connection to a broker: many requests in flight, answers matched by
+//! correlation id, a reader task and a writer task. The client library's requests and a
+//! node's links to other nodes (replication, forwarded requests) both ride on it; it knows
+//! frames and correlation ids, not what the requests mean.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -10,13 +12,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_channel::oneshot;
 
-use super::ClientError;
 use crate::net::{self, Outbox, ReadError};
 use crate::protocol::messages::ErrorResponse;
 use crate::protocol::{decode, ApiKind, BodyBuf, ErrorCode, Frame, OutFrame};
 use crate::rt;
 
-type Pending = RefCell<HashMap<u64, oneshot::Sender<Result<Frame, ClientError>>>>;
+/// Why a request on a [`Connection`] got no answer, or got an error for one.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("connection to {addr} lost: {reason}")]
+    Disconnected { addr: String, reason: String },
+    /// The broker answered with an error frame.
+    #[error("{message} ({code})")]
+    Server { code: ErrorCode, message: String, leader_hint: Option<String> },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+type Pending = RefCell<HashMap<u64, oneshot::Sender<Result<Frame, LinkError>>>>;
 
 pub struct Connection {
     addr: SocketAddr,
@@ -36,7 +51,7 @@ impl Connection {
         timeout: Duration,
         max_frame_bytes: usize,
         tls: Option<&crate::net::tls::ClientTls>,
-    ) -> Result<Rc<Connection>, ClientError> {
+    ) -> Result<Rc<Connection>, LinkError> {
         Self::connect_from(None, addr, timeout, max_frame_bytes, tls).await
     }
 
@@ -47,8 +62,8 @@ impl Connection {
         timeout: Duration,
         max_frame_bytes: usize,
         tls: Option<&crate::net::tls::ClientTls>,
-    ) -> Result<Rc<Connection>, ClientError> {
-        let connect_error = |e: std::io::Error| ClientError::Connect { addr: addr.to_string(), message: e.to_string() };
+    ) -> Result<Rc<Connection>, LinkError> {
+        let connect_error = |e: std::io::Error| LinkError::Connect { addr: addr.to_string(), message: e.to_string() };
         let stream = net::connect_from(source, addr, timeout).await.map_err(connect_error)?;
         let shutdown = net::shutdown_handle(&stream).map_err(connect_error)?;
         let stream = match tls {
@@ -56,7 +71,7 @@ impl Connection {
             Some(tls) => match rt::timeout(timeout, tls.connect(addr, stream)).await {
                 Some(Ok(tls)) => net::Stream::Tls(Box::new(tls)),
                 Some(Err(e)) => {
-                    return Err(ClientError::Connect { addr: addr.to_string(), message: format!("TLS: {e}") })
+                    return Err(LinkError::Connect { addr: addr.to_string(), message: format!("TLS: {e}") })
                 }
                 None => return Err(connect_error(std::io::Error::other("the TLS handshake timed out"))),
             },
@@ -112,7 +127,7 @@ impl Connection {
             *broken.borrow_mut() = Some(reason.clone());
             outbox.close();
             for (_, tx) in pending.borrow_mut().drain() {
-                let _ = tx.send(Err(ClientError::Disconnected { addr: addr.to_string(), reason: reason.clone() }));
+                let _ = tx.send(Err(LinkError::Disconnected { addr: addr.to_string(), reason: reason.clone() }));
             }
         });
         Ok(conn)
@@ -145,7 +160,7 @@ impl Connection {
         kind: ApiKind,
         archive: BodyBuf,
         payload: Vec<Bytes>,
-    ) -> impl std::future::Future<Output = Result<Frame, ClientError>> {
+    ) -> impl std::future::Future<Output = Result<Frame, LinkError>> {
         self.send_kind(kind as u16, archive, payload)
     }
 
@@ -155,7 +170,7 @@ impl Connection {
         kind: u16,
         archive: BodyBuf,
         payload: Vec<Bytes>,
-    ) -> impl std::future::Future<Output = Result<Frame, ClientError>> {
+    ) -> impl std::future::Future<Output = Result<Frame, LinkError>> {
         let id = self.next_correlation_id.get();
         self.next_correlation_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
@@ -167,15 +182,15 @@ impl Connection {
         let addr = self.addr.to_string();
         async move {
             if let Some(reason) = broken {
-                return Err(ClientError::Disconnected { addr, reason });
+                return Err(LinkError::Disconnected { addr, reason });
             }
             let frame =
-                rx.await.map_err(|_| ClientError::Disconnected { addr, reason: "connection dropped".into() })??;
+                rx.await.map_err(|_| LinkError::Disconnected { addr, reason: "connection dropped".into() })??;
             if frame.header.is_error() {
                 return Err(describe_error(&frame));
             }
             if frame.header.kind != kind {
-                return Err(ClientError::Protocol(format!(
+                return Err(LinkError::Protocol(format!(
                     "response of kind {} to a request of kind {kind}",
                     frame.header.kind
                 )));
@@ -192,11 +207,11 @@ impl Drop for Connection {
     }
 }
 
-fn describe_error(frame: &Frame) -> ClientError {
+fn describe_error(frame: &Frame) -> LinkError {
     match decode::<ErrorResponse>(frame.archive()) {
         Ok(e) => {
-            ClientError::Server { code: ErrorCode::from_u16(e.code), message: e.message, leader_hint: e.leader_hint }
+            LinkError::Server { code: ErrorCode::from_u16(e.code), message: e.message, leader_hint: e.leader_hint }
         }
-        Err(e) => ClientError::Protocol(format!("undecodable error response: {e}")),
+        Err(e) => LinkError::Protocol(format!("undecodable error response: {e}")),
     }
 }
