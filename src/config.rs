@@ -289,6 +289,14 @@ pub struct ClusterSettings {
     /// over at once. `false`: only the lease counts (slower takeover, no trust in locks).
     #[serde(default = "default_true")]
     pub trust_lock: bool,
+    /// Every replica reads its whole committed log in the background, checking each
+    /// batch's CRC, so that damage on the disk is repaired from the other replicas while
+    /// they still hold good copies: after each open, then every `scrub_interval_secs`, at
+    /// most this many bytes a second (0: never).
+    #[serde(default = "default_scrub_bytes_per_sec")]
+    pub scrub_bytes_per_sec: u64,
+    #[serde(default = "default_scrub_interval_secs")]
+    pub scrub_interval_secs: u64,
     /// A file holding the cluster's shared secret, the same on every node (required by
     /// every mode that replicates): nodes prove they hold it before any node-to-node
     /// traffic is accepted. One secret per line: the first is proved, all are accepted (a
@@ -309,6 +317,14 @@ fn default_true() -> bool {
 
 fn default_election_timeout_ms() -> u64 {
     crate::limits::DEFAULT_ELECTION_TIMEOUT_MS
+}
+
+fn default_scrub_bytes_per_sec() -> u64 {
+    crate::limits::DEFAULT_SCRUB_BYTES_PER_SEC
+}
+
+fn default_scrub_interval_secs() -> u64 {
+    crate::limits::DEFAULT_SCRUB_INTERVAL_SECS
 }
 
 fn default_lease_ms() -> u64 {

@@ -25,11 +25,13 @@ use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
 mod inspect;
 pub(crate) mod producers;
 mod replication;
+mod scrub;
 #[cfg(test)]
 mod tests;
 pub use producers::SequenceError;
 use producers::{Admission, ProducerTable};
 pub use replication::{stored_topic_id, Outbound, ReplicaSetup, Replication};
+pub use scrub::Scrubbed;
 
 /// The disk the broker runs on: glommio DMA files behind the fault-injection switches.
 pub type ServerDisk = crate::storage::faults::GuardedDisk<crate::storage::glommio_disk::GlommioDisk>;

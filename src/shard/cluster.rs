@@ -67,6 +67,11 @@ pub fn start(shard: &Rc<Shard>, inbox: tokio::sync::mpsc::Receiver<ControlEnvelo
     rt::spawn(follow_metadata(shard.clone()));
     rt::spawn(serve_control_inbox(Rc::downgrade(shard), inbox));
     rt::spawn(tick_replicas(Rc::downgrade(shard)));
+    let settings = &cluster(shard).control.settings;
+    if settings.scrub_bytes_per_sec > 0 {
+        let every = Duration::from_secs(settings.scrub_interval_secs);
+        rt::spawn(scrub_replicas(Rc::downgrade(shard), settings.scrub_bytes_per_sec, every));
+    }
 }
 
 pub(super) fn cluster(shard: &Shard) -> &ShardCluster {
@@ -358,6 +363,61 @@ async fn repair_replica(shard: Rc<Shard>, topic: String, partition: u32, corrupt
         rt::sleep(REOPEN_RETRY).await;
     }
     cluster(&shard).repairing.borrow_mut().remove(&(topic, partition));
+}
+
+/// How often the scrub looks for a replica due for a pass.
+const SCRUB_POLL: Duration = Duration::from_secs(1);
+
+/// Scrubs the shard's replicas one at a time (`Partition::scrub`): each one soon after it
+/// opens, since damage done while the node was down (or by its last crash) has had no
+/// reader, then again `every` after its last complete pass. Damage found marks the log
+/// corrupt, and `tick_replicas` has the replica repaired from the others.
+async fn scrub_replicas(shard: Weak<Shard>, bytes_per_sec: u64, every: Duration) {
+    // The last complete pass of each replica (a reopened replica is another one).
+    let mut passes: HashMap<(String, u32), (Weak<Partition>, std::time::Instant)> = HashMap::new();
+    loop {
+        rt::sleep(SCRUB_POLL).await;
+        let Some(due) = shard.upgrade().and_then(|shard| replica_due_for_scrub(&shard, &mut passes, every)) else {
+            if shard.upgrade().is_none_or(|s| s.shutting_down.get()) {
+                return;
+            }
+            continue;
+        };
+        let (key, p) = due;
+        match p.scrub(bytes_per_sec).await {
+            Ok(crate::broker::partition::Scrubbed::Clean { bytes }) => {
+                log::info!("{}/{}: scrubbed {bytes} bytes, no damage", key.0, key.1);
+                passes.insert(key, (Rc::downgrade(&p), std::time::Instant::now()));
+            }
+            Ok(crate::broker::partition::Scrubbed::Damaged { .. })
+            | Ok(crate::broker::partition::Scrubbed::Interrupted) => {}
+            Err(e) => {
+                log::warn!("{}/{}: the scrub could not read the log: {e}", key.0, key.1);
+                passes.insert(key, (Rc::downgrade(&p), std::time::Instant::now()));
+            }
+        }
+    }
+}
+
+/// The healthy replica that waited longest for a scrub: first those never scrubbed since
+/// they opened, then those whose last pass is `every` old. Forgets replicas now closed.
+fn replica_due_for_scrub(
+    shard: &Shard,
+    passes: &mut HashMap<(String, u32), (Weak<Partition>, std::time::Instant)>,
+    every: Duration,
+) -> Option<((String, u32), Rc<Partition>)> {
+    if shard.shutting_down.get() {
+        return None;
+    }
+    let parts = shard.partitions.borrow();
+    passes.retain(|key, (weak, _)| parts.get(key).is_some_and(|p| std::ptr::eq(Rc::as_ptr(p), weak.as_ptr())));
+    let last_pass = |key: &(String, u32)| passes.get(key).map(|(_, at)| *at);
+    parts
+        .iter()
+        .filter(|(_, p)| matches!(p.health(), crate::storage::LogHealth::Healthy) && p.is_replicated())
+        .filter(|(key, _)| last_pass(key).is_none_or(|at| at.elapsed() >= every))
+        .min_by_key(|(key, _)| last_pass(key))
+        .map(|(key, p)| (key.clone(), p.clone()))
 }
 
 /// Whether two topic ids name the same incarnation (0: not known, written before ids).

@@ -440,3 +440,66 @@ fn damage_found_by_a_read_in_a_sealed_segment_is_cut_on_the_reopen() {
     })
     .unwrap();
 }
+
+/// Latent damage: a bit flipped in a sealed segment while the node was down is in no batch
+/// the open or the epoch check reads, and nobody fetches it for now. Left so, it waits for
+/// a read, by which time the other replicas may have flips of their own (the 30-minute
+/// multi-master nemesis, seed 20261206, lost a partition when every replica cut its log at
+/// a different place). The scrub reads the whole committed log and finds it at once; the
+/// log is marked corrupt, so the shard reopens the replica, which cuts it there.
+#[test]
+fn the_scrub_finds_damage_no_read_has_met_and_marks_the_log_corrupt() {
+    crate::rt::block_on(async {
+        let disk = crate::storage::mem_disk::MemDisk::new();
+        let dir = std::path::PathBuf::from("/t/4");
+        let config = LogConfig { segment_bytes: 64 * 1024, preallocate_bytes: 64 * 1024, ..LogConfig::default() };
+        let open_replica = || {
+            Partition::open_replica(
+                disk.clone(),
+                "t".into(),
+                4,
+                dir.clone(),
+                config.clone(),
+                FlushPolicy::Always,
+                replica_of_one(),
+            )
+        };
+        let p = open_replica().await.unwrap();
+        p.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1], unanimous: false }).await;
+        let value = vec![b'v'; 1000];
+        let mut last = 0;
+        for _ in 0..300 {
+            let mut b = BatchBuilder::with_capacity(1100);
+            b.push(None, &value, 1);
+            last = p.append(b.finish(0, 0, 0).to_vec(), Bytes::from).unwrap().last_offset;
+        }
+        p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
+        p.close().await;
+        drop(p);
+        let p = open_replica().await.unwrap();
+        p.on_control(ControlMessage::Fence { epoch: 2 }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1], unanimous: false }).await;
+        let end = p.log_end_offset();
+        p.wait_committed(end - 1, crate::broker::partition::AckLevel::Quorum, Duration::from_secs(5)).await.unwrap();
+        let clean = p.scrub(0).await.unwrap();
+        assert!(matches!(clean, super::super::Scrubbed::Clean { bytes } if bytes > 300 * 1000), "{clean:?}");
+        p.close().await;
+        drop(p);
+
+        let damaged = 30;
+        assert!(flip_a_bit_in_first_segment(&disk, &dir, damaged), "offset {damaged} is in the first segment");
+        let p = open_replica().await.expect("the damage is in no batch the open reads");
+        p.on_control(ControlMessage::Fence { epoch: 3 }).await;
+        p.on_control(ControlMessage::BecomeLeader { epoch: 3, replicas: vec![1], unanimous: false }).await;
+        let end = p.log_end_offset();
+        p.wait_committed(end - 1, crate::broker::partition::AckLevel::Quorum, Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(p.health(), crate::storage::LogHealth::Healthy), "nothing has read the damage yet");
+        assert_eq!(p.scrub(0).await.unwrap(), super::super::Scrubbed::Damaged { offset: damaged });
+        assert!(matches!(p.health(), crate::storage::LogHealth::Corrupt(_)), "the scrub marked the log corrupt");
+        p.close().await;
+        drop(p);
+        let repaired = open_replica().await.expect("the replica opens");
+        assert_eq!(repaired.log_end_offset(), damaged, "cut where the damage begins");
+    })
+    .unwrap();
+}
