@@ -58,12 +58,24 @@ pub struct ConsumedRecord {
     pub value: Bytes,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Cursor {
     partition: u32,
     next_offset: u64,
     /// High watermark seen in the last fetch (`None` before the first).
     high_watermark: Option<u64>,
+    /// Why the last fetch of this partition failed, if it did (retried on the next poll).
+    last_failure: Option<String>,
+}
+
+/// Where a consumer stands on one partition (for a caller that wants to say why it waits).
+#[derive(Debug, Clone)]
+pub struct CursorState {
+    pub partition: u32,
+    pub next_offset: u64,
+    pub high_watermark: Option<u64>,
+    /// Why its last fetch failed (a retriable error: the consumer retries it).
+    pub last_failure: Option<String>,
 }
 
 pub struct Consumer {
@@ -101,7 +113,7 @@ impl Consumer {
                 (None, StartFrom::Latest) => client.list_offsets(topic, p, OFFSET_SPEC_LATEST, 0).await?,
                 (None, StartFrom::Timestamp(ts)) => client.list_offsets(topic, p, OFFSET_SPEC_TIMESTAMP, ts).await?,
             };
-            cursors.push(Cursor { partition: p, next_offset, high_watermark: None });
+            cursors.push(Cursor { partition: p, next_offset, high_watermark: None, last_failure: None });
         }
         Ok(Consumer { client, topic: topic.to_string(), config, cursors })
     }
@@ -142,6 +154,7 @@ impl Consumer {
                 // A replica went away or stopped leading: ask elsewhere next time.
                 Err(e) if is_retriable(&e) => {
                     self.client.route_failed(&self.topic, self.cursors[i].partition, &e);
+                    self.cursors[i].last_failure = Some(e.to_string());
                     failures += 1;
                     continue;
                 }
@@ -150,6 +163,7 @@ impl Consumer {
             let resp = decode::<FetchResponse>(frame.archive())?;
             let cursor = &mut self.cursors[i];
             cursor.high_watermark = Some(resp.high_watermark);
+            cursor.last_failure = None;
             let payload = frame.into_payload();
             decode_records(&payload, cursor, &mut records)?;
         }
@@ -162,6 +176,19 @@ impl Consumer {
     /// Whether every partition was read up to the high watermark of its last fetch.
     pub fn caught_up(&self) -> bool {
         self.cursors.iter().all(|c| c.high_watermark.is_some_and(|hw| c.next_offset >= hw))
+    }
+
+    /// Where the consumer stands on each partition, and why its last fetch failed.
+    pub fn cursor_states(&self) -> Vec<CursorState> {
+        self.cursors
+            .iter()
+            .map(|c| CursorState {
+                partition: c.partition,
+                next_offset: c.next_offset,
+                high_watermark: c.high_watermark,
+                last_failure: c.last_failure.clone(),
+            })
+            .collect()
     }
 
     /// The next offset to read, per partition.
@@ -226,7 +253,7 @@ mod tests {
         let mut last = data.finish(0, 0, 0).to_vec();
         stamp_batch(&mut last, 2, 2);
         let payload = Bytes::from([first, control, last].concat());
-        let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None };
+        let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None, last_failure: None };
         let mut out = Vec::new();
         decode_records(&payload, &mut cursor, &mut out).unwrap();
         let got: Vec<_> = out.iter().map(|r| (r.offset, r.value.to_vec())).collect();
@@ -234,7 +261,7 @@ mod tests {
         assert_eq!(cursor.next_offset, 3);
         let mut bad = payload.to_vec();
         bad[70] ^= 1;
-        let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None };
+        let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None, last_failure: None };
         assert!(decode_records(&Bytes::from(bad), &mut cursor, &mut Vec::new()).is_err());
     }
 }

@@ -930,8 +930,8 @@ pub fn read_all(bootstrap: &str, topic: &str, read_from: ReadFrom, follow_leader
             // must fail the read with where it stands, not keep it polling for ever.
             assert!(
                 last_progress.elapsed() < READ_STALL_LIMIT,
-                "{t}: no record read for {READ_STALL_LIMIT:?} and not caught up; next offsets {:?}",
-                consumer.positions()
+                "{t}: no record read for {READ_STALL_LIMIT:?} and not caught up; per partition: {:?}",
+                consumer.cursor_states()
             );
             out.extend(batch.into_iter().map(|r| (r.partition, r.offset, r.value.to_vec())));
         }

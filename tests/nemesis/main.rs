@@ -68,7 +68,13 @@ fn run_mode(mode: &str, mode_index: u8) {
     phase("stopping the consumers");
     let (leader_seen, follower_seen) = (leader_reads.stop(), follower_reads.stop());
     phase("reading the log back");
-    let history = history::check_history(&bootstrap, "t", PARTITIONS, &acked, &[&leader_seen, &follower_seen]);
+    let history = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        history::check_history(&bootstrap, "t", PARTITIONS, &acked, &[&leader_seen, &follower_seen])
+    }))
+    .unwrap_or_else(|_| {
+        keep_logs(mode, &cluster);
+        panic!("seed {seed}: the read-back failed (above); status: {:#?}", cluster.status())
+    });
     let silences = history::unavailability(&faults, &acked, run_end_ms);
     let report = history::report(mode, seed, secs, &history, &silences, acked.at.len() as u64);
     eprintln!("{report}");
@@ -79,7 +85,24 @@ fn run_mode(mode: &str, mode_index: u8) {
     }
     assert!(!faults.is_empty(), "the schedule applied no fault");
     assert!(history.verdict.acked > 0, "nothing acknowledged");
+    if !history.is_clean() {
+        keep_logs(mode, &cluster);
+    }
     assert!(history.is_clean(), "seed {seed}: {history:?}\n{}", cluster.logs());
+}
+
+/// Copies the nodes' logs where a failed run leaves them (the cluster's directory goes):
+/// `target/nemesis-logs/<mode>-node<id>.log`; a 30-minute run's are too long to print.
+fn keep_logs(mode: &str, cluster: &Cluster) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/nemesis-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    for node in &cluster.nodes {
+        let (id, path) = (node.id, dir.join(format!("{mode}-node{}.log", node.id)));
+        match std::fs::write(&path, node.log()) {
+            Ok(()) => eprintln!("nemesis {mode}: node {id}'s log kept in {}", path.display()),
+            Err(e) => eprintln!("nemesis {mode}: cannot keep node {id}'s log in {}: {e}", path.display()),
+        }
+    }
 }
 
 /// A follower's machine vanishes without a reset (see [`faults::FaultKind::Vanish`]): its
