@@ -348,13 +348,17 @@ impl Client {
 
     /// Number of partitions of a topic (an `unknown_topic` error if there is no such topic).
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        Ok(self.topic_metadata(topic).await?.partitions.len() as u32)
+    }
+
+    /// One topic's metadata: its incarnation and partitions (an `unknown_topic` error if
+    /// there is no such topic).
+    pub async fn topic_metadata(&self, topic: &str) -> Result<TopicMetadata, ClientError> {
         let md = self.metadata(vec![topic.to_string()]).await?;
-        md.topics.into_iter().find(|t| t.name == topic).map(|t| t.partitions.len() as u32).ok_or_else(|| {
-            ClientError::Server {
-                code: ErrorCode::UnknownTopic,
-                message: format!("no such topic: {topic}"),
-                leader_hint: None,
-            }
+        md.topics.into_iter().find(|t| t.name == topic).ok_or_else(|| ClientError::Server {
+            code: ErrorCode::UnknownTopic,
+            message: format!("no such topic: {topic}"),
+            leader_hint: None,
         })
     }
 

@@ -139,6 +139,10 @@ pub struct PartitionMetadata {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct TopicMetadata {
     pub name: String,
+    /// The topic's incarnation: its id (0 on a single node) and creation time. A topic
+    /// deleted and created again under its name, or on a fresh cluster, has another.
+    pub id: u64,
+    pub created_ms: i64,
     pub partitions: Vec<PartitionMetadata>,
 }
 

@@ -72,6 +72,8 @@ pub fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
         .filter(|(name, _)| super::authz::may_describe_topic(shard, frame, name))
         .map(|(name, t)| TopicMetadata {
             name: name.clone(),
+            id: t.id,
+            created_ms: t.created_ms,
             partitions: t
                 .partitions
                 .iter()

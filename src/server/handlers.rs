@@ -225,7 +225,7 @@ fn metadata(shard: &Shard, frame: &Frame) -> HandlerResult {
         }
         let partitions =
             (0..config.partitions).map(|p| PartitionMetadata { partition: p, leader: 0, replicas: vec![0] }).collect();
-        topics.push(TopicMetadata { name: name.clone(), partitions });
+        topics.push(TopicMetadata { name: name.clone(), id: config.id, created_ms: config.created_ms, partitions });
     }
     for wanted in &req.topics {
         if !catalog.topics.contains_key(wanted) {

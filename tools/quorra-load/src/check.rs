@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn counts_losses_and_duplicates() {
-        let expected = vec![Entry { topic: "t".into(), producer: 1, acked: vec![(0, 5), (7, 9)] }];
+        let expected = vec![Entry { topic: "t".into(), incarnation: None, producer: 1, acked: vec![(0, 5), (7, 9)] }];
         let mut seen = HashMap::new();
         seen.insert(1, vec![0, 1, 1, 3, 4, 7, 8, 9]);
         let r = verify(&expected, &seen, 0, 0);

@@ -177,8 +177,8 @@ fn check_produce_args(args: &ProduceArgs) -> Result<()> {
 
 fn produce(args: ProduceArgs) -> Result<bool> {
     check_produce_args(&args)?;
-    run::prepare_topic(&args)?;
-    let outcome = run::produce(&args)?;
+    let incarnation = run::prepare_topic(&args)?;
+    let outcome = run::produce(&args, incarnation)?;
     outcome.summary.print("produce");
     if let Some(p) = &args.common.json {
         outcome.summary.write_json(p)?;
@@ -196,13 +196,22 @@ fn produce(args: ProduceArgs) -> Result<bool> {
 fn consume(args: ConsumeArgs) -> Result<bool> {
     let expected = if args.verify {
         let path = args.common.ledger_path();
-        match ledger::load(&path, &args.common.topic) {
-            Ok(entries) => Some(entries),
+        let entries = match ledger::load(&path, &args.common.topic) {
+            Ok(entries) => entries,
             Err(e) => bail!(
                 "cannot read the ledger {}: {e} (run `quorra-load produce` first, or pass --ledger)",
                 path.display()
             ),
+        };
+        let live = run::topic_incarnation(&args.common)?;
+        if let Some(other) = ledger::other_incarnation(&entries, live) {
+            bail!(
+                "the ledger {} was written for another incarnation of topic {} ({other}) than the broker's ({live}): the topic was deleted and created again, or this is another cluster, so nothing in it can be checked here; produce again (the ledger then starts afresh) or pass --ledger",
+                path.display(),
+                args.common.topic
+            );
         }
+        Some(entries)
     } else {
         None
     };
@@ -223,8 +232,8 @@ fn consume(args: ConsumeArgs) -> Result<bool> {
 
 fn e2e(args: E2eArgs) -> Result<bool> {
     check_produce_args(&args.produce)?;
-    run::prepare_topic(&args.produce)?;
-    let (produced, consumed) = run::e2e(&args)?;
+    let incarnation = run::prepare_topic(&args.produce)?;
+    let (produced, consumed) = run::e2e(&args, incarnation)?;
     produced.summary.print("produce (latency: send -> acknowledgement)");
     consumed.summary.print("consume (latency: send -> receive)");
     if let Some(p) = &args.produce.common.json {

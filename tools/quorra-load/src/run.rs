@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use quorra::client::{Client, ClientError, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig, StartFrom};
 use quorra::protocol::ErrorCode;
 
-use crate::ledger::{self, Entry};
+use crate::ledger::{self, Entry, Incarnation};
 use crate::payload::{self, Stamp};
 use crate::stats::{self, new_histogram, Shared, Summary};
 use crate::{Common, E2eArgs, ProduceArgs};
@@ -63,28 +63,56 @@ async fn connect(common: &Common) -> Result<Rc<Client>, ClientError> {
     Client::connect(common.client_config()?).await
 }
 
-/// Checks the broker is reachable and the topic exists (creating it when asked).
-pub fn prepare_topic(args: &ProduceArgs) -> Result<()> {
+/// Checks the broker is reachable and the topic exists (creating it when asked); the
+/// topic's incarnation. The ledger starts afresh for a topic just created, and forgets the
+/// lines of another incarnation of it.
+pub fn prepare_topic(args: &ProduceArgs) -> Result<Incarnation> {
     let (common, create, ledger_path, rf) =
         (args.common.clone(), args.create_partitions, args.common.ledger_path(), args.replication_factor);
-    let created: Result<bool, ClientError> = block_on(move || {
+    let created: Result<(bool, Incarnation), ClientError> = block_on(move || {
         let common = common.clone();
         Box::pin(async move {
             let c = connect(&common).await?;
             let topic = &common.topic;
-            match create {
+            let created = match create {
                 Some(n) => match c.create_topic(topic, n, rf).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.code() == Some(ErrorCode::TopicExists) => Ok(false),
-                    Err(e) => Err(e),
+                    Ok(_) => true,
+                    Err(e) if e.code() == Some(ErrorCode::TopicExists) => false,
+                    Err(e) => return Err(e),
                 },
-                None => c.partition_count(topic).await.map(|_| false),
-            }
+                None => false,
+            };
+            // (A node may answer for a topic just created before its metadata shows it.)
+            let mut tries = 0;
+            let md = loop {
+                match c.topic_metadata(topic).await {
+                    Err(e) if created && e.code() == Some(ErrorCode::UnknownTopic) && tries < 50 => {
+                        tries += 1;
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                    }
+                    md => break md?,
+                }
+            };
+            Ok((created, Incarnation { id: md.id, created_ms: md.created_ms }))
         })
     })?;
     match created {
-        Ok(true) => ledger::reset(&ledger_path).context("resetting the ledger"),
-        Ok(false) => Ok(()),
+        Ok((true, live)) => {
+            ledger::reset(&ledger_path).context("resetting the ledger")?;
+            Ok(live)
+        }
+        Ok((false, live)) => {
+            let forgotten = ledger::forget_other_incarnations(&ledger_path, &args.common.topic, live)
+                .with_context(|| format!("updating the ledger {}", ledger_path.display()))?;
+            if forgotten > 0 {
+                eprintln!(
+                    "note: the ledger {} held {forgotten} producers' acknowledgements for another incarnation of topic {} (deleted and created again, or another cluster); they are forgotten, as they cannot be checked against this one ({live})",
+                    ledger_path.display(),
+                    args.common.topic
+                );
+            }
+            Ok(live)
+        }
         Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {
             bail!("{e}; pass --create-partitions N to create it")
         }
@@ -96,6 +124,8 @@ pub fn prepare_topic(args: &ProduceArgs) -> Result<()> {
 struct ProducerResult {
     id: u32,
     acked: Vec<u64>,
+    /// The shortest time from a send to its acknowledgement: no latency may be below it.
+    shortest_round_trip_us: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -138,7 +168,8 @@ struct ProducerPlan {
 }
 
 async fn producer_task(plan: ProducerPlan, id: u32, shared: Arc<Shared>, hist: Rc<ShardHistograms>) -> ProducerResult {
-    let mut result = ProducerResult { id, acked: Vec::new(), errors: 0, first_error: None };
+    let mut result =
+        ProducerResult { id, acked: Vec::new(), shortest_round_trip_us: u64::MAX, errors: 0, first_error: None };
     let a = &plan.args;
     let config = ProducerConfig {
         acks: a.acks,
@@ -171,27 +202,32 @@ async fn producer_task(plan: ProducerPlan, id: u32, shared: Arc<Shared>, hist: R
         {
             break;
         }
-        // Open loop: each message has an intended send time; latency counts from it, so a
-        // stalled broker cannot hide its stall by slowing the generator down.
+        // Open loop: each message has an intended send time. A message sent late (the
+        // window was full, the broker stalled) counts from it, so a stalled broker cannot
+        // hide its stall by slowing the generator down; one sent early (timers are coarse:
+        // the generator sleeps only when over a millisecond ahead) counts from its actual
+        // send, never from a time still to come.
         let intended = match plan.rate {
             Some(rate) => {
-                // Timers are coarse (about a millisecond): sleep only when far enough ahead,
-                // and when a little early, count latency from the actual send.
                 let at = start + Duration::from_secs_f64(seq as f64 / rate);
                 let now = Instant::now();
                 if at > now + Duration::from_millis(1) {
                     glommio::timer::sleep(at - now).await;
                 }
-                at.max(Instant::now().min(at + Duration::from_millis(1)))
+                Some(at)
             }
-            None => Instant::now(),
+            None => None,
         };
         while in_flight.len() >= a.window {
             complete_oldest(&mut in_flight, &mut result, &shared, &hist, a.size).await;
         }
+        // Closed loop: from the actual send, after the wait for a free slot in the window
+        // (at window 1 that wait is the previous message's round trip).
+        let sent = Instant::now();
+        let since = intended.map_or(sent, |at| at.min(sent));
         payload::encode(&mut buf, Stamp { producer: id, seq, sent_ns: payload::now_ns() });
         match producer.send(&a.common.topic, None, &buf).await {
-            Ok(d) => in_flight.push_back((seq, intended, d)),
+            Ok(d) => in_flight.push_back(InFlightMessage { seq, since, sent, delivery: d }),
             Err(e) => note_error(&mut result, &shared, e),
         }
         seq += 1;
@@ -203,7 +239,17 @@ async fn producer_task(plan: ProducerPlan, id: u32, shared: Arc<Shared>, hist: R
     result
 }
 
-type InFlight = VecDeque<(u64, Instant, quorra::client::producer::Delivery)>;
+/// A message sent and not yet acknowledged.
+struct InFlightMessage {
+    seq: u64,
+    /// Where its latency counts from.
+    since: Instant,
+    /// When it was handed to the producer (its round trip counts from here).
+    sent: Instant,
+    delivery: quorra::client::producer::Delivery,
+}
+
+type InFlight = VecDeque<InFlightMessage>;
 
 async fn complete_oldest(
     in_flight: &mut InFlight,
@@ -212,11 +258,13 @@ async fn complete_oldest(
     hist: &ShardHistograms,
     size: usize,
 ) {
-    let Some((seq, intended, d)) = in_flight.pop_front() else { return };
-    let (outcome, acked_at) = d.wait_timed().await;
+    let Some(InFlightMessage { seq, since, sent, delivery }) = in_flight.pop_front() else { return };
+    let (outcome, acked_at) = delivery.wait_timed().await;
     match outcome {
         Ok(_) => {
-            hist.record(acked_at.saturating_duration_since(intended).as_micros() as u64);
+            hist.record(acked_at.saturating_duration_since(since).as_micros() as u64);
+            result.shortest_round_trip_us =
+                result.shortest_round_trip_us.min(acked_at.saturating_duration_since(sent).as_micros() as u64);
             result.acked.push(seq);
             shared.messages.fetch_add(1, Ordering::Relaxed);
             shared.bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -271,27 +319,54 @@ async fn shard_producers(
     out
 }
 
-fn merge_producers(
-    topic: &str,
-    results: Vec<(Histogram<u64>, Vec<ProducerResult>)>,
-) -> (Histogram<u64>, Vec<Entry>, u64, u64, Option<String>) {
-    let mut hist = new_histogram();
-    let (mut ledger, mut acked, mut errors, mut first_error) = (Vec::new(), 0u64, 0u64, None);
-    for (h, producers) in results {
-        let _ = hist.add(&h);
-        for p in producers {
-            acked += p.acked.len() as u64;
-            errors += p.errors;
-            first_error = first_error.or(p.first_error);
-            let mut seqs = p.acked;
-            seqs.sort_unstable();
-            ledger.push(Entry { topic: topic.to_string(), producer: p.id, acked: ledger::ranges(&seqs) });
-        }
-    }
-    (hist, ledger, acked, errors, first_error)
+/// What the producers did, together.
+struct Produced {
+    histogram: Histogram<u64>,
+    ledger: Vec<Entry>,
+    acked: u64,
+    errors: u64,
+    first_error: Option<String>,
+    shortest_round_trip_us: Option<u64>,
 }
 
-pub fn produce(args: &ProduceArgs) -> Result<ProduceOutcome> {
+fn merge_producers(
+    topic: &str,
+    incarnation: Incarnation,
+    results: Vec<(Histogram<u64>, Vec<ProducerResult>)>,
+) -> Produced {
+    let mut out = Produced {
+        histogram: new_histogram(),
+        ledger: Vec::new(),
+        acked: 0,
+        errors: 0,
+        first_error: None,
+        shortest_round_trip_us: None,
+    };
+    for (h, producers) in results {
+        let _ = out.histogram.add(&h);
+        for p in producers {
+            out.acked += p.acked.len() as u64;
+            out.errors += p.errors;
+            out.first_error = out.first_error.or(p.first_error);
+            if !p.acked.is_empty() {
+                let shortest =
+                    out.shortest_round_trip_us.map_or(p.shortest_round_trip_us, |s| s.min(p.shortest_round_trip_us));
+                out.shortest_round_trip_us = Some(shortest);
+            }
+            let mut seqs = p.acked;
+            seqs.sort_unstable();
+            out.ledger.push(Entry {
+                topic: topic.to_string(),
+                incarnation: Some(incarnation),
+                producer: p.id,
+                acked: ledger::ranges(&seqs),
+            });
+        }
+    }
+    out
+}
+
+pub fn produce(args: &ProduceArgs, incarnation: Incarnation) -> Result<ProduceOutcome> {
     let cores = args.common.cores();
     let (shared, rx) = Shared::new();
     let progress = stats::spawn_progress(shared.clone(), rx, "produce");
@@ -314,10 +389,11 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceOutcome> {
     let elapsed = t0.elapsed();
     shared.stop.store(true, Ordering::SeqCst);
     let _ = progress.join();
-    let (histogram, ledger, acked, errors, first_error) = merge_producers(&args.common.topic, results);
-    let summary =
-        Summary::new(acked, acked * args.size as u64, acked, errors, elapsed, &histogram, stats::cpu_seconds() - cpu0);
-    Ok(ProduceOutcome { summary, histogram, ledger, first_error })
+    let p = merge_producers(&args.common.topic, incarnation, results);
+    let cpu = stats::cpu_seconds() - cpu0;
+    let mut summary = Summary::new(p.acked, p.acked * args.size as u64, p.acked, p.errors, elapsed, &p.histogram, cpu);
+    summary.shortest_round_trip_us = p.shortest_round_trip_us;
+    Ok(ProduceOutcome { summary, histogram: p.histogram, ledger: p.ledger, first_error: p.first_error })
 }
 
 /// What one consumer read.
@@ -406,6 +482,17 @@ async fn consumer_task(
             return r;
         }
     }
+}
+
+/// The incarnation of the topic on the broker.
+pub fn topic_incarnation(common: &Common) -> Result<Incarnation> {
+    let common = common.clone();
+    let md: Result<_, ClientError> = block_on(move || {
+        let common = common.clone();
+        Box::pin(async move { connect(&common).await?.topic_metadata(&common.topic).await })
+    })?;
+    let md = md?;
+    Ok(Incarnation { id: md.id, created_ms: md.created_ms })
 }
 
 fn partitions_of(common: &Common) -> Result<u32> {
@@ -511,7 +598,7 @@ pub fn consume(common: &Common, consumers: usize, start: Option<StartFrom>) -> R
     merge_consumers(results?, t0.elapsed(), stats::cpu_seconds() - cpu0)
 }
 
-pub fn e2e(args: &E2eArgs) -> Result<(ProduceOutcome, ConsumeOutcome)> {
+pub fn e2e(args: &E2eArgs, incarnation: Incarnation) -> Result<(ProduceOutcome, ConsumeOutcome)> {
     let common = args.produce.common.clone();
     let partitions = partitions_of(&common)?;
     let consumers = args.consumers.clamp(1, partitions as usize);
@@ -530,7 +617,7 @@ pub fn e2e(args: &E2eArgs) -> Result<(ProduceOutcome, ConsumeOutcome)> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let produced = produce(&args.produce);
+    let produced = produce(&args.produce, incarnation);
     running.store(0, Ordering::SeqCst);
     let results = consumer_thread.join().map_err(|_| anyhow!("consumer thread panicked"))??;
     let consumed = merge_consumers(results, t0.elapsed(), stats::cpu_seconds() - cpu0)?;

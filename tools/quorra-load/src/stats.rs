@@ -76,6 +76,8 @@ pub fn spawn_progress(
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
+    pub min: u64,
+    pub mean: f64,
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
@@ -87,6 +89,8 @@ pub struct Percentiles {
 impl Percentiles {
     pub fn of(h: &Histogram<u64>) -> Percentiles {
         Percentiles {
+            min: h.min(),
+            mean: h.mean(),
             p50: h.value_at_quantile(0.5),
             p90: h.value_at_quantile(0.9),
             p99: h.value_at_quantile(0.99),
@@ -108,6 +112,10 @@ pub struct Summary {
     pub acked: u64,
     pub errors: u64,
     pub latency_us: Percentiles,
+    /// Producers: the shortest time from a send to its acknowledgement (no latency
+    /// reported may be below it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortest_round_trip_us: Option<u64>,
     pub cpu_seconds: f64,
 }
 
@@ -131,6 +139,7 @@ impl Summary {
             acked,
             errors,
             latency_us: Percentiles::of(hist),
+            shortest_round_trip_us: None,
             cpu_seconds,
         }
     }
@@ -142,9 +151,12 @@ impl Summary {
         println!("  seconds       {:>12.2}   cpu seconds (load generator) {:.2}", self.seconds, self.cpu_seconds);
         println!("  throughput    {:>12.0} msgs/s   {:.1} MB/s", self.msgs_per_sec, self.mb_per_sec);
         println!(
-            "  latency (us)  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
-            l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
+            "  latency (us)  mean {:.0}  min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            l.mean, l.min, l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
         );
+        if let Some(rt) = self.shortest_round_trip_us {
+            println!("  shortest round trip (send -> acknowledgement) {rt} us");
+        }
     }
 
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
