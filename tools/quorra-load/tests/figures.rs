@@ -30,12 +30,16 @@ impl Broker {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start quorra serve");
-        let (tx, rx) = std::sync::mpsc::channel();
+        // (One address is sent, once; the thread goes on draining the broker's log.)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
+            let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("serving on ").nth(1).and_then(|r| r.split_whitespace().next()) {
-                    let _ = tx.send(addr.to_string());
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.to_string());
+                    }
                 }
             }
         });
