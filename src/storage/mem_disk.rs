@@ -36,6 +36,9 @@ pub struct MemFaults {
     pub hold_syncs: Option<std::rc::Rc<std::cell::Cell<bool>>>,
     /// How long each operation takes (through `rt::sleep`: virtual time in the simulator).
     pub latency: Option<DiskLatency>,
+    /// So many more file removals succeed, then every one fails with EIO: work cut short
+    /// between its removals, as a crash would cut it.
+    pub removals_left: Option<std::rc::Rc<std::cell::Cell<u32>>>,
 }
 
 /// The kinds of operation a [`DiskLatency`] is asked about.
@@ -283,7 +286,14 @@ impl Disk for MemDisk {
     }
 
     async fn remove_file(&self, path: &Path) -> DiskResult<()> {
-        self.fs.borrow_mut().files.remove(path);
+        let mut fs = self.fs.borrow_mut();
+        if let Some(left) = &fs.faults.removals_left {
+            if left.get() == 0 {
+                return Err(errno("remove", path, libc::EIO));
+            }
+            left.set(left.get() - 1);
+        }
+        fs.files.remove(path);
         Ok(())
     }
 

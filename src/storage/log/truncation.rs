@@ -36,9 +36,11 @@ impl<D: Disk> PartitionLog<D> {
             return Err(StorageError::Io("truncation while I/O is in flight".into()));
         }
         let first = *self.segments.keys().next().expect("a log always has a segment");
+        // Newest first: a crash midway leaves a shorter log, never one with a hole.
         let remove = self
             .segments
             .range(offset..)
+            .rev()
             .filter(|(&base, _)| base != first)
             .flat_map(|(_, seg)| [seg.index_path.clone(), seg.log_path.clone()])
             .collect();
