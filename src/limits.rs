@@ -39,6 +39,10 @@ pub const MAX_FETCH_BYTES: u32 = 8 * 1024 * 1024;
 /// Requests a single connection may have in flight on the broker; reading stops beyond it.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 512;
 
+/// Forwarded requests that may wait, per shard and node, for the link to that node to open
+/// (`shard/forward.rs`); beyond, a request fails at once as unavailable.
+pub const MAX_FORWARDS_WAITING_FOR_LINK: usize = 4096;
+
 /// Depth of each shard-to-shard channel of the mesh.
 pub const MESH_CHANNEL_DEPTH: usize = 1024;
 

@@ -116,3 +116,59 @@ fn switching_master_slave_to_hybrid_keeps_topics_and_data() {
     let v = check_with(&c.bootstrap(), "t", 3, &after, ReadFrom::Leader, true);
     assert!(v.is_clean(), "{v:?}");
 }
+
+/// Requests a node forwards keep the order they came in, also while its link to the owner is
+/// still opening: a burst of pipelined produces for one partition, sent to a node that
+/// does not lead it right after the cluster started (no link to the leader yet), is stored
+/// in the order it was sent. (Before, every forwarded request that found no open link
+/// opened one of its own, and the requests raced to the leader over them.)
+#[test]
+fn forwarded_requests_keep_their_order_while_the_link_opens() {
+    let mut c = Cluster::start("fwdorder", "forwarding");
+    c.create_topic("t", 1, 1);
+    let leader = c.leaders("t")[0];
+    assert_ne!(leader, 0);
+    let entry = [1u32, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    let via = c.node(entry).client.to_string();
+    let offsets = common::run(move || async move {
+        let config = ClientConfig { follow_leaders: false, ..ClientConfig::with_bootstrap(&via) };
+        let client = Client::connect(config).await.unwrap();
+        let batch = |i: u64| {
+            let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(1024);
+            b.push(None, &common::payload(0, i, MESSAGE_BYTES), 1);
+            vec![b.finish(0, 0, 0)]
+        };
+        // All queued on the client's one connection before any answer comes.
+        let burst: Vec<_> = (0..200u64).map(|i| client.produce_batches("t", 0, Acks::Leader, batch(i))).collect();
+        join_all(burst)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("not stored: {e}")).base_offset)
+            .collect::<Vec<_>>()
+    });
+    let out_of_order: Vec<_> = offsets.windows(2).filter(|w| w[1] <= w[0]).collect();
+    assert!(out_of_order.is_empty(), "stored out of the order sent: {out_of_order:?} in {offsets:?}");
+}
+
+/// Polls every future, in order, until all are done.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(fut) = f {
+                if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+                    *out = Some(v);
+                    *f = None;
+                }
+            }
+        }
+        if futures.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future done")).collect()
+}

@@ -182,51 +182,34 @@ pub async fn follower_append(shard: &Rc<Shard>, frame: Frame) -> OutFrame {
     }
 }
 
-/// Whether this request should go to another node: the mode forwards, the request came from
-/// a client (a forwarded one is never forwarded again: one hop), and the partition's leader
-/// (for a produce) or any replica (for reads) is elsewhere.
-pub fn forward_target(shard: &Shard, frame: &Frame, topic: &str, partition: u32, need_leader: bool) -> Option<u32> {
-    let c = shard.cluster.as_ref()?;
-    if !c.control.settings.mode.forwards() || frame.from_node.is_some() {
-        return None;
-    }
-    if let Some(p) = shard.partition(topic, partition) {
-        match p.leadership() {
-            Some((true, _, _)) => return None,
-            Some((false, _, _)) if !need_leader => return None,
-            _ => {}
-        }
-    }
-    // Without a leader (an election, or the only replica is down) the first replica is
-    // asked, so that the client hears which node is missing.
-    let target = c.meta.borrow().partition(topic, partition).and_then(|p| p.leader.or(p.replicas.first().copied()))?;
-    (target != c.node_id).then_some(target)
-}
-
-/// Sends a client request on to `node` and hands back its answer as is.
-pub async fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> HandlerResult {
+/// Sends a client request on to `node`; the future is its answer, handed back as is.
+/// Requests the reader forwards one after another reach `node` in that order
+/// ([`crate::shard::forward`]).
+pub fn forward(shard: &Rc<Shard>, node: u32, frame: Frame) -> impl std::future::Future<Output = HandlerResult> {
     let kind = frame.header.kind;
     let mut archive = crate::protocol::BodyBuf::new();
     archive.extend_from_slice(frame.archive());
-    let payload = frame.into_payload();
-    let payload = as_chunks(payload);
-    let down = || ApiError::new(ErrorCode::Unavailable, format!("owner node {node} is down"));
-    let conn = crate::shard::data_link::node_connection(shard, node).await.map_err(|_| down())?;
-    match rt::timeout(FORWARD_TIMEOUT, conn.send_kind(kind, archive, payload)).await {
-        Some(Ok(answer)) => {
-            let mut a = crate::protocol::BodyBuf::new();
-            a.extend_from_slice(answer.archive());
-            let payload = answer.into_payload();
-            Ok((a, as_chunks(payload)))
-        }
-        Some(Err(LinkError::Server { code, message, leader_hint })) => Err(ApiError { code, message, leader_hint }),
-        Some(Err(LinkError::Connect { .. } | LinkError::Disconnected { .. })) => Err(down()),
-        Some(Err(e)) => Err(ApiError::new(ErrorCode::Unavailable, format!("forwarding to node {node}: {e}"))),
-        None => {
-            // Longer than any request's own timeout: the node is gone, though the connection
-            // may look open (a machine lost without a reset). The next request reconnects.
-            conn.abort(&format!("node {node} did not answer a forwarded request in {FORWARD_TIMEOUT:?}"));
-            Err(ApiError::new(ErrorCode::Timeout, format!("node {node} did not answer in time")))
+    let queued = crate::shard::forward::queue(shard, node, kind, archive, as_chunks(frame.into_payload()));
+    async move {
+        let down = || ApiError::new(ErrorCode::Unavailable, format!("owner node {node} is down"));
+        let crate::shard::forward::Queued { conn, answer } = queued.await.map_err(|_| down())?;
+        match rt::timeout(FORWARD_TIMEOUT, answer).await {
+            Some(Ok(answer)) => {
+                let mut a = crate::protocol::BodyBuf::new();
+                a.extend_from_slice(answer.archive());
+                let payload = answer.into_payload();
+                Ok((a, as_chunks(payload)))
+            }
+            Some(Err(LinkError::Server { code, message, leader_hint })) => Err(ApiError { code, message, leader_hint }),
+            Some(Err(LinkError::Connect { .. } | LinkError::Disconnected { .. })) => Err(down()),
+            Some(Err(e)) => Err(ApiError::new(ErrorCode::Unavailable, format!("forwarding to node {node}: {e}"))),
+            None => {
+                // Longer than any request's own timeout: the node is gone, though the
+                // connection may look open (a machine lost without a reset). The next
+                // request reconnects.
+                conn.abort(&format!("node {node} did not answer a forwarded request in {FORWARD_TIMEOUT:?}"));
+                Err(ApiError::new(ErrorCode::Timeout, format!("node {node} did not answer in time")))
+            }
         }
     }
 }

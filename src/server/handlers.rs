@@ -363,9 +363,6 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     let acks = Acks::from_u8(acks)
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown acks level {acks}")))?;
     let timeout_ms = if timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { timeout_ms.min(MAX_PRODUCE_TIMEOUT_MS) };
-    if let Some(node) = super::cluster_handlers::forward_target(shard, &frame, &topic, partition, true) {
-        return super::cluster_handlers::forward(shard, node, frame).await;
-    }
     let part = partition_for(shard, &topic, partition)?;
     let frame_throttle = frame.throttle_ms;
     let appended = part.append(ProducePayload(frame), |p| p.0.into_payload()).map_err(|e| match e {
@@ -396,9 +393,6 @@ async fn produce(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
 
 async fn fetch(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     let req = decode::<FetchRequest>(frame.archive())?;
-    if let Some(node) = super::cluster_handlers::forward_target(shard, &frame, &req.topic, req.partition, false) {
-        return super::cluster_handlers::forward(shard, node, frame).await;
-    }
     let part = partition_for(shard, &req.topic, req.partition)?;
     let max_bytes = req.max_bytes.clamp(1, MAX_FETCH_BYTES) as usize;
     let wait = Duration::from_millis(req.max_wait_ms.min(MAX_FETCH_WAIT_MS).into());
@@ -413,9 +407,6 @@ async fn fetch(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
 
 async fn list_offsets(shard: &Rc<Shard>, frame: Frame) -> HandlerResult {
     let req = decode::<ListOffsetsRequest>(frame.archive())?;
-    if let Some(node) = super::cluster_handlers::forward_target(shard, &frame, &req.topic, req.partition, false) {
-        return super::cluster_handlers::forward(shard, node, frame).await;
-    }
     let part = partition_for(shard, &req.topic, req.partition)?;
     let offset = match req.spec {
         OFFSET_SPEC_EARLIEST => part.log_start_offset(),

@@ -5,8 +5,10 @@
 //! ([`crate::net::write_loop`]). Requests are pipelined: up to
 //! [`MAX_IN_FLIGHT_PER_CONNECTION`] run at once and their answers go out as they complete,
 //! matched by correlation id. Requests for one partition keep their order: local ones are
-//! spawned in arrival order and append before their first `.await`; forwarded ones are
-//! sent over the mesh in arrival order by the reader itself.
+//! spawned in arrival order and append before their first `.await`; those for another
+//! shard are sent over the mesh, and those for another node (`placement::Route::Node`)
+//! queued on its link, in arrival order by the reader itself. The reader decides where a
+//! request goes once (`Placement::route`); nothing downstream routes it again.
 
 mod auth;
 mod authz;
@@ -34,7 +36,7 @@ use crate::replication::NodeId;
 use crate::rt;
 use crate::shard::mesh::{MeshMsg, MeshReply, MeshRequest};
 use crate::shard::Shard;
-use placement::Placement;
+use placement::{Placement, Route};
 
 pub use handlers::error_frame;
 
@@ -200,7 +202,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             outbox.push(error_frame(kind, corr, e.code, &e.message));
             continue;
         }
-        let owner = placement.owner(shard.id, shard.shards);
+        let route = placement.route(&shard, frame.from_node);
         let reserve = placement.answer_reservation().min(shard.config.max_answer_bytes_per_connection as u64);
         match quota_wait(&shard, &frame, &mut quota) {
             Ok(wait) if !wait.is_zero() => {
@@ -230,7 +232,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             break;
         };
         let fetch_quota = quota.as_ref().filter(|_| kind == ApiKind::Fetch as u16).map(|q| q.shared());
-        dispatch(&shard, frame, owner, &outbox, held, fetch_quota).await;
+        dispatch(&shard, frame, route, &outbox, held, fetch_quota).await;
     }
     outbox.close();
     let _ = writer_task.await;
@@ -419,7 +421,7 @@ fn quota_wait(
 async fn dispatch(
     shard: &Rc<Shard>,
     frame: Frame,
-    owner: usize,
+    route: Route,
     outbox: &Rc<Outbox>,
     held: net::Held,
     fetch_quota: Option<Arc<quotas::PrincipalQuota>>,
@@ -431,23 +433,35 @@ async fn dispatch(
             q.fetched(out.payload.iter().map(|c| c.len() as u64).sum());
         }
     };
-    if owner == shard.id {
-        let shard = shard.clone();
-        rt::spawn(async move {
-            let out = handlers::handle(&shard, frame).await;
-            charge(&out);
-            outbox.push_holding(out, Some(held));
-        });
-    } else {
-        let reply = shard.mesh.send(owner, MeshRequest::Client(frame)).await;
-        rt::spawn(async move {
-            let out = match reply.await {
-                Ok(MeshReply::Client(out)) => out,
-                _ => error_frame(kind, corr, ErrorCode::Unavailable, &format!("shard {owner} did not answer")),
-            };
-            charge(&out);
-            outbox.push_holding(out, Some(held));
-        });
+    match route {
+        Route::Shard(owner) if owner == shard.id => {
+            let shard = shard.clone();
+            rt::spawn(async move {
+                let out = handlers::handle(&shard, frame).await;
+                charge(&out);
+                outbox.push_holding(out, Some(held));
+            });
+        }
+        Route::Shard(owner) => {
+            let reply = shard.mesh.send(owner, MeshRequest::Client(frame)).await;
+            rt::spawn(async move {
+                let out = match reply.await {
+                    Ok(MeshReply::Client(out)) => out,
+                    _ => error_frame(kind, corr, ErrorCode::Unavailable, &format!("shard {owner} did not answer")),
+                };
+                charge(&out);
+                outbox.push_holding(out, Some(held));
+            });
+        }
+        Route::Node(node) => {
+            // Queued on the node's link now (when open), in the order the reader read them.
+            let answer = cluster_handlers::forward(shard, node, frame);
+            rt::spawn(async move {
+                let out = handlers::answer(kind, corr, answer.await);
+                charge(&out);
+                outbox.push_holding(out, Some(held));
+            });
+        }
     }
 }
 

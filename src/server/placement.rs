@@ -2,14 +2,26 @@
 //! archive: the partition or group it addresses, which decides both the owner shard and
 //! the ACL resource, and the most a fetch may answer. One `access` per request on the
 //! reader, whatever `[auth]` says (before, routing, the ACL check and the answer budget
-//! each validated the archive again).
+//! each validated the archive again). The reader also decides here, once, where the
+//! request goes: a shard of this node, or (in the modes that forward) another node.
 
 use crate::protocol::messages::{
     ApiKind, CommitOffsetRequest, FetchOffsetRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
 };
 use crate::protocol::peer::{AppendRequest, PeerKind};
 use crate::protocol::{access, Frame};
-use crate::shard::{owner_of_group, owner_of_partition};
+use crate::replication::NodeId;
+use crate::shard::{owner_of_group, owner_of_partition, Shard};
+
+/// Where the reader sends a request.
+#[derive(Debug, PartialEq)]
+pub enum Route {
+    /// A shard of this node (this one, or its owner over the mesh).
+    Shard(usize),
+    /// Another node, as is (multi-master and forwarding modes): its answer goes back
+    /// unchanged.
+    Node(NodeId),
+}
 
 /// What a request addresses, as far as placement and authorization need to know.
 #[derive(Debug, PartialEq)]
@@ -84,6 +96,32 @@ impl<'a> Placement<'a> {
         }
     }
 
+    /// Where the request goes, read on `shard`: to another node when the mode forwards, a
+    /// client (not a node: one hop) sent it, and this node's metadata says the partition's
+    /// leader (for a produce) or every replica (for a read) is elsewhere; otherwise to the
+    /// owner shard.
+    pub fn route(&self, shard: &Shard, from_node: Option<NodeId>) -> Route {
+        let to_owner = Route::Shard(self.owner(shard.id, shard.shards));
+        let (Some(c), Subject::Partition { topic, partition }, None) = (&shard.cluster, &self.subject, from_node)
+        else {
+            return to_owner;
+        };
+        let need_leader = match self.api {
+            Some(ApiKind::Produce) => true,
+            Some(ApiKind::Fetch | ApiKind::ListOffsets) => false,
+            _ => return to_owner,
+        };
+        if !c.control.settings.mode.forwards() {
+            return to_owner;
+        }
+        let meta = c.meta.borrow();
+        let Some(p) = meta.partition(topic, *partition) else { return to_owner };
+        match forward_target(c.node_id, need_leader, p.leader, &p.replicas) {
+            Some(node) => Route::Node(node),
+            None => to_owner,
+        }
+    }
+
     /// Bytes of the request's answer, at most: what it reserves of its connection's answer
     /// budget until the answer is written. A fetch answers up to its `max_bytes`; other
     /// answers are small.
@@ -92,6 +130,18 @@ impl<'a> Placement<'a> {
         self.fetch_max_bytes
             .map_or(SMALL_ANSWER_BYTES, |max| u64::from(max.min(crate::limits::MAX_FETCH_BYTES)) + SMALL_ANSWER_BYTES)
     }
+}
+
+/// The node a request for a partition led by `leader` and held by `replicas` goes to, read
+/// on node `here`; None when `here` serves it. A read is served by any replica; without a
+/// leader (an election, or the only replica is down) the first replica is asked, so that
+/// the client hears which node is missing.
+fn forward_target(here: NodeId, need_leader: bool, leader: Option<NodeId>, replicas: &[NodeId]) -> Option<NodeId> {
+    if !need_leader && replicas.contains(&here) {
+        return None;
+    }
+    let target = leader.or(replicas.first().copied())?;
+    (target != here).then_some(target)
 }
 
 fn partition(topic: &str, partition: u32) -> Subject<'_> {
@@ -143,6 +193,19 @@ mod tests {
         assert_eq!(p.owner(1, 4), owner_of_partition("orders", 5, 4));
         // A client cannot reserve more than the fetch limit.
         assert_eq!(p.answer_reservation(), u64::from(crate::limits::MAX_FETCH_BYTES) + 16 * 1024);
+    }
+
+    #[test]
+    fn a_produce_goes_to_the_leader_and_a_read_to_any_replica() {
+        // Node 2 leads; node 1 holds a replica, node 4 none.
+        assert_eq!(forward_target(2, true, Some(2), &[1, 2, 3]), None, "the leader serves a produce");
+        assert_eq!(forward_target(1, true, Some(2), &[1, 2, 3]), Some(2), "a follower forwards a produce");
+        assert_eq!(forward_target(1, false, Some(2), &[1, 2, 3]), None, "a follower serves a read");
+        assert_eq!(forward_target(4, false, Some(2), &[1, 2, 3]), Some(2), "a node without a replica forwards a read");
+        // Without a leader, the first replica is asked (and says who is missing).
+        assert_eq!(forward_target(4, true, None, &[3, 1]), Some(3));
+        assert_eq!(forward_target(3, true, None, &[3, 1]), None);
+        assert_eq!(forward_target(4, true, None, &[]), None);
     }
 
     #[test]

@@ -14,7 +14,6 @@ use crate::broker::{Partition, TopicConfig};
 use crate::cluster::meta::MetaState;
 use crate::cluster::rpc::ControlEnvelope;
 use crate::cluster::ControlHandle;
-use crate::net::connection::Connection;
 use crate::replication::replica::ReplicaConfig;
 use crate::replication::NodeId;
 use crate::rt;
@@ -30,8 +29,8 @@ pub struct ShardCluster {
     /// The metadata as this shard last applied it.
     pub meta: RefCell<Arc<MetaState>>,
     pub(super) links: RefCell<HashMap<NodeId, Rc<DataLink>>>,
-    /// Connections for forwarded client requests (multi-master, forwarding modes).
-    pub(super) forward_conns: RefCell<HashMap<NodeId, Rc<Connection>>>,
+    /// Links for forwarded client requests (multi-master, forwarding modes).
+    pub(super) forwards: super::forward::ForwardLinks,
     /// Replicas found damaged while they ran, being reopened to repair them.
     repairing: RefCell<std::collections::HashSet<(String, u32)>>,
     /// A controlled shutdown began: the stopping mark must stay in the metadata.
@@ -49,7 +48,7 @@ impl ShardCluster {
             control,
             meta: RefCell::new(meta),
             links: RefCell::new(HashMap::new()),
-            forward_conns: RefCell::new(HashMap::new()),
+            forwards: Default::default(),
             repairing: RefCell::default(),
             stopping: Cell::new(false),
             clearing_mark: Cell::new(false),

@@ -225,19 +225,8 @@ async fn run_link(shard: Weak<Shard>, node: NodeId, link: Rc<DataLink>) {
     }
 }
 
-/// A shard's connection to another node for forwarded client requests (kept and reused;
-/// it starts with the node hello, so the receiver never forwards them again).
-pub async fn node_connection(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
-    let c = cluster(shard);
-    if let Some(conn) = c.forward_conns.borrow().get(&node).filter(|c| !c.is_broken()) {
-        return Ok(conn.clone());
-    }
-    let conn = connect(shard, node).await?;
-    c.forward_conns.borrow_mut().insert(node, conn.clone());
-    Ok(conn)
-}
-
-async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
+/// Opens a node-to-node connection to `node` and runs the handshake on it.
+pub(super) async fn connect(shard: &Shard, node: NodeId) -> Result<Rc<Connection>, String> {
     let c = cluster(shard);
     let addr = c.control.settings.node(node).ok_or("unknown node")?.client;
     let source = crate::net::link_source(shard.config.listen);

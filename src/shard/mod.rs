@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod data_link;
+pub mod forward;
 pub mod identity;
 pub mod mesh;
 pub mod runtime;
