@@ -460,6 +460,7 @@ async fn run(
     }
     tokio::spawn(forward_to_controller(ctx.clone(), to_controller));
     tokio::spawn(controller_loop(ctx.clone()));
+    tokio::spawn(stop_when_raft_fails(ctx.raft.metrics()));
     loop {
         let req = tokio::select! {
             req = requests.recv() => req,
@@ -482,6 +483,32 @@ async fn run(
         log::warn!("metadata raft shutdown: {e}");
     }
 }
+
+/// Fail-stop: when this node's Raft stops on an error (its metadata log could not be
+/// written or synced, so what it has acknowledged may not be durable, or a panic), the
+/// process exits. Going on, it would serve clients and lead partitions on metadata it can
+/// no longer make durable nor follow. The other members carry on without it; restarted (by
+/// the operator or a supervisor) on a healthy disk, it recovers its log and catches up.
+async fn stop_when_raft_fails(mut metrics: watch::Receiver<openraft::RaftMetrics<RaftNodeId, BasicNode>>) {
+    loop {
+        let failed = match &metrics.borrow_and_update().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        };
+        if let Some(why) = failed {
+            log::error!(
+                "the metadata log cannot be written ({why}): this node stops; restart it once its disk is healthy"
+            );
+            std::process::exit(EXIT_METADATA_FAILED);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The exit status of a node whose metadata log failed (EX_IOERR of sysexits.h).
+const EXIT_METADATA_FAILED: i32 = 74;
 
 /// Sends local replicas' messages (and this node's liveness) to the metadata leader.
 async fn forward_to_controller(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<ControlEnvelope>) {

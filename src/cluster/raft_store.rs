@@ -132,6 +132,7 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 
 /// Writes `bytes` to `path` through a temporary file, fsync'ed, then renamed.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::storage::faults::check_metadata("write", path)?;
     crate::storage::durable_fs::write_atomic(path, bytes, || Ok(()))
 }
 
@@ -156,7 +157,10 @@ impl LogInner {
         for r in records {
             encode_record(&mut buf, r);
         }
+        let path = self.dir.join("log");
+        crate::storage::faults::check_metadata("write", &path)?;
         self.file.write_all(&buf)?;
+        crate::storage::faults::check_metadata("sync", &path)?;
         self.file.sync_data()
     }
 

@@ -89,9 +89,10 @@ impl Leases {
 
     fn renew(&self, epoch: u32, lease: &Lease) -> std::io::Result<()> {
         crate::storage::faults::check_lease(&self.path(epoch)).map_err(std::io::Error::other)?;
-        crate::cluster::raft_store::write_atomic(
+        crate::storage::durable_fs::write_atomic(
             &self.path(epoch),
             &serde_json::to_vec(lease).expect("lease serializes"),
+            || Ok(()),
         )
     }
 

@@ -9,6 +9,7 @@
 //! sync=eio          every fdatasync fails with EIO
 //! fallocate=enospc  segment preallocation fails with ENOSPC
 //! lease=eio         shared-storage lease renewals fail with EIO (the storage cut off)
+//! meta=eio          every write and sync of the metadata log (Raft) fails with EIO
 //! slow=50           every log write and fdatasync takes 50 ms longer (a slow disk)
 //! ```
 //!
@@ -32,6 +33,7 @@ pub struct FaultSwitches {
     sync_errno: AtomicI32,
     fallocate_errno: AtomicI32,
     lease_errno: AtomicI32,
+    metadata_errno: AtomicI32,
     slow_ms: AtomicI32,
 }
 
@@ -45,7 +47,7 @@ impl FaultSwitches {
 
     /// Applies the text of a fault file.
     pub fn apply(&self, text: &str) {
-        let (mut write, mut sync, mut fallocate, mut lease, mut slow) = (0, 0, 0, 0, 0);
+        let (mut write, mut sync, mut fallocate, mut lease, mut metadata, mut slow) = (0, 0, 0, 0, 0, 0);
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let errno = |v: &str| match v {
                 "enospc" => libc::ENOSPC,
@@ -60,6 +62,7 @@ impl FaultSwitches {
                 Some(("sync", v)) => sync = errno(v),
                 Some(("fallocate", v)) => fallocate = errno(v),
                 Some(("lease", v)) => lease = errno(v),
+                Some(("meta", v)) => metadata = errno(v),
                 Some(("slow", v)) => {
                     slow = v.trim_end_matches("ms").parse().unwrap_or_else(|_| {
                         log::warn!("fault file: {v:?} is not a number of milliseconds");
@@ -73,6 +76,7 @@ impl FaultSwitches {
         self.sync_errno.store(sync, Ordering::Relaxed);
         self.fallocate_errno.store(fallocate, Ordering::Relaxed);
         self.lease_errno.store(lease, Ordering::Relaxed);
+        self.metadata_errno.store(metadata, Ordering::Relaxed);
         self.slow_ms.store(slow, Ordering::Relaxed);
     }
 
@@ -88,6 +92,11 @@ impl FaultSwitches {
 /// The injected fault of a lease renewal, if any.
 pub fn check_lease(path: &Path) -> DiskResult<()> {
     FaultSwitches::check(&switches().lease_errno, "renew lease", path)
+}
+
+/// The injected fault of a write or sync of the metadata log, if any.
+pub fn check_metadata(op: &'static str, path: &Path) -> std::io::Result<()> {
+    FaultSwitches::check(&switches().metadata_errno, op, path).map_err(std::io::Error::other)
 }
 
 static SWITCHES: OnceLock<FaultSwitches> = OnceLock::new();

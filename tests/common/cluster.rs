@@ -132,6 +132,11 @@ impl Node {
         self.child.is_some()
     }
 
+    /// Whether the node's process, started by the test, has ended on its own.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().expect("wait").is_some())
+    }
+
     /// `quorra serve` with this node's configuration, its stderr piped.
     fn serve_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorra"));
