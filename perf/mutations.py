@@ -99,10 +99,10 @@ MUTATIONS = [
     dict(
         name="let an empty replica vote (a wiped replica answers fences)",
         file="src/replication/replica.rs",
-        old="""                if !self.voter {
-                    // Fenced, but silent""",
-        new="""                if false {
-                    // Fenced, but silent""",
+        old="""                    durable_end: self.durable_end,
+                    voter: self.voter,""",
+        new="""                    durable_end: self.durable_end,
+                    voter: true,""",
         test=SIM,
     ),
     dict(
