@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The nemesis against real clusters (tests/nemesis/): a seeded random schedule of kills,
 # pauses, rolling restarts, network partitions (nftables rules between the nodes' own
-# loopback addresses), failing disks and bit flips, SECS seconds in each of master-slave,
+# loopback addresses), failing disks and metadata logs, bit flips, SECS seconds in each of master-slave,
 # hybrid and multi-master, under idempotent acks=quorum producers and leader and follower
 # readers; the history check (lost / duplicated / reordered / corrupt / stale / phantom
 # reads / offset gaps) and each fault's unavailability go to

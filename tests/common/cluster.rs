@@ -461,6 +461,18 @@ impl Cluster {
         });
     }
 
+    /// Creates and deletes the topic `scratch` (one partition, one copy): two metadata
+    /// writes that every member appends. Errors are ignored (a fault may be under way).
+    pub fn write_metadata_twice(&self, scratch: &str) {
+        let (b, t) = (self.bootstrap_up(), scratch.to_string());
+        run(move || async move {
+            let config = ClientConfig { request_timeout: Duration::from_secs(5), ..ClientConfig::with_bootstrap(&b) };
+            let Ok(c) = Client::connect(config).await else { return };
+            let _ = c.create_topic(&t, 1, 1).await;
+            let _ = c.delete_topic(&t).await;
+        });
+    }
+
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, n.log())).collect()
     }

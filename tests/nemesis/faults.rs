@@ -38,6 +38,11 @@ pub enum FaultKind {
     DiskFull,
     /// One node's log writes and flushes take 20-200 ms longer.
     DiskSlow,
+    /// Every write and sync of one node's metadata log (Raft) fails with EIO, while a
+    /// scratch topic is created and deleted (metadata writes every member appends): the
+    /// node stops (fail-stop, exit status 74); once the fault clears it is restarted, as
+    /// a supervisor would.
+    MetadataEio,
     /// One node killed, bytes flipped in its segment files, restarted.
     BitFlip,
     /// One node vanishes without a reset, as a machine that loses power does: paused (its
@@ -48,7 +53,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Kill,
         FaultKind::KillAll,
         FaultKind::Pause,
@@ -60,6 +65,7 @@ impl FaultKind {
         FaultKind::DiskEio,
         FaultKind::DiskFull,
         FaultKind::DiskSlow,
+        FaultKind::MetadataEio,
         FaultKind::BitFlip,
         FaultKind::Vanish,
     ];
@@ -258,6 +264,24 @@ impl<'a> Nemesis<'a> {
                 let line = format!("slow={}", self.rng.gen_range(20..=200));
                 self.disk_faults_for(x, &[&line], hold);
                 format!("node {x}: {line}")
+            }
+            FaultKind::MetadataEio => {
+                self.cluster.node(x).set_disk_faults(&["meta=eio"]);
+                // (The node reads its fault file every 50 ms.)
+                std::thread::sleep(Duration::from_millis(200));
+                self.cluster.write_metadata_twice(&format!("nemesis-scratch-{}", self.records.len()));
+                std::thread::sleep(hold);
+                self.cluster.node(x).set_disk_faults(&[]);
+                if !self.cluster.node(x).has_exited() {
+                    return format!("node {x}: meta=eio (no metadata write reached it)");
+                }
+                let log = self.cluster.node(x).log();
+                assert!(
+                    log.contains("the metadata log cannot be written"),
+                    "node {x} ended, but not on its metadata log's failure\n{log}"
+                );
+                self.cluster.node(x).restart();
+                format!("node {x}: meta=eio (it stopped; restarted)")
             }
             FaultKind::BitFlip => {
                 self.cluster.node(x).kill();
