@@ -172,3 +172,36 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     .await;
     outputs.into_iter().map(|o| o.expect("every future done")).collect()
 }
+
+/// Requests forwarded to a node that is down fail as unavailable, and the node that
+/// forwards them keeps serving: its connects to the dead owner fail at once (a refused
+/// connect on loopback), which once ran into the queue of waiting requests while it was
+/// borrowed and panicked the shard (found by the multi-master nemesis).
+#[test]
+fn requests_forwarded_to_a_dead_node_fail_and_the_forwarder_keeps_serving() {
+    let mut c = Cluster::start_addressed("fwddead", "forwarding", common::cluster::private_loopback(0), |_| {});
+    c.create_topic("t", 3, 1);
+    let owner = c.leader_of("t", 0, Duration::from_secs(10));
+    let entry = [1u32, 2, 3].into_iter().find(|&n| n != owner).unwrap();
+    c.node(owner).kill();
+    let via = c.node(entry).client.to_string();
+    let codes = common::run(move || async move {
+        let config = ClientConfig { follow_leaders: false, ..ClientConfig::with_bootstrap(&via) };
+        let client = Client::connect(config).await.unwrap();
+        let batch = || {
+            let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(1024);
+            b.push(None, &common::payload(0, 1, MESSAGE_BYTES), 1);
+            vec![b.finish(0, 0, 0)]
+        };
+        let mut codes = Vec::new();
+        for _ in 0..50 {
+            let burst: Vec<_> = (0..4).map(|_| client.produce_batches("t", 0, Acks::Leader, batch())).collect();
+            for r in join_all(burst).await {
+                codes.push(r.err().and_then(|e| e.code()));
+            }
+        }
+        codes
+    });
+    assert!(codes.iter().all(|c| *c == Some(ErrorCode::Unavailable)), "{codes:?}");
+    assert!(!c.node(entry).has_exited(), "the forwarding node died\n{}", c.node(entry).log());
+}

@@ -61,20 +61,27 @@ pub fn queue(
 ) -> impl Future<Output = Result<Queued, String>> {
     let (tx, rx) = oneshot::channel();
     let links = &cluster(shard).forwards;
-    let mut waiting = links.waiting.borrow_mut();
-    let queue = waiting.entry(node).or_default();
+    // No borrow is held across the send or the spawn: a spawned task may run at once
+    // (glommio polls it before `spawn` returns when it can), and its connect may fail at
+    // once too, reaching `open_link`'s own borrows (a shard panicked on this in the
+    // nemesis).
+    let waiting = links.waiting.borrow().get(&node).map_or(0, VecDeque::len);
     let live = links.open.borrow().get(&node).filter(|c| !c.is_broken()).cloned();
     match live {
-        Some(conn) if queue.is_empty() => {
+        Some(conn) if waiting == 0 => {
             let _ = tx.send(Ok(send(conn, kind, archive, payload)));
         }
-        _ if queue.len() >= MAX_FORWARDS_WAITING_FOR_LINK => {
-            let _ = tx.send(Err(format!("{} requests already wait for the link to node {node}", queue.len())));
+        _ if waiting >= MAX_FORWARDS_WAITING_FOR_LINK => {
+            let _ = tx.send(Err(format!("{waiting} requests already wait for the link to node {node}")));
         }
         _ => {
-            let first = queue.is_empty();
-            queue.push_back(Waiting { kind, archive, payload, queued: tx });
-            if first {
+            links.waiting.borrow_mut().entry(node).or_default().push_back(Waiting {
+                kind,
+                archive,
+                payload,
+                queued: tx,
+            });
+            if waiting == 0 {
                 rt::spawn(open_link(shard.clone(), node));
             }
         }
@@ -96,6 +103,7 @@ async fn open_link(shard: Rc<Shard>, node: NodeId) {
         links.open.borrow_mut().insert(node, conn.clone());
     }
     let waiting = links.waiting.borrow_mut().remove(&node).unwrap_or_default();
+    // (The borrow ended above: an answer sent here may run its waiter at once.)
     for w in waiting {
         let result = match &opened {
             Ok(conn) => Ok(send(conn.clone(), w.kind, w.archive, w.payload)),
