@@ -50,14 +50,9 @@ fn forwarding_serves_every_partition_from_any_node_and_reports_a_missing_owner()
     let entry = [1u32, 2, 3].into_iter().find(|&n| n != owner).unwrap();
     let via = c.node(entry).client.to_string();
     let (down, others_ok) = common::run(move || async move {
-        let config = ClientConfig { follow_leaders: false, ..ClientConfig::with_bootstrap(&via) };
-        let client = Client::connect(config).await.unwrap();
+        let client = client_of_only(&via).await;
         // Messages in the checker's format, numbered beyond the load's.
-        let batch = |p: u32| {
-            let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(1024);
-            b.push(None, &common::payload(p, 1_000_000_000 + u64::from(p), MESSAGE_BYTES), 1);
-            vec![b.finish(0, 0, 0)]
-        };
+        let batch = |p: u32| one_message(p, 1_000_000_000 + u64::from(p));
         let mut down = None;
         let mut others_ok = 0;
         for p in 0..3u32 {
@@ -131,15 +126,10 @@ fn forwarded_requests_keep_their_order_while_the_link_opens() {
     let entry = [1u32, 2, 3].into_iter().find(|&n| n != leader).unwrap();
     let via = c.node(entry).client.to_string();
     let offsets = common::run(move || async move {
-        let config = ClientConfig { follow_leaders: false, ..ClientConfig::with_bootstrap(&via) };
-        let client = Client::connect(config).await.unwrap();
-        let batch = |i: u64| {
-            let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(1024);
-            b.push(None, &common::payload(0, i, MESSAGE_BYTES), 1);
-            vec![b.finish(0, 0, 0)]
-        };
+        let client = client_of_only(&via).await;
         // All queued on the client's one connection before any answer comes.
-        let burst: Vec<_> = (0..200u64).map(|i| client.produce_batches("t", 0, Acks::Leader, batch(i))).collect();
+        let burst: Vec<_> =
+            (0..200u64).map(|i| client.produce_batches("t", 0, Acks::Leader, one_message(0, i))).collect();
         join_all(burst)
             .await
             .into_iter()
@@ -148,6 +138,18 @@ fn forwarded_requests_keep_their_order_while_the_link_opens() {
     });
     let out_of_order: Vec<_> = offsets.windows(2).filter(|w| w[1] <= w[0]).collect();
     assert!(out_of_order.is_empty(), "stored out of the order sent: {out_of_order:?} in {offsets:?}");
+}
+
+/// A client that talks to `addr` only (it does not follow leaders: the node must forward).
+async fn client_of_only(addr: &str) -> std::rc::Rc<Client> {
+    Client::connect(ClientConfig { follow_leaders: false, ..ClientConfig::with_bootstrap(addr) }).await.unwrap()
+}
+
+/// One batch of one message in the checker's format: producer `p`'s message `n`.
+fn one_message(p: u32, n: u64) -> Vec<bytes::Bytes> {
+    let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(1024);
+    b.push(None, &common::payload(p, n, MESSAGE_BYTES), 1);
+    vec![b.finish(0, 0, 0)]
 }
 
 /// Polls every future, in order, until all are done.
@@ -186,16 +188,11 @@ fn requests_forwarded_to_a_dead_node_fail_and_the_forwarder_keeps_serving() {
     c.node(owner).kill();
     let via = c.node(entry).client.to_string();
     let codes = common::run(move || async move {
-        let config = ClientConfig { follow_leaders: false, ..ClientConfig::with_bootstrap(&via) };
-        let client = Client::connect(config).await.unwrap();
-        let batch = || {
-            let mut b = quorra::protocol::batch::BatchBuilder::with_capacity(1024);
-            b.push(None, &common::payload(0, 1, MESSAGE_BYTES), 1);
-            vec![b.finish(0, 0, 0)]
-        };
+        let client = client_of_only(&via).await;
         let mut codes = Vec::new();
         for _ in 0..50 {
-            let burst: Vec<_> = (0..4).map(|_| client.produce_batches("t", 0, Acks::Leader, batch())).collect();
+            let burst: Vec<_> =
+                (0..4).map(|_| client.produce_batches("t", 0, Acks::Leader, one_message(0, 1))).collect();
             for r in join_all(burst).await {
                 codes.push(r.err().and_then(|e| e.code()));
             }
