@@ -92,8 +92,8 @@ MUTATIONS = [
     dict(
         name="acknowledge acks=leader before the leader's own write is durable",
         file="src/broker/partition.rs",
-        old="(AckLevel::Local, _) | (_, None) => self.local_end() >= end,",
-        new="(AckLevel::Local, _) | (_, None) => self.log.borrow().next_offset() >= end,",
+        old="AckLevel::Local => self.local_end() >= end,",
+        new="AckLevel::Local => self.log.borrow().next_offset() >= end,",
         test=SIM,
     ),
     dict(
@@ -119,6 +119,25 @@ MUTATIONS = [
 
 
 MUTATIONS += [
+    dict(
+        name="a single node's replica listens to a peer (a forged append or fence moves the only copy)",
+        file="src/replication/replica.rs",
+        old="""        if self.alone {
+            // It has no peers: whatever claims to be one is not listened to.
+            return;
+        }""",
+        new="",
+        test=["cargo", "test", "--lib", "a_single_node_partition_is_a_replica_set_of_one"],
+    ),
+    dict(
+        name="a single node counts what it wrote but has not made durable (its high watermark is its log end)",
+        file="src/replication/replica.rs",
+        old="""        let durable_end = durable_end.min(log_end);
+        Replica {""",
+        new="""        let durable_end = log_end;
+        Replica {""",
+        test=SIM,
+    ),
     dict(
         name="a reset replica counts appends still waiting for the disk as durable",
         file="src/broker/partition/replication.rs",

@@ -97,11 +97,12 @@ pub struct Partition<D: Disk = ServerDisk> {
     closing: Cell<bool>,
     writer_done: Notify,
     writer_running: Cell<bool>,
-    /// Replication state, when the partition belongs to a cluster.
-    replication: RefCell<Option<Replication>>,
-    /// With replication: the high watermark readers may see. It follows the replica's, but
-    /// only once the actions before each `Commit` (a truncation, appends) were carried out:
-    /// the replica decides first, the log catches up, and readers must see the log's state.
+    /// The partition's replica: of a cluster's replica set, or the only one (a single
+    /// node's partition is a replica set of one, through the same driver).
+    replication: RefCell<Replication>,
+    /// The high watermark readers may see. It follows the replica's, but only once the
+    /// actions before each `Commit` (a truncation, appends) were carried out: the replica
+    /// decides first, the log catches up, and readers must see the log's state.
     visible_hw: Cell<u64>,
     /// The writer starts no new job (a follower truncating its log).
     paused: Cell<bool>,
@@ -132,6 +133,12 @@ impl<D: Disk> Partition<D> {
         if let LogHealth::Corrupt(why) = log.health() {
             log::error!("partition {topic}/{id} is corrupt and will not serve: {why}");
         }
+        let local_end = match flush {
+            FlushPolicy::Always => log.durable_offset(),
+            FlushPolicy::IntervalMs(_) => log.written_offset(),
+        };
+        let alone = Replication::alone(disk.fencing_epoch(), log.next_offset(), local_end);
+        let visible_hw = alone.replica.high_watermark();
         let log = RefCell::new(log);
         let producers = load_producer_table(&disk, &dir, &log).await?;
         let p = Rc::new(Partition {
@@ -148,8 +155,8 @@ impl<D: Disk> Partition<D> {
             closing: Cell::new(false),
             writer_done: Notify::new(),
             writer_running: Cell::new(true),
-            replication: RefCell::new(None),
-            visible_hw: Cell::new(0),
+            replication: RefCell::new(alone),
+            visible_hw: Cell::new(visible_hw),
             paused: Cell::new(false),
             log_generation: Cell::new(0),
             follower_lock: crate::rt::Semaphore::new(1),
@@ -180,10 +187,7 @@ impl<D: Disk> Partition<D> {
 
     /// Offsets below it are committed: readable and acknowledged.
     pub fn high_watermark(&self) -> u64 {
-        match &*self.replication.borrow() {
-            Some(_) => self.visible_hw.get(),
-            None => self.local_end(),
-        }
+        self.visible_hw.get()
     }
 
     /// What this replica holds as its flush policy defines it: durable with `flush =
@@ -212,8 +216,8 @@ impl<D: Disk> Partition<D> {
     /// Validates, stamps and appends the batches in `payload`. `into_bytes` turns the
     /// stamped buffer into shared bytes without copying. No `.await` inside: appends from
     /// tasks spawned in order keep that order.
-    /// With replication, only the leader appends (stamping its epoch) and the batches are
-    /// then streamed to the followers.
+    /// Only the leader appends (stamping its epoch), and its replica then streams the
+    /// batches to the followers (a replica alone has none).
     /// An idempotent batch (a producer id) must come alone and pass its producer's sequence
     /// rules; an exact repeat of one already stored is answered with its offsets.
     pub fn append<B>(&self, mut payload: B, into_bytes: impl FnOnce(B) -> Bytes) -> Result<Appended, AppendError>
@@ -224,23 +228,26 @@ impl<D: Disk> Partition<D> {
             return Err(StorageError::Closing.into());
         }
         let mut replication = self.replication.borrow_mut();
-        let epoch = match replication.as_ref() {
-            Some(r) if !r.replica.is_leader() => return Err(StorageError::NotLeader(r.replica.leader()).into()),
-            Some(_) if self.draining.get() => return Err(StorageError::LeaderMoving.into()),
-            // A damaged replica is about to be reopened and repaired (`shard/cluster.rs`);
-            // another replica will lead.
-            Some(_) if matches!(self.log.borrow().health(), LogHealth::Corrupt(_)) => {
-                return Err(StorageError::NotLeader(None).into())
-            }
-            // A new leader's epoch-start batch is decided but not yet in the log (its epoch is
-            // being persisted first): a batch appended now would take its offset.
-            Some(r) if r.replica.log_end() != self.log.borrow().next_offset() => {
-                return Err(StorageError::LeaderStarting.into())
-            }
-            Some(r) => r.replica.epoch(),
-            // shared-storage: the lease's fencing epoch (0 on a single node).
-            None => self.disk.fencing_epoch(),
-        };
+        let r = &mut *replication;
+        // shared-storage: the lease's fencing epoch (0 on a single node), the only replica's.
+        r.replica.enter_epoch_alone(self.disk.fencing_epoch());
+        if !r.replica.is_leader() {
+            return Err(StorageError::NotLeader(r.replica.leader()).into());
+        }
+        if self.draining.get() {
+            return Err(StorageError::LeaderMoving.into());
+        }
+        // A damaged cluster replica is about to be reopened and repaired
+        // (`shard/cluster.rs`); another replica will lead. (Alone, the log refuses the batch.)
+        if r.in_cluster() && matches!(self.log.borrow().health(), LogHealth::Corrupt(_)) {
+            return Err(StorageError::NotLeader(None).into());
+        }
+        // A new leader's epoch-start batch is decided but not yet in the log (its epoch is
+        // being persisted first): a batch appended now would take its offset.
+        if r.replica.log_end() != self.log.borrow().next_offset() {
+            return Err(StorageError::LeaderStarting.into());
+        }
+        let epoch = r.replica.epoch();
         let mut log = self.log.borrow_mut();
         // Validates every batch and refuses writes to a log that cannot take them, before
         // anything is compared with the producer table (which may hold batches that a
@@ -267,11 +274,9 @@ impl<D: Disk> Partition<D> {
         let (first_offset, last_offset) = log.append_stamped(into_bytes(payload), &stamped);
         drop(log);
         let mut actions = Vec::new();
-        if let Some(r) = replication.as_mut() {
-            for b in &stamped {
-                let base = r.replica.append((b.next_offset - b.base_offset) as u32, &mut actions);
-                debug_assert_eq!(base, Ok(b.base_offset), "the replica and the log agree on offsets");
-            }
+        for b in &stamped {
+            let base = replication.replica.append((b.next_offset - b.base_offset) as u32, &mut actions);
+            debug_assert_eq!(base, Ok(b.base_offset), "the replica and the log agree on offsets");
         }
         drop(replication);
         self.wake_writer.notify();
@@ -349,9 +354,7 @@ impl<D: Disk> Partition<D> {
             Ok(()) => {
                 // The rescan may have found more (or less) than the log had: the replica
                 // restarts from what is there.
-                if self.is_replicated() {
-                    self.reset_to_reopened_log().await;
-                }
+                self.reset_to_reopened_log().await;
                 log::warn!(
                     "partition {}/{}: reopened from disk at offset {}, writes resume",
                     self.topic,
@@ -403,11 +406,16 @@ impl<D: Disk> Partition<D> {
         // the durable end of the log not yet cut says nothing about its new tail (a write
         // that was in flight when the truncation began completes now).
         let truncating = self.paused.get();
-        if let Some(r) = self.replication.borrow_mut().as_mut().filter(|_| !truncating) {
-            r.replica.on_durable(local_end, &mut actions);
+        if !truncating {
+            self.replication.borrow_mut().replica.on_durable(local_end, &mut actions);
         }
-        self.run_sync_actions(actions);
-        self.release_waiters();
+        // A `Commit` among the actions answered the waiters and woke the readers already
+        // (the local end had moved by then too); once per completion is enough.
+        let committed = self.run_sync_actions(actions);
+        if !committed {
+            self.release_waiters();
+        }
+        let failed = result.is_err();
         if let Err(e) = result {
             // Every batch above the written end was dropped, from the log and from the
             // producer table (exactly: it never trims batches that were not written), so a
@@ -415,45 +423,48 @@ impl<D: Disk> Partition<D> {
             // batches will take. The reopen rebuilds both from disk.
             let written = self.log.borrow().written_offset();
             self.producers.borrow_mut().truncate(written);
-            // The replica counted the dropped batches into its log end: a leader steps down.
-            if self.is_replicated() {
-                self.reset_to_log_end();
-            }
+            // The replica counted the dropped batches into its log end: a cluster's leader
+            // steps down; the only replica restarts from the log.
+            self.reset_to_log_end();
             // Every batch above the durable end was dropped: tell its producers.
             for w in self.acks.borrow_mut().drain(..) {
                 let _ = w.tx.send(Err(e.clone()));
             }
         }
-        self.data_arrived.notify_all();
-    }
-
-    fn ack_ready(&self, end: u64, level: AckLevel) -> bool {
-        let replication = self.replication.borrow();
-        match (level, &*replication) {
-            (AckLevel::Local, _) | (_, None) => self.local_end() >= end,
-            (AckLevel::Quorum, Some(_)) => self.visible_hw.get() >= end,
-            (AckLevel::All, Some(r)) => self.visible_hw.get() >= end && r.replica.all_in_sync_hold(end),
+        // (Also what `while_paused` waits for: no job in flight any more.)
+        if !committed || failed {
+            self.data_arrived.notify_all();
         }
     }
 
-    /// The epoch this replica leads, if it leads (None without replication).
-    fn leading_epoch(&self) -> Option<crate::replication::Epoch> {
-        self.replication.borrow().as_ref().filter(|r| r.replica.is_leader()).map(|r| r.replica.epoch())
+    fn ack_ready(&self, end: u64, level: AckLevel) -> bool {
+        match level {
+            AckLevel::Local => self.local_end() >= end,
+            AckLevel::Quorum => self.visible_hw.get() >= end,
+            AckLevel::All => self.visible_hw.get() >= end && self.replication.borrow().replica.all_in_sync_hold(end),
+        }
     }
 
-    /// Answers every waiter whose level is reached; with replication, fails those that wait
-    /// for the high watermark once this replica no longer leads (a new leader may or may not
-    /// keep their batches: the producer must retry, and deduplication makes that safe).
+    /// The epoch this replica leads, if it leads.
+    fn leading_epoch(&self) -> Option<crate::replication::Epoch> {
+        let r = self.replication.borrow();
+        r.replica.is_leader().then(|| r.replica.epoch())
+    }
+
+    /// Answers every waiter whose level is reached; fails those that wait for the high
+    /// watermark once this replica no longer leads (a new leader may or may not keep their
+    /// batches: the producer must retry, and deduplication makes that safe).
     fn release_waiters(&self) {
         let hw = self.high_watermark();
-        let lost_lead =
-            self.replication.borrow().as_ref().filter(|r| !r.replica.is_leader()).map(|r| r.replica.leader());
+        let (lost_lead, leader) = {
+            let r = self.replication.borrow();
+            ((!r.replica.is_leader()).then(|| r.replica.leader()), r.replica.leader())
+        };
         let leading = self.leading_epoch();
         let waiters: Vec<AckWaiter> = self.acks.borrow_mut().drain(..).collect();
         let mut keep = VecDeque::new();
         for w in waiters {
             if w.leading.is_some() && w.leading != leading {
-                let leader = self.replication.borrow().as_ref().and_then(|r| r.replica.leader());
                 let _ = w.tx.send(Err(StorageError::NotLeader(leader)));
             } else if self.ack_ready(w.end, w.level) {
                 let _ = w.tx.send(Ok(hw));
@@ -611,10 +622,8 @@ impl<D: Disk> Partition<D> {
         }
         let log_start = self.log.borrow().log_start_offset();
         self.producers.borrow_mut().forget_before(log_start);
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
-            // A leader sends followers nothing older from now on.
-            r.replica.set_log_start(log_start);
-        }
+        // A leader sends followers nothing older from now on.
+        self.replication.borrow_mut().replica.set_log_start(log_start);
         for path in removed {
             if let Err(e) = self.disk.remove_file(&path).await {
                 log::warn!("retention: {e}");

@@ -108,6 +108,8 @@ pub struct Replica {
     /// cannot send a follower anything older: it sends from here, and a follower whose log
     /// does not reach this point restarts its log here.
     log_start: u64,
+    /// The only replica of its partition ([`Replica::alone`]): no controller, no peers.
+    alone: bool,
 }
 
 impl Replica {
@@ -130,6 +132,50 @@ impl Replica {
             voter: true,
             leader_hw_seen: 0,
             log_start: 0,
+            alone: false,
+        }
+    }
+
+    /// The only replica of its partition: a single node's, or shared storage's active
+    /// node's (a replica set of one). It leads `epoch` from the start, with nobody to fence
+    /// or elect it, and everything durable in its log is committed: no other copy exists
+    /// that could hold anything else. From here on it is the same state machine as a
+    /// cluster's replica (its high watermark the majority, itself, of durable ends).
+    /// `log_end` above `durable_end`: recovered batches not yet durable, whose epochs it
+    /// does not know; they commit with the first durable batch of its own epoch.
+    pub fn alone(id: NodeId, config: ReplicaConfig, epoch: Epoch, log_end: u64, durable_end: u64) -> Replica {
+        let durable_end = durable_end.min(log_end);
+        Replica {
+            id,
+            config,
+            epoch,
+            fenced_this_run: true,
+            role: Role::Leader { followers: BTreeMap::new() },
+            replicas: vec![id],
+            history: EpochHistory::default(),
+            log_end,
+            durable_end,
+            verified_end: log_end,
+            high_watermark: durable_end,
+            now_ms: 0,
+            voter: true,
+            leader_hw_seen: 0,
+            log_start: 0,
+            alone: true,
+        }
+    }
+
+    /// Whether it is the only replica of its partition (see [`Replica::alone`]).
+    pub fn is_alone(&self) -> bool {
+        self.alone
+    }
+
+    /// A replica that is alone moves on to a newer epoch by itself: shared storage's
+    /// fencing epoch, which the node that took the directory over stamps into its batches.
+    /// (A cluster's replicas learn epochs from the controller and their leader only.)
+    pub fn enter_epoch_alone(&mut self, epoch: Epoch) {
+        if self.alone && epoch > self.epoch {
+            self.epoch = epoch;
         }
     }
 
@@ -291,6 +337,11 @@ impl Replica {
 
     /// Time passes: heartbeats, resends, the controller heartbeat.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        if self.alone {
+            // No controller to tell, no follower to send to.
+            self.now_ms = self.now_ms.max(now_ms);
+            return;
+        }
         let heartbeat_due = now_ms / self.config.heartbeat_ms != self.now_ms / self.config.heartbeat_ms;
         self.now_ms = self.now_ms.max(now_ms);
         if heartbeat_due {
@@ -374,6 +425,10 @@ impl Replica {
 
     /// A message from another replica.
     pub fn on_peer(&mut self, msg: PeerMessage, out: &mut Vec<Action>) {
+        if self.alone {
+            // It has no peers: whatever claims to be one is not listened to.
+            return;
+        }
         match msg {
             PeerMessage::Append { epoch, leader, .. } if epoch < self.epoch => {
                 out.push(Action::Send(leader, PeerMessage::StaleEpoch { epoch: self.epoch, from: self.id }));
@@ -551,6 +606,10 @@ impl Replica {
 
     /// A message from the controller.
     pub fn on_control(&mut self, msg: ControlMessage, out: &mut Vec<Action>) {
+        if self.alone {
+            // Nobody fences or elects the only replica.
+            return;
+        }
         match msg {
             ControlMessage::Fence { epoch } if epoch >= self.epoch => {
                 if epoch > self.epoch || self.is_leader() {

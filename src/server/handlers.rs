@@ -540,9 +540,7 @@ pub async fn handle_mesh_request(shard: &Rc<Shard>, request: MeshRequest) -> Mes
         MeshRequest::Status { topic } => {
             let parts: Vec<_> =
                 shard.partitions.borrow().iter().filter(|((t, _), _)| *t == topic).map(|(_, p)| p.clone()).collect();
-            MeshReply::Status(
-                parts.iter().map(|p| p.status(p.leadership().and_then(|(_, l, _)| l).unwrap_or(0))).collect(),
-            )
+            MeshReply::Status(parts.iter().map(|p| p.status(p.leadership().1.unwrap_or(0))).collect())
         }
     }
 }

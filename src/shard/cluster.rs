@@ -100,22 +100,12 @@ pub async fn hand_over_leadership(shard: &Rc<Shard>, budget: Duration) {
             None => log::warn!("controlled shutdown: recording it in the metadata timed out"),
         }
     }
-    let led: Vec<Rc<Partition>> = shard
-        .partitions
-        .borrow()
-        .values()
-        .filter(|p| p.leadership().is_some_and(|(leads, _, _)| leads))
-        .cloned()
-        .collect();
+    let led: Vec<Rc<Partition>> = shard.partitions.borrow().values().filter(|p| p.leadership().0).cloned().collect();
     for p in shard.partitions.borrow().values() {
         p.start_draining();
     }
     let me = c.node_id;
-    let not_yet_moved = || {
-        led.iter()
-            .filter(|p| !p.leadership().is_some_and(|(leads, leader, _)| !leads && leader.is_some_and(|l| l != me)))
-            .count()
-    };
+    let not_yet_moved = || led.iter().filter(|p| !matches!(p.leadership(), (false, Some(l), _) if l != me)).count();
     while not_yet_moved() > 0 && std::time::Instant::now() < deadline {
         rt::sleep(Duration::from_millis(20)).await;
     }

@@ -68,7 +68,7 @@ fn check_commits(world: &mut World, n: NodeId, p: &Part) {
 }
 
 fn check_leadership(world: &mut World, n: NodeId, p: &Part) {
-    let Some((true, _, epoch)) = p.leadership() else { return };
+    let (true, _, epoch) = p.leadership() else { return };
     world.stats.leader_checks += 1;
     match world.leaders.get(&epoch) {
         Some(&other) => assert_eq!(other, n, "two leaders in epoch {epoch}"),
@@ -92,7 +92,7 @@ pub(super) fn settled(w: &WorldRef) -> bool {
     if parts.len() != world.nodes.len() || world.controller_busy {
         return false;
     }
-    let leaders: Vec<&Rc<Part>> = parts.iter().filter(|p| p.leadership().is_some_and(|(leads, _, _)| leads)).collect();
+    let leaders: Vec<&Rc<Part>> = parts.iter().filter(|p| p.leadership().0).collect();
     let [leader] = leaders[..] else { return false };
     let end = leader.log_end_offset();
     leader.high_watermark() == end && parts.iter().all(|p| p.log_end_offset() == end && p.high_watermark() == end)
@@ -134,9 +134,7 @@ pub(super) fn final_checks(w: &WorldRef) {
     let parts: Vec<Rc<Part>> = world.nodes.iter().map(|n| n.part.clone().expect("every node runs")).collect();
     // Liveness: after the quiet period one leader has committed its whole log and every
     // replica holds that log.
-    let leaders: Vec<NodeId> = (0..parts.len() as NodeId)
-        .filter(|&n| parts[n as usize].leadership().is_some_and(|(leads, _, _)| leads))
-        .collect();
+    let leaders: Vec<NodeId> = (0..parts.len() as NodeId).filter(|&n| parts[n as usize].leadership().0).collect();
     assert_eq!(leaders.len(), 1, "seed {seed}: one leader after the quiet period, not {leaders:?}");
     let leader = &parts[leaders[0] as usize];
     let end = leader.log_end_offset();
@@ -160,7 +158,7 @@ pub(super) fn final_checks(w: &WorldRef) {
     assert_eq!(leader.high_watermark(), end, "seed {seed}: the leader's log is not all committed");
     // `acks=leader`: what the final leader acknowledged in its epoch is all there (what an
     // earlier leader acknowledged may have been cut by a failover, as documented).
-    let final_epoch = leader.leadership().map_or(0, |(_, _, e)| e);
+    let final_epoch = leader.leadership().2;
     let by_final_leader: Vec<(u64, u64)> =
         world.acked_by_leader.iter().filter(|(e, _, _)| *e == final_epoch).map(|&(_, o, id)| (o, id)).collect();
     for &(o, id) in &by_final_leader {

@@ -38,7 +38,7 @@ fn some_leader(w: &WorldRef) -> Option<(NodeId, Rc<Part>)> {
         .enumerate()
         .filter(|(_, x)| x.up)
         .filter_map(|(i, x)| x.part.clone().map(|p| (i as NodeId, p)))
-        .filter(|(_, p)| p.leadership().is_some_and(|(leads, _, _)| leads))
+        .filter(|(_, p)| p.leadership().0)
         .collect();
     if leaders.is_empty() {
         return None;
@@ -70,7 +70,7 @@ fn anonymous_append(w: &WorldRef) {
         };
         (ids, level, world.rt.clone())
     };
-    let epoch = p.leadership().map_or(0, |(_, _, epoch)| epoch);
+    let epoch = p.leadership().2;
     let w = w.clone();
     rt.spawn_as(n, async move {
         let Ok(appended) = p.append(batch_of(&ids, None), Bytes::from) else { return };

@@ -134,8 +134,20 @@ struct SimProducer {
     acked_through: Option<u32>,
 }
 
+/// What a schedule simulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// A cluster's replica set: three replicas (five in every fourth schedule), the
+    /// controller, the metadata log.
+    Cluster,
+    /// A single node: its partition is a replica set of one (`Partition::open`), driven by
+    /// the same code as a cluster's replicas; no controller, nobody to fail over to.
+    SingleNode,
+}
+
 struct World {
     seed: u64,
+    shape: Shape,
     stats: SimStats,
     rng: StdRng,
     rt: Rc<SimRuntime>,
@@ -207,10 +219,16 @@ fn partition_dir() -> PathBuf {
     PathBuf::from("/sim").join(TOPIC).join("0")
 }
 
-/// Builds the world of schedule `seed`: three replicas (five in every fourth schedule).
-fn new_world(seed: u64, rt: Rc<SimRuntime>) -> WorldRef {
+/// Builds the world of schedule `seed`: three replicas (five in every fourth schedule), or
+/// a single node.
+fn new_world(seed: u64, shape: Shape, rt: Rc<SimRuntime>) -> WorldRef {
     let mut rng = StdRng::seed_from_u64(seed);
-    let replicas: Vec<NodeId> = (0..if seed % 4 == 0 { 5 } else { 3 }).collect();
+    let replica_count = match shape {
+        Shape::SingleNode => 1,
+        Shape::Cluster if seed % 4 == 0 => 5,
+        Shape::Cluster => 3,
+    };
+    let replicas: Vec<NodeId> = (0..replica_count).collect();
     let replica_config = ReplicaConfig {
         window_records: rng.gen_range(16..64),
         max_records_per_message: rng.gen_range(3..8),
@@ -245,9 +263,15 @@ fn new_world(seed: u64, rt: Rc<SimRuntime>) -> WorldRef {
     let controller_config = ControllerConfig { election_timeout_ms: 150, retry_ms: 30 };
     // Every other schedule prefers replica 0 (hand-overs to it once it caught up).
     let preferred = (seed % 2 == 1).then_some(0);
-    let stats = SimStats { schedules: 1, five_replica_schedules: u64::from(replicas.len() == 5), ..Default::default() };
+    let stats = SimStats {
+        schedules: 1,
+        five_replica_schedules: u64::from(replicas.len() == 5),
+        single_node_schedules: u64::from(shape == Shape::SingleNode),
+        ..Default::default()
+    };
     Rc::new(RefCell::new(World {
         seed,
+        shape,
         stats,
         drop_rate: rng.gen_range(0.0..0.15),
         dup_rate: rng.gen_range(0.0..0.05),
@@ -410,7 +434,7 @@ fn deliver(w: &WorldRef, from: Option<NodeId>, to: Dest, msg: Net) {
 /// Starts node `n` from what its disk holds: opens the partition (recovery), turns
 /// replication on, and starts its tick and checkpoint tasks (all owned by the node).
 fn start_node(w: &WorldRef, n: NodeId) {
-    let (rt, disk, log_config, replica_config, lost_data) = {
+    let (rt, disk, log_config, replica_config, lost_data, shape) = {
         let mut world = w.borrow_mut();
         let node = &mut world.nodes[n as usize];
         assert!(!node.up);
@@ -421,7 +445,7 @@ fn start_node(w: &WorldRef, n: NodeId) {
         let latency = latency_of(node);
         node.disk.set_faults(MemFaults { latency: Some(latency), ..Default::default() });
         let disk = node.disk.clone();
-        (world.rt.clone(), disk, world.log_config.clone(), world.replica_config.clone(), lost_data)
+        (world.rt.clone(), disk, world.log_config.clone(), world.replica_config.clone(), lost_data, world.shape)
     };
     let w = w.clone();
     rt.spawn_as(n, async move {
@@ -431,9 +455,17 @@ fn start_node(w: &WorldRef, n: NodeId) {
         // failing disk) is tried again until it opens.
         let p = loop {
             let (disk, config, setup) = (disk.clone(), log_config.clone(), setup.clone());
-            match Partition::open_replica(disk, TOPIC.into(), 0, partition_dir(), config, FlushPolicy::Always, setup)
-                .await
-            {
+            let opened = match shape {
+                Shape::Cluster => {
+                    Partition::open_replica(disk, TOPIC.into(), 0, partition_dir(), config, FlushPolicy::Always, setup)
+                        .await
+                }
+                // As a single node's shard opens its partitions (`broker::catalog`).
+                Shape::SingleNode => {
+                    Partition::open(disk, TOPIC.into(), 0, partition_dir(), config, FlushPolicy::Always).await
+                }
+            };
+            match opened {
                 Ok(p) => break p,
                 Err(e) => {
                     w.borrow().trace(|| format!("n{n} cannot open its replica: {e}; trying again"));
@@ -506,7 +538,8 @@ fn crash_node(w: &WorldRef, n: NodeId) {
             .enumerate()
             .filter(|&(i, _)| i != n as usize)
             .all(|(_, x)| x.up && x.part.as_ref().is_some_and(|p| p.is_voter_for_checks()));
-        let wiped = others_vote && world.rng.gen_bool(0.1);
+        // (Nor is losing the disk of a single node, the only copy.)
+        let wiped = others_vote && world.nodes.len() > 1 && world.rng.gen_bool(0.1);
         world.stats.wiped_disks += u64::from(wiped);
         let node = &mut world.nodes[n as usize];
         node.up = false;
@@ -514,7 +547,7 @@ fn crash_node(w: &WorldRef, n: NodeId) {
         node.end_at_crash = part.as_ref().map_or(node.log_end_seen, |p| p.log_end_offset());
         // What it acknowledged at `acks=leader` is owed by its disk only while it leads the
         // epoch it acknowledged in (a leader never cuts its own log).
-        let leading = part.and_then(|p| p.leadership()).filter(|(leads, _, _)| *leads).map(|(_, _, e)| e);
+        let leading = part.map(|p| p.leadership()).filter(|(leads, _, _)| *leads).map(|(_, _, e)| e);
         node.durable_acks.retain(|&(e, _, _)| Some(e) == leading);
         node.disk = node.disk.crash(mode);
         if wiped {
@@ -654,19 +687,21 @@ fn quiet_down(w: &WorldRef) {
 /// the schedule fetches the whole log again, in windows of 16-64 records acknowledged once
 /// flushed by disks that take up to 60 ms); then the final checks. Panics on a
 /// broken invariant.
-fn run_schedule(seed: u64, active_ms: u64, quiet_ms: u64) -> SimStats {
+fn run_schedule(seed: u64, shape: Shape, active_ms: u64, quiet_ms: u64) -> SimStats {
     if std::env::var("QUORRA_SIM_TRACE").is_ok() {
         let _ = log::set_logger(&TraceLogger);
         log::set_max_level(log::LevelFilter::Debug);
     }
     let rt: Installed = SimRuntime::install();
-    let w = new_world(seed, rt.handle());
+    let w = new_world(seed, shape, rt.handle());
     let node_count = w.borrow().nodes.len() as NodeId;
     for n in 0..node_count {
         start_node(&w, n);
     }
     rt.spawn_as(WORLD, nemesis(w.clone(), active_ms));
-    rt.spawn_as(WORLD, control::run_controller(w.clone()));
+    if shape == Shape::Cluster {
+        rt.spawn_as(WORLD, control::run_controller(w.clone()));
+    }
     rt.spawn_as(WORLD, clients::run_clients(w.clone()));
     let mut observe = || {
         checks::after_instant(&w);

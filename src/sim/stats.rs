@@ -25,6 +25,7 @@ macro_rules! sim_stats {
 sim_stats! {
     schedules: "schedules",
     five_replica_schedules: "of them with five replicas",
+    single_node_schedules: "of them a single node (a replica set of one)",
     messages: "messages sent",
     dropped: "fault: message dropped",
     duplicated: "fault: message duplicated",

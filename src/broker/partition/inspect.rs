@@ -56,9 +56,9 @@ fn poll_now<T>(fut: impl std::future::Future<Output = T>) -> T {
 }
 
 impl<D: Disk> Partition<D> {
-    /// The log end the replica believes in (the log's own end when not replicated).
+    /// The log end the replica believes in.
     pub fn replica_log_end_for_checks(&self) -> u64 {
-        self.replication.borrow().as_ref().map_or_else(|| self.log_end_offset(), |r| r.replica.log_end())
+        self.replication.borrow().replica.log_end()
     }
 }
 
@@ -73,6 +73,6 @@ impl<D: Disk> Partition<D> {
 impl<D: Disk> Partition<D> {
     /// Whether the replica counts in elections (false after it lost data, until caught up).
     pub fn is_voter_for_checks(&self) -> bool {
-        self.replication.borrow().as_ref().is_some_and(|r| r.replica.is_voter())
+        self.replication.borrow().replica.is_voter()
     }
 }

@@ -31,13 +31,46 @@ pub trait Outbound {
     fn control(&self, topic: &Rc<str>, topic_id: u64, partition: u32, msg: ControlMessage);
 }
 
+/// A partition's replica and what its driver keeps beside it. Every partition has one: a
+/// cluster's replica (`enable_replication`), or, on a single node and shared storage's
+/// active node, the only replica of a replica set of one (`Replication::alone`), driven by
+/// the same code (appends, flushes, the high watermark, acknowledgements).
 pub struct Replication {
     pub replica: Replica,
-    /// The incarnation of the topic this replica belongs to (`TopicMeta::id`).
+    /// The incarnation of the topic this replica belongs to (`TopicMeta::id`; 0 alone).
     topic_id: u64,
     outbound: Rc<dyn Outbound>,
-    /// The epoch and history last written to `replica.json`, and whether it votes.
+    /// The epoch and history last written to `replica.json`, and whether it votes (a
+    /// replica alone has no `replica.json`: its epoch is the disk's fencing epoch).
     persisted: (Epoch, EpochHistory, bool),
+}
+
+/// The node id a replica alone goes by (it has no cluster to be a member of).
+const ALONE: NodeId = 0;
+
+/// Where the messages of a replica alone go: nowhere (it has no peers and no controller).
+struct NoPeers;
+impl Outbound for NoPeers {
+    fn send(&self, _: &Rc<str>, _: u64, _: u32, _: NodeId, _: PeerMessage) {}
+    fn control(&self, _: &Rc<str>, _: u64, _: u32, _: ControlMessage) {}
+}
+
+impl Replication {
+    /// The replica set of one of a partition that is the only copy of its data, leading
+    /// `epoch` (the disk's fencing epoch): see [`Replica::alone`].
+    pub(super) fn alone(epoch: Epoch, log_end: u64, durable_end: u64) -> Replication {
+        Replication {
+            replica: Replica::alone(ALONE, ReplicaConfig::default(), epoch, log_end, durable_end),
+            topic_id: 0,
+            outbound: Rc::new(NoPeers),
+            persisted: (epoch, EpochHistory::default(), true),
+        }
+    }
+
+    /// Whether it belongs to a cluster's replica set (not the only copy of the data).
+    pub(super) fn in_cluster(&self) -> bool {
+        !self.replica.is_alone()
+    }
 }
 
 /// `replica.json`: what a replica must remember across restarts besides its log.
@@ -224,7 +257,10 @@ impl<D: Disk> Partition<D> {
         }
         let stored_topic_id = state.topic_id;
         *self.replication.borrow_mut() =
-            Some(Replication { replica, topic_id, outbound, persisted: (state.epoch, history, voter) });
+            Replication { replica, topic_id, outbound, persisted: (state.epoch, history, voter) };
+        // What the log held when it was opened counted as committed to the replica alone
+        // it had until now; a cluster's replica commits only what its leader says.
+        self.visible_hw.set(0);
         if stored_topic_id != topic_id || voter != state.voter {
             self.write_replica_state().await?;
         }
@@ -280,18 +316,21 @@ impl<D: Disk> Partition<D> {
         Ok(first.filter(|h| h.base_offset == offset).map(|h| h.leader_epoch))
     }
 
-    /// The incarnation of the topic this replica belongs to (0 without replication).
+    /// The incarnation of the topic this replica belongs to (0 when it is alone).
     pub fn topic_id(&self) -> u64 {
-        self.replication.borrow().as_ref().map_or(0, |r| r.topic_id)
+        self.replication.borrow().topic_id
     }
 
+    /// Whether the partition is a replica of a cluster's replica set (not the only copy of
+    /// its data, as on a single node): only then do other nodes' messages reach it.
     pub fn is_replicated(&self) -> bool {
-        self.replication.borrow().is_some()
+        self.replication.borrow().in_cluster()
     }
 
-    /// The replica's view: (is leader, leader, epoch).
-    pub fn leadership(&self) -> Option<(bool, Option<NodeId>, Epoch)> {
-        self.replication.borrow().as_ref().map(|r| (r.replica.is_leader(), r.replica.leader(), r.replica.epoch()))
+    /// The replica's view: (is leader, leader, epoch). A replica alone leads, as node 0.
+    pub fn leadership(&self) -> (bool, Option<NodeId>, Epoch) {
+        let r = self.replication.borrow();
+        (r.replica.is_leader(), r.replica.leader(), r.replica.epoch())
     }
 
     /// For a link sending `[from, to)` to a follower: the whole batches that cover the
@@ -310,8 +349,7 @@ impl<D: Disk> Partition<D> {
     ) -> Option<(PeerMessage, Vec<Bytes>)> {
         let plan = {
             let r = self.replication.borrow();
-            let r = r.as_ref()?;
-            if !r.replica.is_leader() || r.replica.epoch() != epoch {
+            if !r.in_cluster() || !r.replica.is_leader() || r.replica.epoch() != epoch {
                 return None;
             }
             let log = self.log.borrow();
@@ -343,7 +381,6 @@ impl<D: Disk> Partition<D> {
         }
         let start = start?;
         let r = self.replication.borrow();
-        let r = r.as_ref()?;
         if !r.replica.is_leader() || r.replica.epoch() != epoch || end > r.replica.log_end() {
             return None;
         }
@@ -351,14 +388,16 @@ impl<D: Disk> Partition<D> {
     }
 
     /// Carries out actions that need no waiting. Those that do (a truncation, an epoch
-    /// write) never come out of the calls that use this.
-    pub(super) fn run_sync_actions(&self, actions: Vec<Action>) {
+    /// write) never come out of the calls that use this. Returns whether one was a
+    /// `Commit` (then the waiters were answered and the readers woken).
+    pub(super) fn run_sync_actions(&self, actions: Vec<Action>) -> bool {
+        let mut committed = false;
         if actions.is_empty() {
-            return;
+            return committed;
         }
-        let (outbound, topic_id) = match &*self.replication.borrow() {
-            Some(r) => (r.outbound.clone(), r.topic_id),
-            None => return,
+        let (outbound, topic_id) = {
+            let r = self.replication.borrow();
+            (r.outbound.clone(), r.topic_id)
         };
         for a in actions {
             match a {
@@ -368,6 +407,7 @@ impl<D: Disk> Partition<D> {
                     self.visible_hw.set(self.visible_hw.get().max(hw));
                     self.release_waiters();
                     self.data_arrived.notify_all();
+                    committed = true;
                 }
                 // A producer's batch: already in the log (the append made it).
                 Action::AppendLocal(meta) if !meta.control => {}
@@ -378,23 +418,20 @@ impl<D: Disk> Partition<D> {
                 other => log::error!("{}/{}: unexpected replication action {other:?}", self.topic, self.id),
             }
         }
+        committed
     }
 
     /// Time passes: heartbeats, resends, the controller heartbeat.
     pub fn replication_tick(&self, now_ms: u64) {
         let mut actions = Vec::new();
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
-            r.replica.tick(now_ms, &mut actions);
-        }
+        self.replication.borrow_mut().replica.tick(now_ms, &mut actions);
         self.run_sync_actions(actions);
     }
 
     /// Leader: a follower's answer.
     pub async fn on_follower_reply(&self, msg: PeerMessage) {
         let mut actions = Vec::new();
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
-            r.replica.on_peer(msg, &mut actions);
-        }
+        self.replication.borrow_mut().replica.on_peer(msg, &mut actions);
         self.run_actions(actions, &[]).await;
     }
 
@@ -406,9 +443,7 @@ impl<D: Disk> Partition<D> {
             return;
         }
         let mut actions = Vec::new();
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
-            r.replica.on_control(msg, &mut actions);
-        }
+        self.replication.borrow_mut().replica.on_control(msg, &mut actions);
         self.run_actions(actions, &[]).await;
     }
 
@@ -420,9 +455,7 @@ impl<D: Disk> Partition<D> {
             return None;
         }
         let mut actions = Vec::new();
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
-            r.replica.on_peer(msg, &mut actions);
-        }
+        self.replication.borrow_mut().replica.on_peer(msg, &mut actions);
         // From here until the cut is made, the replica believes in a log the files do not
         // hold yet: no write may complete into it and report its durable end (`after_io`),
         // however long the epoch write before the cut takes.
@@ -442,7 +475,7 @@ impl<D: Disk> Partition<D> {
             Answer::WhenDurable(through) => {
                 // (After 10 s the ack says what is durable by then, which may be less.)
                 let _ = self.wait_committed(through - 1, AckLevel::Local, Duration::from_secs(10)).await;
-                Some(self.replication.borrow().as_ref()?.replica.ack())
+                Some(self.replication.borrow().replica.ack())
             }
             Answer::Now(msg) => Some(msg),
             Answer::None => None,
@@ -594,9 +627,15 @@ impl<D: Disk> Partition<D> {
     /// persisted epoch history as far as the reopened log bears it out (what a truncation
     /// that failed half-way left in the files is whatever the rescan found).
     pub(super) async fn reset_to_reopened_log(&self) {
-        let persisted = match &*self.replication.borrow() {
-            Some(r) => r.persisted.1.entries().to_vec(),
-            None => return,
+        let persisted = {
+            let r = self.replication.borrow();
+            if !r.in_cluster() {
+                // (Alone, its epochs matter to nobody: no follower compares logs with it.)
+                drop(r);
+                self.reset_replica(None);
+                return;
+            }
+            r.persisted.1.entries().to_vec()
         };
         match self.history_borne_out(&persisted).await {
             Ok(history) => self.reset_replica(Some(history)),
@@ -614,7 +653,15 @@ impl<D: Disk> Partition<D> {
         let log_end = self.log.borrow().next_offset();
         // (Appends may still wait for the disk: the replica must not count them durable.)
         let durable = self.local_end();
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
+        let mut r = self.replication.borrow_mut();
+        if !r.in_cluster() {
+            // The only copy restarts from its log, still leading: nobody else could. Its
+            // high watermark is what the log holds durably now (after a reopen, what the
+            // rescan found).
+            r.replica = Replica::alone(ALONE, r.replica.config().clone(), r.replica.epoch(), log_end, durable);
+            r.replica.set_log_start(self.log.borrow().log_start_offset());
+            self.visible_hw.set(r.replica.high_watermark());
+        } else {
             if r.replica.is_leader() {
                 log::warn!("{}/{}: stepping down as leader: its log failed at offset {log_end}", self.topic, self.id);
             }
@@ -629,6 +676,7 @@ impl<D: Disk> Partition<D> {
             }
             r.replica = replica;
         }
+        drop(r);
         self.release_waiters();
     }
 
@@ -636,10 +684,10 @@ impl<D: Disk> Partition<D> {
     async fn persist_replica_state(&self) -> Result<(), StorageError> {
         {
             let r = self.replication.borrow();
-            let Some(r) = r.as_ref() else { return Ok(()) };
             // Called before every replicated append: compare before copying anything.
-            if (r.replica.epoch(), r.replica.history(), r.replica.is_voter())
-                == (r.persisted.0, &r.persisted.1, r.persisted.2)
+            if !r.in_cluster()
+                || (r.replica.epoch(), r.replica.history(), r.replica.is_voter())
+                    == (r.persisted.0, &r.persisted.1, r.persisted.2)
             {
                 return Ok(());
             }
@@ -651,7 +699,9 @@ impl<D: Disk> Partition<D> {
     async fn write_replica_state(&self) -> Result<(), StorageError> {
         let (state, current) = {
             let r = self.replication.borrow();
-            let Some(r) = r.as_ref() else { return Ok(()) };
+            if !r.in_cluster() {
+                return Ok(());
+            }
             let current = (r.replica.epoch(), r.replica.history().clone(), r.replica.is_voter());
             let state = ReplicaState {
                 topic_id: r.topic_id,
@@ -663,9 +713,7 @@ impl<D: Disk> Partition<D> {
         };
         let bytes = serde_json::to_vec(&state).expect("replica state serializes");
         self.disk.write_file_atomic(&self.dir.join(REPLICA_STATE_FILE), bytes).await?;
-        if let Some(r) = self.replication.borrow_mut().as_mut() {
-            r.persisted = current;
-        }
+        self.replication.borrow_mut().persisted = current;
         Ok(())
     }
 

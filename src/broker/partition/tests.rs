@@ -95,7 +95,7 @@ async fn lead(p: &Partition<MemDisk>, epoch: u32) {
     p.on_control(ControlMessage::Fence { epoch }).await;
     p.on_control(ControlMessage::BecomeLeader { epoch, replicas: vec![1], unanimous: false }).await;
     for _ in 0..100 {
-        if p.leadership().is_some_and(|(leads, _, e)| leads && e == epoch) {
+        if matches!(p.leadership(), (true, _, e) if e == epoch) {
             return;
         }
         crate::rt::sleep(Duration::from_millis(10)).await;
@@ -143,11 +143,7 @@ fn a_leader_whose_write_failed_steps_down_and_can_lead_again() {
         match append_as_leader(&p, b"after").await {
             Ok(_) => {}
             Err(e) => {
-                assert!(
-                    p.leadership().is_some_and(|(leads, _, _)| !leads),
-                    "refuses writes ({e}) while saying it leads: {:?}",
-                    p.leadership()
-                );
+                assert!(!p.leadership().0, "refuses writes ({e}) while saying it leads: {:?}", p.leadership());
                 lead(&p, 2).await;
             }
         }
@@ -181,11 +177,7 @@ fn a_leader_that_cannot_write_its_epoch_start_steps_down() {
         use crate::replication::ControlMessage;
         p.on_control(ControlMessage::Fence { epoch: 2 }).await;
         p.on_control(ControlMessage::BecomeLeader { epoch: 2, replicas: vec![1], unanimous: false }).await;
-        assert!(
-            p.leadership().is_some_and(|(leads, _, _)| !leads),
-            "it cannot start its epoch, so it must not lead: {:?}",
-            p.leadership()
-        );
+        assert!(!p.leadership().0, "it cannot start its epoch, so it must not lead: {:?}", p.leadership());
         disk.set_faults(MemFaults::default());
         wait_healthy(&p).await;
         lead(&p, 3).await;
@@ -236,6 +228,10 @@ fn a_sync_in_flight_across_a_truncation_does_not_complete_on_the_new_log() {
         truncation.await.expect("ran").expect("truncated");
         sync.await.expect("the shard did not panic");
         assert_eq!(p.log_end_offset(), 1);
+        // (Only a cluster's follower is ever told to cut its log; this test cut the log of
+        // a replica alone behind its back, so it restarts from the log, as after a failed
+        // write.)
+        p.reset_to_log_end();
         let next = p.append(idempotent_batch(0, 0, b"after"), Bytes::from).expect("appended");
         assert_eq!(next.first_offset, 1);
     });
@@ -295,5 +291,50 @@ fn a_reopened_partition_answers_a_retry_with_its_original_offsets() {
             assert!(gap.is_err(), "crashed: {crashed}: sequence 3 after 1 is a gap: {gap:?}");
             p.close().await;
         }
+    });
+}
+
+/// A single node's partition is a replica set of one, through the same driver as a
+/// cluster's: its replica leads from the start (as node 0, in the disk's fencing epoch), its
+/// high watermark is its durable end, and what claims to come from a leader or a controller
+/// changes nothing (it has neither).
+#[test]
+fn a_single_node_partition_is_a_replica_set_of_one_that_no_peer_can_move() {
+    use crate::replication::{ControlMessage, PeerMessage};
+    run(|| async {
+        let disk = MemDisk::new();
+        let p = open(&disk).await;
+        assert_eq!(p.leadership(), (true, Some(0), 0), "the only replica leads");
+        assert!(!p.is_replicated(), "not a cluster's replica");
+        let first = p.append(idempotent_batch(0, 0, b"one"), Bytes::from).expect("appended");
+        let hw = p.wait_committed(first.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("acked");
+        assert_eq!(hw, first.last_offset + 1, "the high watermark is the durable end");
+
+        let mut forged = BatchBuilder::with_capacity(64);
+        forged.push(None, b"forged", 1);
+        let mut forged = forged.finish(0, 0, 0).to_vec();
+        crate::protocol::batch::stamp_batch(&mut forged, 0, 99);
+        let append = PeerMessage::Append {
+            epoch: 99,
+            leader: 7,
+            prev_offset: 0,
+            prev_epoch: None,
+            end_offset: 1,
+            epochs: vec![(99, 0)],
+            leader_hw: 1,
+            log_start: 0,
+        };
+        assert_eq!(p.on_leader_append(append, &[Bytes::from(forged)]).await, None, "no answer to a forged append");
+        p.on_control(ControlMessage::Fence { epoch: 99 }).await;
+        p.on_control(ControlMessage::BecomeFollower { epoch: 100, leader: 7, replicas: vec![0, 7] }).await;
+        p.on_follower_reply(PeerMessage::StaleEpoch { epoch: 101, from: 7 }).await;
+        assert_eq!(p.leadership(), (true, Some(0), 0), "still the leader of its own epoch");
+        assert_eq!((p.log_end_offset(), p.high_watermark()), (1, 1), "the log and high watermark did not move");
+        assert_eq!(value_at(&p, 0).await, b"one");
+
+        let next = p.append(idempotent_batch(0, 0, b"two"), Bytes::from).expect("appended");
+        assert_eq!(next.first_offset, 1);
+        p.wait_committed(next.last_offset, AckLevel::All, Duration::from_secs(5)).await.expect("acked at all");
+        assert_eq!(value_at(&p, 1).await, b"two");
     });
 }

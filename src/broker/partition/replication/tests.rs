@@ -136,9 +136,9 @@ fn a_persisted_history_ahead_of_the_log_is_corrected_from_the_batches() {
         crate::storage::Disk::write_file_atomic(&disk, &dir.join("replica.json"), state).await.unwrap();
         let p = open().await.unwrap();
         p.enable_replication(1, 1, false, ReplicaConfig::default(), Rc::new(Nowhere)).await.unwrap();
-        let history = p.replication.borrow().as_ref().unwrap().replica.history().clone();
+        let history = p.replication.borrow().replica.history().clone();
         assert_eq!(history.epoch_at(1), Some(1), "offset 1 holds an epoch-1 batch: {history:?}");
-        assert_eq!(p.replication.borrow().as_ref().unwrap().replica.epoch(), 2, "the epoch stays adopted");
+        assert_eq!(p.replication.borrow().replica.epoch(), 2, "the epoch stays adopted");
     })
     .unwrap();
 }
@@ -179,7 +179,7 @@ fn a_produce_during_the_epoch_start_neither_takes_its_offset_nor_is_lost() {
         }
         // What was accepted sits after the epoch-start batch; log and replica agree.
         assert_eq!(after.first_offset, if during.is_ok() { 2 } else { 1 });
-        let replica_end = p.replication.borrow().as_ref().unwrap().replica.log_end();
+        let replica_end = p.replication.borrow().replica.log_end();
         assert_eq!(replica_end, p.log.borrow().next_offset(), "the replica and the log disagree");
     })
     .unwrap();
@@ -338,7 +338,7 @@ fn damage_in_a_sealed_segment_is_cut_and_repaired_not_refused_for_good() {
             last = append();
         }
         p.wait_committed(last, crate::broker::partition::AckLevel::Local, Duration::from_secs(5)).await.unwrap();
-        let epoch2_start = p.replication.borrow().as_ref().unwrap().replica.history().entries()[1].1;
+        let epoch2_start = p.replication.borrow().replica.history().entries()[1].1;
         p.close().await;
         drop(p);
         // Flip a bit in the epoch-2 start batch, in the (now sealed) first segment.
