@@ -9,6 +9,7 @@
 #
 #   perf/ab.sh OLD_QUORRA_BINARY [NEW_QUORRA_BINARY]   # B defaults to this tree's release build
 #   ROUNDS=3 DURATION=10s TAG=name perf/ab.sh ...       # the defaults
+#   FLUSH=interval:100 WORKLOADS="4x256-p1" perf/ab.sh ... # CPU-bound: no fsync per write
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -16,6 +17,8 @@ A_BIN=$(realpath "${1:?usage: perf/ab.sh A_BINARY [B_BINARY]}")
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 TAG=${TAG:-ab}
+FLUSH=${FLUSH:-always}
+read -r -a WORKLOADS <<< "${WORKLOADS:-w1 4x256-p1 4x256-p4}"
 STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-ab-$TAG
 WORK_PREFIX=quorra-ab
 source "$ROOT/perf/cluster-common.sh"
@@ -30,7 +33,7 @@ declare -A BOOT=([a]=127.0.0.1:${ports[0]} [b]=127.0.0.1:${ports[1]})
 declare -A BIN=([a]=$A_BIN [b]=$B_BIN)
 for v in a b; do
   log="$OUT/broker-$v.log"
-  "${BIN[$v]}" serve --listen "${BOOT[$v]}" --data-dir "$WORK/data-$v" --flush always >>"$log" 2>&1 &
+  "${BIN[$v]}" serve --listen "${BOOT[$v]}" --data-dir "$WORK/data-$v" --flush "$FLUSH" >>"$log" 2>&1 &
   PID[$v]=$!
   for _ in $(seq 400); do grep -q "serving on" "$log" 2>/dev/null && break; sleep 0.05; done
   grep -q "serving on" "$log" || { echo "broker $v did not start" >&2; exit 1; }
@@ -52,7 +55,6 @@ run() {
       > "$OUT/$name.verify" 2>/dev/null || echo "VERIFY FAILED" >> "$OUT/$name.verify"
   "$QUORRA" topic delete --bootstrap "${BOOT[$v]}" "$name" >/dev/null || log "delete $name failed"
 }
-WORKLOADS=(w1 4x256-p1 4x256-p4)
 for r in $(seq "$ROUNDS"); do
   for w in "${WORKLOADS[@]}"; do
     # Alternate which build goes first, so that neither always runs on a warmer machine.
@@ -61,9 +63,10 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS" > "$OUT/../$STAMP.md" <<'EOF'
+echo "flush=$FLUSH" >> "$OUT/machine.txt"
+python3 - "$OUT" "$ROUNDS" "${WORKLOADS[*]}" > "$OUT/../$STAMP.md" <<'EOF'
 import json, pathlib, statistics, sys
-out, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+out, rounds, workloads = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split()
 m = dict(l.split("=", 1) for l in (out / "machine.txt").read_text().split("\n") if "=" in l)
 def load(n):
     try: return json.loads((out / f"{n}.json").read_text())
@@ -76,12 +79,12 @@ def verdict(n):
     return "clean" if line and not bad else f"NOT CLEAN: {line.strip()}"
 print(f"# A/B, single node ({m.get('host')}, {m.get('cores')} cores, kernel {m.get('kernel')}, tree {m.get('commit')})\n")
 print(f"A: `{m.get('a')}`  \nB: `{m.get('b')}`\n")
-print(f"Command: `ROUNDS={rounds} DURATION={m.get('duration')} perf/ab.sh A B`; 1 KiB, acks=leader, flush=always;")
+print(f"Command: `ROUNDS={rounds} DURATION={m.get('duration')} FLUSH={m.get('flush')} perf/ab.sh A B`; 1 KiB, acks=leader;")
 print("both brokers side by side, runs alternating. Medians of the rounds; every run below.\n")
 print("| workload | A msgs/s | B msgs/s | B/A | A mean / p50 / p99 us | B mean / p50 / p99 us | checks |")
 print("|---|---:|---:|---:|---|---|---|")
 runs = []
-for w in ["w1", "4x256-p1", "4x256-p4"]:
+for w in workloads:
     row = {}
     for v in "ab":
         js = [load(f"{w}-{v}-{r}") for r in range(1, rounds + 1)]
