@@ -13,7 +13,7 @@ fn run_seed(seed: u64, shape: Shape) -> SimStats {
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
             let single = if shape == Shape::SingleNode { " QUORRA_SIM_SINGLE_NODE=1" } else { "" };
-            panic!("simulation seed {seed} ({shape:?}) failed: {msg}\nreplay: QUORRA_SIM_SEED={seed}{single} QUORRA_SIM_TRACE=1 cargo test --lib sim::tests::sim_one_seed -- --exact --nocapture");
+            panic!("simulation seed {seed} failed: {msg} ({shape:?} schedule)\nreplay: QUORRA_SIM_SEED={seed}{single} QUORRA_SIM_TRACE=1 cargo test --lib sim::tests::sim_one_seed -- --exact --nocapture");
         }
     }
 }

@@ -338,3 +338,28 @@ fn a_single_node_partition_is_a_replica_set_of_one_that_no_peer_can_move() {
         assert_eq!(value_at(&p, 1).await, b"two");
     });
 }
+
+/// A single node whose sync fails restarts its replica from the log with only what is
+/// durable counted: what the failed sync was to make durable is neither served nor counted
+/// (a crash before the reopen would lose it), though the write that put it in the file
+/// succeeded.
+#[test]
+fn a_single_node_whose_sync_failed_counts_only_what_is_durable() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let p = open(&disk).await;
+        let first = p.append(idempotent_batch(0, 0, b"durable"), Bytes::from).expect("appended");
+        p.wait_committed(first.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await.expect("acked");
+        disk.set_faults(MemFaults { sync_errno: Some(libc::EIO), ..Default::default() });
+        let second = p.append(idempotent_batch(0, 0, b"never synced"), Bytes::from).expect("appended");
+        let failed = p.wait_committed(second.last_offset, AckLevel::Quorum, Duration::from_secs(5)).await;
+        assert!(failed.is_err(), "the sync failed, so the produce must fail: {failed:?}");
+        // (The reopen keeps failing while syncs do.)
+        crate::rt::sleep(Duration::from_millis(50)).await;
+        assert_eq!(p.high_watermark(), 1, "only the synced record counts");
+        assert!(p.fetch(1, 1 << 20, Duration::ZERO).await.expect("fetch").is_empty(), "nothing unsynced is served");
+        disk.set_faults(MemFaults::default());
+        wait_healthy(&p).await;
+        assert_eq!(value_at(&p, 0).await, b"durable");
+    });
+}
