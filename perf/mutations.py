@@ -130,17 +130,6 @@ MUTATIONS += [
         test=["cargo", "test", "--lib", "a_single_node_partition_is_a_replica_set_of_one"],
     ),
     dict(
-        name="a single node counts what it wrote but has not made durable (its high watermark is its log end)",
-        file="src/replication/replica.rs",
-        old="""        let durable_end = durable_end.min(log_end);
-        Replica {""",
-        new="""        let durable_end = log_end;
-        Replica {""",
-        # The simulator catches it only when a crash falls between a failed sync and the
-        # reopen; the unit test makes that window.
-        test=["cargo", "test", "--lib", "a_single_node_whose_sync_failed"],
-    ),
-    dict(
         name="a reset replica counts appends still waiting for the disk as durable",
         file="src/broker/partition/replication.rs",
         old=""".durable_below(durable);""",
