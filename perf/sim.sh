@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A long run of the simulator (the production partition on simulated disks, network and
-# metadata log): N seeded fault schedules (default 1,000,000)
-# from seed FIRST (default 0), and a report of what they did (faults injected by kind,
+# metadata log): N seeded cluster fault schedules (default 1,000,000) and N/4 single-node
+# ones (a replica set of one), from seed FIRST (default 0), and a report of what they did (faults injected by kind,
 # invariant checks, records acknowledged, elections) in perf/results/<date>-sim.md.
 #
 #   perf/sim.sh [schedules] [first-seed]
