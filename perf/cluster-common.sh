@@ -12,7 +12,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 log "building"
 cargo build --release --workspace -q
 QUORRA=${QUORRA_BIN:-$ROOT/target/release/quorra}  # QUORRA_BIN: another build, for A/B runs
-LOAD=$ROOT/target/release/quorra-load
+LOAD=${QUORRA_LOAD_BIN:-$ROOT/target/release/quorra-load}  # QUORRA_LOAD_BIN: another build, for A/B runs
 {
   echo "host=$(hostname -s)"; echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "cores=$(nproc)"; echo "kernel=$(uname -r)"

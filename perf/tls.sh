@@ -10,6 +10,7 @@
 #   perf/tls.sh                  # about 6 minutes
 #   DURATION=3s perf/tls.sh      # a quick pass
 #   REPEAT=3 SETUPS=rf3 SIZES=1024 perf/tls.sh   # medians of 3 rounds of some rows
+#   FLUSH=interval:100 ...       # no fsync per write: what TLS costs the CPU
 #   PROFILE=1 ...                # also a CPU profile (perf, cpu-clock) of node 1 of each
 #                                # cluster during its first 1 KiB window-256 run
 set -euo pipefail
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DURATION=${DURATION:-10s}
 REPEAT=${REPEAT:-1}
+FLUSH=${FLUSH:-always}
 read -r -a SETUPS <<< "${SETUPS:-single rf3}"
 read -r -a SIZES <<< "${SIZES:-1024 16384}"
 STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)-tls${TAG:+-$TAG}
@@ -38,7 +40,7 @@ tls_section() { # node
 # single VARIANT PORT
 single() {
   { echo "listen = \"127.0.0.1:$2\""; echo "data_dir = \"$WORK/single-$1\""; echo "shards = 1"
-    echo "[runtime]"; echo "pin_cores = false"
+    echo "[runtime]"; echo "pin_cores = false"; echo "[storage]"; echo "flush = \"$FLUSH\""
     [ "$1" = tls ] && tls_section 1; true; } > "$WORK/single-$1.toml"
 }
 # cluster VARIANT FIRST-PORT-INDEX: three nodes, client ports ports[i..i+2], peer ports[i+3..i+5]
@@ -46,7 +48,7 @@ cluster() {
   local i0=$2
   for n in 1 2 3; do
     { echo "listen = \"127.0.0.1:${ports[$((i0+n-1))]}\""; echo "data_dir = \"$WORK/$1-data-$n\""; echo "shards = 1"
-      echo "[runtime]"; echo "pin_cores = false"
+      echo "[runtime]"; echo "pin_cores = false"; echo "[storage]"; echo "flush = \"$FLUSH\""
       [ "$1" = tls ] && tls_section $n
       echo "[cluster]"; echo "node_id = $n"; echo "cluster_id = \"perf-tls\""; echo "mode = \"hybrid\""
       echo "secret_file = \"$WORK/cluster.secret\""
@@ -92,7 +94,7 @@ run() {
   if [ -n "$profiling" ]; then
     wait "$profiling" || true
     perf report -i "$OUT/$variant-node1.perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.3 2>/dev/null \
-        | grep -v '^$' | head -80 > "$OUT/$variant-node1.profile.txt" || true
+        | grep -v '^$' | sed 's/  */ /g' | head -80 > "$OUT/$variant-node1.profile.txt" || true
     rm -f "$OUT/$variant-node1.perf.data"
   fi
   "$LOAD" consume --bootstrap "${BOOT[$setup-$variant]}" --topic "$name" --consumers 2 --verify \
@@ -112,6 +114,7 @@ for round in $(seq "$REPEAT"); do
   done
 done
 
+echo "flush=$FLUSH" >> "$OUT/machine.txt"
 python3 - "$OUT" "$DURATION" "$REPEAT" "${SETUPS[*]}" "${SIZES[*]}" > "$OUT/../$STAMP.md" <<'EOF'
 import json, pathlib, statistics, sys
 out, duration, repeat = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -130,7 +133,8 @@ def verdict(n):
     t = (out / f"{n}.verify").read_text() if (out / f"{n}.verify").exists() else "missing"
     return "FAILED" if "FAILED" in t else " ".join(l.strip() for l in t.splitlines() if "lost" in l)[:80]
 print(f"# TLS cost ({m.get('host')}, {m.get('cores')} cores, kernel {m.get('kernel')}, commit {m.get('commit')})\n")
-print(f"Command: `DURATION={duration} REPEAT={repeat} perf/tls.sh`; acks=quorum, flush=always, 4 partitions; plain and TLS")
+flush = m.get("flush", "always")
+print(f"Command: `DURATION={duration} REPEAT={repeat} FLUSH={flush} perf/tls.sh`; acks=quorum, flush={flush}, 4 partitions; plain and TLS")
 print("brokers side by side, runs alternating. Throughput at window 256, latency at window 1;")
 print(f"the median of {repeat} round(s) (each round's runs are listed after the table).\n")
 print("| setup | size | plain msgs/s | TLS msgs/s | TLS/plain | plain p50 / p99 (us, w1) | TLS p50 / p99 (us, w1) | TLS p50 cost | checks |")

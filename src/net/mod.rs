@@ -284,7 +284,7 @@ pub fn split(stream: Stream) -> io::Result<(BufReader<ReadHalf>, WriteHalf)> {
             (ReadHalf::Plain(stream), WriteInner::Plain(writer), raw)
         }
         Stream::Tls(tls) => {
-            let tcp = tls.get_ref().0;
+            let tcp = tls::tcp_of(&tls);
             tcp.set_nodelay(true).map_err(io::Error::from)?;
             let raw = tcp.as_raw_fd();
             let (r, w) = futures_lite::io::split(tls);

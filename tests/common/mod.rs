@@ -223,26 +223,41 @@ static IDLE_EXECUTORS: std::sync::Mutex<Vec<std::sync::mpsc::Sender<Job>>> = std
 /// ends (measured: 50 empty executors, 50 descriptors), and a 30-minute nemesis run polls
 /// tens of thousands of times (it ran out of descriptors). After each piece of work the
 /// executor runs on for a moment, so that the tasks of connections it closed end and close
-/// their sockets. A panic in the work ends its thread, which is not reused.
+/// their sockets. A panic in the work is caught on its thread and raised again in the
+/// caller, with its message (the executor thread may have been started by another test,
+/// whose captured output would otherwise hold it); the thread is not reused.
 pub fn run<F, Fut, T>(f: F) -> T
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T> + 'static,
     T: Send + 'static,
 {
+    use futures_lite::FutureExt;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let job: Job = Box::new(move || {
         Box::pin(async move {
-            let out = f().await;
-            let _ = done_tx.send(out);
+            let out = std::panic::AssertUnwindSafe(async move { f().await }).catch_unwind().await;
+            let _ = done_tx.send(out.map_err(|p| panic_message(&*p)));
         })
     });
     let idle = IDLE_EXECUTORS.lock().unwrap().pop();
     let worker = idle.unwrap_or_else(start_executor_thread);
     worker.send(job).expect("an idle executor thread takes work");
-    let out = done_rx.recv().expect("client thread panicked");
-    IDLE_EXECUTORS.lock().unwrap().push(worker);
-    out
+    match done_rx.recv().expect("the client thread ended") {
+        Ok(out) => {
+            IDLE_EXECUTORS.lock().unwrap().push(worker);
+            out
+        }
+        Err(message) => panic!("client code panicked: {message}"),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 fn start_executor_thread() -> std::sync::mpsc::Sender<Job> {
