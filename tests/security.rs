@@ -675,3 +675,54 @@ fn acls_allow_exactly_what_they_grant_and_deny_by_default() {
         "allow alice read on topic audit. (prefix)\nallow alice read on group g1\n"
     );
 }
+
+/// One SCRAM-SHA-256 message on a raw connection: the server's answer (or its error code).
+fn scram_step(s: &mut TcpStream, message: String) -> Result<quorra::protocol::messages::AuthenticateResponse, u16> {
+    use quorra::protocol::messages::{ApiKind, AuthenticateRequest, AuthenticateResponse};
+    let req = AuthenticateRequest { mechanism: "SCRAM-SHA-256".into(), message };
+    match exchange(s, ApiKind::Authenticate as u16, &encode(&req), &[]) {
+        Answer::Ok(a) => Ok(decode::<AuthenticateResponse>(&a).unwrap()),
+        Answer::Error(e) => Err(e.code),
+        Answer::Closed => Err(0),
+    }
+}
+
+/// An eavesdropper's replay: a whole SCRAM exchange recorded from a successful login, its
+/// client messages sent again on a new connection. The server's nonce differs, so the
+/// recorded proof fails: `authentication_failed`, the connection is closed, and what it
+/// then sends is never served.
+#[test]
+fn a_recorded_scram_exchange_replayed_on_another_connection_is_refused() {
+    use common::{config_file, scratch_dir, Broker};
+    use quorra::protocol::scram::ClientExchange;
+    let dir = scratch_dir("scram-replay");
+    let config = config_file(dir.path(), "[auth]\nenabled = true\nsuper_users = [\"admin\"]\n");
+    let broker = Broker::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let b = broker.bootstrap();
+    let first_user = quorra::client::ClientConfig::with_bootstrap(&b);
+    common::run(move || async move {
+        let c = quorra::client::Client::connect(first_user).await.unwrap();
+        c.upsert_user("admin", "a password").await.unwrap();
+    });
+    // The genuine login, recorded.
+    let mut s = TcpStream::connect(&b).unwrap();
+    let (client, client_first) = ClientExchange::start("admin", "a password", "rOprNGfwEbeRWgbNEkqO").unwrap();
+    let server_first = scram_step(&mut s, client_first.clone()).expect("server-first");
+    assert!(!server_first.done);
+    let (verdict, client_final) = client.answer(&server_first.message).unwrap();
+    let server_final = scram_step(&mut s, client_final.clone()).expect("server-final");
+    assert!(server_final.done && server_final.principal == "admin", "{server_final:?}");
+    verdict.verify(&server_final.message).expect("the genuine server");
+    drop(s);
+    // The replay, on a new connection.
+    let mut s = TcpStream::connect(&b).unwrap();
+    let replayed_first = scram_step(&mut s, client_first).expect("a server-first for the replayed client-first");
+    assert_ne!(replayed_first.message, server_first.message, "the server chose the same nonce again");
+    let refused = scram_step(&mut s, client_final);
+    assert_eq!(refused.err(), Some(ErrorCode::AuthenticationFailed as u16), "the replayed proof was accepted");
+    // Nothing more is served on it.
+    let list = quorra::protocol::messages::ApiKind::ListTopics as u16;
+    assert!(matches!(exchange(&mut s, list, &[], &[]), Answer::Closed), "the connection stayed open");
+    let log = broker.log();
+    assert!(log.contains("authentication of \"admin\" failed"), "{log}");
+}
