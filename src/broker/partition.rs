@@ -133,11 +133,7 @@ impl<D: Disk> Partition<D> {
         if let LogHealth::Corrupt(why) = log.health() {
             log::error!("partition {topic}/{id} is corrupt and will not serve: {why}");
         }
-        let local_end = match flush {
-            FlushPolicy::Always => log.durable_offset(),
-            FlushPolicy::IntervalMs(_) => log.written_offset(),
-        };
-        let alone = Replication::alone(disk.fencing_epoch(), log.next_offset(), local_end);
+        let alone = Replication::alone(disk.fencing_epoch(), log.next_offset(), local_end_of(&log, flush));
         let visible_hw = alone.replica.high_watermark();
         let log = RefCell::new(log);
         let producers = load_producer_table(&disk, &dir, &log).await?;
@@ -193,11 +189,7 @@ impl<D: Disk> Partition<D> {
     /// What this replica holds as its flush policy defines it: durable with `flush =
     /// always`, written with `flush = interval`.
     pub(super) fn local_end(&self) -> u64 {
-        let log = self.log.borrow();
-        match self.flush {
-            FlushPolicy::Always => log.durable_offset(),
-            FlushPolicy::IntervalMs(_) => log.written_offset(),
-        }
+        local_end_of(&self.log.borrow(), self.flush)
     }
 
     /// The next offset the log assigns.
@@ -456,11 +448,9 @@ impl<D: Disk> Partition<D> {
     /// batches: the producer must retry, and deduplication makes that safe).
     fn release_waiters(&self) {
         let hw = self.high_watermark();
-        let (lost_lead, leader) = {
-            let r = self.replication.borrow();
-            ((!r.replica.is_leader()).then(|| r.replica.leader()), r.replica.leader())
-        };
         let leading = self.leading_epoch();
+        let leader = self.replication.borrow().replica.leader();
+        let lost_lead = leading.is_none().then_some(leader);
         let waiters: Vec<AckWaiter> = self.acks.borrow_mut().drain(..).collect();
         let mut keep = VecDeque::new();
         for w in waiters {
@@ -678,6 +668,14 @@ impl<D: Disk> Partition<D> {
 
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+}
+
+/// What `log` holds as `flush` defines it (see [`Partition::local_end`]).
+fn local_end_of<D: Disk>(log: &PartitionLog<D>, flush: FlushPolicy) -> u64 {
+    match flush {
+        FlushPolicy::Always => log.durable_offset(),
+        FlushPolicy::IntervalMs(_) => log.written_offset(),
     }
 }
 

@@ -684,10 +684,10 @@ impl<D: Disk> Partition<D> {
     async fn persist_replica_state(&self) -> Result<(), StorageError> {
         {
             let r = self.replication.borrow();
-            // Called before every replicated append: compare before copying anything.
-            if !r.in_cluster()
-                || (r.replica.epoch(), r.replica.history(), r.replica.is_voter())
-                    == (r.persisted.0, &r.persisted.1, r.persisted.2)
+            // Called before every replicated append: compare before copying anything. (A
+            // replica alone has no `replica.json`: `write_replica_state` skips it.)
+            if (r.replica.epoch(), r.replica.history(), r.replica.is_voter())
+                == (r.persisted.0, &r.persisted.1, r.persisted.2)
             {
                 return Ok(());
             }
