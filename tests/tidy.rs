@@ -135,6 +135,29 @@ fn every_unsafe_block_says_why_it_is_sound() {
     report("unsafe without a `// SAFETY:` comment above it", found);
 }
 
+/// One way of replacing a file atomically (`storage/durable_fs.rs`), reached only through
+/// the two storage seams (`Disk` for the shards, `ControlFiles` for the metadata log, the
+/// leases and start-up files), so that injected faults and `MemDisk` reach every file.
+#[test]
+fn files_are_replaced_only_through_the_storage_seams() {
+    let mut found = Vec::new();
+    for s in sources(&root()) {
+        let Some(rel) = under_src(&s) else { continue };
+        if rel.starts_with("storage/") {
+            continue;
+        }
+        for (n, line) in code_lines(&s.text) {
+            if line.contains("durable_fs::write_atomic")
+                || line.contains("fs::rename(")
+                || line.contains("create_new(true)")
+            {
+                found.push(format!("{}:{n}: {}", s.path.display(), line.trim()));
+            }
+        }
+    }
+    report("files replaced or created exclusively outside storage/ (use Disk or ControlFiles)", found);
+}
+
 #[test]
 fn no_source_file_is_over_800_lines() {
     let found: Vec<String> = sources(&root())

@@ -39,6 +39,7 @@ use crate::protocol::messages::{
 use crate::replication::controller::{Controller, ControllerAction, ControllerConfig};
 use crate::replication::{ControlMessage, NodeId};
 use crate::shard::owner_of_partition;
+use crate::storage::control_files::{InjectedFaults, OsControlFiles};
 use controllers::controller_loop;
 
 /// How long a metadata write may wait for a leader before it fails.
@@ -165,9 +166,11 @@ pub fn start(config: &Config, shard_inboxes: Vec<mpsc::Sender<ControlEnvelope>>)
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let raft_dir = config.data_dir.join("meta").join("raft");
     refuse_lost_vote(&config.data_dir, &raft_dir)?;
-    let log_store = LogStore::open(&raft_dir).map_err(|e| format!("metadata log {}: {e}", raft_dir.display()))?;
+    let files = OsControlFiles::shared(InjectedFaults::Metadata);
+    let log_store =
+        LogStore::open(files.clone(), &raft_dir).map_err(|e| format!("metadata log {}: {e}", raft_dir.display()))?;
     let (state_machine, meta) =
-        StateMachine::open(&raft_dir).map_err(|e| format!("metadata snapshot {}: {e}", raft_dir.display()))?;
+        StateMachine::open(files, &raft_dir).map_err(|e| format!("metadata snapshot {}: {e}", raft_dir.display()))?;
     let (requests, requests_rx) = mpsc::channel(CONTROL_QUEUE_DEPTH);
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop_rx = stop.clone();

@@ -8,12 +8,14 @@
 //! - `vote.json`, `committed.json`, `snapshot.json`: replaced atomically.
 //!
 //! Metadata is small and changes rarely (topic changes, elections), so plain blocking file
-//! I/O on the control thread is enough; the data path never waits for it.
+//! I/O on the control thread is enough; the data path never waits for it. It goes through
+//! the control plane's file seam ([`ControlFiles`]): the operating system's files with the
+//! injected `meta=` faults in production, a crashable [`crate::storage::mem_disk::MemDisk`]
+//! in tests.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
-use std::io::{Cursor, Read, Write};
+use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use tokio::sync::watch;
 
 use super::meta::{MetaCommand, MetaError, MetaState};
 use crate::limits::MAX_CONTROL_MESSAGE_BYTES;
+use crate::storage::control_files::{ControlFiles, SharedControlFiles};
 
 /// The result of applying one metadata command: why it was refused, or what it allocated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,23 +133,16 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsync'ed, then renamed.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::storage::faults::check_metadata("write", path)?;
-    crate::storage::durable_fs::write_atomic(path, bytes, || Ok(()))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| io_err(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+fn read_json<T: for<'de> Deserialize<'de>>(files: &dyn ControlFiles, path: &Path) -> std::io::Result<Option<T>> {
+    match files.read(path)? {
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| io_err(format!("{}: {e}", path.display()))),
+        None => Ok(None),
     }
 }
 
 struct LogInner {
+    files: SharedControlFiles,
     dir: PathBuf,
-    file: File,
     entries: BTreeMap<u64, Entry<MetaRaft>>,
     last_purged: Option<LogId<RaftNodeId>>,
 }
@@ -157,11 +153,7 @@ impl LogInner {
         for r in records {
             encode_record(&mut buf, r);
         }
-        let path = self.dir.join("log");
-        crate::storage::faults::check_metadata("write", &path)?;
-        self.file.write_all(&buf)?;
-        crate::storage::faults::check_metadata("sync", &path)?;
-        self.file.sync_data()
+        self.files.append(&self.dir.join("log"), &buf)
     }
 
     /// Rewrites the log file with only what is still needed (after a purge).
@@ -173,10 +165,7 @@ impl LogInner {
         for e in self.entries.values() {
             encode_record(&mut buf, &LogRecord::Entry(e.clone()));
         }
-        let path = self.dir.join("log");
-        write_atomic(&path, &buf)?;
-        self.file = OpenOptions::new().append(true).open(&path)?;
-        Ok(())
+        self.files.write_atomic(&self.dir.join("log"), &buf)
     }
 }
 
@@ -187,17 +176,17 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn open(dir: &Path) -> std::io::Result<LogStore> {
-        crate::storage::durable_fs::create_dir_all(dir)?;
+    pub fn open(files: SharedControlFiles, dir: &Path) -> std::io::Result<LogStore> {
+        files.create_dir_all(dir)?;
         let path = dir.join("log");
-        let existed = path.exists();
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).append(true).open(&path)?;
-        if !existed {
-            // The new log's name must be durable before any record in it counts.
-            crate::storage::durable_fs::fsync_dir(dir)?;
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        let bytes = match files.read(&path)? {
+            Some(bytes) => bytes,
+            None => {
+                // The new log's name must be durable before any record in it counts.
+                files.write_atomic(&path, &[])?;
+                Vec::new()
+            }
+        };
         let Decoded { records, valid, intact_after_damage } = decode_records(&bytes);
         if intact_after_damage > 0 {
             // Dropping the damaged record would drop every committed entry after it too.
@@ -211,8 +200,7 @@ impl LogStore {
         }
         if valid < bytes.len() {
             log::warn!("metadata log {}: dropping {} bytes of torn tail", path.display(), bytes.len() - valid);
-            file.set_len(valid as u64)?;
-            file.sync_all()?;
+            files.truncate(&path, valid as u64)?;
         }
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
@@ -230,15 +218,17 @@ impl LogStore {
                 }
             }
         }
-        Ok(LogStore { inner: Arc::new(Mutex::new(LogInner { dir: dir.to_path_buf(), file, entries, last_purged })) })
+        Ok(LogStore { inner: Arc::new(Mutex::new(LogInner { files, dir: dir.to_path_buf(), entries, last_purged })) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
         self.inner.lock().expect("metadata log lock")
     }
 
-    fn dir(&self) -> PathBuf {
-        self.lock().dir.clone()
+    /// The seam and the path of one of the log's small files.
+    fn file(&self, name: &str) -> (SharedControlFiles, PathBuf) {
+        let inner = self.lock();
+        (inner.files.clone(), inner.dir.join(name))
     }
 }
 
@@ -266,21 +256,24 @@ impl RaftLogStorage<MetaRaft> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<RaftNodeId>) -> StoreResult<()> {
         let bytes = serde_json::to_vec(vote).expect("vote serializes");
-        write_atomic(&self.dir().join("vote.json"), &bytes).map_err(|e| StorageIOError::write_vote(&e).into())
+        let (files, path) = self.file("vote.json");
+        files.write_atomic(&path, &bytes).map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<RaftNodeId>>> {
-        read_json(&self.dir().join("vote.json")).map_err(|e| StorageIOError::read_vote(&e).into())
+        let (files, path) = self.file("vote.json");
+        read_json(&*files, &path).map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftNodeId>>) -> StoreResult<()> {
         let bytes = serde_json::to_vec(&committed).expect("log id serializes");
-        write_atomic(&self.dir().join("committed.json"), &bytes).map_err(|e| StorageIOError::write(&e).into())
+        let (files, path) = self.file("committed.json");
+        files.write_atomic(&path, &bytes).map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<RaftNodeId>>> {
-        let c: Option<Option<LogId<RaftNodeId>>> =
-            read_json(&self.dir().join("committed.json")).map_err(|e| StorageIOError::read(&e))?;
+        let (files, path) = self.file("committed.json");
+        let c: Option<Option<LogId<RaftNodeId>>> = read_json(&*files, &path).map_err(|e| StorageIOError::read(&e))?;
         Ok(c.flatten())
     }
 
@@ -325,6 +318,7 @@ struct SnapshotFile {
 }
 
 struct MachineInner {
+    files: SharedControlFiles,
     dir: PathBuf,
     last_applied: Option<LogId<RaftNodeId>>,
     membership: StoredMembership<RaftNodeId, openraft::BasicNode>,
@@ -344,15 +338,25 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine from its last snapshot (entries after it are applied again
     /// by openraft from the log).
-    pub fn open(dir: &Path) -> std::io::Result<(StateMachine, watch::Receiver<Arc<MetaState>>)> {
-        let snapshot: Option<SnapshotFile> = read_json(&dir.join("snapshot.json"))?;
+    pub fn open(
+        files: SharedControlFiles,
+        dir: &Path,
+    ) -> std::io::Result<(StateMachine, watch::Receiver<Arc<MetaState>>)> {
+        let snapshot: Option<SnapshotFile> = read_json(&*files, &dir.join("snapshot.json"))?;
         let (last_applied, membership, state) = match &snapshot {
             Some(s) => (s.meta.last_log_id, s.meta.last_membership.clone(), s.state.clone()),
             None => (None, StoredMembership::default(), MetaState::default()),
         };
         let (tx, rx) = watch::channel(Arc::new(state.clone()));
-        let inner =
-            MachineInner { dir: dir.to_path_buf(), last_applied, membership, state, snapshot, snapshot_count: 0 };
+        let inner = MachineInner {
+            files,
+            dir: dir.to_path_buf(),
+            last_applied,
+            membership,
+            state,
+            snapshot,
+            snapshot_count: 0,
+        };
         Ok((StateMachine { inner: Arc::new(Mutex::new(inner)), published: Arc::new(tx) }, rx))
     }
 
@@ -378,7 +382,9 @@ impl RaftSnapshotBuilder<MetaRaft> for StateMachine {
             SnapshotMeta { last_log_id: inner.last_applied, last_membership: inner.membership.clone(), snapshot_id };
         let file = SnapshotFile { meta: meta.clone(), state: inner.state.clone() };
         let bytes = serde_json::to_vec(&file).expect("snapshot serializes");
-        write_atomic(&inner.dir.join("snapshot.json"), &bytes)
+        inner
+            .files
+            .write_atomic(&inner.dir.join("snapshot.json"), &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         inner.snapshot = Some(file);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
@@ -435,7 +441,9 @@ impl RaftStateMachine<MetaRaft> for StateMachine {
         let file: SnapshotFile = serde_json::from_slice(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
         let mut inner = self.lock();
-        write_atomic(&inner.dir.join("snapshot.json"), &bytes)
+        inner
+            .files
+            .write_atomic(&inner.dir.join("snapshot.json"), &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
@@ -452,6 +460,15 @@ impl RaftStateMachine<MetaRaft> for StateMachine {
             Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(bytes)) }
         }))
     }
+}
+
+/// A blank entry of term 1 at `index`.
+#[cfg(test)]
+fn blank(index: u64) -> LogRecord {
+    LogRecord::Entry(Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Blank,
+    })
 }
 
 #[cfg(test)]
@@ -482,10 +499,7 @@ mod tests {
     }
 
     fn blank_entry(index: u64) -> LogRecord {
-        LogRecord::Entry(Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Blank,
-        })
+        blank(index)
     }
 
     /// Defect 11k: a damaged record in the middle of the metadata log must not silently drop
@@ -504,14 +518,75 @@ mod tests {
         let mut damaged = buf.clone();
         damaged[ends[1] + 12] ^= 0x40; // inside entry 3
         std::fs::write(&path, &damaged).unwrap();
-        let e = LogStore::open(dir.path()).err().expect("refused");
+        let files = crate::storage::control_files::OsControlFiles::shared(
+            crate::storage::control_files::InjectedFaults::Metadata,
+        );
+        let e = LogStore::open(files.clone(), dir.path()).err().expect("refused");
         assert!(e.to_string().contains("2 intact records follow"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing cut");
         // The same damage in the last record: a torn tail, cut; the four before it stay.
         let mut torn = buf.clone();
         torn[ends[3] + 12] ^= 0x40;
         std::fs::write(&path, &torn).unwrap();
-        let store = LogStore::open(dir.path()).expect("a torn tail is not corruption");
+        let store = LogStore::open(files, dir.path()).expect("a torn tail is not corruption");
         assert_eq!(store.lock().entries.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    }
+}
+
+/// The metadata log on a simulated disk, through the control plane's file seam.
+#[cfg(test)]
+mod crash_tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use openraft::storage::RaftLogStorage;
+    use openraft::Vote;
+
+    use super::{blank, LogStore};
+    use crate::storage::mem_disk::{CrashMode, MemDisk};
+
+    const DIR: &str = "/data/meta/raft";
+
+    fn open(disk: &MemDisk) -> LogStore {
+        LogStore::open(Arc::new(disk.control_files()), Path::new(DIR)).expect("opens")
+    }
+
+    fn indexes(store: &LogStore) -> Vec<u64> {
+        store.lock().entries.keys().copied().collect()
+    }
+
+    /// An append whose fsync failed was never reported durable: after a crash that tore it,
+    /// the log opens at the last whole record and keeps every entry before it, and the cut is
+    /// itself durable (the next append follows the last whole record, through a crash).
+    #[test]
+    fn a_crash_tears_an_append_whose_sync_failed_and_the_log_keeps_the_entries_before_it() {
+        let disk = MemDisk::new();
+        let store = open(&disk);
+        store.lock().write_records(&[blank(1), blank(2), blank(3)]).expect("durable");
+        disk.control_files().set_errnos(None, Some(libc::EIO));
+        let e = store.lock().write_records(&[blank(4)]).expect_err("the sync failed");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+
+        let torn = disk.crash(CrashMode::Tear { keep_writes: 0, torn_bytes: 10 });
+        let reopened = open(&torn);
+        assert_eq!(indexes(&reopened), [1, 2, 3], "the torn record is cut, the three before it kept");
+        reopened.lock().write_records(&[blank(5)]).expect("durable");
+        let again = torn.crash(CrashMode::LoseUnsynced);
+        assert_eq!(indexes(&open(&again)), [1, 2, 3, 5], "the cut was durable: the next append follows entry 3");
+        let written = disk.crash(CrashMode::Tear { keep_writes: 1, torn_bytes: 0 });
+        assert_eq!(indexes(&open(&written)), [1, 2, 3, 4], "an append written whole before the crash is read");
+    }
+
+    /// The vote is replaced atomically: a failed write leaves the old vote, through a crash.
+    #[test]
+    fn a_vote_whose_write_failed_leaves_the_old_vote() {
+        let disk = MemDisk::new();
+        let mut store = open(&disk);
+        use futures_lite::future::block_on as run;
+        run(store.save_vote(&Vote::new(3, 1))).expect("saved");
+        disk.control_files().set_errnos(Some(libc::EIO), None);
+        assert!(run(store.save_vote(&Vote::new(4, 2))).is_err(), "the write failed");
+        let mut after = open(&disk.crash(CrashMode::LoseUnsynced));
+        assert_eq!(run(after.read_vote()).expect("read"), Some(Vote::new(3, 1)));
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ClusterMode, Config};
+use crate::storage::control_files::{ControlFiles, InjectedFaults, OsControlFiles};
 
 /// Who a data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,9 +98,10 @@ fn write(dir: &Path, identity: &Identity) -> Result<(), String> {
     let file = path(dir);
     let meta = file.parent().expect("meta/identity has a parent");
     let fail = |e: std::io::Error| format!("recording the data directory's identity in {}: {e}", file.display());
-    crate::storage::durable_fs::create_dir_all(meta).map_err(fail)?;
+    let files = OsControlFiles { faults: InjectedFaults::None };
+    files.create_dir_all(meta).map_err(fail)?;
     let json = serde_json::to_vec_pretty(identity).expect("identities serialize");
-    crate::storage::durable_fs::write_atomic(&file, &json, || Ok(())).map_err(fail)
+    files.write_atomic(&file, &json).map_err(fail)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::runtime::{try_lock_data_dir, BrokerError};
 use crate::config::Config;
+use crate::storage::control_files::{InjectedFaults, OsControlFiles, SharedControlFiles};
 use crate::storage::fence;
 
 /// What a lease file says.
@@ -43,8 +44,10 @@ struct Lease {
     locked: bool,
 }
 
-/// The lease files of one data directory.
+/// The lease files of one data directory, through the control plane's file seam (the
+/// operating system's files with the injected `lease=` faults; a `MemDisk` in tests).
 struct Leases {
+    files: SharedControlFiles,
     dir: PathBuf,
 }
 
@@ -53,51 +56,39 @@ impl Leases {
         self.dir.join(epoch.to_string())
     }
 
+    fn epochs(&self) -> std::io::Result<Vec<u32>> {
+        Ok(self.files.list_dir(&self.dir)?.iter().filter_map(|name| name.parse().ok()).collect())
+    }
+
     /// The highest epoch and what its file says (`None` while it is being written, or when
     /// it cannot be parsed: a standby treats any change of content as a renewal).
     fn highest(&self) -> std::io::Result<Option<(u32, Option<Lease>)>> {
-        let top = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).max(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+        let Some(top) = self.epochs()?.into_iter().max() else {
+            return Ok(None);
         };
-        Ok(top.map(|n| (n, std::fs::read(self.path(n)).ok().and_then(|b| serde_json::from_slice(&b).ok()))))
+        let lease = self.files.read(&self.path(top)).ok().flatten().and_then(|b| serde_json::from_slice(&b).ok());
+        Ok(Some((top, lease)))
     }
 
     /// Creates the lease of `epoch`; false when another node created it first.
     fn claim(&self, epoch: u32, lease: &Lease) -> std::io::Result<bool> {
-        use std::io::Write;
-        crate::storage::durable_fs::create_dir_all(&self.dir)?;
-        let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).open(self.path(epoch)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        f.write_all(&serde_json::to_vec(lease).expect("lease serializes"))?;
-        f.sync_all()?;
-        File::open(&self.dir)?.sync_all()?;
-        // Older leases are history: keep a few for the operator.
-        let mut removed = false;
-        for old in epoch.saturating_sub(64)..epoch.saturating_sub(8) {
-            removed |= std::fs::remove_file(self.path(old)).is_ok();
+        self.files.create_dir_all(&self.dir)?;
+        if !self.files.create_new(&self.path(epoch), &serde_json::to_vec(lease).expect("lease serializes"))? {
+            return Ok(false);
         }
-        if removed {
-            crate::storage::durable_fs::fsync_dir(&self.dir)?;
+        // Older leases are history: keep the last few for the operator.
+        for old in self.epochs()?.into_iter().filter(|&old| old < epoch.saturating_sub(8)) {
+            self.files.remove_file(&self.path(old))?;
         }
         Ok(true)
     }
 
     fn renew(&self, epoch: u32, lease: &Lease) -> std::io::Result<()> {
-        crate::storage::faults::check_lease(&self.path(epoch)).map_err(std::io::Error::other)?;
-        crate::storage::durable_fs::write_atomic(
-            &self.path(epoch),
-            &serde_json::to_vec(lease).expect("lease serializes"),
-            || Ok(()),
-        )
+        self.files.write_atomic(&self.path(epoch), &serde_json::to_vec(lease).expect("lease serializes"))
     }
 
     fn exists(&self, epoch: u32) -> bool {
-        self.path(epoch).exists()
+        self.files.read(&self.path(epoch)).is_ok_and(|lease| lease.is_some())
     }
 }
 
@@ -129,7 +120,7 @@ pub fn become_active(config: &Config, stop: &AtomicBool) -> Result<Option<File>,
         node: cluster.node_id,
     };
     let dir = &config.data_dir;
-    let leases = Leases { dir: dir.join("meta").join("epochs") };
+    let leases = Leases { files: OsControlFiles::shared(InjectedFaults::Lease), dir: dir.join("meta").join("epochs") };
     let io_err =
         |e: std::io::Error| BrokerError::DataDir { path: leases.dir.display().to_string(), message: e.to_string() };
     let poll = (timing.lease / 50).clamp(Duration::from_millis(5), Duration::from_millis(50));
@@ -260,4 +251,49 @@ fn lose_lease(why: &str) -> ! {
     };
     log::error!("cannot restart as a standby ({err}); exiting");
     std::process::exit(75);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Lease, Leases};
+    use crate::storage::mem_disk::{CrashMode, MemDisk};
+
+    fn leases_on(disk: &MemDisk) -> Leases {
+        Leases { files: Arc::new(disk.control_files()), dir: "/data/meta/epochs".into() }
+    }
+
+    fn lease(node: u32, renewals: u64) -> Lease {
+        Lease { node, renewals, locked: true }
+    }
+
+    /// The leases go through the control plane's file seam, so a simulated disk reaches them:
+    /// one claimer per epoch, a claim and a renewal survive a crash, a failing disk fails the
+    /// renewal (which is what fences the node), and old epochs are pruned.
+    #[test]
+    fn one_node_claims_an_epoch_and_its_renewals_survive_a_crash() {
+        let disk = MemDisk::new();
+        let (a, b) = (leases_on(&disk), leases_on(&disk));
+        assert!(a.claim(1, &lease(1, 0)).unwrap(), "the first claim of epoch 1 wins");
+        assert!(!b.claim(1, &lease(2, 0)).unwrap(), "a second claim of the same epoch loses");
+        a.renew(1, &lease(1, 1)).unwrap();
+
+        let after = leases_on(&disk.crash(CrashMode::LoseUnsynced));
+        assert_eq!(after.highest().unwrap(), Some((1, Some(lease(1, 1)))), "claim and renewal were durable");
+
+        disk.control_files().set_errnos(Some(libc::EIO), None);
+        let e = a.renew(1, &lease(1, 2)).expect_err("a failing disk fails the renewal");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert_eq!(a.highest().unwrap(), Some((1, Some(lease(1, 1)))), "the failed renewal changed nothing");
+        disk.control_files().set_errnos(None, None);
+
+        for epoch in 2..=20 {
+            assert!(b.claim(epoch, &lease(2, 0)).unwrap());
+        }
+        let mut kept = b.epochs().unwrap();
+        kept.sort();
+        assert_eq!(kept, (12..=20).collect::<Vec<_>>(), "the last few epochs are kept for the operator");
+        assert!(a.exists(20) && !a.exists(21));
+    }
 }

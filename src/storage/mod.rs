@@ -3,6 +3,7 @@
 //! Owned by one shard at a time; nothing here is `Send`. The log never performs I/O while
 //! its state is borrowed: see [`log`] for the job protocol.
 
+pub mod control_files;
 pub mod disk;
 pub mod durable_fs;
 pub mod faults;
