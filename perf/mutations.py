@@ -91,9 +91,20 @@ MUTATIONS = [
     ),
     dict(
         name="acknowledge acks=leader before the leader's own write is durable",
-        file="src/broker/partition.rs",
-        old="AckLevel::Local => self.local_end() >= end,",
-        new="AckLevel::Local => self.log.borrow().next_offset() >= end,",
+        file="src/replication/replica.rs",
+        old="""            durable_end: self.durable_end,
+            high_watermark: self.high_watermark,""",
+        new="""            durable_end: self.log_end,
+            high_watermark: self.high_watermark,""",
+        test=SIM,
+    ),
+    dict(
+        name="answer a produce after its leader lost the epoch it was taken in",
+        file="src/replication/answers.rs",
+        old="""    if w.leading.is_some() && w.leading != now.leading {
+        return Some(Answer::NotLeader(now.leader));
+    }""",
+        new="",
         test=SIM,
     ),
     dict(

@@ -6,7 +6,7 @@
 //! `flush = interval`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use futures_channel::oneshot;
 use crate::config::FlushPolicy;
 use crate::protocol::batch::{BatchHeader, BatchIter, RecordIter};
 use crate::protocol::messages::PartitionStatus;
+use crate::replication::{Action, Answer};
 use crate::rt::{self, Notify, WaitList};
 use crate::storage::log::ReadPlan;
 use crate::storage::{Disk, LogConfig, LogHealth, PartitionLog, StorageError};
@@ -39,27 +40,8 @@ pub type ServerDisk = crate::storage::faults::GuardedDisk<crate::storage::glommi
 /// Waits longer than this are cut short so a waiting list cannot grow without bound.
 const PRUNE_WAITERS_ABOVE: usize = 1024;
 
-struct AckWaiter {
-    /// The producer's batch ends before this offset.
-    end: u64,
-    level: AckLevel,
-    /// With replication, the epoch this replica led when the wait began: once it leads no
-    /// longer in that epoch, the batch may have been cut and its offsets taken by another
-    /// leader's batches, so the wait fails whatever the high watermark says.
-    leading: Option<crate::replication::Epoch>,
-    tx: oneshot::Sender<Result<u64, StorageError>>,
-}
-
-/// What an acknowledgement waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckLevel {
-    /// This replica's own log (durable with `flush = always`).
-    Local,
-    /// The high watermark: a majority of the replicas (just this one without replication).
-    Quorum,
-    /// Every in-sync replica, and the high watermark.
-    All,
-}
+/// What an acknowledgement waits for (the replica decides when it holds).
+pub use crate::replication::AckLevel;
 
 /// Result of a produce that was appended.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +73,9 @@ pub struct Partition<D: Disk = ServerDisk> {
     log_config: LogConfig,
     flush: FlushPolicy,
     log: RefCell<PartitionLog<D>>,
-    acks: RefCell<VecDeque<AckWaiter>>,
+    /// Produces waiting for the replica's [`Answer`](crate::replication::Answer), by token.
+    waiting: RefCell<HashMap<u64, oneshot::Sender<Result<u64, StorageError>>>>,
+    next_token: Cell<u64>,
     data_arrived: WaitList,
     wake_writer: Notify,
     closing: Cell<bool>,
@@ -145,7 +129,8 @@ impl<D: Disk> Partition<D> {
             log_config,
             flush,
             log,
-            acks: RefCell::new(VecDeque::new()),
+            waiting: RefCell::default(),
+            next_token: Cell::new(0),
             data_arrived: WaitList::default(),
             wake_writer: Notify::new(),
             closing: Cell::new(false),
@@ -283,17 +268,37 @@ impl<D: Disk> Partition<D> {
         level: AckLevel,
         timeout: Duration,
     ) -> Result<u64, StorageError> {
-        if self.ack_ready(last_offset + 1, level) {
-            return Ok(self.high_watermark());
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let (tx, mut rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(token, tx);
+        let mut actions = Vec::new();
+        self.replication.borrow_mut().replica.answer_when(token, last_offset + 1, level, &mut actions);
+        self.run_sync_actions(actions);
+        // (Answered at once when its level already holds.)
+        if let Ok(Some(result)) = rx.try_recv() {
+            return result;
         }
-        let (tx, rx) = oneshot::channel();
-        let leading = self.leading_epoch();
-        self.acks.borrow_mut().push_back(AckWaiter { end: last_offset + 1, level, leading, tx });
         match rt::timeout(timeout, rx).await {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(StorageError::Closing),
-            None => Err(StorageError::CommitTimeout(timeout.as_millis() as u64)),
+            None => {
+                // The replica answers it later into the void.
+                self.waiting.borrow_mut().remove(&token);
+                Err(StorageError::CommitTimeout(timeout.as_millis() as u64))
+            }
         }
+    }
+
+    /// Delivers the replica's answer to the produce waiting with `token` (gone if it timed out).
+    fn deliver(&self, token: u64, answer: Answer) {
+        let Some(tx) = self.waiting.borrow_mut().remove(&token) else { return };
+        let result = match answer {
+            Answer::Acknowledged => Ok(self.high_watermark()),
+            Answer::NotLeader(leader) => Err(StorageError::NotLeader(leader)),
+            Answer::LogFailed => Err(StorageError::Io("the log failed before the batch was durable".into())),
+        };
+        let _ = tx.send(result);
     }
 
     /// The writer task: runs the log's jobs one after another; appends that arrive while a
@@ -401,12 +406,9 @@ impl<D: Disk> Partition<D> {
         if !truncating {
             self.replication.borrow_mut().replica.on_durable(local_end, &mut actions);
         }
-        // A `Commit` among the actions answered the waiters and woke the readers already
-        // (the local end had moved by then too); once per completion is enough.
+        // (A `Commit` among the actions woke the readers already; once per completion is
+        // enough.)
         let committed = self.run_sync_actions(actions);
-        if !committed {
-            self.release_waiters();
-        }
         let failed = result.is_err();
         if let Err(e) = result {
             // Every batch above the written end was dropped, from the log and from the
@@ -418,53 +420,21 @@ impl<D: Disk> Partition<D> {
             // The replica counted the dropped batches into its log end: a cluster's leader
             // steps down; the only replica restarts from the log.
             self.reset_to_log_end();
-            // Every batch above the durable end was dropped: tell its producers.
-            for w in self.acks.borrow_mut().drain(..) {
-                let _ = w.tx.send(Err(e.clone()));
+            // Every batch above the durable end was dropped: the replica tells its producers.
+            let mut failed = Vec::new();
+            self.replication.borrow_mut().replica.fail_answers(&mut failed);
+            for a in failed {
+                if let Action::Answer { token, .. } = a {
+                    if let Some(tx) = self.waiting.borrow_mut().remove(&token) {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
             }
         }
         // (Also what `while_paused` waits for: no job in flight any more.)
         if !committed || failed {
             self.data_arrived.notify_all();
         }
-    }
-
-    fn ack_ready(&self, end: u64, level: AckLevel) -> bool {
-        match level {
-            AckLevel::Local => self.local_end() >= end,
-            AckLevel::Quorum => self.visible_hw.get() >= end,
-            AckLevel::All => self.visible_hw.get() >= end && self.replication.borrow().replica.all_in_sync_hold(end),
-        }
-    }
-
-    /// The epoch this replica leads, if it leads.
-    fn leading_epoch(&self) -> Option<crate::replication::Epoch> {
-        let r = self.replication.borrow();
-        r.replica.is_leader().then(|| r.replica.epoch())
-    }
-
-    /// Answers every waiter whose level is reached; fails those that wait for the high
-    /// watermark once this replica no longer leads (a new leader may or may not keep their
-    /// batches: the producer must retry, and deduplication makes that safe).
-    fn release_waiters(&self) {
-        let hw = self.high_watermark();
-        let leading = self.leading_epoch();
-        let leader = self.replication.borrow().replica.leader();
-        let lost_lead = leading.is_none().then_some(leader);
-        let waiters: Vec<AckWaiter> = self.acks.borrow_mut().drain(..).collect();
-        let mut keep = VecDeque::new();
-        for w in waiters {
-            if w.leading.is_some() && w.leading != leading {
-                let _ = w.tx.send(Err(StorageError::NotLeader(leader)));
-            } else if self.ack_ready(w.end, w.level) {
-                let _ = w.tx.send(Ok(hw));
-            } else if let (Some(leader), AckLevel::Quorum | AckLevel::All) = (lost_lead, w.level) {
-                let _ = w.tx.send(Err(StorageError::NotLeader(leader)));
-            } else {
-                keep.push_back(w);
-            }
-        }
-        self.acks.borrow_mut().append(&mut keep);
     }
 
     /// Reads whole batches from the one containing `offset`; waits up to `max_wait` when

@@ -28,8 +28,11 @@
 //! never served: readers are bounded by the high watermark); a new leader's high watermark
 //! may start below the old leader's (it catches up once its first batch commits).
 
+pub mod answers;
 pub mod controller;
 pub mod replica;
+
+pub use answers::{AckLevel, Answer};
 
 /// Identifies a node of the cluster.
 pub type NodeId = u32;
@@ -179,6 +182,8 @@ pub enum Action {
     /// once this log is durable through `through` (the append just taken is not yet). The
     /// only way a follower acknowledges new data: a driver never builds an Ack of its own.
     AckWhenDurable { leader: NodeId, through: u64 },
-    /// The high watermark moved: answer producers waiting for it, wake readers.
+    /// The high watermark moved: wake readers.
     Commit(u64),
+    /// Answer the produce that waits with `token` ([`replica::Replica::answer_when`]).
+    Answer { token: u64, answer: Answer },
 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use super::answers::{AckLevel, Answer, Answers, Standing};
 use super::{Action, BatchMeta, ControlMessage, Epoch, EpochHistory, NodeId, PeerMessage};
 
 /// Tunables of replication.
@@ -110,6 +111,9 @@ pub struct Replica {
     log_start: u64,
     /// The only replica of its partition ([`Replica::alone`]): no controller, no peers.
     alone: bool,
+    /// Produces waiting for their acknowledgement: answered by [`Action::Answer`] from
+    /// every entry point that can change what they wait for.
+    answers: Answers,
 }
 
 impl Replica {
@@ -133,6 +137,7 @@ impl Replica {
             leader_hw_seen: 0,
             log_start: 0,
             alone: false,
+            answers: Answers::default(),
         }
     }
 
@@ -162,6 +167,7 @@ impl Replica {
             leader_hw_seen: 0,
             log_start: 0,
             alone: true,
+            answers: Answers::default(),
         }
     }
 
@@ -315,6 +321,72 @@ impl Replica {
 
     /// A flush completed: everything below `offset` is durable.
     pub fn on_durable(&mut self, offset: u64, out: &mut Vec<Action>) {
+        self.durable_step(offset, out);
+        self.settle_answers(out);
+    }
+
+    /// Time passes: heartbeats, resends, the controller heartbeat.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.tick_step(now_ms, out);
+        self.settle_answers(out);
+    }
+
+    /// A message from a peer replica.
+    pub fn on_peer(&mut self, msg: PeerMessage, out: &mut Vec<Action>) {
+        self.peer_step(msg, out);
+        self.settle_answers(out);
+    }
+
+    /// A message from the controller.
+    pub fn on_control(&mut self, msg: ControlMessage, out: &mut Vec<Action>) {
+        self.control_step(msg, out);
+        self.settle_answers(out);
+    }
+
+    /// A produce whose batch ends before `end` waits for `level`: answered with
+    /// [`Action::Answer`] carrying `token`, now if its level already holds, else from
+    /// whichever later event decides it.
+    pub fn answer_when(&mut self, token: u64, end: u64, level: AckLevel, out: &mut Vec<Action>) {
+        let leading = self.is_leader().then_some(self.epoch);
+        self.answers.push(token, end, level, leading);
+        self.settle_answers(out);
+    }
+
+    /// The log failed: every waiting produce is told so (its batch is gone from the log).
+    pub fn fail_answers(&mut self, out: &mut Vec<Action>) {
+        self.answers.answer_all(Answer::LogFailed, out);
+    }
+
+    /// Takes over the waiting produces of the replica this one replaces (rebuilt from the
+    /// log), and answers those its state already decides.
+    pub fn adopt_answers(&mut self, from: &mut Replica, out: &mut Vec<Action>) {
+        from.answers.move_into(&mut self.answers);
+        self.settle_answers(out);
+    }
+
+    /// How many produces wait for an answer.
+    pub fn waiting_answers(&self) -> usize {
+        self.answers.len()
+    }
+
+    fn settle_answers(&mut self, out: &mut Vec<Action>) {
+        if self.answers.is_empty() {
+            return;
+        }
+        let mut answers = std::mem::take(&mut self.answers);
+        let all_in_sync_hold = |offset| self.all_in_sync_hold(offset);
+        let now = Standing {
+            leading: self.is_leader().then_some(self.epoch),
+            leader: self.leader(),
+            durable_end: self.durable_end,
+            high_watermark: self.high_watermark,
+            all_in_sync_hold: &all_in_sync_hold,
+        };
+        answers.settle(&now, out);
+        self.answers = answers;
+    }
+
+    fn durable_step(&mut self, offset: u64, out: &mut Vec<Action>) {
         let offset = offset.min(self.log_end);
         if offset <= self.durable_end {
             return;
@@ -335,8 +407,7 @@ impl Replica {
         self.durable_end.min(self.verified_end)
     }
 
-    /// Time passes: heartbeats, resends, the controller heartbeat.
-    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+    fn tick_step(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         if self.alone {
             // No controller to tell, no follower to send to.
             self.now_ms = self.now_ms.max(now_ms);
@@ -424,7 +495,7 @@ impl Replica {
     }
 
     /// A message from another replica.
-    pub fn on_peer(&mut self, msg: PeerMessage, out: &mut Vec<Action>) {
+    fn peer_step(&mut self, msg: PeerMessage, out: &mut Vec<Action>) {
         if self.alone {
             // It has no peers: whatever claims to be one is not listened to.
             return;
@@ -605,7 +676,7 @@ impl Replica {
     }
 
     /// A message from the controller.
-    pub fn on_control(&mut self, msg: ControlMessage, out: &mut Vec<Action>) {
+    fn control_step(&mut self, msg: ControlMessage, out: &mut Vec<Action>) {
         if self.alone {
             // Nobody fences or elects the only replica.
             return;

@@ -115,7 +115,7 @@ pub async fn stored_topic_id<D: Disk>(disk: &D, dir: &std::path::Path) -> Result
 }
 
 /// What a follower's replica answered an append from the leader with.
-enum Answer {
+enum ReplyToLeader {
     /// Nothing (a failure made it step back; the leader resends).
     None,
     /// This, at once (an Ack of data already durable, a mismatch, a newer epoch).
@@ -256,8 +256,11 @@ impl<D: Disk> Partition<D> {
             replica = replica.without_vote();
         }
         let stored_topic_id = state.topic_id;
+        let mut answered = Vec::new();
+        replica.adopt_answers(&mut self.replication.borrow_mut().replica, &mut answered);
         *self.replication.borrow_mut() =
             Replication { replica, topic_id, outbound, persisted: (state.epoch, history, voter) };
+        self.run_sync_actions(answered);
         // What the log held when it was opened counted as committed to the replica alone
         // it had until now; a cluster's replica commits only what its leader says.
         self.visible_hw.set(0);
@@ -405,10 +408,10 @@ impl<D: Disk> Partition<D> {
                 Action::Control(msg) => outbound.control(&self.topic, topic_id, self.id, msg),
                 Action::Commit(hw) => {
                     self.visible_hw.set(self.visible_hw.get().max(hw));
-                    self.release_waiters();
                     self.data_arrived.notify_all();
                     committed = true;
                 }
+                Action::Answer { token, answer } => self.deliver(token, answer),
                 // A producer's batch: already in the log (the append made it).
                 Action::AppendLocal(meta) if !meta.control => {}
                 // A vote regained when a flush completed: `replica.json` records it with the
@@ -472,19 +475,19 @@ impl<D: Disk> Partition<D> {
         // Later appends go ahead while this one waits for its flush (group commit).
         drop(permit);
         match answer {
-            Answer::WhenDurable(through) => {
+            ReplyToLeader::WhenDurable(through) => {
                 // (After 10 s the ack says what is durable by then, which may be less.)
                 let _ = self.wait_committed(through - 1, AckLevel::Local, Duration::from_secs(10)).await;
                 Some(self.replication.borrow().replica.ack())
             }
-            Answer::Now(msg) => Some(msg),
-            Answer::None => None,
+            ReplyToLeader::Now(msg) => Some(msg),
+            ReplyToLeader::None => None,
         }
     }
 
     /// Carries out actions in order; returns the answer the replica gave the leader.
-    async fn run_actions(&self, actions: Vec<Action>, batches: &[Bytes]) -> Answer {
-        let mut answer = Answer::None;
+    async fn run_actions(&self, actions: Vec<Action>, batches: &[Bytes]) -> ReplyToLeader {
+        let mut answer = ReplyToLeader::None;
         let mut deferred = Vec::new();
         for a in actions {
             match a {
@@ -493,14 +496,14 @@ impl<D: Disk> Partition<D> {
                         crate::log_limited!(error, "{}/{}: cannot persist the epoch: {e}", self.topic, self.id);
                         // Say nothing rather than act on an epoch we may forget.
                         self.reset_to_log_end();
-                        return Answer::None;
+                        return ReplyToLeader::None;
                     }
                 }
                 Action::Truncate(offset) => {
                     if let Err(e) = self.truncate(offset).await {
                         crate::log_limited!(error, "{}/{}: truncation to {offset} failed: {e}", self.topic, self.id);
                         self.fail_until_reopened(&e);
-                        return Answer::None;
+                        return ReplyToLeader::None;
                     }
                 }
                 Action::RestartLogAt(offset) => {
@@ -512,7 +515,7 @@ impl<D: Disk> Partition<D> {
                             self.id
                         );
                         self.fail_until_reopened(&e);
-                        return Answer::None;
+                        return ReplyToLeader::None;
                     }
                 }
                 Action::AppendReplicated { from, to } => {
@@ -521,7 +524,7 @@ impl<D: Disk> Partition<D> {
                         // The replica counted the batches into its log: it believes in a log
                         // the partition does not have.
                         self.reset_to_log_end();
-                        return Answer::None;
+                        return ReplyToLeader::None;
                     }
                     if let Err(e) = self.append_replicated(from, to, batches) {
                         crate::log_limited!(
@@ -531,13 +534,13 @@ impl<D: Disk> Partition<D> {
                             self.id
                         );
                         self.reset_to_log_end();
-                        return Answer::None;
+                        return ReplyToLeader::None;
                     }
                 }
                 Action::AppendLocal(meta) if meta.control => {
                     if self.persist_replica_state().await.is_err() {
                         self.reset_to_log_end();
-                        return Answer::None;
+                        return ReplyToLeader::None;
                     }
                     let mut batch = BatchBuilder::control(meta.epoch, rt::now_ms()).to_vec();
                     stamp_batch(&mut batch, meta.base_offset, meta.epoch);
@@ -547,18 +550,18 @@ impl<D: Disk> Partition<D> {
                         // time.) Leading without the epoch-start batch would wedge: step down.
                         crate::log_limited!(error, "{}/{}: epoch-start batch: {e}", self.topic, self.id);
                         self.reset_to_log_end();
-                        return Answer::None;
+                        return ReplyToLeader::None;
                     }
                     self.wake_writer.notify();
                 }
                 Action::AppendLocal(_) => {}
-                Action::AckWhenDurable { through, .. } => answer = Answer::WhenDurable(through),
+                Action::AckWhenDurable { through, .. } => answer = ReplyToLeader::WhenDurable(through),
                 Action::Send(to, msg) => {
                     if matches!(
                         msg,
                         PeerMessage::Ack { .. } | PeerMessage::Mismatch { .. } | PeerMessage::StaleEpoch { .. }
                     ) {
-                        answer = Answer::Now(msg);
+                        answer = ReplyToLeader::Now(msg);
                     } else {
                         deferred.push(Action::Send(to, msg));
                     }
@@ -567,7 +570,6 @@ impl<D: Disk> Partition<D> {
             }
         }
         self.run_sync_actions(deferred);
-        self.release_waiters();
         answer
     }
 
@@ -654,13 +656,14 @@ impl<D: Disk> Partition<D> {
         // (Appends may still wait for the disk: the replica must not count them durable.)
         let durable = self.local_end();
         let mut r = self.replication.borrow_mut();
-        if !r.in_cluster() {
+        let mut replica = if !r.in_cluster() {
             // The only copy restarts from its log, still leading: nobody else could. Its
             // high watermark is what the log holds durably now (after a reopen, what the
             // rescan found).
-            r.replica = Replica::alone(ALONE, r.replica.config().clone(), r.replica.epoch(), log_end, durable);
-            r.replica.set_log_start(self.log.borrow().log_start_offset());
-            self.visible_hw.set(r.replica.high_watermark());
+            let mut replica = Replica::alone(ALONE, r.replica.config().clone(), r.replica.epoch(), log_end, durable);
+            replica.set_log_start(self.log.borrow().log_start_offset());
+            self.visible_hw.set(replica.high_watermark());
+            replica
         } else {
             if r.replica.is_leader() {
                 log::warn!("{}/{}: stepping down as leader: its log failed at offset {log_end}", self.topic, self.id);
@@ -674,10 +677,14 @@ impl<D: Disk> Partition<D> {
             if !r.persisted.2 {
                 replica = replica.without_vote();
             }
-            r.replica = replica;
-        }
+            replica
+        };
+        // The produces still waiting are the new replica's to answer.
+        let mut actions = Vec::new();
+        replica.adopt_answers(&mut r.replica, &mut actions);
+        r.replica = replica;
         drop(r);
-        self.release_waiters();
+        self.run_sync_actions(actions);
     }
 
     /// Writes the epoch and history to `replica.json` if they changed since the last write.

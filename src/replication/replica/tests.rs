@@ -517,3 +517,59 @@ fn replicas_that_lost_data_elect_the_most_up_to_date_when_every_replica_answers(
     c.on_message(fenced(2, 50, true), &mut out);
     assert_eq!(c.leader(), None, "one voter and a non-voter: wait for the third");
 }
+
+fn answers(out: &[Action]) -> Vec<(u64, Answer)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Answer { token, answer } => Some((*token, *answer)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The replica decides when each produce is answered (issue 12): `acks=leader` once its
+/// own copy is durable, `quorum` once the high watermark passes the batch (and after the
+/// `Commit` that moves it), and a produce whose leader lost the epoch it was taken in is
+/// told to go to the new leader, whatever the offsets say.
+#[test]
+fn the_replica_answers_each_produce_when_its_level_holds_or_its_leader_is_gone() {
+    let mut alone = Replica::alone(0, ReplicaConfig::default(), 0, 0, 0);
+    let mut out = Vec::new();
+    alone.append(5, &mut out).expect("leads");
+    alone.answer_when(1, 5, AckLevel::Local, &mut out);
+    alone.answer_when(2, 5, AckLevel::Quorum, &mut out);
+    assert!(answers(&out).is_empty(), "nothing is durable yet: {out:?}");
+    alone.on_durable(3, &mut out);
+    assert!(answers(&out).is_empty(), "the batch is not wholly durable: {out:?}");
+    out.clear();
+    alone.on_durable(5, &mut out);
+    assert_eq!(answers(&out), [(1, Answer::Acknowledged), (2, Answer::Acknowledged)]);
+    let commit = out.iter().position(|a| *a == Action::Commit(5)).expect("the high watermark moved");
+    let answer = out.iter().position(|a| matches!(a, Action::Answer { .. })).expect("answered");
+    assert!(commit < answer, "readers see the batch before its producer hears of it: {out:?}");
+    out.clear();
+    alone.answer_when(3, 5, AckLevel::All, &mut out);
+    assert_eq!(answers(&out), [(3, Answer::Acknowledged)], "answered at once when it already holds");
+
+    let mut leader = Replica::recover(1, ReplicaConfig::default(), 0, EpochHistory::default(), 0);
+    leader.on_control(ControlMessage::Fence { epoch: 1 }, &mut out);
+    leader.on_control(ControlMessage::BecomeLeader { epoch: 1, replicas: vec![1, 2, 3], unanimous: false }, &mut out);
+    let first = leader.append(1, &mut out).expect("leads") + 1;
+    leader.answer_when(7, first, AckLevel::Quorum, &mut out);
+    leader.answer_when(8, first, AckLevel::Local, &mut out);
+    let second = leader.append(1, &mut out).expect("leads") + 1;
+    leader.answer_when(9, second, AckLevel::Local, &mut out);
+    out.clear();
+    leader.on_durable(first, &mut out);
+    assert_eq!(answers(&out), [(8, Answer::Acknowledged)], "no follower holds it yet: {out:?}");
+    out.clear();
+    leader.on_control(ControlMessage::Fence { epoch: 2 }, &mut out);
+    assert_eq!(answers(&out), [(7, Answer::NotLeader(None)), (9, Answer::NotLeader(None))]);
+    assert_eq!(leader.waiting_answers(), 0);
+
+    out.clear();
+    alone.append(1, &mut out).expect("leads");
+    alone.answer_when(10, 6, AckLevel::Quorum, &mut out);
+    alone.fail_answers(&mut out);
+    assert_eq!(answers(&out), [(10, Answer::LogFailed)], "a failed log answers what waits");
+}
