@@ -4,10 +4,15 @@
 # JSON summaries, .hgrm latency distributions, SVG plots, a CPU profile of the broker, and
 # refreshes the results section of perf/README.md.
 #
-#   perf/run.sh                 # the full matrix (about 8 minutes on 2 cores)
-#   DURATION=1s perf/run.sh     # a quick pass to check the script
+#   perf/run.sh                 # the matrix (about 8 minutes on 2 cores), then the table of
+#                               # durable acknowledgements against fio and the peers
+#                               # (perf/latency.sh, about 35 minutes)
+#   perf/run.sh table           # only the table (perf/latency.sh; its variables apply)
+#   TABLE=0 perf/run.sh         # only the matrix
+#   DURATION=1s TABLE=0 perf/run.sh   # a quick pass to check the script
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = table ]; then exec perf/latency.sh; fi
 ROOT=$(pwd)
 DURATION=${DURATION:-5s}
 STAMP=$(date -u +%Y-%m-%d)-$(hostname -s)
@@ -148,3 +153,8 @@ END=$(date +%s)
 echo "elapsed_seconds=$((END - START))" >> "$OUT/machine.txt"
 python3 "$ROOT/perf/report.py" "$OUT"
 log "done in $((END - START)) s: perf/results/$STAMP.md"
+if [ "${TABLE:-1}" = 1 ]; then
+  log "the table of durable acknowledgements (perf/latency.sh)"
+  cleanup; trap - EXIT
+  DURATION=10s perf/latency.sh
+fi
