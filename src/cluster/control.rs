@@ -390,8 +390,15 @@ impl Ctx {
                     log_end: 0,
                     lag: Vec::new(),
                 };
-                if let Some(ControlMessage::Heartbeat { from, leading, high_watermark, log_end, in_sync, followers }) =
-                    reports.get(&(topic.clone(), i as u32))
+                if let Some(ControlMessage::Heartbeat {
+                    from,
+                    leading,
+                    high_watermark,
+                    log_end,
+                    in_sync,
+                    followers,
+                    ..
+                }) = reports.get(&(topic.clone(), i as u32))
                 {
                     if Some(*from) == p.leader && *leading == Some(p.epoch) {
                         r.in_sync = in_sync.clone();

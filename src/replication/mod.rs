@@ -39,6 +39,10 @@ pub type NodeId = u32;
 /// A leadership term of one partition; increases with every election.
 pub type Epoch = u32;
 
+fn unknown_epoch() -> Epoch {
+    Epoch::MAX
+}
+
 /// A record batch as replication sees it: where it sits and which epoch wrote it. The bytes
 /// travel beside it (the driver reads them from the log); equal offset and epoch on two
 /// replicas mean equal bytes.
@@ -155,6 +159,15 @@ pub enum ControlMessage {
         log_end: u64,
         in_sync: Vec<NodeId>,
         followers: Vec<(NodeId, u64)>,
+        /// The epoch the replica is in (a heartbeat of an older epoch was sent before the
+        /// replica saw this election). Absent from an older node's heartbeat: taken as
+        /// current, as that node's controller did.
+        #[serde(default = "unknown_epoch")]
+        epoch: Epoch,
+        /// Whether the replica was fenced in `epoch` since it last started, so that it may
+        /// still take up an appointment in it (one that restarted may not).
+        #[serde(default)]
+        fenced_this_run: bool,
     },
 }
 

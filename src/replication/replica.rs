@@ -289,6 +289,8 @@ impl Replica {
             log_end: self.log_end,
             in_sync: if self.is_leader() { self.in_sync() } else { Vec::new() },
             followers,
+            epoch: self.epoch,
+            fenced_this_run: self.fenced_this_run,
         }
     }
 
