@@ -283,10 +283,22 @@ impl<D: Disk> Partition<D> {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(StorageError::Closing),
             None => {
-                // The replica answers it later into the void.
                 self.waiting.borrow_mut().remove(&token);
+                self.forget_abandoned_answers();
                 Err(StorageError::CommitTimeout(timeout.as_millis() as u64))
             }
+        }
+    }
+
+    /// Keeps the replica's list of waiting produces bounded by the produces still waited for:
+    /// one that timed out stays on it until decided, which a partition that cannot commit
+    /// (no majority) may not do for a long time. Pruned when it holds twice as many as are
+    /// waited for (amortized: each prune removes at least half).
+    fn forget_abandoned_answers(&self) {
+        let live = self.waiting.borrow();
+        let mut r = self.replication.borrow_mut();
+        if r.replica.waiting_answers() > 2 * live.len() + PRUNE_WAITERS_ABOVE {
+            r.replica.retain_answers(|token| live.contains_key(&token));
         }
     }
 

@@ -89,6 +89,11 @@ impl Answers {
         out.extend(self.waiting.drain(..).map(|w| Action::Answer { token: w.token, answer }));
     }
 
+    /// Forgets the produces `keep` does not want answered (their producers gave up).
+    pub(super) fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.waiting.retain(|w| keep(w.token));
+    }
+
     /// Moves every waiting produce into `other` (a replica rebuilt from the log).
     pub(super) fn move_into(&mut self, other: &mut Answers) {
         other.waiting.append(&mut self.waiting);

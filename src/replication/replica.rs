@@ -366,6 +366,13 @@ impl Replica {
         self.settle_answers(out);
     }
 
+    /// Forgets the waiting produces whose token `keep` rejects (they timed out: nobody waits
+    /// for their answer any more), so that a partition that cannot commit for a long time
+    /// does not keep every abandoned produce.
+    pub fn retain_answers(&mut self, keep: impl Fn(u64) -> bool) {
+        self.answers.retain(keep);
+    }
+
     /// How many produces wait for an answer.
     pub fn waiting_answers(&self) -> usize {
         self.answers.len()

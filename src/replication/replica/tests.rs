@@ -572,4 +572,12 @@ fn the_replica_answers_each_produce_when_its_level_holds_or_its_leader_is_gone()
     alone.answer_when(10, 6, AckLevel::Quorum, &mut out);
     alone.fail_answers(&mut out);
     assert_eq!(answers(&out), [(10, Answer::LogFailed)], "a failed log answers what waits");
+
+    out.clear();
+    alone.answer_when(11, 99, AckLevel::Quorum, &mut out);
+    alone.answer_when(12, 99, AckLevel::Quorum, &mut out);
+    alone.retain_answers(|token| token != 11);
+    assert_eq!(alone.waiting_answers(), 1, "a produce nobody waits for is forgotten");
+    alone.fail_answers(&mut out);
+    assert_eq!(answers(&out), [(12, Answer::LogFailed)]);
 }
