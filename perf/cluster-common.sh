@@ -20,6 +20,16 @@ LOAD=${QUORRA_LOAD_BIN:-$ROOT/target/release/quorra-load}  # QUORRA_LOAD_BIN: an
   if [ -n "${QUORRA_BIN:-}" ]; then echo "broker=$QUORRA"; fi
 } > "$OUT/machine.txt"
 
+# start CONFIG-NAME: starts quorra serve with $WORK/CONFIG-NAME.toml, logging to
+# $OUT/CONFIG-NAME.log, and waits until it says it serves.
+start() { # config-name
+  local log="$OUT/$1.log"
+  "$QUORRA" serve --config "$WORK/$1.toml" >>"$log" 2>&1 &
+  PID[$1]=$!
+  for _ in $(seq 400); do grep -q "serving on" "$log" 2>/dev/null && return 0; sleep 0.05; done
+  echo "$1 did not start" >&2; exit 1
+}
+
 # settled BOOTSTRAP: every partition led by its preferred (first) replica, every replica in
 # sync with lag 0. A kill before that (the restarted node still catching up) would measure
 # a double fault instead of a failover.

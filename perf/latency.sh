@@ -45,13 +45,6 @@ for n in 1 2 3; do
       echo "client = \"127.0.0.1:${ports[$j]}\""; echo "peer = \"127.0.0.1:${ports[$((j+3))]}\""
     done; } > "$WORK/rf3-node$n.toml"
 done
-start() { # config-name
-  local log="$OUT/$1.log"
-  "$QUORRA" serve --config "$WORK/$1.toml" >>"$log" 2>&1 &
-  PID[$1]=$!
-  for _ in $(seq 400); do grep -q "serving on" "$log" 2>/dev/null && return 0; sleep 0.05; done
-  echo "$1 did not start" >&2; exit 1
-}
 for c in single rf3-node1 rf3-node2 rf3-node3; do start $c; done
 sleep 2
 declare -A BOOT=([single]=127.0.0.1:${ports[0]} [rf3]=127.0.0.1:${ports[1]},127.0.0.1:${ports[2]},127.0.0.1:${ports[3]})

@@ -58,13 +58,6 @@ cluster() {
       done; } > "$WORK/$1-node$n.toml"
   done
 }
-start() { # config-name
-  local log="$OUT/$1.log"
-  "$QUORRA" serve --config "$WORK/$1.toml" >>"$log" 2>&1 &
-  PID[$1]=$!
-  for _ in $(seq 400); do grep -q "serving on" "$log" 2>/dev/null && return 0; sleep 0.05; done
-  echo "$1 did not start" >&2; exit 1
-}
 single plain "${ports[0]}"; single tls "${ports[1]}"
 cluster plain 2; cluster tls 8
 for c in single-plain single-tls plain-node1 plain-node2 plain-node3 tls-node1 tls-node2 tls-node3; do start $c; done
