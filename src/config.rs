@@ -182,6 +182,8 @@ pub struct Config {
     pub quotas: crate::server::quotas::QuotaSettings,
     /// `[cluster]`: absent for a single node.
     pub cluster: Option<ClusterSettings>,
+    /// `[kafka]`: the Kafka-protocol listener (docs/kafka.md).
+    pub kafka: crate::kafka::KafkaSettings,
 }
 
 /// How the nodes of a cluster share the partitions (see docs/cluster-modes.md).
@@ -432,6 +434,7 @@ impl Default for Config {
             tls: Default::default(),
             quotas: Default::default(),
             cluster: None,
+            kafka: Default::default(),
         }
     }
 }
@@ -558,6 +561,7 @@ impl Config {
                 });
             }
         }
+        self.validate_kafka()?;
         if self.shards > 256 {
             return Err(ConfigError::Invalid { key: "shards", message: "at most 256".into() });
         }
@@ -568,6 +572,35 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The Kafka listener serves single brokers without `[auth]` for now (docs/kafka.md):
+    /// one configured where it cannot serve is refused; on a non-loopback address it has
+    /// neither TLS nor SASL, as `allow_insecure` says.
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid { key: "kafka.listen", message });
+        let Some(listen) = self.kafka.listen.filter(|_| self.kafka.enabled) else { return Ok(()) };
+        if self.cluster.is_some() {
+            return bad("the Kafka listener does not serve cluster nodes yet (docs/kafka.md)".into());
+        }
+        if self.auth.enabled {
+            return bad(
+                "the Kafka listener has no SASL yet: it cannot serve with [auth] enabled (docs/kafka.md)".into()
+            );
+        }
+        if !listen.ip().is_loopback() && !self.allow_insecure {
+            return bad(format!(
+                "{listen} can be reached from other machines, and the Kafka listener has no TLS or SASL yet. \
+                 Bind a loopback address, or set allow_insecure = true if the network around it is trusted"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the Kafka listener runs: enabled, and where it can serve (a single broker
+    /// without `[auth]`).
+    pub fn serves_kafka(&self) -> bool {
+        self.kafka.enabled && self.cluster.is_none() && !self.auth.enabled
     }
 
     /// The first address this broker serves on that other machines reach and that is not

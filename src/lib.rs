@@ -6,6 +6,7 @@ pub mod broker;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod kafka;
 pub mod limits;
 pub mod log_limit;
 pub mod net;

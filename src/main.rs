@@ -173,6 +173,9 @@ struct ServeArgs {
     /// When to fdatasync: "always" (before every acknowledgement) or "interval:<ms>"
     #[arg(long)]
     flush: Option<FlushPolicy>,
+    /// Address for Kafka clients, or "off" [default: 127.0.0.1:9092]
+    #[arg(long)]
+    kafka_listen: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -319,6 +322,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(flush) = args.flush {
         config.storage.flush = flush;
+    }
+    match args.kafka_listen.as_deref() {
+        None => {}
+        Some("off") => config.kafka.enabled = false,
+        Some(addr) => {
+            config.kafka.enabled = true;
+            config.kafka.listen = Some(addr.parse().with_context(|| format!("--kafka-listen {addr:?}"))?);
+        }
     }
     quorra::shard::run_broker(config)?;
     Ok(())

@@ -252,6 +252,8 @@ mod tests {
         data.push(None, b"m2", 3);
         let mut last = data.finish(0, 0, 0).to_vec();
         stamp_batch(&mut last, 2, 2);
+        // A byte the control batch's CRC covers.
+        let in_control = first.len() + 30;
         let payload = Bytes::from([first, control, last].concat());
         let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None, last_failure: None };
         let mut out = Vec::new();
@@ -260,7 +262,7 @@ mod tests {
         assert_eq!(got, vec![(0, b"m0".to_vec()), (2, b"m2".to_vec())]);
         assert_eq!(cursor.next_offset, 3);
         let mut bad = payload.to_vec();
-        bad[70] ^= 1;
+        bad[in_control] ^= 1;
         let mut cursor = Cursor { partition: 0, next_offset: 0, high_watermark: None, last_failure: None };
         assert!(decode_records(&Bytes::from(bad), &mut cursor, &mut Vec::new()).is_err());
     }

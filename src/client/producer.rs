@@ -29,7 +29,7 @@ use bytes::Bytes;
 
 use super::{is_retriable, Client, ClientError, ReadFrom, Requests};
 use crate::limits::{MAX_BATCH_BYTES, PRODUCER_BATCHES_REMEMBERED};
-use crate::protocol::batch::{restamp_producer, BatchBuilder, BATCH_HEADER_BYTES};
+use crate::protocol::batch::{add_sequence, restamp_producer, BatchBuilder, BATCH_HEADER_BYTES};
 use crate::protocol::messages::{Acks, ProduceRequest, ProduceResponse};
 use crate::protocol::{decode, encode, ApiKind, ErrorCode, Frame};
 use crate::rt::{self, Notify, WaitList};
@@ -171,7 +171,7 @@ impl Lane {
     /// Takes the sequence numbers of a batch of `records`.
     fn take_sequence(&self, records: u32) -> u32 {
         let first = self.next_sequence.get();
-        self.next_sequence.set(first.wrapping_add(records));
+        self.next_sequence.set(add_sequence(first, records));
         first
     }
 }

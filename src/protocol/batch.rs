@@ -1,30 +1,39 @@
-//! The record batch: the unit that is produced, stored, replicated and served.
+//! The record batch: Kafka's RecordBatch v2 (magic 2), the unit that is produced, stored,
+//! replicated and served, byte for byte, to native and Kafka clients alike.
 //!
-//! A batch is a fixed 64-byte header followed by records. All integers are little-endian.
-//! The leader stamps `base_offset` and `leader_epoch` when it appends; both lie *outside*
-//! the CRC, so the bytes a producer sent are stored and served unchanged and the CRC the
-//! producer computed stays valid end to end (producer -> broker -> disk -> consumer).
+//! All integers are big-endian, as in Kafka. The leader stamps `base_offset` and
+//! `partition_leader_epoch` when it appends; both lie *outside* the CRC, so the bytes a
+//! producer sent are stored and served unchanged and the CRC the producer computed stays
+//! valid end to end (producer -> broker -> disk -> consumer).
 //!
 //! ```text
-//! off  size  field             covered by CRC
-//!   0    8   base_offset       no  (stamped by the leader)
-//!   8    4   leader_epoch      no  (stamped by the leader)
-//!  12    4   batch_len         no  (a wrong length makes the CRC range wrong, so it is caught)
-//!  16    4   crc32c            -   (CRC32C of bytes [20, batch_len))
-//!  20    4   magic "QRB1"      yes
-//!  24    2   attributes        yes (0 from producers; bit 4 (0x10): control batch, leaders only)
-//!  26    2   producer_epoch    yes
-//!  28    4   record_count      yes
-//!  32    8   first_timestamp   yes (ms since the Unix epoch)
-//!  40    8   max_timestamp     yes
-//!  48    8   producer_id       yes (0: not idempotent)
-//!  56    4   base_sequence     yes
-//!  60    4   reserved (zero)   yes
-//!  64        records
+//! off  size  field                    covered by CRC
+//!   0    8   base_offset              no  (stamped by the leader)
+//!   8    4   batch_length             no  (bytes after this field; a wrong one makes the CRC range wrong)
+//!  12    4   partition_leader_epoch   no  (stamped by the leader)
+//!  16    1   magic = 2                no  (checked)
+//!  17    4   crc32c                   -   (CRC-32C of bytes [21, end))
+//!  21    2   attributes               yes (0 from producers; bit 5 (0x20): control batch, leaders only)
+//!  23    4   last_offset_delta        yes (record_count - 1: batches are dense, never compacted)
+//!  27    8   base_timestamp           yes (ms since the Unix epoch)
+//!  35    8   max_timestamp            yes
+//!  43    8   producer_id              yes (-1: not idempotent)
+//!  51    2   producer_epoch           yes (-1 without a producer id)
+//!  53    4   base_sequence            yes (-1 without a producer id)
+//!  57    4   record_count             yes
+//!  61        records
 //! ```
 //!
-//! A record is `ts_delta u32 | key_len u32 (u32::MAX: no key) | key | value_len u32 | value`.
-//! Its offset is `base_offset + index within the batch`.
+//! A record is Kafka's: `length varint | attributes i8 (0) | timestamp_delta varlong |
+//! offset_delta varint | key_length varint (-1: no key) | key | value_length varint (-1:
+//! null) | value | header_count varint | headers (key_length varint | key | value_length
+//! varint | value)`, varints zigzag-encoded. Its offset is `base_offset + offset_delta`, and
+//! `offset_delta` is its index in the batch. A null value reads as an empty one here, and
+//! headers are checked and skipped (a Kafka client gets them as sent).
+//!
+//! `BatchHeader` keeps Quorra's conventions: `producer_id` 0 means "not idempotent" (-1 on
+//! the wire; a batch claiming producer id 0 is refused, and the broker never hands out 0),
+//! and `batch_len` is the whole batch's size.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -32,29 +41,32 @@ use thiserror::Error;
 use crate::limits::{MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH};
 
 /// Size of the batch header.
-pub const BATCH_HEADER_BYTES: usize = 64;
-/// Magic number of the current batch format.
-pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"QRB1");
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// The magic byte of Kafka's RecordBatch v2, the only batch format stored.
+pub const BATCH_MAGIC: u8 = 2;
 /// First byte covered by the batch CRC.
-const CRC_START: usize = 20;
-/// Fixed bytes of one record besides its key and value.
-pub const RECORD_OVERHEAD_BYTES: usize = 12;
-const NO_KEY: u32 = u32::MAX;
+const CRC_START: usize = 21;
+/// Bytes before `batch_length` counts: the base offset and the length field itself.
+const LENGTH_EXCLUDES: usize = 12;
+/// Most bytes one record adds besides its key and value: its length, attributes,
+/// timestamp delta, offset delta, key and value lengths (varints at their widest) and an
+/// empty header count.
+pub const RECORD_OVERHEAD_BYTES: usize = 5 + 1 + 10 + 5 + 5 + 5 + 1;
 
 mod at {
     pub const BASE_OFFSET: usize = 0;
-    pub const LEADER_EPOCH: usize = 8;
-    pub const LENGTH: usize = 12;
-    pub const CRC: usize = 16;
-    pub const MAGIC: usize = 20;
-    pub const ATTRIBUTES: usize = 24;
-    pub const PRODUCER_EPOCH: usize = 26;
-    pub const RECORD_COUNT: usize = 28;
-    pub const FIRST_TS: usize = 32;
-    pub const MAX_TS: usize = 40;
-    pub const PRODUCER_ID: usize = 48;
-    pub const BASE_SEQUENCE: usize = 56;
-    pub const RESERVED: usize = 60;
+    pub const LENGTH: usize = 8;
+    pub const LEADER_EPOCH: usize = 12;
+    pub const MAGIC: usize = 16;
+    pub const CRC: usize = 17;
+    pub const ATTRIBUTES: usize = 21;
+    pub const LAST_OFFSET_DELTA: usize = 23;
+    pub const FIRST_TS: usize = 27;
+    pub const MAX_TS: usize = 35;
+    pub const PRODUCER_ID: usize = 43;
+    pub const PRODUCER_EPOCH: usize = 51;
+    pub const BASE_SEQUENCE: usize = 53;
+    pub const RECORD_COUNT: usize = 57;
 }
 
 /// Why a batch was rejected.
@@ -62,8 +74,8 @@ mod at {
 pub enum BatchError {
     #[error("batch truncated: {have} bytes, need {need}")]
     Truncated { have: usize, need: usize },
-    #[error("bad batch magic {0:#010x}")]
-    BadMagic(u32),
+    #[error("bad batch magic {0} (only Kafka's RecordBatch v2, magic 2, is accepted)")]
+    BadMagic(u8),
     #[error("batch length {0} out of range")]
     BadLength(u32),
     #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
@@ -72,6 +84,8 @@ pub enum BatchError {
     BadAttributes(u16),
     #[error("malformed records: {0}")]
     BadRecords(&'static str),
+    #[error("bad producer fields: {0}")]
+    BadProducer(&'static str),
     #[error("empty batch")]
     Empty,
 }
@@ -81,20 +95,25 @@ pub enum BatchError {
 pub struct BatchHeader {
     pub base_offset: u64,
     pub leader_epoch: u32,
+    /// The whole batch's size in bytes (Kafka's `batch_length` + 12).
     pub batch_len: u32,
     pub crc: u32,
     pub producer_epoch: u16,
     pub record_count: u32,
     pub first_timestamp: i64,
     pub max_timestamp: i64,
+    /// 0: not idempotent (-1 on the wire).
     pub producer_id: u64,
     pub base_sequence: u32,
     pub attributes: u16,
 }
 
-/// Attribute bit of a control batch: written by a leader (the epoch-start marker), replicated
-/// and stored like data, skipped by consumers.
-pub const ATTR_CONTROL: u16 = 0x10;
+/// Attribute bit of a control batch (Kafka's): written by a leader (the epoch-start marker),
+/// replicated and stored like data, skipped by consumers.
+pub const ATTR_CONTROL: u16 = 0x20;
+/// Kafka's control record key of the epoch-start marker: version 0, type 2 (`LEADER_CHANGE`,
+/// the type KRaft gives the same event), which Kafka clients skip.
+const CONTROL_KEY_LEADER_CHANGE: [u8; 4] = [0, 0, 0, 2];
 
 impl BatchHeader {
     /// A control batch carries no messages for consumers.
@@ -113,13 +132,29 @@ impl BatchHeader {
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+    u16::from_be_bytes([b[at], b[at + 1]])
 }
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
+    b[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// Whether `bytes` could begin a batch: enough bytes for a header and the magic byte where
+/// it belongs. Cheap; the recovery scan uses it to look for batches past damage.
+pub fn may_start_batch(bytes: &[u8]) -> bool {
+    bytes.len() >= BATCH_HEADER_BYTES && bytes[at::MAGIC] == BATCH_MAGIC
+}
+
+/// Whether `bytes` begin with a batch of the format Quorra stored before it adopted Kafka's
+/// (magic "QRB1" at byte 20), so that such data is refused by name rather than taken for
+/// damage.
+pub fn is_pre_kafka_batch(bytes: &[u8]) -> bool {
+    bytes.len() >= 24 && bytes[20..24] == *b"QRB1"
 }
 
 /// Reads the header fields without checking the CRC or records. `bytes` must hold a header.
@@ -127,13 +162,13 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if bytes.len() < BATCH_HEADER_BYTES {
         return Err(BatchError::Truncated { have: bytes.len(), need: BATCH_HEADER_BYTES });
     }
-    let magic = u32_at(bytes, at::MAGIC);
-    if magic != BATCH_MAGIC {
-        return Err(BatchError::BadMagic(magic));
+    if bytes[at::MAGIC] != BATCH_MAGIC {
+        return Err(BatchError::BadMagic(bytes[at::MAGIC]));
     }
-    let batch_len = u32_at(bytes, at::LENGTH);
-    if (batch_len as usize) < BATCH_HEADER_BYTES || batch_len as usize > MAX_BATCH_BYTES {
-        return Err(BatchError::BadLength(batch_len));
+    let length = u32_at(bytes, at::LENGTH);
+    let batch_len = (length as usize).saturating_add(LENGTH_EXCLUDES);
+    if !(BATCH_HEADER_BYTES..=MAX_BATCH_BYTES).contains(&batch_len) {
+        return Err(BatchError::BadLength(length));
     }
     let record_count = u32_at(bytes, at::RECORD_COUNT);
     if record_count == 0 {
@@ -142,19 +177,57 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if record_count > MAX_RECORDS_PER_BATCH {
         return Err(BatchError::BadRecords("too many records"));
     }
+    if u32_at(bytes, at::LAST_OFFSET_DELTA) != record_count - 1 {
+        return Err(BatchError::BadRecords("last_offset_delta is not record_count - 1"));
+    }
+    let (producer_id, producer_epoch, base_sequence) = producer_fields(bytes)?;
     Ok(BatchHeader {
         base_offset: u64_at(bytes, at::BASE_OFFSET),
         leader_epoch: u32_at(bytes, at::LEADER_EPOCH),
-        batch_len,
+        batch_len: batch_len as u32,
         crc: u32_at(bytes, at::CRC),
-        producer_epoch: u16_at(bytes, at::PRODUCER_EPOCH),
+        producer_epoch,
         record_count,
         first_timestamp: u64_at(bytes, at::FIRST_TS) as i64,
         max_timestamp: u64_at(bytes, at::MAX_TS) as i64,
-        producer_id: u64_at(bytes, at::PRODUCER_ID),
-        base_sequence: u32_at(bytes, at::BASE_SEQUENCE),
+        producer_id,
+        base_sequence,
         attributes: u16_at(bytes, at::ATTRIBUTES),
     })
+}
+
+/// The producer fields in Quorra's convention: (0, 0, 0) for Kafka's "no producer"
+/// (-1, -1, -1); a batch with a producer id has a non-negative epoch and sequence.
+fn producer_fields(bytes: &[u8]) -> Result<(u64, u16, u32), BatchError> {
+    let id = u64_at(bytes, at::PRODUCER_ID) as i64;
+    let epoch = u16_at(bytes, at::PRODUCER_EPOCH) as i16;
+    let sequence = u32_at(bytes, at::BASE_SEQUENCE) as i32;
+    match id {
+        -1 => Ok((0, 0, 0)),
+        0 => Err(BatchError::BadProducer("producer id 0 is never handed out")),
+        id if id < 0 => Err(BatchError::BadProducer("negative producer id")),
+        _ if epoch < 0 || sequence < 0 => {
+            Err(BatchError::BadProducer("an idempotent batch needs an epoch and a sequence"))
+        }
+        id => Ok((id as u64, epoch as u16, sequence as u32)),
+    }
+}
+
+/// Writes the producer fields in Kafka's convention (producer id 0: none, written as -1s).
+fn put_producer_fields(b: &mut [u8], producer_id: u64, producer_epoch: u16, base_sequence: u32) {
+    let (id, epoch, sequence) = if producer_id == 0 {
+        (-1i64, -1i16, -1i32)
+    } else {
+        (producer_id as i64, producer_epoch as i16, base_sequence as i32)
+    };
+    put(b, at::PRODUCER_ID, &id.to_be_bytes());
+    put(b, at::PRODUCER_EPOCH, &epoch.to_be_bytes());
+    put(b, at::BASE_SEQUENCE, &sequence.to_be_bytes());
+}
+
+fn write_crc(b: &mut [u8]) {
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    put(b, at::CRC, &crc.to_be_bytes());
 }
 
 /// Checks header and CRC of the batch at the start of `bytes` (which may hold more after it).
@@ -174,24 +247,22 @@ pub fn check_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// Full validation of a batch arriving from a producer: header, CRC, reserved fields and the
+/// Full validation of a batch arriving from a producer: header, CRC, attributes and the
 /// structure of every record, so that nothing malformed is ever stored.
 pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = check_batch(bytes)?;
-    let attributes = u16_at(bytes, at::ATTRIBUTES);
-    if attributes != 0 {
-        return Err(BatchError::BadAttributes(attributes));
-    }
-    if u32_at(bytes, at::RESERVED) != 0 {
-        return Err(BatchError::BadRecords("reserved header field is not zero"));
+    if header.attributes != 0 {
+        return Err(BatchError::BadAttributes(header.attributes));
     }
     if header.max_timestamp < header.first_timestamp {
-        return Err(BatchError::BadRecords("max_timestamp before first_timestamp"));
+        return Err(BatchError::BadRecords("max_timestamp before base_timestamp"));
     }
-    let body = &bytes[BATCH_HEADER_BYTES..header.batch_len as usize];
-    let mut records = RecordIter { body, remaining: header.record_count, next_offset: 0, first_timestamp: 0 };
-    for _ in 0..header.record_count {
+    let mut records = RecordIter::new(&bytes[..header.batch_len as usize], &header);
+    for index in 0..header.record_count {
         match records.next() {
+            Some(Ok(r)) if r.offset != header.base_offset + u64::from(index) => {
+                return Err(BatchError::BadRecords("offset_delta is not the record's index"))
+            }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e),
             None => return Err(BatchError::BadRecords("fewer records than record_count")),
@@ -205,20 +276,32 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// Stamps the leader-assigned fields. They lie outside the CRC, so the batch stays valid.
 pub fn stamp_batch(bytes: &mut [u8], base_offset: u64, leader_epoch: u32) {
-    bytes[at::BASE_OFFSET..at::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
-    bytes[at::LEADER_EPOCH..at::LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_le_bytes());
+    put(bytes, at::BASE_OFFSET, &base_offset.to_be_bytes());
+    put(bytes, at::LEADER_EPOCH, &leader_epoch.to_be_bytes());
 }
 
 /// Rewrites the producer fields of a finished batch (id, epoch, base sequence) and its CRC,
 /// which covers them. Used by a producer that must renumber batches it has not yet had
 /// acknowledged (a new producer epoch after a sequence it could not recover).
 pub fn restamp_producer(bytes: &mut [u8], producer_id: u64, producer_epoch: u16, base_sequence: u32) {
-    bytes[at::PRODUCER_ID..at::PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
-    bytes[at::PRODUCER_EPOCH..at::PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_le_bytes());
-    bytes[at::BASE_SEQUENCE..at::BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_le_bytes());
-    let len = (u32_at(bytes, at::LENGTH) as usize).min(bytes.len());
-    let crc = crc32c::crc32c(&bytes[CRC_START..len]);
-    bytes[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    put_producer_fields(bytes, producer_id, producer_epoch, base_sequence);
+    let len = (u32_at(bytes, at::LENGTH) as usize).saturating_add(LENGTH_EXCLUDES).min(bytes.len());
+    write_crc(&mut bytes[..len]);
+}
+
+/// Sequence numbers live in Kafka's space: 0 to 2^31 - 1, wrapping to 0.
+pub const SEQUENCE_SPACE: u32 = 1 << 31;
+
+/// The sequence after `count` records from `base` (Kafka's `incrementSequence`).
+pub fn add_sequence(base: u32, count: u32) -> u32 {
+    ((u64::from(base) + u64::from(count)) % u64::from(SEQUENCE_SPACE)) as u32
+}
+
+/// Whether sequence `a` comes before `b` (less than half the space before it).
+pub fn sequence_before(a: u32, b: u32) -> bool {
+    let ahead = (u64::from(b) + u64::from(SEQUENCE_SPACE) - u64::from(a) % u64::from(SEQUENCE_SPACE))
+        % u64::from(SEQUENCE_SPACE);
+    ahead != 0 && ahead < u64::from(SEQUENCE_SPACE / 2)
 }
 
 /// One record, borrowed from its batch.
@@ -227,6 +310,7 @@ pub struct Record<'a> {
     pub offset: u64,
     pub timestamp: i64,
     pub key: Option<&'a [u8]>,
+    /// A null value (a Kafka tombstone) reads as empty.
     pub value: &'a [u8],
 }
 
@@ -234,8 +318,55 @@ pub struct Record<'a> {
 pub struct RecordIter<'a> {
     body: &'a [u8],
     remaining: u32,
-    next_offset: u64,
+    base_offset: u64,
     first_timestamp: i64,
+}
+
+const TRUNCATED: BatchError = BatchError::BadRecords("record runs past its end");
+
+/// Reads Kafka's zigzag varints from the front of a slice.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn varlong(&mut self) -> Result<i64, BatchError> {
+        let mut raw = 0u64;
+        for i in 0..10 {
+            let (&byte, rest) = self.bytes.split_first().ok_or(TRUNCATED)?;
+            self.bytes = rest;
+            raw |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                if i == 9 && byte > 1 {
+                    break;
+                }
+                return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
+            }
+        }
+        Err(BatchError::BadRecords("varint longer than 64 bits"))
+    }
+
+    fn varint(&mut self) -> Result<i32, BatchError> {
+        i32::try_from(self.varlong()?).map_err(|_| BatchError::BadRecords("varint out of the 32-bit range"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
+        if self.bytes.len() < n {
+            return Err(TRUNCATED);
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    /// A length-prefixed byte string; `None` for length -1.
+    fn bytes_or_null(&mut self) -> Result<Option<&'a [u8]>, BatchError> {
+        match self.varint()? {
+            -1 => Ok(None),
+            n if n < 0 => Err(BatchError::BadRecords("negative length")),
+            n => self.take(n as usize).map(Some),
+        }
+    }
 }
 
 impl<'a> RecordIter<'a> {
@@ -244,34 +375,45 @@ impl<'a> RecordIter<'a> {
         RecordIter {
             body: &batch[BATCH_HEADER_BYTES..header.batch_len as usize],
             remaining: header.record_count,
-            next_offset: header.base_offset,
+            base_offset: header.base_offset,
             first_timestamp: header.first_timestamp,
         }
     }
 
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.body.len() < n {
-            return None;
-        }
-        let (head, rest) = self.body.split_at(n);
-        self.body = rest;
-        Some(head)
-    }
-
-    fn take_u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    }
-
     fn next_record(&mut self) -> Result<Record<'a>, BatchError> {
-        const TRUNCATED: BatchError = BatchError::BadRecords("record runs past the batch end");
-        let ts_delta = self.take_u32().ok_or(TRUNCATED)?;
-        let key_len = self.take_u32().ok_or(TRUNCATED)?;
-        let key = if key_len == NO_KEY { None } else { Some(self.take(key_len as usize).ok_or(TRUNCATED)?) };
-        let value_len = self.take_u32().ok_or(TRUNCATED)?;
-        let value = self.take(value_len as usize).ok_or(TRUNCATED)?;
-        let offset = self.next_offset;
-        self.next_offset += 1;
-        Ok(Record { offset, timestamp: self.first_timestamp.saturating_add(i64::from(ts_delta)), key, value })
+        let mut outer = Cursor { bytes: self.body };
+        let length = outer.varint()?;
+        let length = usize::try_from(length).map_err(|_| BatchError::BadRecords("negative record length"))?;
+        let mut c = Cursor { bytes: outer.take(length)? };
+        self.body = outer.bytes;
+        if c.take(1)?[0] != 0 {
+            return Err(BatchError::BadRecords("record attributes are not zero"));
+        }
+        let timestamp_delta = c.varlong()?;
+        let offset_delta = c.varint()?;
+        let offset_delta = u32::try_from(offset_delta).map_err(|_| BatchError::BadRecords("negative offset delta"))?;
+        let key = c.bytes_or_null()?;
+        let value = c.bytes_or_null()?.unwrap_or_default();
+        let headers = c.varint()?;
+        if headers < 0 {
+            return Err(BatchError::BadRecords("negative header count"));
+        }
+        for _ in 0..headers {
+            // Each header takes at least two bytes, so a huge count fails on the bytes.
+            if c.bytes_or_null()?.is_none() {
+                return Err(BatchError::BadRecords("null header key"));
+            }
+            c.bytes_or_null()?;
+        }
+        if !c.bytes.is_empty() {
+            return Err(BatchError::BadRecords("record longer than its fields"));
+        }
+        Ok(Record {
+            offset: self.base_offset + u64::from(offset_delta),
+            timestamp: self.first_timestamp.saturating_add(timestamp_delta),
+            key,
+            value,
+        })
     }
 }
 
@@ -286,6 +428,20 @@ impl<'a> Iterator for RecordIter<'a> {
         self.remaining = if result.is_err() { 0 } else { self.remaining - 1 };
         Some(result)
     }
+}
+
+fn put_varlong(buf: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        buf.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    buf.push(z as u8);
+}
+
+fn varlong_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - z.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Builds one batch from records, computing the CRC. Used by producers.
@@ -314,38 +470,47 @@ impl BatchBuilder {
         self.record_count
     }
 
-    /// Bytes a record with this key and value adds to a batch.
+    /// Most bytes a record with this key and value adds to a batch.
     pub fn record_bytes(key: Option<&[u8]>, value: &[u8]) -> usize {
         RECORD_OVERHEAD_BYTES + key.map_or(0, <[u8]>::len) + value.len()
     }
 
-    /// Appends a record. Timestamps are clamped so the batch stays valid (deltas are
-    /// non-negative and fit 32 bits), whatever clock the caller has.
+    /// Appends a record.
     pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) {
         if self.record_count == 0 {
             self.first_timestamp = timestamp_ms;
             self.max_timestamp = timestamp_ms;
         }
-        let ts = timestamp_ms.clamp(self.first_timestamp, self.first_timestamp + i64::from(u32::MAX));
-        self.max_timestamp = self.max_timestamp.max(ts);
-        let delta = (ts - self.first_timestamp) as u32;
-        self.buf.extend_from_slice(&delta.to_le_bytes());
-        match key {
-            Some(k) => {
-                self.buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                self.buf.extend_from_slice(k);
-            }
-            None => self.buf.extend_from_slice(&NO_KEY.to_le_bytes()),
-        }
-        self.buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(value);
+        self.max_timestamp = self.max_timestamp.max(timestamp_ms);
+        let timestamp_delta = timestamp_ms.saturating_sub(self.first_timestamp);
+        let offset_delta = i64::from(self.record_count);
+        let key_len = key.map_or(-1, |k| k.len() as i64);
+        let body_len = 1
+            + varlong_len(timestamp_delta)
+            + varlong_len(offset_delta)
+            + varlong_len(key_len)
+            + key.map_or(0, <[u8]>::len)
+            + varlong_len(value.len() as i64)
+            + value.len()
+            + 1;
+        let b = &mut self.buf;
+        put_varlong(b, body_len as i64);
+        b.push(0); // record attributes
+        put_varlong(b, timestamp_delta);
+        put_varlong(b, offset_delta);
+        put_varlong(b, key_len);
+        b.extend_from_slice(key.unwrap_or_default());
+        put_varlong(b, value.len() as i64);
+        b.extend_from_slice(value);
+        b.push(0); // no headers
         self.record_count += 1;
     }
 
-    /// The epoch-start marker a new leader appends: one record whose value is the epoch.
+    /// The epoch-start marker a new leader appends: a control batch of one record, Kafka's
+    /// `LEADER_CHANGE` control key and the epoch as its value.
     pub fn control(leader_epoch: u32, timestamp_ms: i64) -> Bytes {
         let mut b = BatchBuilder::with_capacity(32);
-        b.push(Some(b"epoch-start"), &leader_epoch.to_le_bytes(), timestamp_ms);
+        b.push(Some(&CONTROL_KEY_LEADER_CHANGE), &leader_epoch.to_be_bytes(), timestamp_ms);
         b.finish_with_attributes(0, 0, 0, ATTR_CONTROL)
     }
 
@@ -361,20 +526,17 @@ impl BatchBuilder {
         base_sequence: u32,
         attributes: u16,
     ) -> Bytes {
-        let len = self.buf.len() as u32;
+        let length = (self.buf.len() - LENGTH_EXCLUDES) as u32;
         let b = &mut self.buf;
-        b[at::LENGTH..at::LENGTH + 4].copy_from_slice(&len.to_le_bytes());
-        b[at::MAGIC..at::MAGIC + 4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
-        b[at::ATTRIBUTES..at::ATTRIBUTES + 2].copy_from_slice(&attributes.to_le_bytes());
-        b[at::PRODUCER_EPOCH..at::PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_le_bytes());
-        b[at::RECORD_COUNT..at::RECORD_COUNT + 4].copy_from_slice(&self.record_count.to_le_bytes());
-        b[at::FIRST_TS..at::FIRST_TS + 8].copy_from_slice(&self.first_timestamp.to_le_bytes());
-        b[at::MAX_TS..at::MAX_TS + 8].copy_from_slice(&self.max_timestamp.to_le_bytes());
-        b[at::PRODUCER_ID..at::PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
-        b[at::BASE_SEQUENCE..at::BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_le_bytes());
-        b[at::RESERVED..at::RESERVED + 4].copy_from_slice(&0u32.to_le_bytes());
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        put(b, at::LENGTH, &length.to_be_bytes());
+        b[at::MAGIC] = BATCH_MAGIC;
+        put(b, at::ATTRIBUTES, &attributes.to_be_bytes());
+        put(b, at::LAST_OFFSET_DELTA, &self.record_count.wrapping_sub(1).to_be_bytes());
+        put(b, at::FIRST_TS, &self.first_timestamp.to_be_bytes());
+        put(b, at::MAX_TS, &self.max_timestamp.to_be_bytes());
+        put_producer_fields(b, producer_id, producer_epoch, base_sequence);
+        put(b, at::RECORD_COUNT, &self.record_count.to_be_bytes());
+        write_crc(b);
         Bytes::from(self.buf)
     }
 }
@@ -414,130 +576,4 @@ impl<'a> Iterator for BatchIter<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    type TestRecord = (Option<Vec<u8>>, Vec<u8>, i64);
-
-    fn build(records: &[TestRecord]) -> Bytes {
-        let mut b = BatchBuilder::with_capacity(128);
-        for (k, v, ts) in records {
-            b.push(k.as_deref(), v, *ts);
-        }
-        b.finish(7, 1, 42)
-    }
-
-    #[test]
-    fn restamping_the_producer_fields_keeps_the_batch_valid() {
-        let mut bytes = build(&[(None, b"a".to_vec(), 5), (Some(b"k".to_vec()), b"b".to_vec(), 6)]).to_vec();
-        restamp_producer(&mut bytes, 99, 3, 1000);
-        let h = validate_batch(&bytes).expect("still valid");
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (99, 3, 1000));
-        assert_eq!(h.record_count, 2);
-    }
-
-    #[test]
-    fn stamping_keeps_the_crc_valid() {
-        let batch = build(&[(None, b"a".to_vec(), 10), (Some(b"k".to_vec()), b"bc".to_vec(), 12)]);
-        let mut bytes = batch.to_vec();
-        stamp_batch(&mut bytes, 1000, 3);
-        let h = validate_batch(&bytes).unwrap();
-        assert_eq!((h.base_offset, h.leader_epoch, h.record_count), (1000, 3, 2));
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (7, 1, 42));
-        let recs: Vec<_> = RecordIter::new(&bytes, &h).map(Result::unwrap).collect();
-        assert_eq!(recs[0], Record { offset: 1000, timestamp: 10, key: None, value: b"a" });
-        assert_eq!(recs[1], Record { offset: 1001, timestamp: 12, key: Some(b"k"), value: b"bc" });
-    }
-
-    #[test]
-    fn every_single_bit_flip_in_the_covered_range_is_detected() {
-        let batch = build(&[(Some(b"key".to_vec()), vec![9u8; 100], 5)]).to_vec();
-        for byte in CRC_START - 4..batch.len() {
-            for bit in 0..8 {
-                let mut b = batch.clone();
-                b[byte] ^= 1 << bit;
-                assert!(validate_batch(&b).is_err(), "flip at byte {byte} bit {bit} undetected");
-            }
-        }
-    }
-
-    #[test]
-    fn control_batches_are_valid_on_disk_but_refused_from_producers() {
-        let control = BatchBuilder::control(7, 1);
-        let h = check_batch(&control).unwrap();
-        assert!(h.is_control());
-        assert_eq!(validate_batch(&control), Err(BatchError::BadAttributes(ATTR_CONTROL)));
-        assert!(!check_batch(&build(&[(None, b"x".to_vec(), 1)])).unwrap().is_control());
-    }
-
-    #[test]
-    fn empty_batches_and_bad_lengths_are_rejected() {
-        let empty = BatchBuilder::with_capacity(0).finish(0, 0, 0);
-        assert_eq!(validate_batch(&empty), Err(BatchError::Empty));
-        let mut b = build(&[(None, b"x".to_vec(), 1)]).to_vec();
-        b[at::LENGTH..at::LENGTH + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(validate_batch(&b), Err(BatchError::BadLength(_))));
-    }
-
-    fn arb_records() -> impl Strategy<Value = Vec<TestRecord>> {
-        prop::collection::vec(
-            (
-                prop::option::of(prop::collection::vec(any::<u8>(), 0..16)),
-                prop::collection::vec(any::<u8>(), 0..300),
-                0i64..1 << 40,
-            ),
-            1..20,
-        )
-    }
-
-    proptest! {
-        #[test]
-        fn round_trip(records in arb_records(), base in 0u64..1 << 50) {
-            let mut bytes = build(&records).to_vec();
-            stamp_batch(&mut bytes, base, 1);
-            let h = validate_batch(&bytes).unwrap();
-            let got: Vec<_> = RecordIter::new(&bytes, &h).map(Result::unwrap).collect();
-            prop_assert_eq!(got.len(), records.len());
-            for (i, (r, (k, v, _))) in got.iter().zip(&records).enumerate() {
-                prop_assert_eq!(r.offset, base + i as u64);
-                prop_assert_eq!(r.key, k.as_deref());
-                prop_assert_eq!(r.value, &v[..]);
-            }
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-            let _ = validate_batch(&bytes);
-            for item in BatchIter::new(&bytes) { let _ = item; }
-        }
-
-        #[test]
-        fn truncation_is_always_detected(records in arb_records(), cut in any::<prop::sample::Index>()) {
-            let bytes = build(&records);
-            let cut = cut.index(bytes.len());
-            prop_assert!(validate_batch(&bytes[..cut]).is_err());
-        }
-
-        #[test]
-        fn corrupting_a_byte_is_detected(records in arb_records(), pos in any::<prop::sample::Index>(), x in 1u8..=255) {
-            let mut bytes = build(&records).to_vec();
-            let pos = CRC_START - 4 + pos.index(bytes.len() - (CRC_START - 4));
-            bytes[pos] ^= x;
-            prop_assert!(validate_batch(&bytes).is_err());
-        }
-
-        #[test]
-        fn forged_crc_over_malformed_records_is_rejected(records in arb_records(), extra in prop::collection::vec(any::<u8>(), 1..8)) {
-            // A producer that computes a valid CRC over malformed records must still be refused.
-            let mut bytes = build(&records).to_vec();
-            bytes.extend_from_slice(&extra);
-            let len = bytes.len() as u32;
-            bytes[at::LENGTH..at::LENGTH + 4].copy_from_slice(&len.to_le_bytes());
-            let crc = crc32c::crc32c(&bytes[CRC_START..]);
-            bytes[at::CRC..at::CRC + 4].copy_from_slice(&crc.to_le_bytes());
-            prop_assert!(check_batch(&bytes).is_ok());
-            prop_assert!(validate_batch(&bytes).is_err());
-        }
-    }
-}
+mod tests;

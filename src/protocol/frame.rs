@@ -151,6 +151,23 @@ impl Frame {
         Ok(Frame { header, body, from_node: None, principal: None, throttle_ms: 0 })
     }
 
+    /// A request made inside the broker (the Kafka listener's, one per partition): the
+    /// archive followed by `payload`, with its body CRC, as if it had been read.
+    pub fn local(kind: u16, correlation_id: u64, archive: &[u8], payload: &[u8]) -> Frame {
+        let mut body = BodyBuf::with_capacity(archive.len() + payload.len());
+        body.extend_from_slice(archive);
+        body.extend_from_slice(payload);
+        let header = FrameHeader {
+            flags: 0,
+            kind,
+            correlation_id,
+            archive_len: archive.len() as u32,
+            payload_len: payload.len() as u32,
+            body_crc: crc32c::crc32c(&body),
+        };
+        Frame { header, body, from_node: None, principal: None, throttle_ms: 0 }
+    }
+
     /// The rkyv archive, 16-byte aligned.
     pub fn archive(&self) -> &[u8] {
         &self.body[..self.header.archive_len as usize]

@@ -15,7 +15,7 @@ mod authz;
 mod cluster_handlers;
 pub mod connections;
 pub mod handlers;
-mod placement;
+pub(crate) mod placement;
 pub mod quotas;
 
 use std::rc::Rc;
@@ -426,41 +426,48 @@ async fn dispatch(
     held: net::Held,
     fetch_quota: Option<Arc<quotas::PrincipalQuota>>,
 ) {
-    let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
+    let answer = send_request(shard, frame, route).await;
     let outbox = outbox.clone();
-    let charge = move |out: &crate::protocol::OutFrame| {
+    rt::spawn(async move {
+        let out = answer.await;
         if let Some(q) = &fetch_quota {
             q.fetched(out.payload.iter().map(|c| c.len() as u64).sum());
         }
-    };
+        outbox.push_holding(out, Some(held));
+    });
+}
+
+/// An answer to come.
+pub type PendingAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = crate::protocol::OutFrame>>>;
+
+/// Sends a request on its way to `route` and returns its answer to come. What must happen
+/// in the order requests arrive happens before this returns: a local request is spawned
+/// (it appends before its first `.await`), one for another shard is queued on the mesh, one
+/// for another node on its link. The native reader and the Kafka listener both send
+/// requests this way.
+pub(crate) async fn send_request(shard: &Rc<Shard>, frame: Frame, route: Route) -> PendingAnswer {
+    let (kind, corr) = (frame.header.kind, frame.header.correlation_id);
     match route {
         Route::Shard(owner) if owner == shard.id => {
             let shard = shard.clone();
-            rt::spawn(async move {
-                let out = handlers::handle(&shard, frame).await;
-                charge(&out);
-                outbox.push_holding(out, Some(held));
-            });
+            let task = rt::spawn_joinable(async move { handlers::handle(&shard, frame).await });
+            Box::pin(async move {
+                task.await.unwrap_or_else(|| error_frame(kind, corr, ErrorCode::Unavailable, "the request was dropped"))
+            })
         }
         Route::Shard(owner) => {
             let reply = shard.mesh.send(owner, MeshRequest::Client(frame)).await;
-            rt::spawn(async move {
-                let out = match reply.await {
+            Box::pin(async move {
+                match reply.await {
                     Ok(MeshReply::Client(out)) => out,
                     _ => error_frame(kind, corr, ErrorCode::Unavailable, &format!("shard {owner} did not answer")),
-                };
-                charge(&out);
-                outbox.push_holding(out, Some(held));
-            });
+                }
+            })
         }
         Route::Node(node) => {
             // Queued on the node's link now (when open), in the order the reader read them.
             let answer = cluster_handlers::forward(shard, node, frame);
-            rt::spawn(async move {
-                let out = handlers::answer(kind, corr, answer.await);
-                charge(&out);
-                outbox.push_holding(out, Some(held));
-            });
+            Box::pin(async move { handlers::answer(kind, corr, answer.await) })
         }
     }
 }

@@ -93,6 +93,53 @@ pub fn check_or_record(config: &Config) -> Result<(), String> {
     }
 }
 
+/// The format the batches of this version are stored in (`protocol/batch.rs`), recorded in
+/// `meta/batch-format` at the first start.
+pub const BATCH_FORMAT: &str = "kafka-record-batch-v2";
+
+fn batch_format_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("meta").join("batch-format")
+}
+
+/// Refuses a data directory whose batches are in another format than [`BATCH_FORMAT`]:
+/// one recorded as another, or one that holds partitions or group logs but no record (an
+/// earlier Quorra wrote it, in the format it had before Kafka's, "QRB1"), which the recovery
+/// scan would otherwise take for damage. Records the format in a directory with no data.
+pub fn check_or_record_batch_format(data_dir: &Path) -> Result<(), String> {
+    let file = batch_format_path(data_dir);
+    match std::fs::read_to_string(&file) {
+        Ok(recorded) if recorded.trim() == BATCH_FORMAT => Ok(()),
+        Ok(recorded) => Err(format!(
+            "{}: the batches here are stored as {:?}, which this Quorra does not read (it stores {BATCH_FORMAT})",
+            file.display(),
+            recorded.trim()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if holds_data(data_dir) {
+                return Err(format!(
+                    "data directory {} was written by an earlier Quorra, which stored batches in its own format \
+                     (\"QRB1\"); this Quorra stores Kafka's RecordBatch v2 and cannot read them. There is no \
+                     in-place migration: read the topics out with the earlier version (quorra consume) and produce \
+                     them into a new data_dir, or start on an empty one",
+                    data_dir.display()
+                ));
+            }
+            let fail = |e: std::io::Error| format!("recording the batch format in {}: {e}", file.display());
+            let files = OsControlFiles { faults: InjectedFaults::None };
+            files.create_dir_all(file.parent().expect("meta/batch-format has a parent")).map_err(fail)?;
+            files.write_atomic(&file, BATCH_FORMAT.as_bytes()).map_err(fail)
+        }
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
+}
+
+/// Whether the directory holds a partition or a consumer group's offsets log.
+fn holds_data(data_dir: &Path) -> bool {
+    ["topics", "groups"]
+        .iter()
+        .any(|d| std::fs::read_dir(data_dir.join(d)).is_ok_and(|mut entries| entries.next().is_some()))
+}
+
 /// Replaces the identity file atomically and durably.
 fn write(dir: &Path, identity: &Identity) -> Result<(), String> {
     let file = path(dir);
@@ -107,6 +154,23 @@ fn write(dir: &Path, identity: &Identity) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_with_data_of_the_earlier_batch_format_is_refused_by_name() {
+        let fresh = tempfile::tempdir().unwrap();
+        check_or_record_batch_format(fresh.path()).expect("an empty directory takes the current format");
+        assert_eq!(std::fs::read_to_string(batch_format_path(fresh.path())).unwrap(), BATCH_FORMAT);
+        check_or_record_batch_format(fresh.path()).expect("and keeps it");
+
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(old.path().join("topics/orders/0")).unwrap();
+        let refused = check_or_record_batch_format(old.path()).unwrap_err();
+        assert!(refused.contains("QRB1") && refused.contains("no in-place migration"), "{refused}");
+        assert!(!batch_format_path(old.path()).exists(), "nothing recorded in a refused directory");
+
+        std::fs::write(batch_format_path(fresh.path()), "something-else").unwrap();
+        assert!(check_or_record_batch_format(fresh.path()).unwrap_err().contains("something-else"));
+    }
 
     #[test]
     fn identities_admit_only_the_same_broker() {

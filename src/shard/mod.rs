@@ -61,6 +61,8 @@ pub struct Shard {
     pub tls: Option<std::sync::Arc<crate::net::tls::ServerTls>>,
     /// Per-principal quotas, broker-wide (None: none configured).
     pub quotas: Option<std::sync::Arc<crate::server::quotas::Quotas>>,
+    /// Where Kafka clients reach this node (`[kafka]`), when it serves them.
+    pub kafka_addr: Option<std::net::SocketAddr>,
 }
 
 impl Shard {

@@ -43,6 +43,8 @@ struct Startup {
     ready: AtomicUsize,
     failed: AtomicBool,
     bound_addr: Mutex<Option<SocketAddr>>,
+    /// The Kafka listener's address once shard 0 bound it (`Some(None)`: it does not run).
+    kafka_bound: Mutex<Option<Option<SocketAddr>>>,
     stop: Arc<AtomicBool>,
     connections: Arc<crate::server::connections::ConnectionRegistry>,
     /// The consumer groups the broker holds (single node, shared storage).
@@ -112,6 +114,7 @@ pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
         Some(lock_data_dir(&config)?)
     };
     super::identity::check_or_record(&config)
+        .and_then(|()| super::identity::check_or_record_batch_format(&config.data_dir))
         .map_err(|message| BrokerError::DataDir { path: config.data_dir.display().to_string(), message })?;
     let shards = config.shard_count();
     // A cluster node learns its topics from the replicated metadata, not a local catalog.
@@ -131,6 +134,7 @@ pub fn run_broker(mut config: Config) -> Result<(), BrokerError> {
         ready: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
         bound_addr: Mutex::new(None),
+        kafka_bound: Mutex::new(None),
         stop,
         connections: crate::server::connections::ConnectionRegistry::new(
             config.max_connections,
@@ -275,6 +279,11 @@ async fn shard_main(
     let mesh = Mesh::new(senders);
     let id = mesh.peer_id();
     let listener = bind(&config, id, &startup).await?;
+    let kafka_listener = bind_kafka(&config, id, &startup).await?;
+    let kafka_addr = kafka_listener.as_ref().map(|_| {
+        let bound = startup.kafka_bound.lock().expect("startup lock").flatten().expect("bound before");
+        config.kafka.advertised.unwrap_or(bound)
+    });
     crate::storage::glommio_disk::prime_device_probe(&config.data_dir)
         .await
         .map_err(|e| BrokerError::DataDir { path: config.data_dir.display().to_string(), message: e.to_string() })?;
@@ -300,6 +309,7 @@ async fn shard_main(
         connections: startup.connections.clone(),
         tls: startup.tls.clone(),
         quotas: startup.quotas.clone(),
+        kafka_addr,
         config,
     });
     if let Some((_, inbox)) = cluster_part {
@@ -336,6 +346,10 @@ async fn shard_main(
     spawn_background(&shard);
     if shard.id == 0 {
         rt::spawn(super::cluster::undrain_on_start(shard.clone()));
+    }
+    if let Some(kafka_listener) = kafka_listener {
+        let stop_flag = startup.stop.clone();
+        rt::spawn(crate::kafka::accept_loop(shard.clone(), kafka_listener, move || stop_flag.load(Ordering::SeqCst)));
     }
     let stop_flag = startup.stop.clone();
     crate::server::accept_loop(shard.clone(), listener, move || stop_flag.load(Ordering::SeqCst)).await;
@@ -375,6 +389,50 @@ async fn bind(config: &Config, id: usize, startup: &Startup) -> Result<glommio::
         let bound = listener.local_addr().map_err(|e| BrokerError::Bind { addr, message: e.to_string() })?;
         *startup.bound_addr.lock().expect("startup lock") = Some(bound);
     }
+    Ok(listener)
+}
+
+/// The Kafka listener of shard `id`, when the broker serves Kafka clients. Shard 0 binds
+/// first (a port of 0 becomes the one it got); the default address, taken by another
+/// process, turns the listener off with a warning, a configured one fails the start.
+async fn bind_kafka(
+    config: &Config,
+    id: usize,
+    startup: &Startup,
+) -> Result<Option<glommio::net::TcpListener>, BrokerError> {
+    if !config.serves_kafka() {
+        return Ok(None);
+    }
+    let (addr, configured) = config.kafka.listen_addr();
+    if id != 0 {
+        loop {
+            if let Some(bound) = *startup.kafka_bound.lock().expect("startup lock") {
+                let Some(addr) = bound else { return Ok(None) };
+                let listener = glommio::net::TcpListener::bind(addr)
+                    .map_err(|e| BrokerError::Bind { addr, message: format!("kafka listener: {e}") })?;
+                return Ok(Some(listener));
+            }
+            if startup.stop.load(Ordering::SeqCst) {
+                return Err(BrokerError::Shard { shard: id, message: "start-up aborted".into() });
+            }
+            rt::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let bound = glommio::net::TcpListener::bind(addr)
+        .map_err(|e| e.to_string())
+        .and_then(|l| l.local_addr().map(|a| (a, l)).map_err(|e| e.to_string()));
+    let (listener, outcome) = match bound {
+        Ok((local, listener)) => {
+            log::info!("serving Kafka clients on {local}");
+            (Some(listener), Some(local))
+        }
+        Err(e) if !configured => {
+            log::warn!("not serving Kafka clients: the default address {addr} is taken ({e}); set [kafka] listen");
+            (None, None)
+        }
+        Err(e) => return Err(BrokerError::Bind { addr, message: format!("kafka listener: {e}") }),
+    };
+    *startup.kafka_bound.lock().expect("startup lock") = Some(outcome);
     Ok(listener)
 }
 

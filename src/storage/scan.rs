@@ -12,7 +12,7 @@
 //! before it is a late write by a replaced node and fails the scan like a damaged batch.
 
 use crate::limits::IO_ALIGNMENT;
-use crate::protocol::batch::{check_batch, peek_header, BATCH_HEADER_BYTES};
+use crate::protocol::batch::{check_batch, may_start_batch, peek_header, BATCH_HEADER_BYTES};
 
 use super::disk::{DiskFile, DiskResult};
 use super::index::SparseIndex;
@@ -165,7 +165,7 @@ async fn classify_damage<F: DiskFile>(
             if candidate == pos || chunk.len() - at < BATCH_HEADER_BYTES {
                 continue;
             }
-            if chunk[at + 20..at + 24] != *b"QRB1" {
+            if !may_start_batch(&chunk[at..]) {
                 continue;
             }
             let Ok(h) = peek_header(&chunk[at..]) else {

@@ -434,7 +434,7 @@ fn a_batch_with_an_older_epoch_after_a_newer_one_is_a_late_write_and_not_served(
 
     // A replaced node (epoch 1) writes its offset-11 batch over the successor's: same offset,
     // valid CRC (the epoch lies outside it), lower epoch. The scan cuts it as the torn tail.
-    disk.with_file(&seg, |b| b[after_epoch_two + 8..after_epoch_two + 12].copy_from_slice(&1u32.to_le_bytes()));
+    disk.with_file(&seg, |b| b[after_epoch_two + 12..after_epoch_two + 16].copy_from_slice(&1u32.to_be_bytes()));
     let log = open(&disk, LogConfig::default());
     assert_eq!(log.health(), &LogHealth::Healthy);
     assert_eq!(log.next_offset(), 11);
@@ -447,7 +447,7 @@ fn a_batch_with_an_older_epoch_after_a_newer_one_is_a_late_write_and_not_served(
     epoch_two(&mut log, 12);
     drive(&mut log, &disk, true).unwrap();
     drop(log);
-    disk.with_file(&seg, |b| b[after_epoch_two + 8..after_epoch_two + 12].copy_from_slice(&1u32.to_le_bytes()));
+    disk.with_file(&seg, |b| b[after_epoch_two + 12..after_epoch_two + 16].copy_from_slice(&1u32.to_be_bytes()));
     let log = open(&disk, LogConfig::default());
     assert!(matches!(log.health(), LogHealth::Corrupt(_)), "{:?}", log.health());
 }
