@@ -317,3 +317,88 @@ fn kcat_lists_the_broker_and_round_trips_a_hundred_thousand_messages() {
     assert_eq!(got.len(), messages.len());
     assert!(got.iter().zip(&messages).all(|(a, b)| a == b), "the messages come back in order, byte for byte");
 }
+
+fn idempotent_batch(producer_id: i64, sequence: i32, values: &[&[u8]]) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: sequence + i as i32,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v)),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .unwrap();
+    buf.freeze()
+}
+
+/// Topics made and removed through Kafka's admin APIs; an idempotent producer's id, and the
+/// sequence rules its batches meet (a retry stored once, a gap refused).
+#[test]
+fn kafka_admin_creates_and_deletes_topics_and_idempotent_producers_get_ids() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let dir = scratch_dir("kafka-admin");
+    let (_broker, kafka) = start(dir.path());
+    let mut s = connect(kafka);
+
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("made-by-kafka"));
+    topic.num_partitions = 3;
+    topic.replication_factor = -1;
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![topic.clone()];
+    create.timeout_ms = 10_000;
+    let created: CreateTopicsResponse = call(&mut s, ApiKey::CreateTopics, 4, 1, &create);
+    assert_eq!(created.topics[0].error_code, 0);
+    let again: CreateTopicsResponse = call(&mut s, ApiKey::CreateTopics, 4, 2, &create);
+    assert_eq!(again.topics[0].error_code, 36, "TOPIC_ALREADY_EXISTS");
+    let mut bad = topic.clone();
+    bad.name = TopicName(StrBytes::from_static_str("bad/name"));
+    create.topics = vec![bad];
+    let refused: CreateTopicsResponse = call(&mut s, ApiKey::CreateTopics, 4, 3, &create);
+    assert_eq!(refused.topics[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+    let mut all = MetadataRequest::default();
+    all.topics = None;
+    let md: MetadataResponse = call(&mut s, ApiKey::Metadata, 8, 4, &all);
+    let made = md.topics.iter().find(|t| t.name.as_ref().unwrap().0.as_str() == "made-by-kafka").unwrap();
+    assert_eq!(made.partitions.len(), 3);
+
+    // The idempotent producer: an id, epoch 0; a retried batch is stored once; a gap refused.
+    let mut init = InitProducerIdRequest::default();
+    init.transactional_id = None;
+    init.transaction_timeout_ms = -1;
+    let id: InitProducerIdResponse = call(&mut s, ApiKey::InitProducerId, 1, 5, &init);
+    assert_eq!(id.error_code, 0);
+    assert!(id.producer_id.0 > 0 && id.producer_epoch == 0, "{id:?}");
+    let other: InitProducerIdResponse = call(&mut s, ApiKey::InitProducerId, 1, 6, &init);
+    assert_ne!(other.producer_id, id.producer_id, "ids are unique");
+    let first = idempotent_batch(id.producer_id.0, 0, &[b"a", b"b"]);
+    assert_eq!(produce(&mut s, 7, "made-by-kafka", 0, first.clone()), (0, 0));
+    assert_eq!(produce(&mut s, 8, "made-by-kafka", 0, first), (0, 0), "the retry answers the first offsets");
+    let gap = idempotent_batch(id.producer_id.0, 5, &[b"c"]);
+    assert_eq!(produce(&mut s, 9, "made-by-kafka", 0, gap).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    let next = idempotent_batch(id.producer_id.0, 2, &[b"c"]);
+    assert_eq!(produce(&mut s, 10, "made-by-kafka", 0, next), (0, 2));
+    let (_, high_watermark, _) = fetch(&mut s, 11, "made-by-kafka", 0, 0);
+    assert_eq!(high_watermark, 3, "three records, none twice");
+
+    let mut delete = DeleteTopicsRequest::default();
+    delete.topic_names = vec![TopicName(StrBytes::from_static_str("made-by-kafka"))];
+    delete.timeout_ms = 10_000;
+    let deleted: DeleteTopicsResponse = call(&mut s, ApiKey::DeleteTopics, 3, 12, &delete);
+    assert_eq!(deleted.responses[0].error_code, 0);
+    let gone: DeleteTopicsResponse = call(&mut s, ApiKey::DeleteTopics, 3, 13, &delete);
+    assert_eq!(gone.responses[0].error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+}

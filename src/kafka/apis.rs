@@ -22,6 +22,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 5),
     (ApiKey::Metadata, 0, 8),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::InitProducerId, 0, 1),
+    (ApiKey::CreateTopics, 2, 4),
+    (ApiKey::DeleteTopics, 1, 3),
 ];
 
 /// Kafka's error codes used here.
@@ -94,6 +97,9 @@ pub async fn serve(shard: &Rc<Shard>, request: Decoded) -> Result<Answer, String
         Body::Produce(r) => Ok(super::data::produce(shard, r, version, correlation_id).await),
         Body::Fetch(r) => Ok(super::data::fetch(shard, r, version, correlation_id).await),
         Body::ListOffsets(r) => Ok(super::data::list_offsets(shard, r, version, correlation_id).await),
+        Body::InitProducerId(r) => Ok(super::admin::init_producer_id(shard, r, version, correlation_id).await),
+        Body::CreateTopics(r) => Ok(super::admin::create_topics(shard, r, version, correlation_id).await),
+        Body::DeleteTopics(r) => Ok(super::admin::delete_topics(shard, r, version, correlation_id).await),
     }
 }
 

@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataRequest, ProduceRequest, RequestHeader,
 };
 use kafka_protocol::protocol::Decodable;
 
@@ -30,6 +31,9 @@ pub enum Body {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    InitProducerId(InitProducerIdRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
 }
 
 /// Decodes one request. `Err`: why the connection must close (too short, an API or
@@ -57,6 +61,11 @@ pub fn decode(mut bytes: Bytes) -> Result<Decoded, String> {
         ApiKey::Produce => Body::Produce(ProduceRequest::decode(&mut bytes, version).map_err(bad)?),
         ApiKey::Fetch => Body::Fetch(FetchRequest::decode(&mut bytes, version).map_err(bad)?),
         ApiKey::ListOffsets => Body::ListOffsets(ListOffsetsRequest::decode(&mut bytes, version).map_err(bad)?),
+        ApiKey::InitProducerId => {
+            Body::InitProducerId(InitProducerIdRequest::decode(&mut bytes, version).map_err(bad)?)
+        }
+        ApiKey::CreateTopics => Body::CreateTopics(CreateTopicsRequest::decode(&mut bytes, version).map_err(bad)?),
+        ApiKey::DeleteTopics => Body::DeleteTopics(DeleteTopicsRequest::decode(&mut bytes, version).map_err(bad)?),
         _ => return Err(format!("{key:?} is not served (docs/kafka.md)")),
     };
     Ok(Decoded { key, version, correlation_id, body })

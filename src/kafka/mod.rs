@@ -13,6 +13,7 @@
 //! each request on its way (in order, as the native reader does) and queues its answer to
 //! come; the writer writes the answers in that order.
 
+mod admin;
 mod apis;
 mod bridge;
 pub mod codec;
