@@ -364,32 +364,56 @@ impl<'a> Nemesis<'a> {
     pub fn wait_recovered(&self, after: &str) {
         let deadline = Instant::now() + RECOVERY_TIMEOUT;
         let mut held_since: Option<Instant> = None;
+        // Why the last polls that failed did, with how often (a budget that runs out says
+        // whether the cluster was stuck on one thing or flapping).
+        let mut misses: std::collections::BTreeMap<String, u32> = Default::default();
         loop {
             let status = self.cluster.status();
-            let recovered = status.as_ref().is_some_and(|s| {
-                s.nodes.iter().all(|n| n.alive)
-                    && !s.partitions.is_empty()
-                    && s.partitions.iter().all(|p| {
-                        p.leader.is_some()
-                            && p.in_sync.len() == p.replicas.len()
-                            && p.lag.iter().all(|l| l.records <= MAX_RECOVERED_LAG)
-                    })
-            });
-            match (recovered, held_since) {
-                (true, Some(t)) if t.elapsed() >= Duration::from_secs(1) => return,
-                (true, None) => held_since = Some(Instant::now()),
-                (false, _) => held_since = None,
+            let miss = match &status {
+                None => Some("no status answer (3 s timeout)".to_string()),
+                Some(s) => not_recovered_because(s),
+            };
+            match (&miss, held_since) {
+                (None, Some(t)) if t.elapsed() >= Duration::from_secs(1) => return,
+                (None, None) => held_since = Some(Instant::now()),
+                (Some(why), _) => {
+                    held_since = None;
+                    *misses.entry(why.clone()).or_default() += 1;
+                }
                 _ => {}
             }
             if Instant::now() > deadline {
                 let rules = self.firewall.as_ref().map(Firewall::rules).unwrap_or_default();
                 panic!(
-                    "the cluster did not recover within {RECOVERY_TIMEOUT:?} after {after}\nstatus: {status:#?}\n\
-                     firewall: {rules}\n{}",
+                    "the cluster did not recover within {RECOVERY_TIMEOUT:?} after {after}\n\
+                     polls that failed, by reason: {misses:#?}\nstatus: {status:#?}\nfirewall: {rules}\n{}",
                     self.cluster.logs()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Why a cluster status is not yet "recovered" (the first reason found), or None.
+fn not_recovered_because(s: &quorra::protocol::messages::ClusterStatusResponse) -> Option<String> {
+    if let Some(n) = s.nodes.iter().find(|n| !n.alive) {
+        return Some(format!("node {} not alive", n.node_id));
+    }
+    if s.partitions.is_empty() {
+        return Some("no partitions in the status".into());
+    }
+    s.partitions.iter().find_map(|p| {
+        let name = format!("{}/{}", p.topic, p.partition);
+        if p.leader.is_none() {
+            Some(format!("{name}: no leader"))
+        } else if p.in_sync.len() != p.replicas.len() {
+            Some(format!("{name}: {} of {} replicas in sync", p.in_sync.len(), p.replicas.len()))
+        } else {
+            p.lag
+                .iter()
+                .find(|l| l.records > MAX_RECOVERED_LAG)
+                .map(|l| format!("{name}: node {} lags by more than {MAX_RECOVERED_LAG} records", l.node_id))
+        }
+    })
 }
