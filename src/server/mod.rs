@@ -426,7 +426,15 @@ async fn dispatch(
     held: net::Held,
     fetch_quota: Option<Arc<quotas::PrincipalQuota>>,
 ) {
-    let answer = send_request(shard, frame, route).await;
+    // A local request runs in the one task that also queues its answer (the hot path of a
+    // connection on its partition's shard: one task per request, not two).
+    let answer: PendingAnswer = match route {
+        Route::Shard(owner) if owner == shard.id => {
+            let shard = shard.clone();
+            Box::pin(async move { handlers::handle(&shard, frame).await })
+        }
+        route => send_request(shard, frame, route).await,
+    };
     let outbox = outbox.clone();
     rt::spawn(async move {
         let out = answer.await;
