@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
-use crate::net::{self, TcpListener, TcpStream};
+use crate::net::{self, TcpStream};
 use crate::rt;
 use crate::shard::Shard;
 
@@ -44,26 +44,8 @@ const READ_STEP_BYTES: usize = 64 * 1024;
 /// with `acks=0` is not answered).
 type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>>>>;
 
-/// Accepts Kafka clients until `stopped()` says so; as `server::accept_loop`.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stopped: impl Fn() -> bool) {
-    let s = shard.clone();
-    rt::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok(stream) => rt::spawn(serve_connection(s.clone(), stream)),
-                Err(e) => {
-                    log::warn!("kafka listener: accept failed: {e}");
-                    rt::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    while !stopped() {
-        rt::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one Kafka client connection (accepted by `server::spawn_acceptor`).
+pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
     let admitted = match stream.peer_addr() {
         Ok(addr) => shard.connections.admit(addr.ip()),

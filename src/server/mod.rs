@@ -46,22 +46,31 @@ pub use handlers::error_frame;
 /// io_uring accept that the kernel has just completed would lose that connection (accepted
 /// by the kernel, never served), so one accept stays pending for the life of the shard.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stopped: impl Fn() -> bool) {
-    let s = shard.clone();
+    spawn_acceptor(shard, listener, "client", serve_connection);
+    while !stopped() {
+        rt::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Accepts connections on `listener` for the life of the shard, each served by `serve` in
+/// a task of its own (the native port and the Kafka port; `what` names it in the log).
+pub fn spawn_acceptor<F, Fut>(shard: Rc<Shard>, listener: TcpListener, what: &'static str, serve: F)
+where
+    F: Fn(Rc<Shard>, TcpStream) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     rt::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok(stream) => rt::spawn(serve_connection(s.clone(), stream)),
+                Ok(stream) => rt::spawn(serve(shard.clone(), stream)),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    log::warn!("accept failed: {e}");
+                    log::warn!("{what} listener: accept failed: {e}");
                     rt::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
     });
-    while !stopped() {
-        rt::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {

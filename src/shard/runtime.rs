@@ -348,8 +348,7 @@ async fn shard_main(
         rt::spawn(super::cluster::undrain_on_start(shard.clone()));
     }
     if let Some(kafka_listener) = kafka_listener {
-        let stop_flag = startup.stop.clone();
-        rt::spawn(crate::kafka::accept_loop(shard.clone(), kafka_listener, move || stop_flag.load(Ordering::SeqCst)));
+        crate::server::spawn_acceptor(shard.clone(), kafka_listener, "kafka", crate::kafka::serve_connection);
     }
     let stop_flag = startup.stop.clone();
     crate::server::accept_loop(shard.clone(), listener, move || stop_flag.load(Ordering::SeqCst)).await;
